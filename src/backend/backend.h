@@ -1,0 +1,95 @@
+// Backend: the op-level interface the model is written against. One implementation per device
+// (backend/cpu now, backend/cuda next). Rules every implementation keeps:
+//  - Tensors passed to ops live on the backend's device (alloc/upload). Activations never come back to the
+//    host in the forward pass; only `read` copies to the host.
+//  - Ops are ordered and may run asynchronously (a CUDA stream). `write` and `read` are ordered with them;
+//    `read` and `synchronize` block until everything before them has finished.
+//  - Compute is f32 on the CPU backend; weights may stay in their checkpoint dtype (f32, bf16, f16).
+//  - A Backend is used by one thread at a time (the engine loop).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace rill {
+
+// One layer's slice of the paged KV cache: K and V of shape [num_blocks, block_size, num_kv_heads, head_dim].
+struct KvLayer {
+  Tensor k, v;
+  int block_size() const { return int(k.shape[1]); }
+};
+
+// The flat varlen batch as attention sees it: tokens of many sequences back to back. Sequence s owns
+// query rows [q_start[s], q_start[s+1]) and attends to KV entries 0..ctx_len[s]-1 of its block table,
+// the last (q_start[s+1]-q_start[s]) of which are its own new tokens (causal among themselves).
+// All tensors are i32 on the backend's device.
+struct AttentionBatch {
+  int num_seqs = 0;
+  int num_tokens = 0;
+  int max_blocks_per_seq = 0;
+  Tensor q_start;       // [num_seqs + 1]
+  Tensor ctx_len;       // [num_seqs]
+  Tensor block_tables;  // [num_seqs, max_blocks_per_seq]
+  Tensor token_seq;     // [num_tokens]: the sequence each token belongs to
+};
+
+// The weights of one expert of a sparse MoE feed-forward.
+struct ExpertWeights {
+  Tensor gate, up, down;  // [f, d], [f, d], [d, f]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual std::string name() const = 0;
+
+  // Memory.
+  virtual Tensor alloc(DType dtype, Shape shape) = 0;  // contents undefined
+  // Makes a host weight usable by ops. May alias host memory (CPU, supported dtype) or copy/convert.
+  virtual Tensor upload_weight(const Tensor& host) = 0;
+  virtual void write(const Tensor& dst, const void* src, size_t bytes) = 0;  // host -> device, ordered
+  virtual void read(void* dst, const Tensor& src, size_t bytes) = 0;         // device -> host, blocks
+  virtual void fill_zero(const Tensor& t) = 0;
+  virtual void synchronize() = 0;
+
+  // out[i] = table[ids[i]]. ids: i32 [n]; out: f32 [n, d].
+  virtual void embedding(const Tensor& out, const Tensor& table, const Tensor& ids) = 0;
+  // Row-wise RMSNorm over the last dim: out = x / sqrt(mean(x^2) + eps) * weight.
+  virtual void rmsnorm(const Tensor& out, const Tensor& x, const Tensor& weight, float eps) = 0;
+  // residual += delta; out = rmsnorm(residual) * weight. The fused pre-norm residual step.
+  virtual void add_rmsnorm(const Tensor& residual, const Tensor& out, const Tensor& delta, const Tensor& weight,
+                           float eps) = 0;
+  // out[n, o] = x[n, i] · w[o, i]^T (+ bias[o] when bias is not empty).
+  virtual void linear(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) = 0;
+  // In-place rotate-half RoPE on x [n, heads * head_dim]. inv_freq: f64 [rows, head_dim/2]; token t uses
+  // row rope_row[t] (i32 [n]) when rope_row is not empty, else row 0. Angles are pos * inv_freq in double;
+  // cos and sin are multiplied by attention_factor (YaRN).
+  virtual void rope(const Tensor& x, int head_dim, const Tensor& positions, const Tensor& inv_freq,
+                    const Tensor& rope_row, float attention_factor) = 0;
+  // Writes k, v [n, kv_heads * head_dim] into the cache slots slot_mapping[n] (block * block_size + offset).
+  virtual void kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) = 0;
+  // Causal GQA attention over the paged cache. q, out: [n, heads * head_dim]. sliding_window > 0 limits each
+  // query to the last sliding_window keys (itself included).
+  virtual void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
+                         int num_heads, float scale, int sliding_window) = 0;
+  // out = silu(gate) * up, element-wise.
+  virtual void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
+  // Top-k routing of router logits [n, E]: softmax over experts, keep the k largest, renormalize them to
+  // sum 1 when normalize. ids: i32 [n, k]; weights: f32 [n, k].
+  virtual void moe_route(const Tensor& ids, const Tensor& weights, const Tensor& router_logits, int k,
+                         bool normalize) = 0;
+  // out[t] = sum_j weights[t, j] * expert_{ids[t, j]}(x[t]) with a SwiGLU expert.
+  virtual void moe_experts(const Tensor& out, const Tensor& x, const Tensor& ids, const Tensor& weights,
+                           const std::vector<ExpertWeights>& experts) = 0;
+  // out[i] = x[rows[i]]. rows: i32 [m].
+  virtual void gather_rows(const Tensor& out, const Tensor& x, const Tensor& rows) = 0;
+};
+
+// Creates the CPU backend (num_threads 0: all cores).
+std::unique_ptr<Backend> make_cpu_backend(int num_threads = 0);
+
+}  // namespace rill

@@ -1,0 +1,329 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+#include "backend/cpu/vec.h"
+#include "core/error.h"
+
+namespace rill {
+
+namespace {
+
+void expect(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw Error(std::string("cpu backend: ") + op + ": " + what);
+}
+
+// A weight vector (norm weights, biases) as f32: the pointer itself when already f32, else converted
+// into `tmp`. Called once per op, never per row.
+const float* as_f32(const Tensor& w, std::vector<float>& tmp) {
+  if (w.dtype == DType::F32) return w.ptr<float>();
+  tmp.resize(size_t(w.numel()));
+  cpu::to_f32(w.dtype, w.data, tmp.data(), w.numel());
+  return tmp.data();
+}
+
+bool is_weight_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+void rmsnorm_row(float* out, const float* x, const float* w, int64_t d, float eps) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < d; ++i) ss += double(x[i]) * x[i];
+  const float inv = float(1.0 / std::sqrt(ss / double(d) + double(eps)));
+  for (int64_t i = 0; i < d; ++i) out[i] = w[i] * (x[i] * inv);
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(int num_threads) { return std::make_unique<CpuBackend>(num_threads); }
+
+CpuBackend::CpuBackend(int num_threads) : pool_(num_threads) {}
+
+std::string CpuBackend::name() const {
+  return "cpu (" + std::to_string(pool_.size()) + " threads, " + (cpu::has_avx2() ? "avx2+fma" : "portable") +
+         ")";
+}
+
+Tensor CpuBackend::alloc(DType dtype, Shape shape) {
+  Tensor t;
+  t.dtype = dtype;
+  t.shape = shape;
+  t.device = Device::CPU;
+  const size_t bytes = std::max<size_t>(64, (t.nbytes() + 63) & ~size_t(63));
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
+  t.data = p;
+  t.storage = std::shared_ptr<void>(p, std::free);
+  return t;
+}
+
+Tensor CpuBackend::upload_weight(const Tensor& host) {
+  if (is_weight_dtype(host.dtype)) return host;  // used in place (memory-mapped)
+  throw Error("cpu backend: weights of dtype " + std::string(dtype_name(host.dtype)) + " are not supported");
+}
+
+void CpuBackend::write(const Tensor& dst, const void* src, size_t bytes) {
+  expect(bytes <= dst.nbytes(), "write", "more bytes than the tensor holds");
+  std::memcpy(dst.data, src, bytes);
+}
+
+void CpuBackend::read(void* dst, const Tensor& src, size_t bytes) {
+  expect(bytes <= src.nbytes(), "read", "more bytes than the tensor holds");
+  std::memcpy(dst, src.data, bytes);
+}
+
+void CpuBackend::fill_zero(const Tensor& t) { std::memset(t.data, 0, t.nbytes()); }
+
+void CpuBackend::embedding(const Tensor& out, const Tensor& table, const Tensor& ids) {
+  const int64_t n = ids.numel(), d = table.row_size(), vocab = table.rows();
+  expect(out.dtype == DType::F32 && out.rows() == n && out.row_size() == d, "embedding", "bad output shape");
+  const int32_t* id = ids.ptr<int32_t>();
+  for (int64_t i = 0; i < n; ++i) expect(id[i] >= 0 && id[i] < vocab, "embedding", "token id out of range");
+  const size_t esz = dtype_size(table.dtype);
+  pool_.parallel_for(n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      cpu::to_f32(table.dtype, static_cast<const char*>(table.data) + size_t(id[i]) * d * esz,
+                  out.ptr<float>() + i * d, d);
+  });
+}
+
+void CpuBackend::rmsnorm(const Tensor& out, const Tensor& x, const Tensor& weight, float eps) {
+  const int64_t d = weight.numel(), rows = x.numel() / d;
+  expect(x.numel() % d == 0 && out.numel() == x.numel(), "rmsnorm", "shape mismatch");
+  std::vector<float> tmp;
+  const float* w = as_f32(weight, tmp);
+  pool_.parallel_for(rows, 64, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) rmsnorm_row(out.ptr<float>() + r * d, x.ptr<float>() + r * d, w, d, eps);
+  });
+}
+
+void CpuBackend::add_rmsnorm(const Tensor& residual, const Tensor& out, const Tensor& delta, const Tensor& weight,
+                             float eps) {
+  const int64_t d = weight.numel(), rows = residual.numel() / d;
+  expect(delta.numel() == residual.numel() && out.numel() == residual.numel(), "add_rmsnorm", "shape mismatch");
+  std::vector<float> tmp;
+  const float* w = as_f32(weight, tmp);
+  pool_.parallel_for(rows, 64, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      float* res = residual.ptr<float>() + r * d;
+      const float* del = delta.ptr<float>() + r * d;
+      for (int64_t i = 0; i < d; ++i) res[i] += del[i];
+      rmsnorm_row(out.ptr<float>() + r * d, res, w, d, eps);
+    }
+  });
+}
+
+void CpuBackend::linear(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) {
+  const int64_t in = w.shape[1], o = w.shape[0], n = x.numel() / in;
+  expect(w.shape.rank == 2 && is_weight_dtype(w.dtype), "linear", "weight must be a 2-D f32/bf16/f16 matrix");
+  expect(x.dtype == DType::F32 && x.numel() == n * in, "linear",
+         "input " + x.shape.str() + " does not match weight " + w.shape.str());
+  expect(out.numel() == n * o, "linear", "output " + out.shape.str() + " does not match");
+  const float* xp = x.ptr<float>();
+  float* op = out.ptr<float>();
+  if (n <= 4) {
+    // Decode: bound by streaming the weights once; split the output rows across threads.
+    pool_.parallel_for(o, 64, [&](int64_t r0, int64_t r1) {
+      for (int64_t t = 0; t < n; ++t) cpu::gemv_rows(w.dtype, xp + t * in, w.data, in, r0, r1, op + t * o + r0);
+    });
+  } else {
+    // Prefill: tiles of (rows x tokens); a tile's weight rows are converted to f32 once and reused
+    // for every token of the tile.
+    constexpr int64_t kRows = 64, kTokens = 48;
+    const int64_t row_blocks = (o + kRows - 1) / kRows, token_tiles = (n + kTokens - 1) / kTokens;
+    const size_t esz = dtype_size(w.dtype);
+    pool_.parallel_for(row_blocks * token_tiles, 1, [&](int64_t b, int64_t e) {
+      thread_local std::vector<float> wbuf;
+      int64_t converted = -1;
+      for (int64_t item = b; item < e; ++item) {
+        const int64_t rb = item / token_tiles, tt = item % token_tiles;
+        const int64_t r0 = rb * kRows, rows = std::min(kRows, o - r0);
+        const int64_t t0 = tt * kTokens, toks = std::min(kTokens, n - t0);
+        const float* wb;
+        if (w.dtype == DType::F32) {
+          wb = w.ptr<float>() + r0 * in;
+        } else {
+          if (converted != rb) {
+            wbuf.resize(size_t(kRows * in));
+            cpu::to_f32(w.dtype, static_cast<const char*>(w.data) + size_t(r0 * in) * esz, wbuf.data(), rows * in);
+            converted = rb;
+          }
+          wb = wbuf.data();
+        }
+        cpu::gemm_f32_block(xp + t0 * in, toks, wb, rows, in, op + t0 * o + r0, o);
+      }
+    });
+  }
+  if (!bias.empty()) {
+    expect(bias.numel() == o, "linear", "bias size does not match the output features");
+    std::vector<float> tmp;
+    const float* bp = as_f32(bias, tmp);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t r = 0; r < o; ++r) op[t * o + r] += bp[r];
+  }
+}
+
+void CpuBackend::rope(const Tensor& x, int head_dim, const Tensor& positions, const Tensor& inv_freq,
+                      const Tensor& rope_row, float attention_factor) {
+  const int64_t n = positions.numel(), half = head_dim / 2, width = x.row_size();
+  expect(x.rows() == n && width % head_dim == 0, "rope", "x must be [tokens, heads * head_dim]");
+  expect(inv_freq.dtype == DType::F64 && inv_freq.row_size() == half, "rope", "inv_freq must be f64 [rows, head_dim/2]");
+  const int32_t* pos = positions.ptr<int32_t>();
+  const int32_t* row = rope_row.empty() ? nullptr : rope_row.ptr<int32_t>();
+  pool_.parallel_for(n, 8, [&](int64_t b, int64_t e) {
+    std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+    for (int64_t t = b; t < e; ++t) {
+      const double* f = inv_freq.ptr<double>() + (row ? row[t] : 0) * half;
+      for (int64_t i = 0; i < half; ++i) {
+        const double angle = double(pos[t]) * f[i];
+        c[i] = float(std::cos(angle) * attention_factor);
+        s[i] = float(std::sin(angle) * attention_factor);
+      }
+      float* xt = x.ptr<float>() + t * width;
+      for (int64_t h = 0; h < width; h += head_dim)
+        for (int64_t i = 0; i < half; ++i) {
+          const float x1 = xt[h + i], x2 = xt[h + i + half];
+          xt[h + i] = x1 * c[i] - x2 * s[i];
+          xt[h + i + half] = x2 * c[i] + x1 * s[i];
+        }
+    }
+  });
+}
+
+void CpuBackend::kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) {
+  const int64_t n = slot_mapping.numel(), width = kv.k.numel() / (kv.k.shape[0] * kv.k.shape[1]);
+  const int64_t slots = kv.k.shape[0] * kv.k.shape[1];
+  expect(k.numel() == n * width && v.numel() == n * width, "kv_write", "k/v width does not match the cache");
+  const int32_t* slot = slot_mapping.ptr<int32_t>();
+  for (int64_t t = 0; t < n; ++t) {
+    expect(slot[t] >= 0 && slot[t] < slots, "kv_write", "slot out of range");
+    std::memcpy(kv.k.ptr<float>() + slot[t] * width, k.ptr<float>() + t * width, size_t(width) * 4);
+    std::memcpy(kv.v.ptr<float>() + slot[t] * width, v.ptr<float>() + t * width, size_t(width) * 4);
+  }
+}
+
+void CpuBackend::attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
+                           int num_heads, float scale, int sliding_window) {
+  const int64_t n = batch.num_tokens, bs = kv.k.shape[1], kv_heads = kv.k.shape[2], hd = kv.k.shape[3];
+  expect(q.numel() == n * num_heads * hd && out.numel() == q.numel(), "attention", "q/out shape mismatch");
+  expect(num_heads % kv_heads == 0, "attention", "heads not a multiple of kv heads");
+  const int32_t* q_start = batch.q_start.ptr<int32_t>();
+  const int32_t* ctx_len = batch.ctx_len.ptr<int32_t>();
+  const int32_t* tables = batch.block_tables.ptr<int32_t>();
+  const int32_t* token_seq = batch.token_seq.ptr<int32_t>();
+  const int64_t group = num_heads / kv_heads, kv_width = kv_heads * hd;
+  pool_.parallel_for(n * num_heads, 4, [&](int64_t b, int64_t e) {
+    std::vector<float> scores;
+    std::vector<float> acc(static_cast<size_t>(hd));
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t t = item / num_heads, h = item % num_heads, kvh = h / group;
+      const int s = token_seq[t];
+      const int64_t q_len = q_start[s + 1] - q_start[s];
+      const int64_t self = ctx_len[s] - q_len + (t - q_start[s]);  // this token's own cache index
+      const int64_t lo = sliding_window > 0 ? std::max<int64_t>(0, self - sliding_window + 1) : 0;
+      const int32_t* table = tables + int64_t(s) * batch.max_blocks_per_seq;
+      const float* qv = q.ptr<float>() + t * num_heads * hd + h * hd;
+      scores.resize(size_t(self - lo + 1));
+      float mx = -INFINITY;
+      for (int64_t j = lo; j <= self; ++j) {
+        const int64_t slot = int64_t(table[j / bs]) * bs + j % bs;
+        const float sc = cpu::dot_f32(qv, kv.k.ptr<float>() + slot * kv_width + kvh * hd, hd) * scale;
+        scores[size_t(j - lo)] = sc;
+        mx = std::max(mx, sc);
+      }
+      double sum = 0.0;
+      for (float& sc : scores) {
+        sc = std::exp(sc - mx);
+        sum += sc;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t j = lo; j <= self; ++j) {
+        const int64_t slot = int64_t(table[j / bs]) * bs + j % bs;
+        cpu::axpy_f32(scores[size_t(j - lo)], kv.v.ptr<float>() + slot * kv_width + kvh * hd, acc.data(), hd);
+      }
+      float* o = out.ptr<float>() + t * num_heads * hd + h * hd;
+      const float inv = float(1.0 / sum);
+      for (int64_t i = 0; i < hd; ++i) o[i] = acc[size_t(i)] * inv;
+    }
+  });
+}
+
+void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+  const int64_t n = out.numel();
+  expect(gate.numel() == n && up.numel() == n, "silu_mul", "shape mismatch");
+  pool_.parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
+    const float* g = gate.ptr<float>();
+    const float* u = up.ptr<float>();
+    float* o = out.ptr<float>();
+    for (int64_t i = b; i < e; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  });
+}
+
+void CpuBackend::moe_route(const Tensor& ids, const Tensor& weights, const Tensor& router_logits, int k,
+                           bool normalize) {
+  const int64_t n = router_logits.rows(), E = router_logits.row_size();
+  expect(ids.numel() == n * k && weights.numel() == n * k, "moe_route", "ids/weights must be [n, k]");
+  std::vector<float> p(static_cast<size_t>(E));
+  std::vector<int> order(static_cast<size_t>(E));
+  for (int64_t t = 0; t < n; ++t) {
+    const float* l = router_logits.ptr<float>() + t * E;
+    const float mx = *std::max_element(l, l + E);
+    double sum = 0.0;
+    for (int64_t e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(l[e] - mx));
+    for (float& v : p) v = float(v / sum);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [&](int a, int b) { return p[size_t(a)] > p[size_t(b)] || (p[size_t(a)] == p[size_t(b)] && a < b); });
+    double top = 0.0;
+    for (int j = 0; j < k; ++j) top += p[size_t(order[size_t(j)])];
+    for (int j = 0; j < k; ++j) {
+      ids.ptr<int32_t>()[t * k + j] = order[size_t(j)];
+      weights.ptr<float>()[t * k + j] = normalize ? float(p[size_t(order[size_t(j)])] / top) : p[size_t(order[size_t(j)])];
+    }
+  }
+}
+
+void CpuBackend::moe_experts(const Tensor& out, const Tensor& x, const Tensor& ids, const Tensor& weights,
+                             const std::vector<ExpertWeights>& experts) {
+  const int64_t n = x.rows(), d = x.row_size(), k = ids.row_size();
+  expect(out.numel() == n * d, "moe_experts", "output shape mismatch");
+  fill_zero(out);
+  // Group tokens by expert so each expert's weights are streamed once per step, through the same
+  // multithreaded linear as dense layers.
+  std::vector<std::vector<std::pair<int64_t, float>>> routed(experts.size());
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const int e = ids.ptr<int32_t>()[t * k + j];
+      expect(e >= 0 && size_t(e) < experts.size(), "moe_experts", "expert id out of range");
+      routed[size_t(e)].push_back({t, weights.ptr<float>()[t * k + j]});
+    }
+  for (size_t e = 0; e < experts.size(); ++e) {
+    const auto& tokens = routed[e];
+    if (tokens.empty()) continue;
+    const int64_t m = int64_t(tokens.size()), f = experts[e].gate.shape[0];
+    Tensor xe = alloc(DType::F32, {m, d}), g = alloc(DType::F32, {m, f}), u = alloc(DType::F32, {m, f});
+    Tensor ye = alloc(DType::F32, {m, d});
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(xe.ptr<float>() + i * d, x.ptr<float>() + tokens[size_t(i)].first * d, size_t(d) * 4);
+    linear(g, xe, experts[e].gate, Tensor{});
+    linear(u, xe, experts[e].up, Tensor{});
+    silu_mul(g, g, u);
+    linear(ye, g, experts[e].down, Tensor{});
+    for (int64_t i = 0; i < m; ++i)
+      cpu::axpy_f32(tokens[size_t(i)].second, ye.ptr<float>() + i * d, out.ptr<float>() + tokens[size_t(i)].first * d, d);
+  }
+}
+
+void CpuBackend::gather_rows(const Tensor& out, const Tensor& x, const Tensor& rows) {
+  const int64_t m = rows.numel(), w = x.row_size();
+  expect(out.numel() == m * w, "gather_rows", "output shape mismatch");
+  for (int64_t i = 0; i < m; ++i) {
+    const int32_t r = rows.ptr<int32_t>()[i];
+    expect(r >= 0 && r < x.rows(), "gather_rows", "row out of range");
+    std::memcpy(out.ptr<float>() + i * w, x.ptr<float>() + int64_t(r) * w, size_t(w) * 4);
+  }
+}
+
+}  // namespace rill

@@ -1,0 +1,48 @@
+// CpuBackend: the Backend on host memory. Ops run synchronously on the calling thread plus the backend's
+// own thread pool; tensors are plain (64-byte aligned) host allocations, and weights in f32/bf16/f16 are
+// used in place, straight from the checkpoint's memory map.
+#pragma once
+
+#include <memory>
+
+#include "backend/backend.h"
+#include "core/thread_pool.h"
+
+namespace rill {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int num_threads);
+
+  Device device() const override { return Device::CPU; }
+  std::string name() const override;
+
+  Tensor alloc(DType dtype, Shape shape) override;
+  Tensor upload_weight(const Tensor& host) override;
+  void write(const Tensor& dst, const void* src, size_t bytes) override;
+  void read(void* dst, const Tensor& src, size_t bytes) override;
+  void fill_zero(const Tensor& t) override;
+  void synchronize() override {}
+
+  void embedding(const Tensor& out, const Tensor& table, const Tensor& ids) override;
+  void rmsnorm(const Tensor& out, const Tensor& x, const Tensor& weight, float eps) override;
+  void add_rmsnorm(const Tensor& residual, const Tensor& out, const Tensor& delta, const Tensor& weight,
+                   float eps) override;
+  void linear(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override;
+  void rope(const Tensor& x, int head_dim, const Tensor& positions, const Tensor& inv_freq, const Tensor& rope_row,
+            float attention_factor) override;
+  void kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) override;
+  void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch, int num_heads,
+                 float scale, int sliding_window) override;
+  void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
+  void moe_route(const Tensor& ids, const Tensor& weights, const Tensor& router_logits, int k,
+                 bool normalize) override;
+  void moe_experts(const Tensor& out, const Tensor& x, const Tensor& ids, const Tensor& weights,
+                   const std::vector<ExpertWeights>& experts) override;
+  void gather_rows(const Tensor& out, const Tensor& x, const Tensor& rows) override;
+
+ private:
+  ThreadPool pool_;
+};
+
+}  // namespace rill

@@ -1,0 +1,158 @@
+// rill generate: one prompt in, streamed tokens out.
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "backend/backend.h"
+#include "cli/commands.h"
+#include "cli/model_loading.h"
+#include "core/error.h"
+#include "engine/generate.h"
+#include "formats/safetensors.h"
+#include "model/model.h"
+
+namespace rill::cli {
+
+namespace {
+
+struct GenerateArgs {
+  std::string model, tokenizer, prompt, prompt_ids, output = "text", dump_logits;
+  int n = 128, threads = 0, prefill_chunk = 512;
+  bool ignore_eos = false, no_bos = false;
+  SamplingParams sampling;
+  int64_t seed = -1;
+};
+
+std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    size_t used = 0;
+    long v = 0;
+    try {
+      v = std::stol(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    RILL_CHECK(used > 0 && item.find_first_not_of(" \t", used) == std::string::npos && v >= 0 && v <= INT32_MAX,
+               "--prompt-ids: '" + item + "' is not a token id (expected comma-separated integers, e.g. 1,2,3)");
+    ids.push_back(int32_t(v));
+  }
+  RILL_CHECK(!ids.empty(), "--prompt-ids: no token ids given");
+  return ids;
+}
+
+int run_generate(const GenerateArgs& a) {
+  GenerateOptions opt;
+  opt.max_new_tokens = a.n;
+  opt.sampling = a.sampling;
+  if (a.seed >= 0) {
+    opt.sampling.seed = uint64_t(a.seed);
+    opt.sampling.has_seed = true;
+  }
+  opt.sampling.validate();
+  opt.stop_at_eos = !a.ignore_eos;
+  opt.prefill_chunk = a.prefill_chunk;
+  opt.keep_prompt_logits = !a.dump_logits.empty();
+
+  Checkpoint ck = read_checkpoint(a.model);
+  auto backend = make_cpu_backend(a.threads);
+  Model model(ck, *backend);
+  auto tok = open_tokenizer(a.model, a.tokenizer, model.config());
+
+  std::vector<int32_t> prompt;
+  if (!a.prompt_ids.empty()) {
+    prompt = parse_ids(a.prompt_ids);
+  } else {
+    RILL_CHECK(tok, a.model + ": no tokenizer for a text prompt; pass --tokenizer or use --prompt-ids");
+    prompt = tok->encode(a.prompt, !a.no_bos);
+  }
+  for (int32_t id : prompt)
+    RILL_CHECK(id < model.config().vocab_size, "--prompt-ids: token " + std::to_string(id) +
+                                                   " is outside the vocabulary (" +
+                                                   std::to_string(model.config().vocab_size) + " tokens)");
+
+  const int need_blocks = (int(prompt.size()) + a.n + 15) / 16;
+  KvCache kv(*backend, model.config(), need_blocks, 16);
+
+  const bool json_out = a.output == "json";
+  int32_t prev = prompt.back();
+  auto on_token = [&](int32_t id) {
+    if (json_out) return true;
+    if (tok) {
+      const std::string piece = tok->decode_piece(prev, id);
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+    } else {
+      std::printf("%s%d", prev == prompt.back() ? "" : " ", id);
+    }
+    prev = id;
+    std::fflush(stdout);
+    return true;
+  };
+  if (!json_out && !tok) std::printf("%s", "");
+  GenerateResult r = generate(model, kv, prompt, opt, on_token);
+
+  if (json_out) {
+    nlohmann::json j;
+    j["prompt_ids"] = prompt;
+    j["ids"] = r.ids;
+    j["text"] = tok ? tok->decode(r.ids) : "";
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("\n");
+  }
+  if (!a.dump_logits.empty()) {
+    Tensor t;
+    t.dtype = DType::F32;
+    t.shape = {int64_t(prompt.size()), model.config().vocab_size};
+    t.data = r.prompt_logits.data();
+    write_safetensors(a.dump_logits, {{"logits", t}});
+  }
+  const double prompt_tps = r.prefill_seconds > 0 ? prompt.size() / r.prefill_seconds : 0;
+  const double gen_tps = r.decode_seconds > 0 ? r.decode_steps / r.decode_seconds : 0;
+  std::fprintf(stderr, "rill: %zu prompt tokens in %.3f s (%.1f tok/s), %zu generated in %.3f s (%.1f tok/s) on %s\n",
+               prompt.size(), r.prefill_seconds, prompt_tps, r.ids.size(), r.decode_seconds, gen_tps,
+               backend->name().c_str());
+  return 0;
+}
+
+}  // namespace
+
+Run add_generate(CLI::App& app) {
+  auto a = std::make_shared<GenerateArgs>();
+  app.add_option("-m,--model", a->model,
+                 "Model: a Hugging Face directory (config.json + *.safetensors) or a llama2.c .bin file")
+      ->required();
+  auto* prompt = app.add_option("-p,--prompt", a->prompt, "Prompt text (needs a tokenizer)");
+  auto* ids = app.add_option("--prompt-ids", a->prompt_ids, "Prompt as comma-separated token ids, e.g. 1,2,3");
+  prompt->excludes(ids);
+  app.add_option("--tokenizer", a->tokenizer, "llama2.c tokenizer.bin (default: tokenizer.bin beside the model)");
+  app.add_option("-n,--max-tokens", a->n, "Number of tokens to generate")->check(CLI::Range(0, 1 << 20));
+  app.add_option("--temperature", a->sampling.temperature, "Sampling temperature; 0 is greedy")
+      ->check(CLI::Range(0.0, 100.0));
+  app.add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens (0: off)")->check(CLI::NonNegativeNumber);
+  app.add_option("--top-p", a->sampling.top_p, "Nucleus sampling: keep the smallest set with this mass (1: off)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--min-p", a->sampling.min_p, "Drop tokens below min-p times the top probability (0: off)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--repetition-penalty", a->sampling.repetition_penalty,
+                 "Penalize tokens already in the prompt or output (1: off)");
+  app.add_option("--presence-penalty", a->sampling.presence_penalty, "OpenAI presence penalty, -2..2");
+  app.add_option("--frequency-penalty", a->sampling.frequency_penalty, "OpenAI frequency penalty, -2..2");
+  app.add_option("--seed", a->seed, "Random seed: the same seed gives the same tokens")->check(CLI::NonNegativeNumber);
+  app.add_flag("--ignore-eos", a->ignore_eos, "Keep generating after an end-of-sequence token");
+  app.add_flag("--no-bos", a->no_bos, "Do not prepend the BOS token to a text prompt");
+  app.add_option("--output", a->output, "text: stream tokens; json: print {prompt_ids, ids, text} at the end")
+      ->check(CLI::IsMember({"text", "json"}));
+  app.add_option("--dump-logits", a->dump_logits,
+                 "Write the logits at every prompt position to FILE (safetensors, F32 'logits' [prompt_len, vocab])");
+  app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward step")->check(CLI::PositiveNumber);
+  return [a, prompt, ids] {
+    RILL_CHECK(prompt->count() + ids->count() > 0, "give a prompt: --prompt TEXT or --prompt-ids 1,2,3");
+    return run_generate(*a);
+  };
+}
+
+}  // namespace rill::cli

@@ -1,0 +1,33 @@
+// rill: run and serve large language models. See `rill --help` and README.md.
+#include <cstdio>
+#include <map>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"rill: run and serve large language models (Llama, Mistral, Qwen2/3, Mixtral, Qwen3-MoE)"};
+  app.set_version_flag("--version", "rill 0.1.0");
+  app.require_subcommand(1);
+  std::map<CLI::App*, rill::cli::Run> runs;
+  auto* generate = app.add_subcommand("generate", "Generate text from a prompt, streaming it to stdout");
+  runs[generate] = rill::cli::add_generate(*generate);
+  auto* inspect = app.add_subcommand("inspect", "Print a model's architecture, dimensions, size and memory needs");
+  runs[inspect] = rill::cli::add_inspect(*inspect);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& [sub, run] : runs)
+      if (sub->parsed()) return run();
+  } catch (const rill::Error& e) {
+    std::fprintf(stderr, "rill: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rill: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

@@ -1,0 +1,74 @@
+#include "engine/generate.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "core/error.h"
+
+namespace rill {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+}  // namespace
+
+GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
+                        const std::function<bool(int32_t)>& on_token) {
+  const ModelConfig& c = model.config();
+  RILL_CHECK(!prompt.empty(), "the prompt is empty (give at least one token)");
+  RILL_CHECK(opt.max_new_tokens >= 0, "max_new_tokens must be >= 0");
+  RILL_CHECK(opt.prefill_chunk > 0, "prefill_chunk must be positive");
+  const int total = int(prompt.size()) + opt.max_new_tokens;
+  BlockTable table;
+  RILL_CHECK(table.reserve(total, kv.block_size(), kv.pool()),
+             "prompt (" + std::to_string(prompt.size()) + " tokens) + max_new_tokens (" +
+                 std::to_string(opt.max_new_tokens) + ") needs " +
+                 std::to_string((total + kv.block_size() - 1) / kv.block_size()) + " KV blocks but only " +
+                 std::to_string(kv.pool().num_free()) + " are free");
+  struct Release {
+    BlockTable& t;
+    BlockPool& p;
+    ~Release() { t.release_all(p); }
+  } release{table, kv.pool()};
+
+  GenerateResult r;
+  Sampler sampler(opt.sampling);
+  sampler.add_prompt(prompt);
+  std::vector<float> logits;
+  const size_t vocab = size_t(c.vocab_size);
+  if (opt.keep_prompt_logits) r.prompt_logits.reserve(prompt.size() * vocab);
+
+  auto t0 = std::chrono::steady_clock::now();
+  for (size_t begin = 0; begin < prompt.size(); begin += size_t(opt.prefill_chunk)) {
+    const size_t end = std::min(prompt.size(), begin + size_t(opt.prefill_chunk));
+    Batch b;
+    b.add_sequence({prompt.begin() + long(begin), prompt.begin() + long(end)}, int(begin), int(begin), table.blocks,
+                   kv.block_size(), opt.keep_prompt_logits);
+    model.forward(b, kv, &logits);
+    if (opt.keep_prompt_logits) r.prompt_logits.insert(r.prompt_logits.end(), logits.begin(), logits.end());
+  }
+  r.prefill_seconds = seconds_since(t0);
+  if (opt.max_new_tokens == 0) return r;
+
+  // The last prompt position's logits are the last row of the last chunk.
+  std::vector<float> next(logits.end() - long(vocab), logits.end());
+  t0 = std::chrono::steady_clock::now();
+  int pos = int(prompt.size());
+  for (int i = 0; i < opt.max_new_tokens; ++i) {
+    const int32_t tok = sampler.sample(next.data(), int(vocab));
+    r.ids.push_back(tok);
+    const bool eos = opt.stop_at_eos && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
+    if (on_token && !on_token(tok)) break;
+    if (eos || i + 1 == opt.max_new_tokens) break;
+    Batch b;
+    b.add_sequence({tok}, pos, pos, table.blocks, kv.block_size(), false);
+    model.forward(b, kv, &next);
+    ++pos;
+    ++r.decode_steps;
+  }
+  r.decode_seconds = seconds_since(t0);
+  return r;
+}
+
+}  // namespace rill

@@ -1,0 +1,52 @@
+// Sampler: turns one row of logits into a token id. Penalties first (repetition as in HF transformers:
+// divide positive logits, multiply negative ones, over prompt and output tokens; presence and frequency
+// as in OpenAI's API, over output tokens only), then greedy when temperature is 0, else temperature,
+// top-k, top-p and min-p filtering and a draw from a per-request seeded generator. The same seed and the
+// same logits give the same tokens on every run and every machine.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace rill {
+
+struct SamplingParams {
+  float temperature = 1.0f;  // 0: greedy
+  int top_k = 0;             // 0: off
+  float top_p = 1.0f;        // 1: off
+  float min_p = 0.0f;        // 0: off
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  uint64_t seed = 0;
+  bool has_seed = false;
+
+  // Throws rill::Error naming the parameter when a value is out of range.
+  void validate() const;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplingParams& params);
+
+  // Records tokens seen before generation (the prompt), for the repetition penalty.
+  void add_prompt(const std::vector<int32_t>& tokens);
+  // Picks the next token from logits [vocab] (modified in place) and records it as output.
+  int32_t sample(float* logits, int vocab);
+
+ private:
+  SamplingParams p_;
+  std::mt19937_64 rng_;
+  std::unordered_map<int32_t, int> output_counts_;
+  std::vector<int32_t> seen_;  // prompt and output tokens, unique
+  std::vector<char> seen_mask_;
+  std::vector<std::pair<float, int32_t>> cand_;
+
+  void mark_seen(int32_t t);
+  double uniform();
+};
+
+}  // namespace rill

@@ -1,0 +1,28 @@
+// Batch: the host-side description of one forward step, as the scheduler builds it. A flat list of
+// tokens from many sequences; sequence s owns tokens [q_start[s], q_start[s+1]). Prefill, chunked
+// prefill and decode are all "some tokens of some sequences".
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace rill {
+
+struct Batch {
+  std::vector<int32_t> tokens;     // [n]
+  std::vector<int32_t> positions;  // [n]: RoPE position of each token
+  std::vector<int32_t> slots;      // [n]: KV cache slot each token's K/V is written to
+  std::vector<int32_t> q_start;    // [num_seqs + 1]
+  std::vector<int32_t> ctx_len;    // [num_seqs]: KV entries visible to the sequence after this step
+  std::vector<std::vector<int32_t>> block_tables;  // [num_seqs][blocks]
+  std::vector<int32_t> logit_rows;  // token indices whose logits are wanted, in output order
+
+  int num_tokens() const { return int(tokens.size()); }
+  int num_seqs() const { return int(ctx_len.size()); }
+  // Appends a sequence's new tokens (at positions start_pos.., cache indices start_index..).
+  void add_sequence(const std::vector<int32_t>& new_tokens, int start_pos, int start_index,
+                    const std::vector<int32_t>& block_table, int block_size, bool all_logits);
+};
+
+}  // namespace rill

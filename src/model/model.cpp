@@ -1,0 +1,293 @@
+#include "model/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "formats/hf_config.h"
+#include "formats/llama2c.h"
+#include "model/rope.h"
+
+namespace rill {
+namespace fs = std::filesystem;
+
+namespace {
+
+// generation_config.json may list more end-of-sequence ids than config.json (Llama 3 does).
+void merge_generation_config(const fs::path& dir, ModelConfig* c) {
+  const fs::path p = dir / "generation_config.json";
+  if (!fs::exists(p)) return;
+  std::ifstream in(p);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(p.string() + ": not valid JSON: " + e.what());
+  }
+  if (!j.is_object()) return;
+  auto add = [&](const nlohmann::json& v) {
+    if (v.is_number_integer() &&
+        std::find(c->eos_token_ids.begin(), c->eos_token_ids.end(), v.get<int>()) == c->eos_token_ids.end())
+      c->eos_token_ids.push_back(v.get<int>());
+  };
+  if (j.contains("eos_token_id")) {
+    if (j["eos_token_id"].is_array())
+      for (const auto& v : j["eos_token_id"]) add(v);
+    else
+      add(j["eos_token_id"]);
+  }
+  if (c->bos_token_id < 0 && j.contains("bos_token_id") && j["bos_token_id"].is_number_integer())
+    c->bos_token_id = j["bos_token_id"].get<int>();
+}
+
+// A view of the first s.numel() elements of a workspace buffer, shaped s.
+Tensor view_as(const Tensor& buffer, const Shape& s) {
+  RILL_CHECK(s.numel() <= buffer.numel(), "workspace buffer too small");
+  Tensor t = buffer;
+  t.shape = s;
+  return t;
+}
+
+std::string layer_name(int l, const std::string& suffix) {
+  return "model.layers." + std::to_string(l) + "." + suffix;
+}
+
+}  // namespace
+
+Checkpoint read_checkpoint(const std::string& path) {
+  Checkpoint ck;
+  ck.path = path;
+  RILL_CHECK(fs::exists(path), path + ": no such file or directory");
+  if (fs::is_regular_file(path)) {
+    RILL_CHECK(fs::path(path).extension() == ".bin",
+               path + ": expected a model directory (config.json + *.safetensors) or a llama2.c .bin file");
+    auto l2c = read_llama2c(path);
+    ck.config = std::move(l2c.config);
+    ck.weights = std::move(l2c.weights);
+    return ck;
+  }
+  const fs::path config = fs::path(path) / "config.json";
+  RILL_CHECK(fs::exists(config), path + ": no config.json in the model directory");
+  ck.config = read_hf_config(config.string());
+  merge_generation_config(path, &ck.config);
+  ck.weights = read_safetensors_dir(path);
+  return ck;
+}
+
+struct Model::Workspace {
+  int64_t capacity = 0;
+  Tensor residual, h, q, k, v, attn, o, gate, up, mlp, router, route_ids, route_w;
+};
+
+Model::Model(const Checkpoint& ck, Backend& backend) : config_(ck.config), backend_(backend) {
+  bind(ck);
+  inv_freq_ = rope_inv_freq(config_, 0);
+  attention_factor_ = float(rope_attention_factor(config_));
+  inv_freq_dev_ = backend_.alloc(DType::F64, {1, int64_t(inv_freq_.size())});
+  backend_.write(inv_freq_dev_, inv_freq_.data(), inv_freq_.size() * sizeof(double));
+}
+
+void Model::bind(const Checkpoint& ck) {
+  const ModelConfig& c = config_;
+  const WeightMap& wm = ck.weights;
+  const int64_t d = c.hidden_size, hd = c.head_dim, qd = int64_t(c.num_heads) * hd, kvd = int64_t(c.num_kv_heads) * hd;
+  std::vector<const void*> counted;
+  auto upload = [&](const std::string& name, const Tensor& t, const Shape& expect) {
+    RILL_CHECK(t.shape == expect, wm.where(name) + ": tensor '" + name + "' has shape " + t.shape.str() +
+                                      ", expected " + expect.str() + " from config");
+    RILL_CHECK(t.dtype == DType::F32 || t.dtype == DType::BF16 || t.dtype == DType::F16,
+               wm.where(name) + ": tensor '" + name + "' has dtype " + std::string(dtype_name(t.dtype)) +
+                   " (weights must be F32, BF16 or F16)");
+    if (std::find(counted.begin(), counted.end(), t.data) == counted.end()) {
+      counted.push_back(t.data);
+      weight_bytes_ += t.nbytes();
+    }
+    return backend_.upload_weight(t);
+  };
+  auto need = [&](const std::string& name, const Shape& expect) { return upload(name, wm.get(name), expect); };
+  auto maybe = [&](const std::string& name, const Shape& expect, bool required) {
+    if (!wm.has(name)) {
+      RILL_CHECK(!required, "tensor '" + name + "' missing from " + wm.description + " (config.json asks for it)");
+      return Tensor{};
+    }
+    return upload(name, wm.get(name), expect);
+  };
+
+  w_.embed = need("model.embed_tokens.weight", {c.vocab_size, d});
+  w_.norm = need("model.norm.weight", {d});
+  if (c.tie_word_embeddings && !wm.has("lm_head.weight")) w_.lm_head = w_.embed;
+  else w_.lm_head = need("lm_head.weight", {c.vocab_size, d});
+
+  for (int l = 0; l < c.num_layers; ++l) {
+    LayerWeights L;
+    auto name = [&](const char* s) { return layer_name(l, s); };
+    L.input_norm = need(name("input_layernorm.weight"), {d});
+    L.post_attention_norm = need(name("post_attention_layernorm.weight"), {d});
+    L.q = need(name("self_attn.q_proj.weight"), {qd, d});
+    L.k = need(name("self_attn.k_proj.weight"), {kvd, d});
+    L.v = need(name("self_attn.v_proj.weight"), {kvd, d});
+    L.o = need(name("self_attn.o_proj.weight"), {d, qd});
+    L.q_bias = maybe(name("self_attn.q_proj.bias"), {qd}, c.attention_bias);
+    L.k_bias = maybe(name("self_attn.k_proj.bias"), {kvd}, c.attention_bias);
+    L.v_bias = maybe(name("self_attn.v_proj.bias"), {kvd}, c.attention_bias);
+    L.o_bias = maybe(name("self_attn.o_proj.bias"), {d}, c.attention_out_bias);
+    if (c.qk_norm) {
+      L.q_norm = need(name("self_attn.q_norm.weight"), {hd});
+      L.k_norm = need(name("self_attn.k_norm.weight"), {hd});
+    }
+    if (c.layer_is_moe(l)) {
+      const int64_t f = c.moe_intermediate_size, E = c.num_experts;
+      const bool mixtral = c.arch == Arch::Mixtral;
+      const std::string prefix = mixtral ? "block_sparse_moe." : "mlp.";
+      L.router = need(layer_name(l, prefix + "gate.weight"), {E, d});
+      for (int e = 0; e < E; ++e) {
+        const std::string ex = prefix + "experts." + std::to_string(e) + ".";
+        ExpertWeights ew;
+        ew.gate = need(layer_name(l, ex + (mixtral ? "w1" : "gate_proj") + ".weight"), {f, d});
+        ew.up = need(layer_name(l, ex + (mixtral ? "w3" : "up_proj") + ".weight"), {f, d});
+        ew.down = need(layer_name(l, ex + (mixtral ? "w2" : "down_proj") + ".weight"), {d, f});
+        L.experts.push_back(ew);
+      }
+    } else {
+      const int64_t f = c.intermediate_size;
+      L.gate = need(name("mlp.gate_proj.weight"), {f, d});
+      L.up = need(name("mlp.up_proj.weight"), {f, d});
+      L.down = need(name("mlp.down_proj.weight"), {d, f});
+      L.gate_bias = maybe(name("mlp.gate_proj.bias"), {f}, c.mlp_bias);
+      L.up_bias = maybe(name("mlp.up_proj.bias"), {f}, c.mlp_bias);
+      L.down_bias = maybe(name("mlp.down_proj.bias"), {d}, c.mlp_bias);
+    }
+    w_.layers.push_back(std::move(L));
+  }
+}
+
+Tensor Model::upload_i32(const std::vector<int32_t>& v) {
+  Tensor t = backend_.alloc(DType::I32, {std::max<int64_t>(1, int64_t(v.size()))});
+  if (!v.empty()) backend_.write(t, v.data(), v.size() * sizeof(int32_t));
+  return t.slice_rows(0, int64_t(v.size()));
+}
+
+void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits) {
+  const ModelConfig& c = config_;
+  const int64_t n = batch.num_tokens(), d = c.hidden_size, hd = c.head_dim;
+  const int64_t H = c.num_heads, KV = c.num_kv_heads;
+  RILL_CHECK(n > 0, "forward: empty batch");
+  for (int32_t id : batch.tokens)
+    RILL_CHECK(id >= 0 && id < c.vocab_size, "token id " + std::to_string(id) + " is outside the vocabulary (" +
+                                                 std::to_string(c.vocab_size) + " tokens)");
+
+  // Workspace: grown to the largest batch seen, never shrunk.
+  if (!ws_ || ws_->capacity < n) {
+    auto ws = std::make_shared<Workspace>();
+    ws->capacity = n;
+    const int64_t f = std::max(c.intermediate_size, c.moe_intermediate_size);
+    ws->residual = backend_.alloc(DType::F32, {n, d});
+    ws->h = backend_.alloc(DType::F32, {n, d});
+    ws->q = backend_.alloc(DType::F32, {n, H * hd});
+    ws->k = backend_.alloc(DType::F32, {n, KV * hd});
+    ws->v = backend_.alloc(DType::F32, {n, KV * hd});
+    ws->attn = backend_.alloc(DType::F32, {n, H * hd});
+    ws->o = backend_.alloc(DType::F32, {n, d});
+    ws->gate = backend_.alloc(DType::F32, {n, f});
+    ws->up = backend_.alloc(DType::F32, {n, f});
+    ws->mlp = backend_.alloc(DType::F32, {n, d});
+    if (c.num_experts > 0) {
+      ws->router = backend_.alloc(DType::F32, {n, c.num_experts});
+      ws->route_ids = backend_.alloc(DType::I32, {n, c.num_experts_per_tok});
+      ws->route_w = backend_.alloc(DType::F32, {n, c.num_experts_per_tok});
+    }
+    ws_ = ws;
+  }
+  Workspace& ws = *ws_;
+  auto rows = [n](const Tensor& t) { return t.slice_rows(0, n); };
+  const Tensor residual = rows(ws.residual), h = rows(ws.h), q = rows(ws.q), k = rows(ws.k), v = rows(ws.v);
+  const Tensor attn = rows(ws.attn), o = rows(ws.o), mlp = rows(ws.mlp);
+
+  // Batch metadata to the device.
+  AttentionBatch ab;
+  ab.num_seqs = batch.num_seqs();
+  ab.num_tokens = int(n);
+  for (const auto& t : batch.block_tables) ab.max_blocks_per_seq = std::max(ab.max_blocks_per_seq, int(t.size()));
+  std::vector<int32_t> tables(size_t(ab.num_seqs) * size_t(std::max(1, ab.max_blocks_per_seq)), 0);
+  std::vector<int32_t> token_seq(static_cast<size_t>(n));
+  for (int s = 0; s < ab.num_seqs; ++s) {
+    std::copy(batch.block_tables[size_t(s)].begin(), batch.block_tables[size_t(s)].end(),
+              tables.begin() + int64_t(s) * ab.max_blocks_per_seq);
+    for (int t = batch.q_start[size_t(s)]; t < batch.q_start[size_t(s) + 1]; ++t) token_seq[size_t(t)] = s;
+  }
+  const Tensor ids = upload_i32(batch.tokens), positions = upload_i32(batch.positions);
+  const Tensor slots = upload_i32(batch.slots);
+  ab.q_start = upload_i32(batch.q_start);
+  ab.ctx_len = upload_i32(batch.ctx_len);
+  ab.block_tables = upload_i32(tables);
+  ab.token_seq = upload_i32(token_seq);
+
+  // RoPE frequencies: fixed, except dynamic NTK scaling, which depends on each sequence's length.
+  Tensor inv_freq = inv_freq_dev_, rope_row;
+  if (c.rope.type == RopeType::Dynamic) {
+    const int64_t half = hd / 2;
+    std::vector<double> rows_f(size_t(ab.num_seqs * half));
+    for (int s = 0; s < ab.num_seqs; ++s) {
+      int max_pos = 0;
+      for (int t = batch.q_start[size_t(s)]; t < batch.q_start[size_t(s) + 1]; ++t)
+        max_pos = std::max(max_pos, batch.positions[size_t(t)]);
+      const auto f = rope_inv_freq(c, max_pos + 1);
+      std::copy(f.begin(), f.end(), rows_f.begin() + s * half);
+    }
+    inv_freq = backend_.alloc(DType::F64, {ab.num_seqs, half});
+    backend_.write(inv_freq, rows_f.data(), rows_f.size() * sizeof(double));
+    rope_row = ab.token_seq;
+  }
+
+  const float scale = float(1.0 / std::sqrt(double(hd)));
+  backend_.embedding(residual, w_.embed, ids);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& L = w_.layers[size_t(l)];
+    // Attention block: pre-norm (fused with the previous block's residual add).
+    if (l == 0) backend_.rmsnorm(h, residual, L.input_norm, c.rms_norm_eps);
+    else backend_.add_rmsnorm(residual, h, mlp, L.input_norm, c.rms_norm_eps);
+    backend_.linear(q, h, L.q, L.q_bias);
+    backend_.linear(k, h, L.k, L.k_bias);
+    backend_.linear(v, h, L.v, L.v_bias);
+    if (c.qk_norm) {
+      backend_.rmsnorm(q, q, L.q_norm, c.rms_norm_eps);
+      backend_.rmsnorm(k, k, L.k_norm, c.rms_norm_eps);
+    }
+    backend_.rope(q, int(hd), positions, inv_freq, rope_row, attention_factor_);
+    backend_.rope(k, int(hd), positions, inv_freq, rope_row, attention_factor_);
+    backend_.kv_write(kv.layer(l), k, v, slots);
+    backend_.attention(attn, q, kv.layer(l), ab, int(H), scale, c.sliding_window);
+    backend_.linear(o, attn, L.o, L.o_bias);
+    // Feed-forward block.
+    backend_.add_rmsnorm(residual, h, o, L.post_attention_norm, c.rms_norm_eps);
+    if (!L.experts.empty()) {
+      const Tensor router = rows(ws.router), route_ids = rows(ws.route_ids), route_w = rows(ws.route_w);
+      backend_.linear(router, h, L.router, Tensor{});
+      backend_.moe_route(route_ids, route_w, router, c.num_experts_per_tok, c.norm_topk_prob);
+      backend_.moe_experts(mlp, h, route_ids, route_w, L.experts);
+    } else {
+      const Tensor gate = view_as(ws.gate, {n, c.intermediate_size});
+      const Tensor up = view_as(ws.up, {n, c.intermediate_size});
+      backend_.linear(gate, h, L.gate, L.gate_bias);
+      backend_.linear(up, h, L.up, L.up_bias);
+      backend_.silu_mul(gate, gate, up);
+      backend_.linear(mlp, gate, L.down, L.down_bias);
+    }
+  }
+  backend_.add_rmsnorm(residual, h, mlp, w_.norm, c.rms_norm_eps);
+
+  // Logits only for the rows the caller asked for.
+  const int64_t m = int64_t(batch.logit_rows.size());
+  logits->resize(size_t(m * c.vocab_size));
+  if (m == 0) return;
+  const Tensor sel = backend_.alloc(DType::F32, {m, d});
+  backend_.gather_rows(sel, h, upload_i32(batch.logit_rows));
+  const Tensor out = backend_.alloc(DType::F32, {m, c.vocab_size});
+  backend_.linear(out, sel, w_.lm_head, Tensor{});
+  backend_.read(logits->data(), out, out.nbytes());
+}
+
+}  // namespace rill
