@@ -148,10 +148,17 @@ WeightMap read_safetensors_dir(const std::string& dir) {
 
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata) {
+  // Data in order of decreasing element size (then name), as the reference writer does, so every tensor
+  // starts aligned to its element size.
+  std::vector<std::pair<std::string, Tensor>> ordered = tensors;
+  std::stable_sort(ordered.begin(), ordered.end(), [](const auto& a, const auto& b) {
+    const size_t sa = dtype_size(a.second.dtype), sb = dtype_size(b.second.dtype);
+    return sa != sb ? sa > sb : a.first < b.first;
+  });
   json header = json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
   uint64_t offset = 0;
-  for (const auto& [name, t] : tensors) {
+  for (const auto& [name, t] : ordered) {
     RILL_CHECK(t.device == Device::CPU, "write_safetensors: tensor '" + name + "' is not on the host");
     std::vector<int64_t> shape(t.shape.dims.begin(), t.shape.dims.begin() + t.shape.rank);
     header[name] = {{"dtype", std::string(dtype_name(t.dtype))}, {"shape", shape},
@@ -166,7 +173,7 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
   for (int i = 0; i < 8; ++i) len[i] = uint8_t(uint64_t(h.size()) >> (8 * i));
   out.write(reinterpret_cast<const char*>(len), 8);
   out.write(h.data(), std::streamsize(h.size()));
-  for (const auto& [name, t] : tensors) out.write(static_cast<const char*>(t.data), std::streamsize(t.nbytes()));
+  for (const auto& [name, t] : ordered) out.write(static_cast<const char*>(t.data), std::streamsize(t.nbytes()));
   RILL_CHECK(out.good(), path + ": write failed");
 }
 

@@ -96,6 +96,7 @@ std::vector<int32_t> Llama2cTokenizer::encode(const std::string& text, bool add_
 
 std::string Llama2cTokenizer::decode_piece(int32_t prev, int32_t id) const {
   RILL_CHECK(id >= 0 && id < vocab_size(), "token id " + std::to_string(id) + " is outside the tokenizer's vocabulary");
+  if (id == 1 || id == 2) return "";  // BOS and EOS are control tokens: no text
   const std::string& p = pieces_[size_t(id)];
   unsigned byte;
   if (p.size() == 6 && std::sscanf(p.c_str(), "<0x%02X>", &byte) == 1) return std::string(1, char(byte));

@@ -1,0 +1,237 @@
+// CPU backend ops against straightforward reference loops, on odd sizes that hit every vector tail,
+// with weights in f32, bf16 and f16, and attention over a scattered block table.
+#include <random>
+
+#include "backend/backend.h"
+#include "backend/cpu/vec.h"
+#include "core/error.h"
+#include "core/thread_pool.h"
+#include "test_util.h"
+
+namespace rill::test {
+namespace {
+
+std::vector<float> randn(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d;
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+Tensor host(std::vector<float>& v, Shape s) { return Tensor{v.data(), DType::F32, s}; }
+
+TEST(DType, ConversionsRoundTrip) {
+  for (float f : {0.f, 1.f, -2.5f, 3.140625f, 65504.f, 1e-7f, -0.f}) {
+    EXPECT_EQ(f16_to_f32(f32_to_f16(f)), f16_to_f32(f32_to_f16(f16_to_f32(f32_to_f16(f)))));
+    EXPECT_NEAR(f16_to_f32(f32_to_f16(f)), f, std::fabs(f) * 1e-3 + 6e-8);
+    EXPECT_NEAR(bf16_to_f32(f32_to_bf16(f)), f, std::fabs(f) * 8e-3);
+  }
+  EXPECT_EQ(f32_to_bf16(1.f), 0x3f80);
+  EXPECT_EQ(f32_to_f16(1.f), 0x3c00);
+  EXPECT_TRUE(std::isinf(f16_to_f32(f32_to_f16(1e6f))));
+  EXPECT_TRUE(std::isnan(bf16_to_f32(f32_to_bf16(NAN))));
+  EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.f, -24));  // smallest subnormal
+}
+
+class LinearTest : public testing::TestWithParam<std::tuple<DType, int>> {};
+
+TEST_P(LinearTest, MatchesReference) {
+  const auto [dtype, n] = GetParam();
+  const int in = 67, out = 45;  // not multiples of 8 or of the tile sizes
+  auto backend = make_cpu_backend(3);
+  auto x = randn(size_t(n * in), 1), w = randn(size_t(out * in), 2), b = randn(size_t(out), 3);
+  std::vector<uint16_t> w16(w.size());
+  for (size_t i = 0; i < w.size(); ++i) {
+    w16[i] = dtype == DType::BF16 ? f32_to_bf16(w[i]) : f32_to_f16(w[i]);
+    w[i] = dtype == DType::BF16 ? bf16_to_f32(w16[i]) : dtype == DType::F16 ? f16_to_f32(w16[i]) : w[i];
+  }
+  Tensor wt = dtype == DType::F32 ? host(w, {out, in}) : Tensor{w16.data(), dtype, {out, in}};
+  Tensor y = backend->alloc(DType::F32, {n, out});
+  backend->linear(y, host(x, {n, in}), backend->upload_weight(wt), host(b, {out}));
+  for (int t = 0; t < n; ++t)
+    for (int r = 0; r < out; ++r) {
+      double ref = b[size_t(r)];
+      for (int i = 0; i < in; ++i) ref += double(x[size_t(t * in + i)]) * w[size_t(r * in + i)];
+      ASSERT_NEAR(y.ptr<float>()[t * out + r], ref, 1e-4) << "token " << t << " row " << r;
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, LinearTest,
+                         testing::Combine(testing::Values(DType::F32, DType::BF16, DType::F16), testing::Values(1, 3, 50)));
+
+TEST(Backend, RmsNormAndFusedResidual) {
+  auto backend = make_cpu_backend(2);
+  const int rows = 5, d = 13;
+  auto x = randn(rows * d, 4), w = randn(d, 5), delta = randn(rows * d, 6);
+  Tensor out = backend->alloc(DType::F32, {rows, d});
+  backend->rmsnorm(out, host(x, {rows, d}), host(w, {d}), 1e-5f);
+  auto res = x;
+  Tensor out2 = backend->alloc(DType::F32, {rows, d});
+  backend->add_rmsnorm(host(res, {rows, d}), out2, host(delta, {rows, d}), host(w, {d}), 1e-5f);
+  for (int r = 0; r < rows; ++r) {
+    double ss = 0, ss2 = 0;
+    for (int i = 0; i < d; ++i) {
+      ss += x[size_t(r * d + i)] * x[size_t(r * d + i)];
+      const double s = x[size_t(r * d + i)] + delta[size_t(r * d + i)];
+      ss2 += s * s;
+    }
+    for (int i = 0; i < d; ++i) {
+      EXPECT_NEAR(out.ptr<float>()[r * d + i], w[size_t(i)] * x[size_t(r * d + i)] / std::sqrt(ss / d + 1e-5), 1e-5);
+      const double s = x[size_t(r * d + i)] + delta[size_t(r * d + i)];
+      EXPECT_NEAR(res[size_t(r * d + i)], s, 1e-6);
+      EXPECT_NEAR(out2.ptr<float>()[r * d + i], w[size_t(i)] * s / std::sqrt(ss2 / d + 1e-5), 1e-5);
+    }
+  }
+}
+
+TEST(Backend, RopeRotatesHalvesInDouble) {
+  auto backend = make_cpu_backend(1);
+  const int hd = 4, heads = 2;
+  std::vector<float> x = {1, 0, 0, 0, 0, 1, 2, 3};  // one token, two heads
+  std::vector<int32_t> pos = {3'000'000};           // far beyond any training context
+  std::vector<double> inv = {1.0, 0.01};
+  backend->rope(host(x, {1, heads * hd}), hd, Tensor{pos.data(), DType::I32, {1}}, Tensor{inv.data(), DType::F64, {1, 2}},
+                Tensor{}, 1.0f);
+  const double a0 = 3e6 * 1.0, a1 = 3e6 * 0.01;
+  EXPECT_NEAR(x[0], std::cos(a0), 1e-6);
+  EXPECT_NEAR(x[2], std::sin(a0), 1e-6);
+  // second head: (x0, x1, x2, x3) = (0, 1, 2, 3)
+  EXPECT_NEAR(x[4], 0 * std::cos(a0) - 2 * std::sin(a0), 1e-5);
+  EXPECT_NEAR(x[5], 1 * std::cos(a1) - 3 * std::sin(a1), 1e-5);
+  EXPECT_NEAR(x[6], 2 * std::cos(a0) + 0 * std::sin(a0), 1e-5);
+  EXPECT_NEAR(x[7], 3 * std::cos(a1) + 1 * std::sin(a1), 1e-5);
+}
+
+// Two sequences in one flat batch, their KV scattered over non-contiguous blocks; sequence 0 has 9
+// cached tokens plus 3 new ones, sequence 1 has 4 new tokens. Compared with dense causal attention.
+TEST(Backend, PagedAttentionMatchesDense) {
+  auto backend = make_cpu_backend(3);
+  const int H = 4, KVH = 2, hd = 8, bs = 4, blocks = 10;
+  KvLayer kv{backend->alloc(DType::F32, {blocks, bs, KVH, hd}), backend->alloc(DType::F32, {blocks, bs, KVH, hd})};
+  const std::vector<std::vector<int32_t>> tables = {{7, 2, 9, 0}, {5, 3}};
+  const std::vector<int> ctx = {12, 4}, qlen = {3, 4};
+  // Fill each sequence's full K/V history.
+  std::vector<std::vector<float>> K(2), V(2);
+  for (int s = 0; s < 2; ++s) {
+    K[size_t(s)] = randn(size_t(ctx[size_t(s)] * KVH * hd), 10 + s);
+    V[size_t(s)] = randn(size_t(ctx[size_t(s)] * KVH * hd), 20 + s);
+    std::vector<int32_t> slots;
+    for (int j = 0; j < ctx[size_t(s)]; ++j) slots.push_back(tables[size_t(s)][size_t(j / bs)] * bs + j % bs);
+    backend->kv_write(kv, host(K[size_t(s)], {ctx[size_t(s)], KVH * hd}), host(V[size_t(s)], {ctx[size_t(s)], KVH * hd}),
+                      Tensor{slots.data(), DType::I32, {int64_t(slots.size())}});
+  }
+  const int n = qlen[0] + qlen[1];
+  auto q = randn(size_t(n * H * hd), 30);
+  std::vector<int32_t> q_start = {0, 3, 7}, ctx_len = {12, 4}, token_seq = {0, 0, 0, 1, 1, 1, 1};
+  std::vector<int32_t> flat = {7, 2, 9, 0, 5, 3, 0, 0};
+  AttentionBatch ab;
+  ab.num_seqs = 2;
+  ab.num_tokens = n;
+  ab.max_blocks_per_seq = 4;
+  ab.q_start = Tensor{q_start.data(), DType::I32, {3}};
+  ab.ctx_len = Tensor{ctx_len.data(), DType::I32, {2}};
+  ab.block_tables = Tensor{flat.data(), DType::I32, {2, 4}};
+  ab.token_seq = Tensor{token_seq.data(), DType::I32, {n}};
+  for (int window : {0, 5}) {
+    Tensor out = backend->alloc(DType::F32, {n, H * hd});
+    backend->attention(out, host(q, {n, H * hd}), kv, ab, H, 0.3f, window);
+    for (int t = 0; t < n; ++t) {
+      const int s = token_seq[size_t(t)];
+      const int self = ctx[size_t(s)] - qlen[size_t(s)] + (t - q_start[size_t(s)]);
+      const int lo = window > 0 ? std::max(0, self - window + 1) : 0;
+      for (int h = 0; h < H; ++h) {
+        const int g = h / (H / KVH);
+        std::vector<double> p;
+        double mx = -1e30, sum = 0;
+        for (int j = lo; j <= self; ++j) {
+          double sc = 0;
+          for (int i = 0; i < hd; ++i)
+            sc += double(q[size_t((t * H + h) * hd + i)]) * K[size_t(s)][size_t((j * KVH + g) * hd + i)];
+          p.push_back(sc * 0.3);
+          mx = std::max(mx, sc * 0.3);
+        }
+        for (double& v : p) sum += (v = std::exp(v - mx));
+        for (int i = 0; i < hd; ++i) {
+          double ref = 0;
+          for (int j = lo; j <= self; ++j) ref += p[size_t(j - lo)] / sum * V[size_t(s)][size_t((j * KVH + g) * hd + i)];
+          ASSERT_NEAR(out.ptr<float>()[(t * H + h) * hd + i], ref, 1e-5) << "window " << window << " token " << t;
+        }
+      }
+    }
+  }
+}
+
+TEST(Backend, MoeRouteAndExperts) {
+  auto backend = make_cpu_backend(2);
+  const int n = 3, d = 6, f = 5, E = 4, k = 2;
+  auto logits = randn(n * E, 40), x = randn(n * d, 41);
+  std::vector<std::vector<float>> wg, wu, wd;
+  std::vector<ExpertWeights> experts;
+  for (int e = 0; e < E; ++e) {
+    wg.push_back(randn(f * d, 50 + e));
+    wu.push_back(randn(f * d, 60 + e));
+    wd.push_back(randn(d * f, 70 + e));
+  }
+  for (int e = 0; e < E; ++e) experts.push_back({host(wg[size_t(e)], {f, d}), host(wu[size_t(e)], {f, d}), host(wd[size_t(e)], {d, f})});
+  for (bool normalize : {true, false}) {
+    Tensor ids = backend->alloc(DType::I32, {n, k}), w = backend->alloc(DType::F32, {n, k});
+    backend->moe_route(ids, w, host(logits, {n, E}), k, normalize);
+    Tensor out = backend->alloc(DType::F32, {n, d});
+    backend->moe_experts(out, host(x, {n, d}), ids, w, experts);
+    for (int t = 0; t < n; ++t) {
+      std::vector<double> p(E);
+      double mx = -1e30, sum = 0;
+      for (int e = 0; e < E; ++e) mx = std::max(mx, double(logits[size_t(t * E + e)]));
+      for (int e = 0; e < E; ++e) sum += (p[size_t(e)] = std::exp(logits[size_t(t * E + e)] - mx));
+      std::vector<int> order = {0, 1, 2, 3};
+      std::sort(order.begin(), order.end(), [&](int a, int b) { return p[size_t(a)] > p[size_t(b)]; });
+      const double top = (p[size_t(order[0])] + p[size_t(order[1])]) / sum;
+      std::vector<double> ref(d, 0.0);
+      for (int j = 0; j < k; ++j) {
+        const int e = order[size_t(j)];
+        ASSERT_EQ(ids.ptr<int32_t>()[t * k + j], e);
+        const double wt = p[size_t(e)] / sum / (normalize ? top : 1.0);
+        EXPECT_NEAR(w.ptr<float>()[t * k + j], wt, 1e-6);
+        std::vector<double> act(f);
+        for (int r = 0; r < f; ++r) {
+          double g = 0, u = 0;
+          for (int i = 0; i < d; ++i) {
+            g += double(wg[size_t(e)][size_t(r * d + i)]) * x[size_t(t * d + i)];
+            u += double(wu[size_t(e)][size_t(r * d + i)]) * x[size_t(t * d + i)];
+          }
+          act[size_t(r)] = g / (1 + std::exp(-g)) * u;
+        }
+        for (int r = 0; r < d; ++r) {
+          double y = 0;
+          for (int i = 0; i < f; ++i) y += double(wd[size_t(e)][size_t(r * f + i)]) * act[size_t(i)];
+          ref[size_t(r)] += wt * y;
+        }
+      }
+      for (int r = 0; r < d; ++r) EXPECT_NEAR(out.ptr<float>()[t * d + r], ref[size_t(r)], 1e-4);
+    }
+  }
+}
+
+TEST(Backend, BadArgumentsThrow) {
+  auto backend = make_cpu_backend(1);
+  auto x = randn(10, 1);
+  std::vector<int32_t> bad = {12};
+  Tensor out = backend->alloc(DType::F32, {1, 5});
+  EXPECT_THROW(backend->embedding(out, host(x, {2, 5}), Tensor{bad.data(), DType::I32, {1}}), Error);
+  EXPECT_THROW(backend->linear(out, host(x, {2, 5}), host(x, {5, 2}), Tensor{}), Error);
+}
+
+TEST(ThreadPool, CoversRangeExactlyOnce) {
+  ThreadPool pool(4);
+  for (int64_t n : {0, 1, 7, 1000}) {
+    std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+    pool.parallel_for(n, 3, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) hits[size_t(i)]++;
+    });
+    for (auto& h : hits) ASSERT_EQ(h.load(), 1);
+  }
+}
+
+}  // namespace
+}  // namespace rill::test

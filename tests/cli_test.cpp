@@ -1,0 +1,109 @@
+// The rill binary end to end: output formats, logit dumps, and clean failures (exit 1 with a message
+// naming the cause, never a crash) on bad input.
+#include <sys/wait.h>
+
+#include <array>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "test_util.h"
+
+namespace rill::test {
+namespace {
+
+struct Result {
+  int status;
+  std::string out;  // stdout and stderr together
+};
+
+// stdout and stderr together, or stdout alone when quiet_stderr.
+Result run(const std::string& args, bool quiet_stderr = false) {
+  const std::string cmd = std::string(RILL_BINARY) + " " + args + (quiet_stderr ? " 2>/dev/null" : " 2>&1");
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int st = pclose(p);
+  return {WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st), out};
+}
+
+const std::string kStories = "data/models/stories260K/stories260K.bin";
+
+TEST(Cli, GenerateJsonMatchesReference) {
+  if (!std::filesystem::exists(shared(kStories))) GTEST_SKIP();
+  const std::string args = "generate --model " + shared(kStories) + " --prompt-ids 1 -n 8 --temperature 0 --output json";
+  const Result r = run(args, true);
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["prompt_ids"], nlohmann::json({1}));
+  EXPECT_EQ(j["ids"], nlohmann::json({461, 461, 401, 401, 401, 461, 378, 455}));
+  EXPECT_NE(run(args).out.find("tok/s"), std::string::npos) << "timing line on stderr";
+}
+
+TEST(Cli, SeededSamplingIsReproducible) {
+  if (!std::filesystem::exists(shared(kStories))) GTEST_SKIP();
+  const std::string args = "generate --model " + shared(kStories) + " --prompt-ids 1,461 -n 30 --seed 5 --top-p 0.9 --output json";
+  const Result a = run(args, true), b = run(args, true);
+  ASSERT_EQ(a.status, 0) << a.out;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_NE(a.out, run("generate --model " + shared(kStories) + " --prompt-ids 1,461 -n 30 --seed 6 --top-p 0.9 --output json", true).out);
+}
+
+TEST(Cli, DumpLogits) {
+  if (!std::filesystem::exists(shared(kStories))) GTEST_SKIP();
+  TempDir dir;
+  const Result r = run("generate --model " + shared(kStories) + " --prompt-ids 1,461,401 -n 0 --dump-logits " + (dir / "l.safetensors"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  WeightMap m;
+  read_safetensors(dir / "l.safetensors", &m);
+  EXPECT_EQ(m.get("logits").shape, (Shape{3, 512}));
+  EXPECT_EQ(m.get("logits").dtype, DType::F32);
+}
+
+TEST(Cli, InspectReportsDimensions) {
+  if (!std::filesystem::exists(shared("fixtures/models/qwen3_moe"))) GTEST_SKIP();
+  const Result r = run("inspect --model " + shared("fixtures/models/qwen3_moe") + " --json");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["arch"], "qwen3_moe");
+  EXPECT_EQ(j["parameters"], 953088);  // MANIFEST.json's count
+  EXPECT_EQ(j["parameters"], j["parameters_from_config"]);
+  EXPECT_EQ(j["moe"]["experts"], 8);
+}
+
+TEST(Cli, BadInputFailsCleanly) {
+  TempDir dir;
+  std::ofstream(dir / "junk.bin") << "not a model";
+  std::filesystem::create_directories(dir / "m");
+  std::ofstream(dir / "m/config.json") << "{\"architectures\": [\"LlamaForCausalLM\"]";
+  struct Case {
+    std::string args, needle;
+  };
+  const std::vector<Case> cases = {
+      {"generate --model " + (dir / "junk.bin") + " --prompt-ids 1", "junk.bin"},
+      {"generate --model " + (dir / "m") + " --prompt-ids 1", "config.json"},
+      {"generate --model /no/such/model --prompt-ids 1", "/no/such/model"},
+      {"generate --model " + shared(kStories) + " --prompt-ids 1,x", "--prompt-ids"},
+      {"generate --model " + shared(kStories) + " --prompt-ids 99999", "outside the vocabulary"},
+      {"generate --model " + shared(kStories) + " --prompt hello", "tokenizer"},
+      {"generate --model " + shared(kStories), "prompt"},
+      {"generate --model " + shared(kStories) + " --prompt-ids 1 --top-p 2", "top-p"},
+      {"inspect --model " + (dir / "m"), "config.json"},
+  };
+  for (const auto& c : cases) {
+    const Result r = run(c.args);
+    EXPECT_TRUE(r.status == 1 || r.status == 105 || r.status == 106 || r.status == 109) << c.args << " -> " << r.status << ": " << r.out;
+    EXPECT_NE(r.out.find(c.needle), std::string::npos) << c.args << ": " << r.out;
+  }
+}
+
+TEST(Cli, HelpListsEveryCommand) {
+  const Result r = run("--help");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.out.find("generate"), std::string::npos);
+  EXPECT_NE(r.out.find("inspect"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace rill::test

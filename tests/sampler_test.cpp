@@ -1,0 +1,129 @@
+// Sampler: each filter and penalty does what it says, and a seed fixes the draw.
+#include <map>
+
+#include "core/error.h"
+#include "engine/sampler.h"
+#include "test_util.h"
+
+namespace rill::test {
+namespace {
+
+int32_t sample_once(SamplingParams p, std::vector<float> logits, const std::vector<int32_t>& prompt = {}) {
+  Sampler s(p);
+  s.add_prompt(prompt);
+  return s.sample(logits.data(), int(logits.size()));
+}
+
+SamplingParams seeded(uint64_t seed) {
+  SamplingParams p;
+  p.seed = seed;
+  p.has_seed = true;
+  return p;
+}
+
+TEST(Sampler, GreedyTakesArgmaxFirstOnTies) {
+  SamplingParams p;
+  p.temperature = 0;
+  EXPECT_EQ(sample_once(p, {0.1f, 2.f, -1.f, 2.f}), 1);
+}
+
+TEST(Sampler, SameSeedSameTokens) {
+  std::vector<float> logits(50);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(i % 7) * 0.3f;
+  auto run = [&](uint64_t seed) {
+    Sampler s(seeded(seed));
+    std::vector<int32_t> out;
+    for (int i = 0; i < 40; ++i) {
+      auto l = logits;
+      out.push_back(s.sample(l.data(), int(l.size())));
+    }
+    return out;
+  };
+  EXPECT_EQ(run(42), run(42));
+  EXPECT_NE(run(42), run(43));
+}
+
+TEST(Sampler, FollowsTheDistribution) {
+  // p = softmax(log(0.5), log(0.3), log(0.2))
+  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.2f)};
+  Sampler s(seeded(7));
+  std::map<int, int> counts;
+  const int n = 20000;
+  for (int i = 0; i < n; ++i) {
+    auto l = logits;
+    counts[s.sample(l.data(), 3)]++;
+  }
+  EXPECT_NEAR(counts[0] / double(n), 0.5, 0.015);
+  EXPECT_NEAR(counts[1] / double(n), 0.3, 0.015);
+  EXPECT_NEAR(counts[2] / double(n), 0.2, 0.015);
+}
+
+TEST(Sampler, TopKTopPMinPFilter) {
+  const std::vector<float> logits = {std::log(0.5f), std::log(0.3f), std::log(0.15f), std::log(0.05f)};
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    SamplingParams p = seeded(seed);
+    p.top_k = 1;
+    EXPECT_EQ(sample_once(p, logits), 0);
+    p = seeded(seed);
+    p.top_p = 0.75f;  // {0.5, 0.3} reaches 0.8 >= 0.75
+    EXPECT_LE(sample_once(p, logits), 1);
+    p = seeded(seed);
+    p.min_p = 0.35f;  // keeps p >= 0.175: tokens 0 and 1
+    EXPECT_LE(sample_once(p, logits), 1);
+    p = seeded(seed);
+    p.top_k = 3;
+    EXPECT_LE(sample_once(p, logits), 2);
+  }
+}
+
+TEST(Sampler, LowTemperatureIsNearlyGreedy) {
+  SamplingParams p = seeded(3);
+  p.temperature = 0.01f;
+  EXPECT_EQ(sample_once(p, {1.f, 1.5f, 0.f}), 1);
+}
+
+TEST(Sampler, RepetitionPenaltyAsInTransformers) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.repetition_penalty = 2.f;
+  // Token 0 (logit 3, in the prompt) drops to 1.5, below token 1's 2.
+  EXPECT_EQ(sample_once(p, {3.f, 2.f, -1.f}, {0}), 1);
+  // Negative logits are multiplied: token 2 (-1 -> -2) falls below token 1 (-1.5) after penalty.
+  EXPECT_EQ(sample_once(p, {-5.f, -1.5f, -1.f}, {2}), 1);
+}
+
+TEST(Sampler, PresenceAndFrequencyPenaltiesApplyToOutput) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.presence_penalty = 1.5f;
+  Sampler s(p);
+  std::vector<float> l = {2.f, 1.f};
+  EXPECT_EQ(s.sample(l.data(), 2), 0);
+  l = {2.f, 1.f};
+  EXPECT_EQ(s.sample(l.data(), 2), 1);  // 2 - 1.5 < 1
+  SamplingParams f;
+  f.temperature = 0;
+  f.frequency_penalty = 0.4f;
+  Sampler s2(f);
+  std::vector<int32_t> got;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<float> m = {2.f, 1.f};
+    got.push_back(s2.sample(m.data(), 2));
+  }
+  EXPECT_EQ(got, (std::vector<int32_t>{0, 0, 0, 1}));  // 2, 1.6, 1.2, then 0.8 < 1
+}
+
+TEST(Sampler, RejectsOutOfRangeParameters) {
+  for (auto mutate : std::vector<std::function<void(SamplingParams&)>>{
+           [](SamplingParams& p) { p.temperature = -1; }, [](SamplingParams& p) { p.top_p = 0; },
+           [](SamplingParams& p) { p.top_p = 1.5f; }, [](SamplingParams& p) { p.min_p = 2; },
+           [](SamplingParams& p) { p.top_k = -1; }, [](SamplingParams& p) { p.repetition_penalty = 0; },
+           [](SamplingParams& p) { p.presence_penalty = 3; }}) {
+    SamplingParams p;
+    mutate(p);
+    EXPECT_THROW(Sampler{p}, Error);
+  }
+}
+
+}  // namespace
+}  // namespace rill::test

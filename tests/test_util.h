@@ -1,0 +1,60 @@
+// Helpers shared by the tests: where ../shared is, and reading reference tensors.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "formats/safetensors.h"
+
+namespace rill::test {
+
+// The shared data folder beside the repository (RILL_SHARED_DIR overrides, e.g. on the GPU machine).
+inline std::string shared_dir() {
+  if (const char* env = std::getenv("RILL_SHARED_DIR")) return env;
+  return RILL_DEFAULT_SHARED_DIR;
+}
+inline std::string shared(const std::string& rel) { return shared_dir() + "/" + rel; }
+
+inline std::vector<int32_t> ids_of(const Tensor& t) {
+  std::vector<int32_t> v(static_cast<size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i)
+    v[size_t(i)] = t.dtype == DType::I64 ? int32_t(t.ptr<int64_t>()[i]) : t.ptr<int32_t>()[i];
+  return v;
+}
+
+inline std::vector<float> floats_of(const Tensor& t) {
+  return std::vector<float>(t.ptr<float>(), t.ptr<float>() + t.numel());
+}
+
+// max |a - b| / max |b|: the acceptance metric for logits.
+inline double rel_max_diff(const float* a, const float* b, size_t n) {
+  double diff = 0, ref = 0;
+  for (size_t i = 0; i < n; ++i) {
+    diff = std::max(diff, std::fabs(double(a[i]) - double(b[i])));
+    ref = std::max(ref, std::fabs(double(b[i])));
+  }
+  return diff / ref;
+}
+
+// A scratch directory removed when the test ends.
+struct TempDir {
+  std::filesystem::path path;
+  TempDir() {
+    path = std::filesystem::temp_directory_path() /
+           ("rill-test-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++));
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string operator/(const std::string& name) const { return (path / name).string(); }
+  static int& counter() {
+    static int c = 0;
+    return c;
+  }
+};
+
+}  // namespace rill::test
