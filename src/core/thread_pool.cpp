@@ -1,9 +1,30 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 namespace rill {
+
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// How long an idle worker spins before sleeping: long enough to bridge the gap between the ops of
+// one forward pass, short enough not to burn a core between requests.
+constexpr auto kSpin = std::chrono::microseconds(500);
+
+}  // namespace
 
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads <= 0) {
@@ -29,7 +50,7 @@ ThreadPool& ThreadPool::global() {
 
 void ThreadPool::run_chunks() {
   for (;;) {
-    const int64_t begin = next_.fetch_add(chunk_);
+    const int64_t begin = next_.fetch_add(chunk_, std::memory_order_relaxed);
     if (begin >= n_) return;
     (*fn_)(begin, std::min(n_, begin + chunk_));
   }
@@ -38,17 +59,23 @@ void ThreadPool::run_chunks() {
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+    // Spin briefly for the next job, then sleep.
+    const auto deadline = std::chrono::steady_clock::now() + kSpin;
+    int spins = 0;
+    while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_relaxed)) {
+      cpu_relax();
+      if (++spins % 256 == 0 && std::chrono::steady_clock::now() > deadline) {
+        std::unique_lock<std::mutex> lock(mu_);
+        ++sleeping_;
+        wake_.wait(lock, [&] { return stop_.load() || generation_.load(std::memory_order_acquire) != seen; });
+        --sleeping_;
+        break;
+      }
     }
+    if (stop_.load()) return;
+    seen = generation_.load(std::memory_order_acquire);
     run_chunks();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--active_ == 0) done_.notify_one();
-    }
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
@@ -61,19 +88,20 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
   }
   // About four chunks per thread balances uneven work without much contention on next_.
   const int64_t chunks = std::min<int64_t>(n / grain, int64_t(size()) * 4);
+  fn_ = &fn;
+  n_ = n;
+  chunk_ = (n + chunks - 1) / chunks;
+  next_.store(0, std::memory_order_relaxed);
+  pending_.store(int(workers_.size()), std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
   {
+    // A worker that checked generation_ before the increment holds mu_ until it waits, so taking mu_
+    // here orders this notify after its wait: no lost wake-up.
     std::lock_guard<std::mutex> lock(mu_);
-    fn_ = &fn;
-    n_ = n;
-    chunk_ = (n + chunks - 1) / chunks;
-    next_.store(0);
-    active_ = int(workers_.size());
-    ++generation_;
+    if (sleeping_ > 0) wake_.notify_all();
   }
-  wake_.notify_all();
   run_chunks();
-  std::unique_lock<std::mutex> lock(mu_);
-  done_.wait(lock, [&] { return active_ == 0; });
+  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
   fn_ = nullptr;
 }
 

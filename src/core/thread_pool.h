@@ -1,6 +1,10 @@
 // ThreadPool: a fixed set of workers that run one parallel_for at a time. The calling thread takes part,
 // so a pool of N threads uses N-1 workers. Not re-entrant: a task must not call parallel_for on the same
 // pool. One thread at a time may submit (the engine loop owns the pool).
+//
+// Decode issues ~100 small parallel ops per token, so waking sleeping workers through a condition
+// variable for each would cost more than the ops. Workers therefore spin (with a pause instruction) for
+// a short while after each job before they sleep, and the submitter spins on completion.
 #pragma once
 
 #include <atomic>
@@ -33,11 +37,12 @@ class ThreadPool {
 
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable wake_, done_;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
-  int active_ = 0;
-  // The current job.
+  std::condition_variable wake_;
+  int sleeping_ = 0;  // guarded by mu_
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};  // workers still running the current job
+  // The current job, published by the release increment of generation_.
   const std::function<void(int64_t, int64_t)>* fn_ = nullptr;
   int64_t n_ = 0, chunk_ = 1;
   std::atomic<int64_t> next_{0};
