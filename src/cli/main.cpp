@@ -8,6 +8,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"rill: run and serve large language models (Llama, Mistral, Qwen2/3, Mixtral, Qwen3-MoE)"};
   app.set_version_flag("--version", "rill 0.1.0");
+  app.option_defaults()->always_capture_default();  // --help shows every default
   app.require_subcommand(1);
   std::map<CLI::App*, rill::cli::Run> runs;
   auto* generate = app.add_subcommand("generate", "Generate text from a prompt, streaming it to stdout");

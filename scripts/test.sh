@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite: builds (scripts/build.sh) and runs every test with CTest, then rebuilds the tests
+# with AddressSanitizer + UndefinedBehaviorSanitizer and runs them again. GPU tests (label gpu) report
+# "Skipped" on machines without a CUDA device. RILL_SKIP_SANITIZERS=1 skips the second pass.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+bash scripts/build.sh
+(cd build && ctest --output-on-failure -j "$jobs")
+if [ "${RILL_SKIP_SANITIZERS:-0}" != 1 ]; then
+  echo "== the same tests under ASan + UBSan =="
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRILL_SANITIZE=ON -DRILL_CUDA=OFF \
+    -DRILL_BENCH=OFF >/dev/null
+  ninja -C build-asan
+  (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
+    ctest --output-on-failure -j "$jobs")
+fi
