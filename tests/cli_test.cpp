@@ -98,6 +98,24 @@ TEST(Cli, BadInputFailsCleanly) {
   }
 }
 
+TEST(Cli, TextPromptThroughTokenizer) {
+  const std::string tok = shared("data/tokenizers/llama2-sentencepiece/tokenizer.bin");
+  if (!std::filesystem::exists(tok)) GTEST_SKIP();
+  TempDir dir;
+  // A tiny random model with the Llama-2 vocabulary, so the real tokenizer.bin fits it.
+  const std::string make = std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + (dir / "m") +
+                           " --dim 16 --layers 1 --heads 2 --ffn 32 --vocab 32000 --dtype f32 > /dev/null";
+  ASSERT_EQ(std::system(make.c_str()), 0);
+  const Result r = run("generate --model " + (dir / "m") + " --tokenizer " + tok +
+                           " --prompt 'Hello world' -n 3 --temperature 0 --ignore-eos --output json",
+                       true);
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["prompt_ids"], nlohmann::json({1, 15043, 3186}));
+  EXPECT_EQ(j["ids"].size(), 3u);
+  EXPECT_TRUE(j["text"].is_string());
+}
+
 TEST(Cli, HelpListsEveryCommand) {
   const Result r = run("--help");
   EXPECT_EQ(r.status, 0);
