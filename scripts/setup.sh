@@ -9,7 +9,8 @@ packages=(
   libcli11-dev         # command-line parsing
   libgtest-dev         # unit tests (GoogleTest + CTest)
   libbenchmark-dev     # micro-benchmarks (Google Benchmark)
-  libpcre2-dev         # tokenizer pre-tokenization regexes
+  libpcre2-dev         # tokenizer pre-tokenization regexes (Unicode properties, JIT)
+  libutf8proc-dev      # Unicode NFC normalization (Qwen2 tokenizers)
 )
 
 missing=()

@@ -77,29 +77,34 @@ int run_generate(const GenerateArgs& a) {
   KvCache kv(*backend, model.config(), need_blocks, 16);
 
   const bool json_out = a.output == "json";
-  int32_t prev = prompt.back();
+  std::unique_ptr<IncrementalDecoder> detok;
+  if (tok) detok = std::make_unique<IncrementalDecoder>(*tok, /*skip_special=*/true, prompt);
+  bool first = true;
   auto on_token = [&](int32_t id) {
     if (json_out) return true;
-    if (tok) {
-      const std::string piece = tok->decode_piece(prev, id);
-      std::fwrite(piece.data(), 1, piece.size(), stdout);
+    if (detok) {
+      const std::string delta = detok->add(id);
+      std::fwrite(delta.data(), 1, delta.size(), stdout);
     } else {
-      std::printf("%s%d", prev == prompt.back() ? "" : " ", id);
+      std::printf("%s%d", first ? "" : " ", id);
     }
-    prev = id;
+    first = false;
     std::fflush(stdout);
     return true;
   };
-  if (!json_out && !tok) std::printf("%s", "");
   GenerateResult r = generate(model, kv, prompt, opt, on_token);
 
   if (json_out) {
     nlohmann::json j;
     j["prompt_ids"] = prompt;
     j["ids"] = r.ids;
-    j["text"] = tok ? tok->decode(r.ids) : "";
+    j["text"] = tok ? tok->decode(r.ids, true) : "";
     std::printf("%s\n", j.dump().c_str());
   } else {
+    if (detok) {
+      const std::string rest = detok->finish();
+      std::fwrite(rest.data(), 1, rest.size(), stdout);
+    }
     std::printf("\n");
   }
   if (!a.dump_logits.empty()) {
@@ -127,7 +132,8 @@ Run add_generate(CLI::App& app) {
   auto* prompt = app.add_option("-p,--prompt", a->prompt, "Prompt text (needs a tokenizer)");
   auto* ids = app.add_option("--prompt-ids", a->prompt_ids, "Prompt as comma-separated token ids, e.g. 1,2,3");
   prompt->excludes(ids);
-  app.add_option("--tokenizer", a->tokenizer, "llama2.c tokenizer.bin (default: tokenizer.bin beside the model)");
+  app.add_option("--tokenizer", a->tokenizer,
+                 "tokenizer.json, llama2.c tokenizer.bin, or a directory with one (default: beside the model)");
   app.add_option("-n,--max-tokens", a->n, "Number of tokens to generate")->check(CLI::Range(0, 1 << 20));
   app.add_option("--temperature", a->sampling.temperature, "Sampling temperature; 0 is greedy")
       ->check(CLI::Range(0.0, 100.0));
@@ -142,7 +148,7 @@ Run add_generate(CLI::App& app) {
   app.add_option("--frequency-penalty", a->sampling.frequency_penalty, "OpenAI frequency penalty, -2..2");
   app.add_option("--seed", a->seed, "Random seed: the same seed gives the same tokens")->check(CLI::NonNegativeNumber);
   app.add_flag("--ignore-eos", a->ignore_eos, "Keep generating after an end-of-sequence token");
-  app.add_flag("--no-bos", a->no_bos, "Do not prepend the BOS token to a text prompt");
+  app.add_flag("--no-bos", a->no_bos, "Do not add the tokenizer's special tokens (BOS) to a text prompt");
   app.add_option("--output", a->output, "text: stream tokens; json: print {prompt_ids, ids, text} at the end")
       ->check(CLI::IsMember({"text", "json"}));
   app.add_option("--dump-logits", a->dump_logits,

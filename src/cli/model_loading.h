@@ -9,8 +9,9 @@
 
 namespace rill::cli {
 
-// The tokenizer for a model: `explicit_path` (a llama2.c tokenizer.bin) when given, else one found beside
-// the model. Returns null when there is none; throws when a given file is unusable.
+// The tokenizer for a model: `explicit_path` (tokenizer.json, a llama2.c tokenizer.bin, or a directory
+// holding one) when given, else tokenizer.json or tokenizer.bin beside the model. Returns null when there
+// is none; throws when a given file is unusable.
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& model_path, const std::string& explicit_path,
                                           const ModelConfig& config);
 

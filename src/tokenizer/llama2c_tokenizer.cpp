@@ -5,10 +5,11 @@
 
 #include "core/error.h"
 #include "formats/mapped_file.h"
+#include "tokenizer/utf8.h"
 
 namespace rill {
 
-std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
+std::string Llama2cTokenizer::decode(const std::vector<int32_t>& ids, bool) const {
   std::string out;
   int32_t prev = -1;
   for (int32_t id : ids) {
@@ -50,6 +51,8 @@ std::unique_ptr<Llama2cTokenizer> Llama2cTokenizer::load(const std::string& path
 }
 
 std::vector<int32_t> Llama2cTokenizer::encode(const std::string& text, bool add_bos) const {
+  const size_t bad = utf8::first_invalid(text);
+  RILL_CHECK(bad == std::string::npos, "input text is not valid UTF-8 (byte " + std::to_string(bad) + ")");
   std::vector<int32_t> out;
   if (add_bos) out.push_back(1);
   if (text.empty()) return out;

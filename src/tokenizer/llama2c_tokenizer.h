@@ -18,7 +18,9 @@ class Llama2cTokenizer final : public Tokenizer {
 
   int vocab_size() const override { return int(pieces_.size()); }
   std::vector<int32_t> encode(const std::string& text, bool add_bos) const override;
-  std::string decode_piece(int32_t prev, int32_t id) const override;
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const override;
+  // The bytes token `id` contributes after token `prev` (llama2.c's rule: no leading space after BOS).
+  std::string decode_piece(int32_t prev, int32_t id) const;
 
  private:
   std::vector<std::string> pieces_;

@@ -1,5 +1,6 @@
-// Tokenizer: text <-> token ids. Implementations: Llama2cTokenizer (llama2.c tokenizer.bin) now; the
-// Hugging Face tokenizer.json reader implements the same interface.
+// Tokenizer: text <-> token ids. Implementations: HfTokenizer (tokenizer.json) and Llama2cTokenizer
+// (llama2.c tokenizer.bin). IncrementalDecoder turns a stream of ids into text deltas for streaming.
+// Tokenizers are immutable after loading and safe to share between threads.
 #pragma once
 
 #include <cstdint>
@@ -13,11 +14,31 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
   virtual int vocab_size() const = 0;
-  virtual std::vector<int32_t> encode(const std::string& text, bool add_bos) const = 0;
-  // The bytes token `id` contributes after token `prev` (-1 at the start). Concatenating the pieces
-  // of a sequence gives its full decode; a piece may hold part of a UTF-8 character.
-  virtual std::string decode_piece(int32_t prev, int32_t id) const = 0;
-  std::string decode(const std::vector<int32_t>& ids) const;
+  // add_special: add what the tokenizer adds around a sequence (BOS, ...). Throws rill::Error on text that
+  // is not valid UTF-8.
+  virtual std::vector<int32_t> encode(const std::string& text, bool add_special) const = 0;
+  // The text of ids; skip_special drops special tokens (BOS, EOS, chat markers).
+  virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const = 0;
+};
+
+// Streaming detokenization: add() returns the text that the new token completes. The concatenated
+// deltas (with finish()) equal decode() of all ids, and no delta ends inside a UTF-8 character.
+// Decoding is done over a short window of recent tokens, so each step costs O(1), not O(length).
+class IncrementalDecoder {
+ public:
+  // context: ids that precede the stream (e.g. the prompt's last tokens), so that leading-space rules
+  // apply as they would in one full decode; their text is not emitted.
+  IncrementalDecoder(const Tokenizer& tok, bool skip_special, const std::vector<int32_t>& context = {});
+  std::string add(int32_t id);
+  // Whatever is still held back (an incomplete character at the very end comes out as U+FFFD).
+  std::string finish();
+
+ private:
+  std::string window(size_t from, size_t to) const;
+  const Tokenizer& tok_;
+  bool skip_special_;
+  std::vector<int32_t> ids_;
+  size_t prefix_ = 0, read_ = 0;
 };
 
 }  // namespace rill

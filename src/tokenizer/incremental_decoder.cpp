@@ -1,0 +1,42 @@
+#include <algorithm>
+
+#include "tokenizer/tokenizer.h"
+
+namespace rill {
+
+namespace {
+bool ends_with_replacement(const std::string& s) {
+  return s.size() >= 3 && s.compare(s.size() - 3, 3, "\xEF\xBF\xBD") == 0;
+}
+}  // namespace
+
+IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special, const std::vector<int32_t>& context)
+    : tok_(tok), skip_special_(skip_special) {
+  // A few tokens of context are enough for every decoder's cross-token rule.
+  constexpr size_t kContext = 6;
+  ids_.assign(context.end() - long(std::min(context.size(), kContext)), context.end());
+  read_ = ids_.size();
+}
+
+std::string IncrementalDecoder::window(size_t from, size_t to) const {
+  return tok_.decode(std::vector<int32_t>(ids_.begin() + long(from), ids_.begin() + long(to)), skip_special_);
+}
+
+std::string IncrementalDecoder::add(int32_t id) {
+  ids_.push_back(id);
+  const std::string before = window(prefix_, read_);
+  const std::string now = window(prefix_, ids_.size());
+  if (now.size() <= before.size() || ends_with_replacement(now)) return "";  // wait for more bytes
+  prefix_ = read_;
+  read_ = ids_.size();
+  return now.substr(before.size());
+}
+
+std::string IncrementalDecoder::finish() {
+  const std::string before = window(prefix_, read_);
+  const std::string now = window(prefix_, ids_.size());
+  prefix_ = read_ = ids_.size();
+  return now.size() > before.size() ? now.substr(before.size()) : "";
+}
+
+}  // namespace rill

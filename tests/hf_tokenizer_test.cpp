@@ -1,0 +1,98 @@
+// tokenizer.json against Hugging Face tokenizers' own output, for every tokenizer in
+// ../shared/data/tokenizers and every text of the fixture corpus.
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "tokenizer/hf_tokenizer.h"
+#include "tokenizer/utf8.h"
+#include "test_util.h"
+
+namespace rill::test {
+namespace {
+
+using nlohmann::json;
+
+const std::vector<std::string> kNames = {"llama3-style", "qwen2-style", "deepseek-r1-qwen-style", "gpt2-style", "llama2-sentencepiece",
+                        "mistral-style"};
+
+class HfTokenizerFixture : public testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    const std::string ref = shared("fixtures/tokenizers/" + GetParam() + ".json");
+    if (!std::filesystem::exists(ref)) GTEST_SKIP() << "missing " << ref;
+    tok_ = HfTokenizer::load(shared("data/tokenizers/" + GetParam() + "/tokenizer.json"));
+    std::ifstream in(ref);
+    ref_ = json::parse(in);
+    ASSERT_GE(ref_["cases"].size(), 40u) << "fixture has too few cases to mean anything";
+  }
+  std::unique_ptr<HfTokenizer> tok_;
+  json ref_;
+};
+
+TEST_P(HfTokenizerFixture, EncodeMatchesReference) {
+  for (const auto& c : ref_["cases"]) {
+    const std::string text = c["text"];
+    EXPECT_EQ(tok_->encode(text, false), c["ids_no_special"].get<std::vector<int32_t>>()) << json(text).dump();
+    EXPECT_EQ(tok_->encode(text, true), c["ids_with_special"].get<std::vector<int32_t>>()) << json(text).dump();
+  }
+}
+
+TEST_P(HfTokenizerFixture, DecodeMatchesReference) {
+  for (const auto& c : ref_["cases"]) {
+    const auto ids = c["ids_with_special"].get<std::vector<int32_t>>();
+    EXPECT_EQ(tok_->decode(ids, false), c["decoded"].get<std::string>()) << json(c["text"]).dump();
+    EXPECT_EQ(tok_->decode(ids, true), c["decoded_skip_special"].get<std::string>()) << json(c["text"]).dump();
+  }
+}
+
+TEST_P(HfTokenizerFixture, IncrementalDeltasConcatenateToFullDecode) {
+  for (const auto& c : ref_["cases"]) {
+    const auto ids = c["ids_with_special"].get<std::vector<int32_t>>();
+    for (bool skip : {false, true}) {
+      IncrementalDecoder d(*tok_, skip);
+      std::string streamed;
+      for (int32_t id : ids) {
+        const std::string delta = d.add(id);
+        EXPECT_EQ(utf8::first_invalid(delta), std::string::npos) << "partial UTF-8 in a delta";
+        streamed += delta;
+      }
+      streamed += d.finish();
+      EXPECT_EQ(streamed, tok_->decode(ids, skip)) << json(c["text"]).dump();
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Tokenizers, HfTokenizerFixture, testing::ValuesIn(kNames), [](const auto& info) {
+  std::string n = info.param;
+  std::replace(n.begin(), n.end(), '-', '_');
+  return n;
+});
+
+TEST(HfTokenizer, InvalidUtf8IsAnError) {
+  const std::string path = shared("data/tokenizers/llama3-style/tokenizer.json");
+  if (!std::filesystem::exists(path)) GTEST_SKIP();
+  auto tok = HfTokenizer::load(path);
+  try {
+    tok->encode("ok \xC3\x28 bad", false);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("UTF-8 (byte 3)"), std::string::npos) << e.what();
+  }
+}
+
+TEST(HfTokenizer, CorruptFilesAreErrors) {
+  TempDir dir;
+  std::ofstream(dir / "a.json") << "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}";
+  EXPECT_THROW(HfTokenizer::load(dir / "a.json"), Error);
+  std::ofstream(dir / "b.json") << "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}";
+  EXPECT_THROW(HfTokenizer::load(dir / "b.json"), Error);  // merge uses a missing token
+  std::ofstream(dir / "c.json") << "{not json";
+  EXPECT_THROW(HfTokenizer::load(dir / "c.json"), Error);
+  std::ofstream(dir / "d.json")
+      << R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}}})";
+  EXPECT_THROW(HfTokenizer::load(dir / "d.json"), Error);
+}
+
+}  // namespace
+}  // namespace rill::test
