@@ -69,6 +69,25 @@ INSTANTIATE_TEST_SUITE_P(Tokenizers, HfTokenizerFixture, testing::ValuesIn(kName
   return n;
 });
 
+// Regression (found by fuzz_test): ByteFallback turns a whole invalid byte run into U+FFFD, so "é" sent
+// early became "���" once a stray continuation byte followed, and the stream cut a character in half.
+TEST(HfTokenizer, StreamingWaitsForByteRuns) {
+  const std::string path = shared("data/tokenizers/llama2-sentencepiece/tokenizer.json");
+  if (!std::filesystem::exists(path)) GTEST_SKIP();
+  auto tok = HfTokenizer::load(path);
+  const std::vector<int32_t> ids = {3 + 0xC3, 3 + 0xA9, 3 + 0x80, 263};  // <0xC3> <0xA9> <0x80> ▁a
+  IncrementalDecoder d(*tok, false);
+  std::string streamed;
+  for (int32_t id : ids) {
+    const std::string delta = d.add(id);
+    EXPECT_EQ(utf8::first_invalid(delta), std::string::npos);
+    streamed += delta;
+  }
+  streamed += d.finish();
+  EXPECT_EQ(streamed, tok->decode(ids, false));
+  EXPECT_EQ(streamed, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD a");
+}
+
 TEST(HfTokenizer, InvalidUtf8IsAnError) {
   const std::string path = shared("data/tokenizers/llama3-style/tokenizer.json");
   if (!std::filesystem::exists(path)) GTEST_SKIP();

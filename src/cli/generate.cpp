@@ -19,39 +19,13 @@ struct GenerateArgs {
   std::string model, tokenizer, prompt, prompt_ids, output = "text", dump_logits;
   int n = 128, threads = 0, prefill_chunk = 512;
   bool ignore_eos = false, no_bos = false;
-  SamplingParams sampling;
-  int64_t seed = -1;
+  SamplingArgs sampling;
 };
-
-std::vector<int32_t> parse_ids(const std::string& s) {
-  std::vector<int32_t> ids;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    size_t used = 0;
-    long v = 0;
-    try {
-      v = std::stol(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    RILL_CHECK(used > 0 && item.find_first_not_of(" \t", used) == std::string::npos && v >= 0 && v <= INT32_MAX,
-               "--prompt-ids: '" + item + "' is not a token id (expected comma-separated integers, e.g. 1,2,3)");
-    ids.push_back(int32_t(v));
-  }
-  RILL_CHECK(!ids.empty(), "--prompt-ids: no token ids given");
-  return ids;
-}
 
 int run_generate(const GenerateArgs& a) {
   GenerateOptions opt;
   opt.max_new_tokens = a.n;
-  opt.sampling = a.sampling;
-  if (a.seed >= 0) {
-    opt.sampling.seed = uint64_t(a.seed);
-    opt.sampling.has_seed = true;
-  }
-  opt.sampling.validate();
+  opt.sampling = a.sampling.finish();
   opt.stop_at_eos = !a.ignore_eos;
   opt.prefill_chunk = a.prefill_chunk;
   opt.keep_prompt_logits = !a.dump_logits.empty();
@@ -59,11 +33,11 @@ int run_generate(const GenerateArgs& a) {
   Checkpoint ck = read_checkpoint(a.model);
   auto backend = make_cpu_backend(a.threads);
   Model model(ck, *backend);
-  auto tok = open_tokenizer(a.model, a.tokenizer, model.config());
+  auto tok = open_tokenizer(a.model, a.tokenizer, &model.config());
 
   std::vector<int32_t> prompt;
   if (!a.prompt_ids.empty()) {
-    prompt = parse_ids(a.prompt_ids);
+    prompt = parse_id_list(a.prompt_ids, "--prompt-ids");
   } else {
     RILL_CHECK(tok, a.model + ": no tokenizer for a text prompt; pass --tokenizer or use --prompt-ids");
     prompt = tok->encode(a.prompt, !a.no_bos);
@@ -124,6 +98,30 @@ int run_generate(const GenerateArgs& a) {
 
 }  // namespace
 
+SamplingParams SamplingArgs::finish() const {
+  SamplingParams p = params;
+  if (seed >= 0) {
+    p.seed = uint64_t(seed);
+    p.has_seed = true;
+  }
+  p.validate();
+  return p;
+}
+
+void add_sampling_options(CLI::App& app, SamplingArgs& s) {
+  app.add_option("--temperature", s.params.temperature, "Sampling temperature; 0 is greedy")->check(CLI::Range(0.0, 100.0));
+  app.add_option("--top-k", s.params.top_k, "Keep the k most likely tokens (0: off)")->check(CLI::NonNegativeNumber);
+  app.add_option("--top-p", s.params.top_p, "Nucleus sampling: keep the smallest set with this mass (1: off)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--min-p", s.params.min_p, "Drop tokens below min-p times the top probability (0: off)")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--repetition-penalty", s.params.repetition_penalty,
+                 "Penalize tokens already in the prompt or output (1: off)");
+  app.add_option("--presence-penalty", s.params.presence_penalty, "OpenAI presence penalty, -2..2");
+  app.add_option("--frequency-penalty", s.params.frequency_penalty, "OpenAI frequency penalty, -2..2");
+  app.add_option("--seed", s.seed, "Random seed: the same seed gives the same tokens")->check(CLI::NonNegativeNumber);
+}
+
 Run add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
   app.add_option("-m,--model", a->model,
@@ -135,18 +133,7 @@ Run add_generate(CLI::App& app) {
   app.add_option("--tokenizer", a->tokenizer,
                  "tokenizer.json, llama2.c tokenizer.bin, or a directory with one (default: beside the model)");
   app.add_option("-n,--max-tokens", a->n, "Number of tokens to generate")->check(CLI::Range(0, 1 << 20));
-  app.add_option("--temperature", a->sampling.temperature, "Sampling temperature; 0 is greedy")
-      ->check(CLI::Range(0.0, 100.0));
-  app.add_option("--top-k", a->sampling.top_k, "Keep the k most likely tokens (0: off)")->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", a->sampling.top_p, "Nucleus sampling: keep the smallest set with this mass (1: off)")
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--min-p", a->sampling.min_p, "Drop tokens below min-p times the top probability (0: off)")
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--repetition-penalty", a->sampling.repetition_penalty,
-                 "Penalize tokens already in the prompt or output (1: off)");
-  app.add_option("--presence-penalty", a->sampling.presence_penalty, "OpenAI presence penalty, -2..2");
-  app.add_option("--frequency-penalty", a->sampling.frequency_penalty, "OpenAI frequency penalty, -2..2");
-  app.add_option("--seed", a->seed, "Random seed: the same seed gives the same tokens")->check(CLI::NonNegativeNumber);
+  add_sampling_options(app, a->sampling);
   app.add_flag("--ignore-eos", a->ignore_eos, "Keep generating after an end-of-sequence token");
   app.add_flag("--no-bos", a->no_bos, "Do not add the tokenizer's special tokens (BOS) to a text prompt");
   app.add_option("--output", a->output, "text: stream tokens; json: print {prompt_ids, ids, text} at the end")

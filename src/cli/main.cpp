@@ -13,8 +13,16 @@ int main(int argc, char** argv) {
   std::map<CLI::App*, rill::cli::Run> runs;
   auto* generate = app.add_subcommand("generate", "Generate text from a prompt, streaming it to stdout");
   runs[generate] = rill::cli::add_generate(*generate);
+  auto* chat = app.add_subcommand("chat", "Chat with a model in the terminal, streaming its answers");
+  runs[chat] = rill::cli::add_chat(*chat);
   auto* inspect = app.add_subcommand("inspect", "Print a model's architecture, dimensions, size and memory needs");
   runs[inspect] = rill::cli::add_inspect(*inspect);
+  auto* tokenize = app.add_subcommand("tokenize", "Print the token ids of a text");
+  runs[tokenize] = rill::cli::add_tokenize(*tokenize);
+  auto* detokenize = app.add_subcommand("detokenize", "Print the text of token ids");
+  runs[detokenize] = rill::cli::add_detokenize(*detokenize);
+  auto* chat_template = app.add_subcommand("chat-template", "Render a conversation with the model's chat template");
+  runs[chat_template] = rill::cli::add_chat_template(*chat_template);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

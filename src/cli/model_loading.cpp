@@ -1,16 +1,41 @@
 #include "cli/model_loading.h"
 
 #include <filesystem>
+#include <fstream>
 
 #include "core/error.h"
+#include "template/chat_template.h"
 #include "tokenizer/hf_tokenizer.h"
 #include "tokenizer/llama2c_tokenizer.h"
 
 namespace rill::cli {
 namespace fs = std::filesystem;
 
+std::string model_dir(const std::string& model_path) {
+  return fs::is_directory(model_path) ? model_path : fs::path(model_path).parent_path().string();
+}
+
+ChatSetup open_chat(const std::string& model_path, const std::string& override_path) {
+  ChatSetup s;
+  const fs::path cfg = fs::path(model_dir(model_path)) / "tokenizer_config.json";
+  if (fs::exists(cfg)) {
+    const ChatConfig c = read_chat_config(cfg.string());
+    s.template_source = c.chat_template;
+    s.bos_token = c.bos_token;
+    s.eos_token = c.eos_token;
+  }
+  if (!override_path.empty()) {
+    std::ifstream in(override_path);
+    RILL_CHECK(in, override_path + ": cannot open chat template");
+    s.template_source.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  RILL_CHECK(!s.template_source.empty(),
+             model_path + ": no chat template (tokenizer_config.json has none); pass --chat-template FILE");
+  return s;
+}
+
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& model_path, const std::string& explicit_path,
-                                          const ModelConfig& config) {
+                                          const ModelConfig* config) {
   std::string path = explicit_path;
   if (path.empty() || fs::is_directory(path)) {
     const fs::path dir = !path.empty() ? fs::path(path)
@@ -26,11 +51,11 @@ std::unique_ptr<Tokenizer> open_tokenizer(const std::string& model_path, const s
   }
   if (path.empty()) return nullptr;
   RILL_CHECK(fs::exists(path), path + ": no such tokenizer file");
-  if (fs::path(path).extension() == ".bin") return Llama2cTokenizer::load(path, config.vocab_size);
+  if (fs::path(path).extension() == ".bin") return Llama2cTokenizer::load(path, config ? config->vocab_size : 0);
   auto tok = HfTokenizer::load(path);
-  RILL_CHECK(tok->vocab_size() <= config.vocab_size,
+  RILL_CHECK(!config || tok->vocab_size() <= config->vocab_size,
              path + ": the tokenizer has " + std::to_string(tok->vocab_size()) + " tokens but the model only " +
-                 std::to_string(config.vocab_size));
+                 std::to_string(config->vocab_size));
   return tok;
 }
 

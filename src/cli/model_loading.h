@@ -9,10 +9,20 @@
 
 namespace rill::cli {
 
+// The chat side of a model: its template (tokenizer_config.json beside the model, or `override_path`) and
+// special-token strings. Throws when neither has a template.
+struct ChatSetup {
+  std::string template_source, bos_token, eos_token;
+};
+ChatSetup open_chat(const std::string& model_path, const std::string& override_path);
+// The directory holding a model's tokenizer files (the model directory, or a .bin file's directory).
+std::string model_dir(const std::string& model_path);
+
 // The tokenizer for a model: `explicit_path` (tokenizer.json, a llama2.c tokenizer.bin, or a directory
 // holding one) when given, else tokenizer.json or tokenizer.bin beside the model. Returns null when there
 // is none; throws when a given file is unusable.
+// config (may be null) checks the tokenizer against the model's vocabulary.
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& model_path, const std::string& explicit_path,
-                                          const ModelConfig& config);
+                                          const ModelConfig* config);
 
 }  // namespace rill::cli

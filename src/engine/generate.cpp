@@ -58,7 +58,8 @@ GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& p
   for (int i = 0; i < opt.max_new_tokens; ++i) {
     const int32_t tok = sampler.sample(next.data(), int(vocab));
     r.ids.push_back(tok);
-    const bool eos = opt.stop_at_eos && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end();
+    const bool eos = opt.stop_at_eos && (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end() ||
+                                         std::find(opt.stop_ids.begin(), opt.stop_ids.end(), tok) != opt.stop_ids.end());
     if (on_token && !on_token(tok)) break;
     if (eos || i + 1 == opt.max_new_tokens) break;
     Batch b;

@@ -17,6 +17,7 @@ struct GenerateOptions {
   int max_new_tokens = 128;
   SamplingParams sampling;
   bool stop_at_eos = true;
+  std::vector<int32_t> stop_ids;  // more end-of-sequence ids (e.g. a chat template's end-of-turn token)
   int prefill_chunk = 512;       // prompt tokens per forward step
   bool keep_prompt_logits = false;  // return logits at every prompt position
 };

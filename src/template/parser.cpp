@@ -347,6 +347,14 @@ class ExprParser {
     return l;
   }
   ExprPtr unary() {
+    struct Depth {
+      int& d;
+      int line;
+      Depth(int& d, int line) : d(d), line(line) {
+        if (++d > 200) fail(line, "expression nested too deeply");
+      }
+      ~Depth() { --d; }
+    } guard(depth_, line_);
     if (is("-") || is("+")) {
       auto e = make(Expr::Unary);
       e->op = t_[p_++].text;
@@ -505,6 +513,7 @@ class ExprParser {
   std::vector<Token> t_;
   size_t p_ = 0;
   int line_;
+  int depth_ = 0;
 };
 
 class StmtParser {
@@ -513,6 +522,11 @@ class StmtParser {
 
   // Parses until one of `ends` (a block keyword) or the end; returns the keyword that ended the body.
   std::string body(Body& out, const std::set<std::string>& ends, int open_line, const std::string& opener) {
+    if (++nesting_ > 100) fail(open_line, "blocks nested too deeply");
+    struct Leave {
+      int& n;
+      ~Leave() { --n; }
+    } leave{nesting_};
     while (k_ < s_.size()) {
       Segment& seg = s_[k_++];
       switch (seg.type) {
@@ -649,6 +663,7 @@ class StmtParser {
 
   std::vector<Segment> s_;
   size_t k_ = 0;
+  int nesting_ = 0;
   std::unique_ptr<ExprParser> cur_;  // the parser of the tag that ended the last body
 };
 

@@ -137,6 +137,7 @@ struct HfTokenizer::Impl {
   std::vector<int32_t> post_prefix, post_suffix;
   std::vector<DecoderStep> decoder;
   bool has_decoder = false;
+  std::vector<char> byte_piece;  // ids of <0xNN> tokens when the decoder has ByteFallback
   mutable std::mutex cache_mu;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
 
@@ -394,6 +395,10 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
   impl->parse_pre_tokenizer(j.value("pre_tokenizer", json()));
   impl->parse_post_processor(j.value("post_processor", json()));
   impl->parse_decoder(j.value("decoder", json()));
+  impl->byte_piece.assign(impl->id_to_tok.size(), 0);
+  if (std::any_of(impl->decoder.begin(), impl->decoder.end(), [](const DecoderStep& d) { return d.kind == DecoderStep::ByteFallback; }))
+    for (int32_t id : impl->byte_ids)
+      if (id >= 0) impl->byte_piece[size_t(id)] = 1;
   return std::unique_ptr<HfTokenizer>(new HfTokenizer(std::move(impl)));
 }
 
@@ -410,6 +415,10 @@ const std::string& HfTokenizer::id_to_token(int32_t id) const {
 int32_t HfTokenizer::token_to_id(const std::string& token) const {
   auto it = impl_->tok_to_id.find(token);
   return it == impl_->tok_to_id.end() ? -1 : it->second;
+}
+
+bool HfTokenizer::holds_back(int32_t id) const {
+  return id >= 0 && size_t(id) < impl_->byte_piece.size() && impl_->byte_piece[size_t(id)];
 }
 
 bool HfTokenizer::is_special(int32_t id) const {

@@ -40,6 +40,7 @@ class HfTokenizer final : public Tokenizer {
   const std::string& id_to_token(int32_t id) const;
   int32_t token_to_id(const std::string& token) const;  // -1 when absent
   bool is_special(int32_t id) const;
+  bool holds_back(int32_t id) const override;
 
  private:
   struct Impl;

@@ -24,9 +24,11 @@ std::string IncrementalDecoder::window(size_t from, size_t to) const {
 
 std::string IncrementalDecoder::add(int32_t id) {
   ids_.push_back(id);
+  if (tok_.holds_back(id)) return "";
   const std::string before = window(prefix_, read_);
   const std::string now = window(prefix_, ids_.size());
-  if (now.size() <= before.size() || ends_with_replacement(now)) return "";  // wait for more bytes
+  // Wait while the text is incomplete, or while it still rewrites what was already sent.
+  if (now.size() <= before.size() || ends_with_replacement(now) || now.compare(0, before.size(), before) != 0) return "";
   prefix_ = read_;
   read_ = ids_.size();
   return now.substr(before.size());

@@ -16,7 +16,7 @@ std::string Llama2cTokenizer::decode(const std::vector<int32_t>& ids, bool) cons
     out += decode_piece(prev, id);
     prev = id;
   }
-  return out;
+  return utf8::lossy(out);  // byte pieces may not form whole characters
 }
 
 std::unique_ptr<Llama2cTokenizer> Llama2cTokenizer::load(const std::string& path, int vocab_size) {

@@ -19,6 +19,10 @@ class Tokenizer {
   virtual std::vector<int32_t> encode(const std::string& text, bool add_special) const = 0;
   // The text of ids; skip_special drops special tokens (BOS, EOS, chat markers).
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const = 0;
+  // True for tokens whose text depends on the tokens after them (byte-fallback <0xNN> pieces, which the
+  // decoder turns into characters only as a complete run): streaming holds text back while one ends
+  // the stream.
+  virtual bool holds_back(int32_t id) const { return false; }
 };
 
 // Streaming detokenization: add() returns the text that the new token completes. The concatenated
