@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <queue>
@@ -111,11 +112,43 @@ struct DecoderStep {
   bool add_prefix_space = true;
 };
 
-// A piece of input text on its way through the pipeline; `first` is true for the piece at offset 0
-// (Metaspace's prepend_scheme "first").
-struct Piece {
-  std::string text;
-  bool first;
+// Open-addressing map (left id, right id) -> (rank, merged id): BPE's innermost lookup.
+class MergeTable {
+ public:
+  void reserve(size_t n) {
+    size_t cap = 16;
+    while (cap < n * 2) cap <<= 1;
+    slots_.assign(cap, Slot{kEmpty, 0, 0});
+    mask_ = cap - 1;
+  }
+  void insert(uint64_t key, int32_t rank, int32_t merged) {
+    for (size_t i = hash(key) & mask_;; i = (i + 1) & mask_)
+      if (slots_[i].key == kEmpty || slots_[i].key == key) {
+        if (slots_[i].key == kEmpty) slots_[i] = {key, rank, merged};  // the first (lowest-rank) merge wins
+        return;
+      }
+  }
+  // Returns false when there is no such merge.
+  bool find(uint64_t key, int32_t* rank, int32_t* merged) const {
+    for (size_t i = hash(key) & mask_;; i = (i + 1) & mask_) {
+      if (slots_[i].key == key) {
+        *rank = slots_[i].rank;
+        *merged = slots_[i].merged;
+        return true;
+      }
+      if (slots_[i].key == kEmpty) return false;
+    }
+  }
+
+ private:
+  static constexpr uint64_t kEmpty = ~uint64_t(0);
+  static size_t hash(uint64_t k) { return size_t((k * 0x9E3779B97F4A7C15ull) >> 20); }
+  struct Slot {
+    uint64_t key;
+    int32_t rank, merged;
+  };
+  std::vector<Slot> slots_;
+  size_t mask_ = 0;
 };
 
 }  // namespace
@@ -124,7 +157,8 @@ struct HfTokenizer::Impl {
   std::string path;
   std::vector<std::string> id_to_tok;
   std::unordered_map<std::string, int32_t> tok_to_id;
-  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges;  // (left, right) -> (rank, merged)
+  MergeTable merges;
+  std::vector<int32_t> char_id;  // code point -> id of the one-character token, or -1
   bool byte_fallback = false, fuse_unk = false, ignore_merges = false;
   int32_t unk = -1;
   int32_t byte_ids[256];
@@ -138,6 +172,9 @@ struct HfTokenizer::Impl {
   std::vector<DecoderStep> decoder;
   bool has_decoder = false;
   std::vector<char> byte_piece;  // ids of <0xNN> tokens when the decoder has ByteFallback
+  // Without a pre-tokenizer the whole text is one BPE word. When no token contains "c▁" (c not ▁), no
+  // merge can span the boundary before such a ▁, so splitting there gives identical ids, far faster.
+  bool split_at_metaspace = false;
   mutable std::mutex cache_mu;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
 
@@ -150,9 +187,11 @@ struct HfTokenizer::Impl {
   void parse_decoder(const json& d);
 
   std::string normalize(std::string s) const;
-  std::vector<Piece> pre_tokenize(std::vector<Piece> pieces) const;
-  void bpe(const std::string& word, std::vector<int32_t>& out) const;
-  void bpe_uncached(const std::string& word, std::vector<int32_t>& out) const;
+  // Runs pre-tokenizer steps [step, end) on `text` and calls sink(piece) for every final piece, without
+  // materializing the intermediate lists. `first`: the piece starts the input (Metaspace "first").
+  void pre_tokenize(size_t step, std::string_view text, bool first, const std::function<void(std::string_view)>& sink) const;
+  void bpe(std::string_view word, std::vector<int32_t>& out) const;
+  void bpe_uncached(std::string_view word, std::vector<int32_t>& out) const;
   std::string where(const std::string& field) const { return path + ": " + field; }
 };
 
@@ -209,6 +248,12 @@ void HfTokenizer::Impl::parse_model(const json& m) {
     if (auto it = tok_to_id.find(name); it != tok_to_id.end()) byte_ids[b] = it->second;
   }
   RILL_CHECK(m.contains("merges") && m["merges"].is_array(), where("model.merges") + " missing");
+  merges.reserve(m["merges"].size());
+  char_id.assign(0x110000, -1);
+  for (const auto& [tok, id] : tok_to_id) {
+    size_t i = 0;
+    if (utf8::sequence_length(tok, 0) == tok.size() && !tok.empty()) char_id[utf8::next(tok, i)] = id;
+  }
   int32_t rank = 0;
   for (const auto& mg : m["merges"]) {
     std::string a, b;
@@ -228,7 +273,7 @@ void HfTokenizer::Impl::parse_model(const json& m) {
     RILL_CHECK(ia != tok_to_id.end() && ib != tok_to_id.end() && im != tok_to_id.end(),
                where("model.merges") + ": merge " + std::to_string(rank) + " ('" + a + "', '" + b +
                    "') uses a token missing from the vocabulary");
-    merges.emplace(key(ia->second, ib->second), std::make_pair(rank, im->second));
+    merges.insert(key(ia->second, ib->second), rank, im->second);
     ++rank;
   }
 }
@@ -395,6 +440,16 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
   impl->parse_pre_tokenizer(j.value("pre_tokenizer", json()));
   impl->parse_post_processor(j.value("post_processor", json()));
   impl->parse_decoder(j.value("decoder", json()));
+  if (impl->pre.empty()) {
+    const std::string ms = "\xE2\x96\x81";
+    bool safe = true;
+    for (const auto& tok : impl->id_to_tok) {
+      for (size_t at = tok.find(ms, 1); safe && at != std::string::npos; at = tok.find(ms, at + 1))
+        if (at < ms.size() || tok.compare(at - ms.size(), ms.size(), ms) != 0) safe = false;
+      if (!safe) break;
+    }
+    impl->split_at_metaspace = safe;
+  }
   impl->byte_piece.assign(impl->id_to_tok.size(), 0);
   if (std::any_of(impl->decoder.begin(), impl->decoder.end(), [](const DecoderStep& d) { return d.kind == DecoderStep::ByteFallback; }))
     for (int32_t id : impl->byte_ids)
@@ -446,6 +501,8 @@ std::string HfTokenizer::Impl::normalize(std::string s) const {
       }
       case NormalizerStep::NFC:
       case NormalizerStep::NFKC:
+        if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) break;
+        [[fallthrough]];  // ASCII is already in NFC and NFKC
       case NormalizerStep::Lowercase: {
         const int opts = UTF8PROC_STABLE | UTF8PROC_COMPOSE |
                          (n.kind == NormalizerStep::NFKC ? UTF8PROC_COMPAT : 0) |
@@ -463,89 +520,99 @@ std::string HfTokenizer::Impl::normalize(std::string s) const {
   return s;
 }
 
-std::vector<Piece> HfTokenizer::Impl::pre_tokenize(std::vector<Piece> pieces) const {
-  for (const auto& step : pre) {
-    std::vector<Piece> next;
-    for (auto& p : pieces) {
-      auto split_by = [&](const Regex& re, SplitBehavior behavior) {
-        size_t last = 0;
-        std::string pending;  // MergedWithNext: a match waiting for the following text
-        auto emit = [&](std::string t) {
-          if (!t.empty()) next.push_back({std::move(t), p.first && next.empty()});
-        };
-        re.for_each_match(p.text, [&](size_t b, size_t e) {
-          std::string gap = p.text.substr(last, b - last), hit = p.text.substr(b, e - b);
-          switch (behavior) {
-            case SplitBehavior::Isolated: emit(pending + gap); pending.clear(); emit(hit); break;
-            case SplitBehavior::Removed: emit(pending + gap); pending.clear(); break;
-            case SplitBehavior::MergedWithPrevious: emit(pending + gap + hit); pending.clear(); break;
-            case SplitBehavior::MergedWithNext: emit(pending + gap); pending = hit; break;
-            case SplitBehavior::Contiguous: emit(pending + gap); pending = hit; break;
-          }
-          last = e;
-        });
-        emit(pending + p.text.substr(last));
+void HfTokenizer::Impl::pre_tokenize(size_t k, std::string_view text, bool first,
+                                     const std::function<void(std::string_view)>& sink) const {
+  if (k == pre.size()) {
+    if (!text.empty()) sink(text);
+    return;
+  }
+  const PreTokenizerStep& step = pre[k];
+  // Splits text by a regex; every behavior yields contiguous ranges of the input.
+  auto split_by = [&](std::string_view t, const Regex& re, SplitBehavior behavior, bool is_first,
+                      const std::function<void(std::string_view, bool)>& emit) {
+    size_t last = 0, pending = std::string_view::npos;  // pending: start of a match merged with what follows
+    bool emitted = false;
+    auto out = [&](size_t b, size_t e) {
+      if (e > b) {
+        emit(t.substr(b, e - b), is_first && !emitted);
+        emitted = true;
+      }
+    };
+    re.for_each_match(t, [&](size_t b, size_t e) {
+      const size_t from = pending != std::string_view::npos ? pending : last;
+      switch (behavior) {
+        case SplitBehavior::Isolated: out(from, b); out(b, e); pending = std::string_view::npos; break;
+        case SplitBehavior::Removed: out(from, b); pending = std::string_view::npos; break;
+        case SplitBehavior::MergedWithPrevious: out(from, e); pending = std::string_view::npos; break;
+        case SplitBehavior::MergedWithNext:
+        case SplitBehavior::Contiguous: out(from, b); pending = b; break;
+      }
+      last = e;
+    });
+    out(pending != std::string_view::npos ? pending : last, t.size());
+  };
+  switch (step.kind) {
+    case PreTokenizerStep::Split:
+    case PreTokenizerStep::Digits:
+      split_by(text, *step.regex, step.kind == PreTokenizerStep::Digits ? SplitBehavior::Isolated : step.behavior, first,
+               [&](std::string_view piece, bool f) { pre_tokenize(k + 1, piece, f, sink); });
+      break;
+    case PreTokenizerStep::ByteLevel: {
+      std::string prefixed;
+      if (step.add_prefix_space && !text.empty() && text[0] != ' ') {
+        prefixed = " " + std::string(text);
+        text = prefixed;
+      }
+      std::string mapped;
+      auto map_and_continue = [&](std::string_view piece, bool f) {
+        mapped.clear();
+        for (unsigned char c : piece) mapped += byte_map().byte_to_char[c];
+        pre_tokenize(k + 1, mapped, f, sink);
       };
-      switch (step.kind) {
-        case PreTokenizerStep::Split:
-        case PreTokenizerStep::Digits:
-          split_by(*step.regex, step.kind == PreTokenizerStep::Digits ? SplitBehavior::Isolated : step.behavior);
-          break;
-        case PreTokenizerStep::ByteLevel: {
-          if (step.add_prefix_space && !p.text.empty() && p.text[0] != ' ') p.text = " " + p.text;
-          const size_t from = next.size();
-          if (step.use_regex) split_by(*step.regex, SplitBehavior::Isolated);
-          else next.push_back(std::move(p));
-          for (size_t i = from; i < next.size(); ++i) {
-            std::string mapped;
-            for (unsigned char c : next[i].text) mapped += byte_map().byte_to_char[c];
-            next[i].text = std::move(mapped);
-          }
-          break;
-        }
-        case PreTokenizerStep::Metaspace: {
-          std::string t;
-          for (char c : p.text) {
-            if (c == ' ') t += step.replacement;
-            else t += c;
-          }
-          const bool prepend = step.prepend_scheme == "always" || (step.prepend_scheme == "first" && p.first);
-          if (prepend && t.compare(0, step.replacement.size(), step.replacement) != 0) t = step.replacement + t;
-          if (!step.split) {
-            next.push_back({t, p.first});
-            break;
-          }
-          size_t start = 0;
-          for (size_t i = step.replacement.size(); i <= t.size(); ++i) {
-            if (i == t.size() || t.compare(i, step.replacement.size(), step.replacement) == 0) {
-              if (i > start) next.push_back({t.substr(start, i - start), p.first && next.empty()});
-              start = i;
-            }
-          }
-          break;
+      if (step.use_regex) split_by(text, *step.regex, SplitBehavior::Isolated, first, map_and_continue);
+      else map_and_continue(text, first);
+      break;
+    }
+    case PreTokenizerStep::Metaspace: {
+      std::string t;
+      for (char c : text) {
+        if (c == ' ') t += step.replacement;
+        else t += c;
+      }
+      const bool prepend = step.prepend_scheme == "always" || (step.prepend_scheme == "first" && first);
+      if (prepend && t.compare(0, step.replacement.size(), step.replacement) != 0) t = step.replacement + t;
+      if (!step.split) {
+        pre_tokenize(k + 1, t, first, sink);
+        break;
+      }
+      size_t start = 0;
+      for (size_t i = step.replacement.size(); i <= t.size(); ++i) {
+        if (i == t.size() || t.compare(i, step.replacement.size(), step.replacement) == 0) {
+          if (i > start) pre_tokenize(k + 1, std::string_view(t).substr(start, i - start), first && start == 0, sink);
+          start = i;
         }
       }
+      break;
     }
-    pieces = std::move(next);
   }
-  return pieces;
 }
 
-void HfTokenizer::Impl::bpe_uncached(const std::string& word, std::vector<int32_t>& out) const {
+void HfTokenizer::Impl::bpe_uncached(std::string_view word, std::vector<int32_t>& out) const {
   if (ignore_merges) {
-    if (auto it = tok_to_id.find(word); it != tok_to_id.end()) {
+    if (auto it = tok_to_id.find(std::string(word)); it != tok_to_id.end()) {
       out.push_back(it->second);
       return;
     }
   }
   // Symbols: one per character (or per byte through byte fallback), doubly linked.
   std::vector<int32_t> sym;
+  sym.reserve(word.size());
   for (size_t i = 0; i < word.size();) {
-    size_t n = utf8::sequence_length(word, i);
-    if (n == 0) n = 1;
-    auto it = tok_to_id.find(word.substr(i, n));
-    if (it != tok_to_id.end()) {
-      sym.push_back(it->second);
+    const size_t n = std::max<size_t>(1, utf8::sequence_length(word, i));
+    size_t at = i;
+    const int32_t id = n > 1 || static_cast<unsigned char>(word[i]) < 0x80 ? char_id[utf8::next(word, at)] : -1;
+    if (id >= 0) {
+      sym.push_back(id);
     } else if (byte_fallback && byte_ids[static_cast<unsigned char>(word[i])] >= 0) {
       for (size_t k = 0; k < n; ++k) sym.push_back(byte_ids[static_cast<unsigned char>(word[i + k])]);
     } else if (unk >= 0) {
@@ -562,15 +629,18 @@ void HfTokenizer::Impl::bpe_uncached(const std::string& word, std::vector<int32_
   struct Cand {
     int32_t rank;
     int pos;
-    int32_t left, right;
+    int32_t left, right, merged;
     bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
   };
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+  std::vector<Cand> storage;
+  storage.reserve(size_t(n));
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap(std::greater<Cand>(), std::move(storage));
   auto push = [&](int i) {
+    if (i < 0) return;
     const int j = next[size_t(i)];
-    if (i < 0 || j < 0) return;
-    auto it = merges.find(key(sym[size_t(i)], sym[size_t(j)]));
-    if (it != merges.end()) heap.push({it->second.first, i, sym[size_t(i)], sym[size_t(j)]});
+    int32_t rank, merged;
+    if (j >= 0 && merges.find(key(sym[size_t(i)], sym[size_t(j)]), &rank, &merged))
+      heap.push({rank, i, sym[size_t(i)], sym[size_t(j)], merged});
   };
   for (int i = 0; i + 1 < n; ++i) push(i);
   while (!heap.empty()) {
@@ -579,7 +649,7 @@ void HfTokenizer::Impl::bpe_uncached(const std::string& word, std::vector<int32_
     const int j = next[size_t(c.pos)];
     // Stale entries: one side was merged away or changed since this candidate was pushed.
     if (sym[size_t(c.pos)] != c.left || j < 0 || sym[size_t(j)] != c.right) continue;
-    sym[size_t(c.pos)] = merges.at(key(c.left, c.right)).second;
+    sym[size_t(c.pos)] = c.merged;
     sym[size_t(j)] = -1;
     next[size_t(c.pos)] = next[size_t(j)];
     if (next[size_t(j)] >= 0) prev[size_t(next[size_t(j)])] = c.pos;
@@ -589,12 +659,13 @@ void HfTokenizer::Impl::bpe_uncached(const std::string& word, std::vector<int32_
   for (int i = 0; i >= 0 && i < n; i = next[size_t(i)]) out.push_back(sym[size_t(i)]);
 }
 
-void HfTokenizer::Impl::bpe(const std::string& word, std::vector<int32_t>& out) const {
+void HfTokenizer::Impl::bpe(std::string_view word, std::vector<int32_t>& out) const {
   constexpr size_t kCacheableBytes = 64, kMaxEntries = 1 << 18;
   if (word.size() > kCacheableBytes) return bpe_uncached(word, out);
+  const std::string key_word(word);
   {
     std::lock_guard<std::mutex> lock(cache_mu);
-    if (auto it = cache.find(word); it != cache.end()) {
+    if (auto it = cache.find(key_word); it != cache.end()) {
       out.insert(out.end(), it->second.begin(), it->second.end());
       return;
     }
@@ -603,7 +674,7 @@ void HfTokenizer::Impl::bpe(const std::string& word, std::vector<int32_t>& out) 
   bpe_uncached(word, ids);
   out.insert(out.end(), ids.begin(), ids.end());
   std::lock_guard<std::mutex> lock(cache_mu);
-  if (cache.size() < kMaxEntries) cache.emplace(word, std::move(ids));
+  if (cache.size() < kMaxEntries) cache.emplace(key_word, std::move(ids));
 }
 
 std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_special) const {
@@ -616,11 +687,19 @@ std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_speci
   auto encode_segment = [&](std::string seg, bool first) {
     if (seg.empty()) return;
     seg = m.normalize(std::move(seg));
-    if (m.pre.empty()) {
-      m.bpe(seg, ids);
+    if (m.split_at_metaspace) {
+      static const std::string ms = "\xE2\x96\x81";
+      const std::string_view v(seg);
+      size_t start = 0;
+      for (size_t at = v.find(ms, 1); at != std::string_view::npos; at = v.find(ms, at + ms.size())) {
+        if (at >= start + ms.size() && v.compare(at - ms.size(), ms.size(), ms) == 0) continue;  // inside a ▁ run
+        if (at > start) m.bpe(v.substr(start, at - start), ids);
+        start = at;
+      }
+      m.bpe(v.substr(start), ids);
       return;
     }
-    for (const auto& p : m.pre_tokenize({{std::move(seg), first}})) m.bpe(p.text, ids);
+    m.pre_tokenize(0, seg, first, [&](std::string_view piece) { m.bpe(piece, ids); });
   };
   // Split on added tokens (longest match at the earliest position), honouring lstrip/rstrip/single_word.
   size_t seg_start = 0, i = 0;
