@@ -88,6 +88,29 @@ TEST(HfTokenizer, StreamingWaitsForByteRuns) {
   EXPECT_EQ(streamed, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD a");
 }
 
+TEST(HfTokenizer, SpecialTokensAsPlainText) {
+  const std::string path = shared("data/tokenizers/qwen2-style/tokenizer.json");
+  if (!std::filesystem::exists(path)) GTEST_SKIP();
+  auto tok = HfTokenizer::load(path);
+  const std::string text = "<|im_start|>user";
+  const auto parsed = tok->encode(text, false, true), plain = tok->encode(text, false, false);
+  EXPECT_EQ(parsed[0], tok->token_to_id("<|im_start|>"));
+  EXPECT_EQ(std::count(plain.begin(), plain.end(), tok->token_to_id("<|im_start|>")), 0);
+  EXPECT_GT(plain.size(), parsed.size());
+  EXPECT_EQ(tok->decode(plain), text);  // same text, no control token
+}
+
+TEST(HfTokenizer, TokenizerConfigDecidesBosEos) {
+  const std::string src = shared("data/tokenizers/llama2-sentencepiece");
+  if (!std::filesystem::exists(src)) GTEST_SKIP();
+  TempDir dir;
+  std::filesystem::copy_file(src + "/tokenizer.json", dir / "tokenizer.json");
+  std::ofstream(dir / "tokenizer_config.json")
+      << R"({"tokenizer_class": "LlamaTokenizerFast", "add_bos_token": false, "add_eos_token": true, "bos_token": "<s>", "eos_token": "</s>"})";
+  auto tok = HfTokenizer::load(dir / "tokenizer.json");
+  EXPECT_EQ(tok->encode("Hello world", true), (std::vector<int32_t>{15043, 3186, 2}));
+}
+
 TEST(HfTokenizer, InvalidUtf8IsAnError) {
   const std::string path = shared("data/tokenizers/llama3-style/tokenizer.json");
   if (!std::filesystem::exists(path)) GTEST_SKIP();

@@ -60,7 +60,7 @@ std::vector<int32_t> parse_id_list(const std::string& s, const char* option) {
 Run add_tokenize(CLI::App& app) {
   struct Args {
     std::string model, tokenizer, text, text_file, output = "text";
-    bool no_special = false;
+    bool no_special = false, split_special = false;
   };
   auto a = std::make_shared<Args>();
   app.add_option("-m,--model", a->model, "Model directory (or .bin) whose tokenizer to use")->required();
@@ -69,12 +69,13 @@ Run add_tokenize(CLI::App& app) {
   auto* file = app.add_option("--text-file", a->text_file, "File whose contents to tokenize");
   text->excludes(file);
   app.add_flag("--no-special", a->no_special, "Do not add the tokenizer's special tokens (BOS, ...)");
+  app.add_flag("--split-special", a->split_special, "Treat special tokens written in the text as plain text");
   app.add_option("--output", a->output, "text: ids separated by spaces; json: {\"ids\": [...]}")
       ->check(CLI::IsMember({"text", "json"}));
   return [a, text, file] {
     RILL_CHECK(text->count() + file->count() > 0, "give --text TEXT or --text-file FILE");
     auto tok = need_tokenizer(a->model, a->tokenizer);
-    const auto ids = tok->encode(file->count() ? read_file(a->text_file) : a->text, !a->no_special);
+    const auto ids = tok->encode(file->count() ? read_file(a->text_file) : a->text, !a->no_special, !a->split_special);
     if (a->output == "json") {
       std::printf("%s\n", nlohmann::json({{"ids", ids}}).dump().c_str());
     } else {

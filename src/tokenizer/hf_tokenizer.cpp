@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <mutex>
@@ -440,6 +441,36 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
   impl->parse_pre_tokenizer(j.value("pre_tokenizer", json()));
   impl->parse_post_processor(j.value("post_processor", json()));
   impl->parse_decoder(j.value("decoder", json()));
+  // transformers rebuilds the post-processor of Llama/Gemma tokenizers from add_bos_token/add_eos_token.
+  const std::string config_path = (std::filesystem::path(path).parent_path() / "tokenizer_config.json").string();
+  if (std::filesystem::exists(config_path)) {
+    json c;
+    try {
+      std::ifstream cin(config_path);
+      c = json::parse(cin);
+    } catch (const json::exception& e) {
+      throw Error(config_path + ": not valid JSON: " + e.what());
+    }
+    const std::string cls = c.is_object() ? c.value("tokenizer_class", "") : "";
+    if (cls.rfind("LlamaTokenizer", 0) == 0 || cls.rfind("GemmaTokenizer", 0) == 0) {
+      auto token_id = [&](const char* key) -> int32_t {
+        if (!c.contains(key)) return -1;
+        const json& t = c[key];
+        const std::string s = t.is_string() ? t.get<std::string>() : t.is_object() ? t.value("content", "") : "";
+        auto it = impl->tok_to_id.find(s);
+        return it == impl->tok_to_id.end() ? -1 : it->second;
+      };
+      const int32_t bos = token_id("bos_token"), eos = token_id("eos_token");
+      if (c.contains("add_bos_token") && c["add_bos_token"].is_boolean()) {
+        impl->post_prefix.clear();
+        if (c["add_bos_token"].get<bool>() && bos >= 0) impl->post_prefix.push_back(bos);
+      }
+      if (c.contains("add_eos_token") && c["add_eos_token"].is_boolean()) {
+        impl->post_suffix.clear();
+        if (c["add_eos_token"].get<bool>() && eos >= 0) impl->post_suffix.push_back(eos);
+      }
+    }
+  }
   if (impl->pre.empty()) {
     const std::string ms = "\xE2\x96\x81";
     bool safe = true;
@@ -677,7 +708,7 @@ void HfTokenizer::Impl::bpe(std::string_view word, std::vector<int32_t>& out) co
   if (cache.size() < kMaxEntries) cache.emplace(key_word, std::move(ids));
 }
 
-std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_special) const {
+std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_special, bool parse_special) const {
   const Impl& m = *impl_;
   const size_t bad = utf8::first_invalid(text);
   RILL_CHECK(bad == std::string::npos, "input text is not valid UTF-8 (byte " + std::to_string(bad) + ")");
@@ -708,6 +739,7 @@ std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_speci
     const AddedToken* hit = nullptr;
     for (size_t idx : m.added_by_first_byte[static_cast<unsigned char>(text[i])]) {
       const AddedToken& t = m.added[idx];
+      if (!parse_special && t.special) continue;
       if (text.compare(i, t.content.size(), t.content) != 0) continue;
       if (t.single_word && ((i > 0 && is_word(static_cast<unsigned char>(text[i - 1]))) ||
                             (i + t.content.size() < text.size() && is_word(static_cast<unsigned char>(text[i + t.content.size()])))))

@@ -25,14 +25,17 @@ struct AddedToken {
 
 class HfTokenizer final : public Tokenizer {
  public:
-  // Reads tokenizer.json; throws rill::Error naming the file and field for anything unsupported.
+  // Reads tokenizer.json (and tokenizer_config.json beside it, whose add_bos_token / add_eos_token decide
+  // BOS/EOS for Llama-class tokenizers, as in transformers); throws rill::Error naming the file and field
+  // for anything unsupported.
   static std::unique_ptr<HfTokenizer> load(const std::string& path);
   ~HfTokenizer() override;
 
   int vocab_size() const override;
   // add_special: apply the post-processor (BOS/EOS as its template says). Added tokens in the text are
-  // always recognized, as Hugging Face does.
-  std::vector<int32_t> encode(const std::string& text, bool add_special) const override;
+  // recognized as Hugging Face does; with parse_special false, special ones are encoded as plain text
+  // (transformers' split_special_tokens=True).
+  std::vector<int32_t> encode(const std::string& text, bool add_special, bool parse_special = true) const override;
   // Through the decoder chain; skip_special drops special added tokens.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const override;
 

@@ -50,7 +50,7 @@ std::unique_ptr<Llama2cTokenizer> Llama2cTokenizer::load(const std::string& path
   return t;
 }
 
-std::vector<int32_t> Llama2cTokenizer::encode(const std::string& text, bool add_bos) const {
+std::vector<int32_t> Llama2cTokenizer::encode(const std::string& text, bool add_bos, bool) const {
   const size_t bad = utf8::first_invalid(text);
   RILL_CHECK(bad == std::string::npos, "input text is not valid UTF-8 (byte " + std::to_string(bad) + ")");
   std::vector<int32_t> out;

@@ -14,9 +14,10 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
   virtual int vocab_size() const = 0;
-  // add_special: add what the tokenizer adds around a sequence (BOS, ...). Throws rill::Error on text that
-  // is not valid UTF-8.
-  virtual std::vector<int32_t> encode(const std::string& text, bool add_special) const = 0;
+  // add_special: add what the tokenizer adds around a sequence (BOS, ...). parse_special: special tokens
+  // written in the text become their ids (as chat templates need); when false they are plain text, so
+  // user content cannot forge control tokens. Throws rill::Error on text that is not valid UTF-8.
+  virtual std::vector<int32_t> encode(const std::string& text, bool add_special, bool parse_special = true) const = 0;
   // The text of ids; skip_special drops special tokens (BOS, EOS, chat markers).
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const = 0;
   // True for tokens whose text depends on the tokens after them (byte-fallback <0xNN> pieces, which the
