@@ -101,6 +101,34 @@ TEST_P(GoldenTest, GreedyMatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, testing::ValuesIn(all_cases()), case_name);
 
+// RoPE scaling types without a shared fixture (linear, dynamic NTK, YaRN): tiny Llamas whose float64
+// references transformers 5.17 computed (tools/make_rope_fixtures.py), over a 100-token prompt past the
+// 64-token original context.
+class RopeScalingTest : public testing::TestWithParam<std::string> {};
+
+TEST_P(RopeScalingTest, LogitsMatchTransformers) {
+  const std::string dir = std::string(RILL_TEST_DATA_DIR) + "/rope/" + GetParam();
+  WeightMap expected;
+  read_safetensors(dir + "/expected.safetensors", &expected);
+  auto backend = make_cpu_backend(0);
+  Model model(read_checkpoint(dir), *backend);
+  KvCache kv(*backend, model.config(), 16, 16);
+  const auto prompt = ids_of(expected.get("prompt_ids"));
+  const auto ref = floats_of(expected.get("logits"));
+  // Dynamic NTK rescales by the longest position of the forward pass, as HF does: compare one pass.
+  for (int chunk : GetParam() == "dynamic" ? std::vector<int>{512} : std::vector<int>{512, 7}) {
+    GenerateOptions opt;
+    opt.max_new_tokens = 0;
+    opt.keep_prompt_logits = true;
+    opt.prefill_chunk = chunk;
+    const auto got = generate(model, kv, prompt, opt).prompt_logits;
+    ASSERT_EQ(got.size(), ref.size());
+    EXPECT_LE(rel_max_diff(got.data(), ref.data(), ref.size()), 1e-4) << "chunk " << chunk;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Types, RopeScalingTest, testing::Values("linear", "dynamic", "yarn"));
+
 // Separates rill's arithmetic from the weights' rounding: the bf16 checkpoint, read as bf16, must give
 // what the f32 path gives on the f32 weights rounded to bf16 by rill itself (which also checks that the
 // bf16 files are the round-to-nearest-even copies of the f32 ones).
