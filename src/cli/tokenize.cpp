@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "formats/hf_config.h"
+#include "formats/json_file.h"
 #include "model/model.h"
 #include "template/chat_template.h"
 
@@ -118,12 +119,7 @@ Run add_chat_template(CLI::App& app) {
   app.add_option("--chat-template", a->chat_template, "Jinja template file to use instead of the model's");
   return [a] {
     const ChatSetup chat = open_chat(a->model, a->chat_template);
-    nlohmann::ordered_json input;
-    try {
-      input = nlohmann::ordered_json::parse(read_file(a->messages_file));
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(a->messages_file + ": not valid JSON: " + e.what());
-    }
+    const nlohmann::ordered_json input = read_ordered_json_file(a->messages_file);
     nlohmann::ordered_json ctx = input.is_array() ? nlohmann::ordered_json{{"messages", input}} : input;
     RILL_CHECK(ctx.is_object() && ctx.contains("messages") && ctx["messages"].is_array(),
                a->messages_file + ": expected a list of messages or an object with 'messages'");

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "formats/json_file.h"
 
 namespace rill {
 using nlohmann::json;
@@ -226,15 +227,7 @@ ModelConfig parse_hf_config(const json& j, const std::string& where) {
 }
 
 ModelConfig read_hf_config(const std::string& path) {
-  std::ifstream in(path);
-  RILL_CHECK(in, path + ": cannot open");
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
-    throw Error(path + ": not valid JSON: " + e.what());
-  }
-  return parse_hf_config(j, path);
+  return parse_hf_config(read_json_file(path), path);
 }
 
 }  // namespace rill

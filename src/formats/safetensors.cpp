@@ -8,6 +8,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "formats/json_file.h"
 #include "formats/mapped_file.h"
 
 namespace rill {
@@ -107,13 +108,7 @@ WeightMap read_safetensors_dir(const std::string& dir) {
   RILL_CHECK(fs::is_directory(dir), dir + ": not a directory");
   const fs::path index = fs::path(dir) / "model.safetensors.index.json";
   if (fs::exists(index)) {
-    json j;
-    std::ifstream in(index);
-    try {
-      j = json::parse(in);
-    } catch (const json::exception& e) {
-      throw Error(index.string() + ": not valid JSON: " + e.what());
-    }
+    const json j = read_json_file(index.string());
     RILL_CHECK(j.contains("weight_map") && j["weight_map"].is_object(),
                index.string() + ": missing field 'weight_map'");
     std::set<std::string> shards;

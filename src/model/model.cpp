@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "formats/hf_config.h"
+#include "formats/json_file.h"
 #include "formats/llama2c.h"
 #include "model/rope.h"
 
@@ -20,13 +21,7 @@ namespace {
 void merge_generation_config(const fs::path& dir, ModelConfig* c) {
   const fs::path p = dir / "generation_config.json";
   if (!fs::exists(p)) return;
-  std::ifstream in(p);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(p.string() + ": not valid JSON: " + e.what());
-  }
+  const nlohmann::json j = read_json_file(p.string());
   if (!j.is_object()) return;
   auto add = [&](const nlohmann::json& v) {
     if (v.is_number_integer() &&

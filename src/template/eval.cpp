@@ -11,6 +11,8 @@
 #include <unordered_map>
 
 #include "core/error.h"
+#include "core/strings.h"
+#include "formats/json_file.h"
 #include "template/ast.h"
 #include "template/chat_template.h"
 #include "tokenizer/utf8.h"
@@ -71,19 +73,6 @@ std::string map_case(const std::string& s, int mode) {  // 0 lower, 1 upper, 2 t
     utf8::append(out, m);
   }
   return out;
-}
-
-std::string replace_all(const std::string& s, const std::string& a, const std::string& b, int64_t count = -1) {
-  if (a.empty()) return s;
-  std::string out;
-  size_t pos = 0, hit;
-  while (count != 0 && (hit = s.find(a, pos)) != std::string::npos) {
-    out.append(s, pos, hit - pos);
-    out += b;
-    pos = hit + a.size();
-    if (count > 0) --count;
-  }
-  return out + s.substr(pos);
 }
 
 std::vector<Value> iterate(const Value& v, int line) {
@@ -515,7 +504,9 @@ class Renderer {
       case Value::ListK:
         return std::any_of(container.list->begin(), container.list->end(), [&](const Value& v) { return equals(v, item); });
       case Value::DictK: return item.kind == Value::String && container.find(item.s) != nullptr;
-      case Value::Undefined: require_defined(container, line);
+      case Value::Undefined:
+        require_defined(container, line);  // throws
+        [[fallthrough]];
       default: fail(line, "argument of type '" + type_name(container) + "' is not iterable");
     }
   }
@@ -861,14 +852,7 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& context) const {
 }
 
 ChatConfig read_chat_config(const std::string& path) {
-  std::ifstream in(path);
-  RILL_CHECK(in, path + ": cannot open");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ": not valid JSON: " + e.what());
-  }
+  const nlohmann::json j = read_json_file(path);
   ChatConfig c;
   auto token = [&](const char* key) -> std::string {
     if (!j.contains(key) || j[key].is_null()) return "";

@@ -14,6 +14,8 @@
 #include <queue>
 
 #include "core/error.h"
+#include "core/strings.h"
+#include "formats/json_file.h"
 #include "tokenizer/utf8.h"
 
 namespace rill {
@@ -401,14 +403,7 @@ void HfTokenizer::Impl::parse_decoder(const json& d) {
 }
 
 std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
-  std::ifstream in(path);
-  RILL_CHECK(in, path + ": cannot open");
-  json j;
-  try {
-    j = json::parse(in);
-  } catch (const json::exception& e) {
-    throw Error(path + ": not valid JSON: " + e.what());
-  }
+  const json j = read_json_file(path);
   RILL_CHECK(j.is_object(), path + ": not a JSON object");
   auto impl = std::make_unique<Impl>();
   impl->path = path;
@@ -444,13 +439,7 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
   // transformers rebuilds the post-processor of Llama/Gemma tokenizers from add_bos_token/add_eos_token.
   const std::string config_path = (std::filesystem::path(path).parent_path() / "tokenizer_config.json").string();
   if (std::filesystem::exists(config_path)) {
-    json c;
-    try {
-      std::ifstream cin(config_path);
-      c = json::parse(cin);
-    } catch (const json::exception& e) {
-      throw Error(config_path + ": not valid JSON: " + e.what());
-    }
+    const json c = read_json_file(config_path);
     const std::string cls = c.is_object() ? c.value("tokenizer_class", "") : "";
     if (cls.rfind("LlamaTokenizer", 0) == 0 || cls.rfind("GemmaTokenizer", 0) == 0) {
       auto token_id = [&](const char* key) -> int32_t {
@@ -517,19 +506,9 @@ std::string HfTokenizer::Impl::normalize(std::string s) const {
       case NormalizerStep::Prepend:
         if (!s.empty()) s = n.a + s;
         break;
-      case NormalizerStep::Replace: {
-        if (n.a.empty()) break;
-        std::string out;
-        size_t pos = 0, hit;
-        while ((hit = s.find(n.a, pos)) != std::string::npos) {
-          out.append(s, pos, hit - pos);
-          out += n.b;
-          pos = hit + n.a.size();
-        }
-        out.append(s, pos);
-        s = std::move(out);
+      case NormalizerStep::Replace:
+        s = replace_all(s, n.a, n.b);
         break;
-      }
       case NormalizerStep::NFC:
       case NormalizerStep::NFKC:
         if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) break;
@@ -799,17 +778,7 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
         break;
       }
       case DecoderStep::Replace:
-        for (auto& t : toks) {
-          std::string out;
-          size_t pos = 0, hit;
-          while (!d.a.empty() && (hit = t.find(d.a, pos)) != std::string::npos) {
-            out.append(t, pos, hit - pos);
-            out += d.b;
-            pos = hit + d.a.size();
-          }
-          out.append(t, pos);
-          t = std::move(out);
-        }
+        for (auto& t : toks) t = replace_all(t, d.a, d.b);
         break;
       case DecoderStep::ByteFallback: {
         std::vector<std::string> out;
@@ -852,14 +821,7 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
         break;
       case DecoderStep::Metaspace:
         for (size_t i = 0; i < toks.size(); ++i) {
-          std::string out;
-          size_t pos = 0, hit;
-          while ((hit = toks[i].find(d.a, pos)) != std::string::npos) {
-            out.append(toks[i], pos, hit - pos);
-            out += ' ';
-            pos = hit + d.a.size();
-          }
-          out.append(toks[i], pos);
+          std::string out = replace_all(toks[i], d.a, " ");
           if (i == 0 && d.add_prefix_space && !out.empty() && out[0] == ' ') out.erase(0, 1);
           toks[i] = std::move(out);
         }
