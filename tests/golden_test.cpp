@@ -96,7 +96,7 @@ TEST_P(GoldenTest, GreedyMatchesReference) {
     if (GetParam().bf16 && margins[i] < 1e-3f) break;
     ASSERT_EQ(got[i], ref[i]) << "greedy token " << i << " (margin " << margins[i] << ")";
   }
-  EXPECT_EQ(kv_->pool().num_free(), kv_->pool().num_blocks()) << "generate() must free its KV blocks";
+  EXPECT_EQ(kv_->blocks().num_free(), kv_->blocks().num_blocks()) << "generate() must free its KV blocks";
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, testing::ValuesIn(all_cases()), case_name);

@@ -20,17 +20,17 @@ GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& p
   RILL_CHECK(opt.max_new_tokens >= 0, "max_new_tokens must be >= 0");
   RILL_CHECK(opt.prefill_chunk > 0, "prefill_chunk must be positive");
   const int total = int(prompt.size()) + opt.max_new_tokens;
-  BlockTable table;
-  RILL_CHECK(table.reserve(total, kv.block_size(), kv.pool()),
+  BlockManager& blocks = kv.blocks();
+  std::vector<int32_t> table;
+  RILL_CHECK(blocks.grow(total, &table),
              "prompt (" + std::to_string(prompt.size()) + " tokens) + max_new_tokens (" +
-                 std::to_string(opt.max_new_tokens) + ") needs " +
-                 std::to_string((total + kv.block_size() - 1) / kv.block_size()) + " KV blocks but only " +
-                 std::to_string(kv.pool().num_free()) + " are free");
+                 std::to_string(opt.max_new_tokens) + ") needs " + std::to_string(blocks.blocks_needed(total, 0)) +
+                 " KV blocks but only " + std::to_string(blocks.num_free()) + " are free");
   struct Release {
-    BlockTable& t;
-    BlockPool& p;
-    ~Release() { t.release_all(p); }
-  } release{table, kv.pool()};
+    std::vector<int32_t>& t;
+    BlockManager& b;
+    ~Release() { b.release(&t); }
+  } release{table, blocks};
 
   GenerateResult r;
   Sampler sampler(opt.sampling);
@@ -43,8 +43,9 @@ GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& p
   for (size_t begin = 0; begin < prompt.size(); begin += size_t(opt.prefill_chunk)) {
     const size_t end = std::min(prompt.size(), begin + size_t(opt.prefill_chunk));
     Batch b;
-    b.add_sequence({prompt.begin() + long(begin), prompt.begin() + long(end)}, int(begin), int(begin), table.blocks,
-                   kv.block_size(), opt.keep_prompt_logits);
+    b.add_sequence({prompt.begin() + long(begin), prompt.begin() + long(end)}, int(begin), int(begin), table,
+                   kv.block_size(),
+                   opt.keep_prompt_logits ? Logits::All : end == prompt.size() ? Logits::Last : Logits::None);
     model.forward(b, kv, &logits);
     if (opt.keep_prompt_logits) r.prompt_logits.insert(r.prompt_logits.end(), logits.begin(), logits.end());
   }
@@ -63,7 +64,7 @@ GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& p
     if (on_token && !on_token(tok)) break;
     if (eos || i + 1 == opt.max_new_tokens) break;
     Batch b;
-    b.add_sequence({tok}, pos, pos, table.blocks, kv.block_size(), false);
+    b.add_sequence({tok}, pos, pos, table, kv.block_size(), Logits::Last);
     model.forward(b, kv, &next);
     ++pos;
     ++r.decode_steps;

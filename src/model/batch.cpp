@@ -3,7 +3,7 @@
 namespace rill {
 
 void Batch::add_sequence(const std::vector<int32_t>& new_tokens, int start_pos, int start_index,
-                         const std::vector<int32_t>& block_table, int block_size, bool all_logits) {
+                         const std::vector<int32_t>& block_table, int block_size, Logits logits) {
   if (q_start.empty()) q_start.push_back(0);
   const int first = num_tokens();
   for (size_t i = 0; i < new_tokens.size(); ++i) {
@@ -11,9 +11,9 @@ void Batch::add_sequence(const std::vector<int32_t>& new_tokens, int start_pos, 
     tokens.push_back(new_tokens[i]);
     positions.push_back(start_pos + int(i));
     slots.push_back(block_table[size_t(index / block_size)] * block_size + index % block_size);
-    if (all_logits) logit_rows.push_back(first + int(i));
+    if (logits == Logits::All) logit_rows.push_back(first + int(i));
   }
-  if (!all_logits && !new_tokens.empty()) logit_rows.push_back(num_tokens() - 1);
+  if (logits == Logits::Last && !new_tokens.empty()) logit_rows.push_back(num_tokens() - 1);
   q_start.push_back(num_tokens());
   ctx_len.push_back(start_index + int(new_tokens.size()));
   block_tables.push_back(block_table);

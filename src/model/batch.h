@@ -9,6 +9,10 @@
 
 namespace rill {
 
+// Which of a sequence's new tokens need logits: none (a prefill chunk that is not the last), the last
+// (to sample the next token), or all (scoring a prompt).
+enum class Logits { None, Last, All };
+
 struct Batch {
   std::vector<int32_t> tokens;     // [n]
   std::vector<int32_t> positions;  // [n]: RoPE position of each token
@@ -22,7 +26,7 @@ struct Batch {
   int num_seqs() const { return int(ctx_len.size()); }
   // Appends a sequence's new tokens (at positions start_pos.., cache indices start_index..).
   void add_sequence(const std::vector<int32_t>& new_tokens, int start_pos, int start_index,
-                    const std::vector<int32_t>& block_table, int block_size, bool all_logits);
+                    const std::vector<int32_t>& block_table, int block_size, Logits logits);
 };
 
 }  // namespace rill
