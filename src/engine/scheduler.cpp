@@ -1,0 +1,135 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace rill {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::None: return "";
+    case FinishReason::Stop: return "stop";
+    case FinishReason::Length: return "length";
+    case FinishReason::Cancelled: return "cancelled";
+    case FinishReason::Error: return "error";
+  }
+  return "";
+}
+
+std::optional<Event> RequestStream::next(double timeout_seconds) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (timeout_seconds < 0) {
+    cv_.wait(lock, [&] { return !events_.empty(); });
+  } else if (!cv_.wait_for(lock, std::chrono::duration<double>(timeout_seconds), [&] { return !events_.empty(); })) {
+    return std::nullopt;
+  }
+  Event e = std::move(events_.front());
+  events_.pop_front();
+  return e;
+}
+
+void RequestStream::push(Event e) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    events_.push_back(std::move(e));
+  }
+  cv_.notify_one();
+}
+
+void Scheduler::preempt(size_t i) {
+  std::unique_ptr<Sequence> s = std::move(running_[i]);
+  running_.erase(running_.begin() + long(i));
+  blocks_.release(&s->blocks);
+  s->computed = 0;  // recomputed from its tokens (prompt and output so far) when admitted again
+  waiting_.push_front(std::move(s));
+  ++preemptions_;
+}
+
+std::vector<ScheduledChunk> Scheduler::schedule() {
+  std::vector<ScheduledChunk> out;
+  int budget = config_.max_batch_tokens;
+  // Grows s's blocks to `tokens`, preempting the newest running sequences while blocks are short. Returns
+  // false when s itself had to go (it is then back in the waiting queue).
+  auto reserve = [&](Sequence* s, int tokens) {
+    while (!blocks_.grow(tokens, &s->blocks)) {
+      Sequence* victim = running_.back().get();
+      out.erase(std::remove_if(out.begin(), out.end(), [&](const ScheduledChunk& c) { return c.seq == victim; }), out.end());
+      budget = config_.max_batch_tokens;
+      for (const auto& c : out) budget -= c.count;
+      preempt(running_.size() - 1);
+      if (victim == s) return false;
+    }
+    return true;
+  };
+  // 1. Decodes: one pending token each.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Sequence* s = running_[i].get();
+    if (s->remaining() != 1) {
+      ++i;
+      continue;
+    }
+    if (!reserve(s, int(s->tokens.size()))) continue;  // s was the newest: running_[i] is now another one
+    out.push_back({s, s->computed, 1, true});
+    --budget;
+    ++i;
+  }
+  // 2. Prefill chunks of running sequences that are part-way through their prompt.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Sequence* s = running_[i].get();
+    if (s->remaining() <= 1) {
+      ++i;
+      continue;
+    }
+    const int n = std::min(s->remaining(), budget);
+    if (!reserve(s, s->computed + n)) continue;
+    out.push_back({s, s->computed, n, s->computed + n == int(s->tokens.size())});
+    budget -= n;
+    ++i;
+  }
+  // 3. Admit waiting sequences, first come first served.
+  while (budget > 0 && !waiting_.empty() && int(running_.size()) < config_.max_num_seqs) {
+    Sequence* s = waiting_.front().get();
+    if (s->blocks.empty()) {
+      const int matched = blocks_.match_prefix(s->tokens, &s->blocks);
+      s->computed = matched;
+      if (!s->admitted_once) s->cached_tokens = std::min(matched, s->prompt_len);
+    }
+    const int n = std::min(s->remaining(), budget);
+    if (!blocks_.grow(s->computed + n, &s->blocks)) {
+      // Not enough free blocks now. Give back the prefix blocks too, so a sequence that can never fit
+      // does not pin them; it keeps its place at the head of the queue.
+      blocks_.release(&s->blocks);
+      s->computed = 0;
+      break;
+    }
+    s->admitted_once = true;
+    out.push_back({s, s->computed, n, s->computed + n == int(s->tokens.size())});
+    budget -= n;
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+  return out;
+}
+
+std::unique_ptr<Sequence> Scheduler::remove(Sequence* seq) {
+  std::unique_ptr<Sequence> owned;
+  for (auto it = running_.begin(); it != running_.end(); ++it)
+    if (it->get() == seq) {
+      owned = std::move(*it);
+      running_.erase(it);
+      break;
+    }
+  if (!owned)
+    for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
+      if (it->get() == seq) {
+        owned = std::move(*it);
+        waiting_.erase(it);
+        break;
+      }
+  RILL_CHECK(owned, "Scheduler::remove: unknown sequence");
+  blocks_.release(&owned->blocks);
+  return owned;
+}
+
+}  // namespace rill

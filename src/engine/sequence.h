@@ -1,0 +1,79 @@
+// Sequence: the state of one request inside the engine (plain data; the scheduler and the engine loop
+// change it, nothing else does). Its tokens are the prompt followed by what was generated; `computed` of
+// them have their K/V in the cache.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/sampler.h"
+
+namespace rill {
+
+enum class FinishReason { None, Stop, Length, Cancelled, Error };
+const char* finish_reason_name(FinishReason r);
+
+// What a request asks of the engine.
+struct Request {
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  int max_tokens = 16;
+  bool ignore_eos = false;
+  std::vector<int32_t> stop_ids;  // more end-of-sequence ids
+};
+
+// One thing a request's stream reports: a token, or the end (with why and the token counts).
+struct Event {
+  int32_t token = -1;  // -1 for the final event
+  FinishReason finish = FinishReason::None;
+  std::string error;
+  int prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;
+};
+
+// The channel between the engine loop and whoever submitted the request (thread-safe). The engine pushes
+// events; the consumer pops them, or cancels.
+class RequestStream {
+ public:
+  // Blocks until an event is available (or the timeout passes: returns nullopt).
+  std::optional<Event> next(double timeout_seconds = -1);
+  void cancel() { cancelled_ = true; }
+  bool cancelled() const { return cancelled_; }
+
+  void push(Event e);  // engine side
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Event> events_;
+  std::atomic<bool> cancelled_{false};
+};
+
+struct Sequence {
+  uint64_t id = 0;
+  std::vector<int32_t> tokens;
+  int prompt_len = 0;
+  int computed = 0;
+  int cached_tokens = 0;  // prompt tokens found in the prefix cache at first admission
+  bool admitted_once = false;
+  std::vector<int32_t> blocks;
+  Request request;
+  Sampler sampler;
+  std::shared_ptr<RequestStream> stream;
+
+  Sequence(uint64_t id, Request r, std::shared_ptr<RequestStream> s)
+      : id(id), tokens(r.prompt), prompt_len(int(r.prompt.size())), request(std::move(r)), sampler(request.sampling),
+        stream(std::move(s)) {
+    sampler.add_prompt(request.prompt);
+  }
+  int generated() const { return int(tokens.size()) - prompt_len; }
+  int remaining() const { return int(tokens.size()) - computed; }  // tokens still to run through the model
+};
+
+}  // namespace rill

@@ -1,0 +1,213 @@
+// The serving engine against the single-request path: whatever the batch around it (chunked prefill,
+// prefix reuse, preemption), a request gets exactly the tokens it gets alone, and every block comes back.
+#include <random>
+#include <thread>
+
+#include "backend/backend.h"
+#include "core/error.h"
+#include "engine/engine.h"
+#include "engine/generate.h"
+#include "test_util.h"
+
+namespace rill::test {
+namespace {
+
+struct Result {
+  std::vector<int32_t> tokens;
+  Event end;
+};
+
+Result drain(RequestStream& s) {
+  Result r;
+  for (;;) {
+    auto e = s.next(60.0);
+    if (!e) {
+      ADD_FAILURE() << "stream stalled";
+      return r;
+    }
+    if (e->token < 0) {
+      r.end = *e;
+      return r;
+    }
+    r.tokens.push_back(e->token);
+  }
+}
+
+class EngineTest : public testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    const std::string dir = shared("fixtures/models/" + GetParam());
+    if (!std::filesystem::exists(dir)) GTEST_SKIP();
+    backend_ = make_cpu_backend(0);
+    model_ = std::make_unique<Model>(read_checkpoint(dir), *backend_);
+  }
+  // The same request alone, through generate().
+  std::vector<int32_t> alone(const Request& r) {
+    KvCache kv(*backend_, model_->config(), 64, 16);
+    GenerateOptions opt;
+    opt.max_new_tokens = r.max_tokens;
+    opt.sampling = r.sampling;
+    opt.stop_at_eos = !r.ignore_eos;
+    return generate(*model_, kv, r.prompt, opt).ids;
+  }
+  std::vector<Request> mixed_requests(int n, uint32_t seed, const std::vector<int32_t>& shared_prefix = {}) {
+    std::mt19937 rng(seed);
+    std::vector<Request> out;
+    for (int i = 0; i < n; ++i) {
+      Request r;
+      r.prompt = shared_prefix;
+      const int len = 1 + int(rng() % 90);
+      for (int k = 0; k < len; ++k) r.prompt.push_back(int32_t(rng() % uint32_t(model_->config().vocab_size)));
+      r.max_tokens = 1 + int(rng() % 20);
+      r.ignore_eos = true;
+      if (i % 2) {  // half sample with a seed, half greedy
+        r.sampling.temperature = 0.8f;
+        r.sampling.seed = 1000 + uint64_t(i);
+        r.sampling.has_seed = true;
+      } else {
+        r.sampling.temperature = 0;
+      }
+      out.push_back(r);
+    }
+    return out;
+  }
+  void run_and_compare(const std::vector<Request>& reqs, EngineConfig cfg, EngineMetrics* final_metrics = nullptr) {
+    std::vector<std::vector<int32_t>> expected;
+    for (const auto& r : reqs) expected.push_back(alone(r));
+    Engine engine(*model_, cfg);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (const auto& r : reqs) streams.push_back(engine.submit(r));
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      const Result got = drain(*streams[i]);
+      EXPECT_EQ(got.tokens, expected[i]) << "request " << i << " (prompt " << reqs[i].prompt.size() << " tokens)";
+      EXPECT_EQ(got.end.finish, FinishReason::Length);
+      EXPECT_EQ(got.end.completion_tokens, int(expected[i].size()));
+      EXPECT_EQ(got.end.prompt_tokens, int(reqs[i].prompt.size()));
+    }
+    // The loop publishes metrics after the step that finished the last request.
+    EngineMetrics m;
+    for (int tries = 0; tries < 200; ++tries) {
+      m = engine.metrics();
+      if (m.running == 0 && m.waiting == 0 && m.requests_finished == int64_t(reqs.size())) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    EXPECT_EQ(m.running, 0);
+    EXPECT_EQ(m.waiting, 0);
+    EXPECT_EQ(m.blocks_free, cfg.num_blocks) << "every block is free again (cached prefixes included)";
+    if (final_metrics) *final_metrics = m;
+  }
+
+  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Model> model_;
+};
+
+TEST_P(EngineTest, BatchInvariantWithChunkedPrefill) {
+  EngineConfig cfg;
+  cfg.num_blocks = 256;
+  cfg.max_batch_tokens = 32;  // most prompts are longer: they are prefilled in chunks beside decodes
+  cfg.max_num_seqs = 16;
+  EngineMetrics m;
+  run_and_compare(mixed_requests(24, 7), cfg, &m);
+  EXPECT_GT(m.steps, 24);
+}
+
+TEST_P(EngineTest, PrefixReuseGivesSameTokens) {
+  std::vector<int32_t> prefix;
+  for (int i = 0; i < 64; ++i) prefix.push_back(int32_t((i * 37 + 11) % model_->config().vocab_size));
+  EngineConfig cfg;
+  cfg.num_blocks = 128;
+  cfg.max_batch_tokens = 64;
+  EngineMetrics m;
+  run_and_compare(mixed_requests(8, 11, prefix), cfg, &m);
+  EXPECT_GT(m.prefix_hit_tokens, 0);
+  // A request after the others reports its cached prompt tokens.
+  Engine engine(*model_, cfg);
+  Request r;
+  r.prompt = prefix;
+  r.prompt.push_back(5);
+  r.max_tokens = 2;
+  drain(*engine.submit(r));
+  const Result second = drain(*engine.submit(r));
+  EXPECT_EQ(second.end.cached_tokens, 64);
+}
+
+TEST_P(EngineTest, PreemptionLosesNothing) {
+  EngineConfig cfg;
+  cfg.num_blocks = 14;  // 224 token slots for ~12 requests of up to ~110 tokens
+  cfg.max_batch_tokens = 48;
+  cfg.max_num_seqs = 8;
+  EngineMetrics m;
+  run_and_compare(mixed_requests(12, 23), cfg, &m);
+  EXPECT_GT(m.preemptions, 0) << "the cache was meant to be too small";
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, EngineTest, testing::Values("llama", "qwen3_moe"));
+
+class EngineBasics : public EngineTest {};
+
+TEST_P(EngineBasics, CancelFreesBlocks) {
+  EngineConfig cfg;
+  cfg.num_blocks = 64;
+  Engine engine(*model_, cfg);
+  Request r;
+  r.prompt = {1, 2, 3};
+  r.max_tokens = 900;
+  r.ignore_eos = true;
+  auto s = engine.submit(r);
+  ASSERT_TRUE(s->next(60.0));
+  s->cancel();
+  Result rest = drain(*s);
+  EXPECT_EQ(rest.end.finish, FinishReason::Cancelled);
+  for (int i = 0; i < 200 && engine.metrics().blocks_free != cfg.num_blocks; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_EQ(engine.metrics().blocks_free, cfg.num_blocks);
+}
+
+TEST_P(EngineBasics, RejectsBadRequests) {
+  EngineConfig cfg;
+  cfg.num_blocks = 8;
+  cfg.max_model_len = 100;
+  Engine engine(*model_, cfg);
+  Request r;
+  EXPECT_THROW(engine.submit(r), Error);  // empty prompt
+  r.prompt = {1, model_->config().vocab_size};
+  EXPECT_THROW(engine.submit(r), Error);  // token outside the vocabulary
+  r.prompt = {1, 2};
+  r.max_tokens = 99;
+  try {
+    engine.submit(r);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("101 exceeds the maximum context length of 100"), std::string::npos) << e.what();
+  }
+  r.max_tokens = 0;
+  EXPECT_THROW(engine.submit(r), Error);
+}
+
+TEST_P(EngineBasics, FullQueueIsRefused) {
+  EngineConfig cfg;
+  cfg.num_blocks = 8;
+  cfg.max_waiting = 2;
+  cfg.max_num_seqs = 1;
+  Engine engine(*model_, cfg);
+  Request r;
+  r.prompt = {1, 2};
+  r.max_tokens = 50;
+  r.ignore_eos = true;
+  std::vector<std::shared_ptr<RequestStream>> ok;
+  bool refused = false;
+  for (int i = 0; i < 20 && !refused; ++i) {
+    try {
+      ok.push_back(engine.submit(r));
+    } catch (const EngineFull&) {
+      refused = true;
+    }
+  }
+  EXPECT_TRUE(refused);
+  for (auto& s : ok) EXPECT_EQ(drain(*s).end.finish, FinishReason::Length);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, EngineBasics, testing::Values("llama"));
+
+}  // namespace
+}  // namespace rill::test
