@@ -11,6 +11,7 @@ packages=(
   libbenchmark-dev     # micro-benchmarks (Google Benchmark)
   libpcre2-dev         # tokenizer pre-tokenization regexes (Unicode properties, JIT)
   libutf8proc-dev      # Unicode NFC normalization (Qwen2 tokenizers)
+  libcpp-httplib-dev   # the HTTP server (rill serve)
 )
 
 missing=()

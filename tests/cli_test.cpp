@@ -1,6 +1,12 @@
 // The rill binary end to end: output formats, logit dumps, and clean failures (exit 1 with a message
 // naming the cause, never a crash) on bad input.
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
 #include <sys/wait.h>
+
+#include <chrono>
+#include <thread>
 
 #include <array>
 #include <fstream>
@@ -170,11 +176,53 @@ TEST(Cli, ChatAndGenerateWithHfTokenizer) {
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << "one line per answer: " << r.out;
 }
 
+// rill serve starts, answers, and on SIGTERM stops accepting, cancels what runs and exits 0.
+TEST(Cli, ServeShutsDownCleanly) {
+  const std::string tok_dir = shared("data/tokenizers/qwen2-style");
+  if (!std::filesystem::exists(tok_dir)) GTEST_SKIP();
+  TempDir dir;
+  const std::string model = dir / "m";
+  ASSERT_EQ(std::system((std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + model +
+                         " --dim 16 --layers 1 --heads 2 --ffn 32 --vocab 16022 --dtype f32 > /dev/null").c_str()), 0);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::copy_file(tok_dir + "/" + f, model + "/" + f);
+  const std::string log = dir / "serve.log";
+  std::vector<std::string> args = {RILL_BINARY, "serve", "--model", model, "--port", "0", "--kv-cache-memory", "64MiB"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid;
+  ASSERT_EQ(posix_spawn(&pid, RILL_BINARY, &actions, nullptr, argv.data(), environ), 0);
+  posix_spawn_file_actions_destroy(&actions);
+  std::string port;
+  for (int i = 0; i < 200 && port.empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    std::ifstream in(log);
+    const std::string text(std::istreambuf_iterator<char>(in), {});
+    const size_t at = text.find("http://127.0.0.1:");
+    if (at != std::string::npos) port = text.substr(at + 17, text.find(' ', at) - at - 17);
+  }
+  ASSERT_FALSE(port.empty()) << "the server did not start";
+  const std::string health = dir / "health";
+  std::system(("curl -s -o /dev/null -w '%{http_code}' localhost:" + port + "/health > " + health).c_str());
+  std::ifstream h(health);
+  std::string code;
+  h >> code;
+  EXPECT_EQ(code, "200");
+  ASSERT_EQ(kill(pid, SIGTERM), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+}
+
 TEST(Cli, HelpListsEveryCommand) {
   const Result r = run("--help");
   EXPECT_EQ(r.status, 0);
   EXPECT_NE(r.out.find("generate"), std::string::npos);
-  for (const char* cmd : {"generate", "chat", "inspect", "tokenize", "detokenize", "chat-template"})
+  for (const char* cmd : {"serve", "generate", "chat", "inspect", "tokenize", "detokenize", "chat-template"})
     EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
 }
 

@@ -19,6 +19,7 @@ Run add_tokenize(CLI::App& app);
 Run add_detokenize(CLI::App& app);
 Run add_chat_template(CLI::App& app);
 Run add_chat(CLI::App& app);
+Run add_serve(CLI::App& app);
 
 // Sampling options shared by generate and chat; finish() validates them into params.
 struct SamplingArgs {

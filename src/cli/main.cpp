@@ -13,6 +13,8 @@ int main(int argc, char** argv) {
   std::map<CLI::App*, rill::cli::Run> runs;
   auto* generate = app.add_subcommand("generate", "Generate text from a prompt, streaming it to stdout");
   runs[generate] = rill::cli::add_generate(*generate);
+  auto* serve = app.add_subcommand("serve", "Serve a model over an OpenAI-compatible HTTP API");
+  runs[serve] = rill::cli::add_serve(*serve);
   auto* chat = app.add_subcommand("chat", "Chat with a model in the terminal, streaming its answers");
   runs[chat] = rill::cli::add_chat(*chat);
   auto* inspect = app.add_subcommand("inspect", "Print a model's architecture, dimensions, size and memory needs");

@@ -1,8 +1,34 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace rill {
+
+namespace {
+
+std::vector<float> log_softmax(const float* x, size_t n) {
+  const float mx = *std::max_element(x, x + n);
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += std::exp(double(x[i] - mx));
+  const float lse = mx + float(std::log(sum));
+  std::vector<float> out(x, x + n);
+  for (float& v : out) v -= lse;
+  return out;
+}
+
+std::vector<std::pair<int32_t, float>> top_k(const std::vector<float>& lp, int k) {
+  std::vector<int32_t> idx(lp.size());
+  for (size_t i = 0; i < idx.size(); ++i) idx[i] = int32_t(i);
+  k = std::min<int>(k, int(idx.size()));
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                    [&](int32_t a, int32_t b) { return lp[size_t(a)] > lp[size_t(b)] || (lp[size_t(a)] == lp[size_t(b)] && a < b); });
+  std::vector<std::pair<int32_t, float>> out;
+  for (int i = 0; i < k; ++i) out.emplace_back(idx[size_t(i)], lp[size_t(idx[size_t(i)])]);
+  return out;
+}
+
+}  // namespace
 
 Engine::Engine(Model& model, EngineConfig config)
     : model_(model),
@@ -21,13 +47,15 @@ Engine::Engine(Model& model, EngineConfig config)
   thread_ = std::thread([this] { loop(); });
 }
 
-Engine::~Engine() {
+Engine::~Engine() { shutdown(); }
+
+void Engine::shutdown() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
   wake_.notify_all();
-  thread_.join();
+  if (thread_.joinable()) thread_.join();
 }
 
 std::shared_ptr<RequestStream> Engine::submit(Request r) {
@@ -37,6 +65,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request r) {
     RILL_CHECK(t >= 0 && t < vocab, "prompt: token " + std::to_string(t) + " is outside the vocabulary (" +
                                         std::to_string(vocab) + " tokens)");
   RILL_CHECK(r.max_tokens >= 1, "max_tokens: must be at least 1");
+  RILL_CHECK(r.logprobs <= 20, "logprobs: at most 20 alternatives");
   r.sampling.validate();
   const int64_t total = int64_t(r.prompt.size()) + r.max_tokens;
   RILL_CHECK(total <= config_.max_model_len,
@@ -49,6 +78,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request r) {
   auto stream = std::make_shared<RequestStream>();
   {
     std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) throw EngineFull("the server is shutting down");
     const int queued = int(incoming_.size()) + metrics_.waiting;
     if (queued >= config_.max_waiting)
       throw EngineFull("the server is overloaded: " + std::to_string(queued) + " requests are waiting");
@@ -139,11 +169,18 @@ void Engine::step() {
     }
     for (size_t k = 0; k < sampled.size(); ++k) {
       Sequence* s = sampled[k]->seq;
-      const int32_t tok = s->sampler.sample(logits_.data() + k * vocab, int(vocab));
+      float* row = logits_.data() + k * vocab;
+      std::vector<float> logprobs;
+      if (s->request.logprobs >= 0) logprobs = log_softmax(row, vocab);  // before the sampler edits the row
+      const int32_t tok = s->sampler.sample(row, int(vocab));
       s->tokens.push_back(tok);
       ++counters_.generated_tokens;
       Event e;
       e.token = tok;
+      if (!logprobs.empty()) {
+        e.logprob = logprobs[size_t(tok)];
+        e.top_logprobs = top_k(logprobs, s->request.logprobs);
+      }
       s->stream->push(e);
       const bool is_eos = !s->request.ignore_eos &&
                           (std::find(eos.begin(), eos.end(), tok) != eos.end() ||

@@ -38,7 +38,9 @@ struct EngineMetrics {
 class Engine {
  public:
   Engine(Model& model, EngineConfig config);
-  ~Engine();  // cancels what is left and joins the loop
+  ~Engine();  // shutdown()
+  // Stops the loop: every request still running or queued ends as cancelled; later submits are refused.
+  void shutdown();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 

@@ -27,11 +27,16 @@ struct Request {
   int max_tokens = 16;
   bool ignore_eos = false;
   std::vector<int32_t> stop_ids;  // more end-of-sequence ids
+  int logprobs = -1;  // >= 0: report the sampled token's log-probability and this many top alternatives
 };
 
 // One thing a request's stream reports: a token, or the end (with why and the token counts).
 struct Event {
   int32_t token = -1;  // -1 for the final event
+  // With Request::logprobs >= 0: log-probabilities under the model's distribution (before sampling
+  // parameters), of the token and of the most likely alternatives.
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top_logprobs;
   FinishReason finish = FinishReason::None;
   std::string error;
   int prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;

@@ -1,0 +1,143 @@
+// rill serve: the OpenAI-compatible server.
+#include <signal.h>
+
+#include <csignal>
+
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include "backend/backend.h"
+#include "cli/commands.h"
+#include "cli/model_loading.h"
+#include "core/error.h"
+#include "engine/engine.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
+#include "server/http_server.h"
+#include "template/chat_template.h"
+
+namespace rill::cli {
+
+namespace {
+
+// "2GiB", "512MiB", "1e9" or plain bytes.
+size_t parse_bytes(const std::string& s) {
+  size_t used = 0;
+  double v = 0;
+  try {
+    v = std::stod(s, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  const std::string unit = s.substr(used);
+  double mult = 0;
+  if (unit.empty() || unit == "B") mult = 1;
+  else if (unit == "KiB" || unit == "K") mult = 1024.0;
+  else if (unit == "MiB" || unit == "M") mult = 1024.0 * 1024;
+  else if (unit == "GiB" || unit == "G") mult = 1024.0 * 1024 * 1024;
+  RILL_CHECK(used > 0 && mult > 0 && v > 0, "--kv-cache-memory: '" + s + "' is not a size (e.g. 2GiB, 512MiB, 1000000)");
+  return size_t(v * mult);
+}
+
+}  // namespace
+
+Run add_serve(CLI::App& app) {
+  struct Args {
+    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory = "2GiB";
+    int port = 8000, block_size = 16, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
+    int max_model_len = 0, threads = 0;
+    size_t max_body = 16u << 20;
+  };
+  auto a = std::make_shared<Args>();
+  if (const char* key = std::getenv("RILL_API_KEY")) a->api_key = key;
+  app.add_option("-m,--model", a->model, "Model: a Hugging Face directory (with tokenizer.json) or a llama2.c .bin")->required();
+  app.add_option("--tokenizer", a->tokenizer, "tokenizer.json / tokenizer.bin (default: beside the model)");
+  app.add_option("--chat-template", a->chat_template, "Jinja template file to use instead of the model's");
+  app.add_option("--host", a->host, "Address to listen on");
+  app.add_option("--port", a->port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
+  app.add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (also RILL_API_KEY)");
+  app.add_option("--served-model-name", a->served_name, "Model name in the API (default: the model path's last part)");
+  app.add_option("--kv-cache-memory", a->kv_memory, "Memory for the KV cache, e.g. 2GiB or 512MiB");
+  app.add_option("--block-size", a->block_size, "Tokens per KV cache block")->check(CLI::Range(1, 1024));
+  app.add_option("--max-batch-tokens", a->max_batch_tokens, "Token budget of one engine step (decodes + prefill chunks)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-num-seqs", a->max_num_seqs, "Most requests generating at once")->check(CLI::PositiveNumber);
+  app.add_option("--max-waiting", a->max_waiting, "Most requests queued before the server answers 503")->check(CLI::PositiveNumber);
+  app.add_option("--max-model-len", a->max_model_len, "Context limit for prompt + max_tokens (0: the model's)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", a->threads, "CPU threads for the model (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--max-body-bytes", a->max_body, "Largest request body accepted (413 beyond)");
+  return [a] {
+    // Signals are taken by one thread (below), not by whichever thread they land on.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGINT);
+    sigaddset(&signals, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    std::signal(SIGPIPE, SIG_IGN);
+
+    Checkpoint ck = read_checkpoint(a->model);
+    auto backend = make_cpu_backend(a->threads);
+    Model model(ck, *backend);
+    auto tok = open_tokenizer(a->model, a->tokenizer, &model.config());
+    RILL_CHECK(tok, a->model + ": serving needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
+    std::unique_ptr<ChatTemplate> tmpl;
+    openai::ModelInfo info;
+    try {
+      const ChatSetup chat = open_chat(a->model, a->chat_template);
+      tmpl = std::make_unique<ChatTemplate>(chat.template_source);
+      info.bos_token = chat.bos_token;
+      info.eos_token = chat.eos_token;
+      if (!chat.eos_token.empty()) {
+        const auto eos = tok->encode(chat.eos_token, false);
+        if (eos.size() == 1) info.stop_ids.push_back(eos[0]);
+      }
+    } catch (const Error& e) {
+      if (!a->chat_template.empty()) throw;
+      std::fprintf(stderr, "rill: no chat template (%s): /v1/chat/completions is off\n", e.what());
+    }
+    EngineConfig ec;
+    ec.block_size = a->block_size;
+    ec.num_blocks = KvCache::blocks_for_bytes(model.config(), parse_bytes(a->kv_memory), a->block_size);
+    RILL_CHECK(ec.num_blocks > 0, "--kv-cache-memory " + a->kv_memory + " holds no KV block for this model");
+    ec.max_batch_tokens = a->max_batch_tokens;
+    ec.max_num_seqs = a->max_num_seqs;
+    ec.max_waiting = a->max_waiting;
+    ec.max_model_len = a->max_model_len;
+    Engine engine(model, ec);
+
+    std::string name = a->served_name;
+    if (name.empty()) {
+      std::string p = a->model;
+      while (p.size() > 1 && p.back() == '/') p.pop_back();
+      name = p.substr(p.find_last_of('/') + 1);
+    }
+    info.name = name;
+    info.tokenizer = tok.get();
+    info.chat_template = tmpl.get();
+    info.max_model_len = engine.max_model_len();
+    ServerConfig sc;
+    sc.host = a->host;
+    sc.port = a->port;
+    sc.api_key = a->api_key;
+    sc.max_body_bytes = a->max_body;
+    HttpServer server(engine, info, sc);
+    server.bind();
+    std::fprintf(stderr, "rill: serving '%s' on http://%s:%d (%d KV blocks of %d tokens, %s)\n", name.c_str(),
+                 a->host.c_str(), server.port(), ec.num_blocks, ec.block_size, backend->name().c_str());
+    std::thread waiter([&] {
+      int sig = 0;
+      sigwait(&signals, &sig);
+      std::fprintf(stderr, "rill: %s: cancelling in-flight requests and stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      engine.shutdown();
+      server.stop();
+    });
+    server.serve();
+    pthread_kill(waiter.native_handle(), SIGTERM);  // if serve() ended for another reason
+    waiter.join();
+    return 0;
+  };
+}
+
+}  // namespace rill::cli

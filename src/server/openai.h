@@ -1,0 +1,78 @@
+// The OpenAI API as rill speaks it: request bodies -> engine requests (validated, every error naming its
+// parameter), stop strings matched across token boundaries, and response objects. No sockets here: the
+// HTTP layer (http_server) calls these. No model logic either: tokens come from the engine.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "engine/sequence.h"
+#include "template/chat_template.h"
+#include "tokenizer/tokenizer.h"
+
+namespace rill::openai {
+
+using json = nlohmann::ordered_json;
+
+// An error with its HTTP status and OpenAI error type; `param` names the offending field when there is one.
+class ApiError : public Error {
+ public:
+  ApiError(int status, std::string type, std::string message, std::string param = "")
+      : Error(message), status(status), type(std::move(type)), param(std::move(param)) {}
+  int status;
+  std::string type;
+  std::string param;
+  json body() const;  // {"error": {"message", "type", "param", "code"}}
+};
+ApiError bad_request(const std::string& message, const std::string& param = "");
+
+// What the server knows about its model.
+struct ModelInfo {
+  std::string name;
+  const Tokenizer* tokenizer = nullptr;
+  const ChatTemplate* chat_template = nullptr;  // null: chat completions are refused
+  std::string bos_token, eos_token;
+  std::vector<int32_t> stop_ids;  // e.g. the template's end-of-turn token
+  int max_model_len = 0;
+};
+
+struct CompletionRequest {
+  bool chat = false;
+  bool stream = false, include_usage = false, echo = false;
+  int n = 1;
+  int logprobs = -1;  // completions: logprobs=k; chat: top_logprobs when logprobs is true
+  std::vector<Request> prompts;            // one engine request per prompt (n copies are made later)
+  std::vector<std::string> prompt_texts;   // the prompt as text (echo)
+  std::vector<std::string> stop;
+  std::string user;
+};
+
+// Parses and validates a /v1/completions (chat=false) or /v1/chat/completions body.
+CompletionRequest parse_completion(const json& body, bool chat, const ModelInfo& model);
+
+// Holds back text that might be the start of a stop string; stops at the first stop string.
+class StopMatcher {
+ public:
+  explicit StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+  // Adds generated text; returns the text that can be sent now. Once stopped() is true, nothing more.
+  std::string feed(const std::string& delta);
+  std::string flush();  // the end of generation: whatever was held back
+  bool stopped() const { return stopped_; }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string pending_;
+  bool stopped_ = false;
+};
+
+// The `logprobs` object of a choice for one token (chat or completions format).
+json token_logprobs(const Tokenizer& tok, const Event& e, bool chat);
+
+std::string finish_reason(FinishReason r);
+json usage(int prompt_tokens, int completion_tokens, int cached_tokens);
+
+}  // namespace rill::openai

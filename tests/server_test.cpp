@@ -1,0 +1,359 @@
+// The HTTP server end to end, in-process, over loopback: a tiny random model with a real tokenizer and chat
+// template (the text is noise; the API is what is tested).
+#include <httplib.h>
+
+#include <future>
+#include <thread>
+
+#include "backend/backend.h"
+#include "cli/model_loading.h"
+#include "engine/engine.h"
+#include "server/http_server.h"
+#include "test_util.h"
+#include "tokenizer/hf_tokenizer.h"
+
+namespace rill::test {
+namespace {
+
+using json = nlohmann::ordered_json;
+
+struct Fixture {
+  TempDir dir;
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tok;
+  std::unique_ptr<ChatTemplate> tmpl;
+  std::unique_ptr<Engine> engine;
+  std::unique_ptr<HttpServer> server;
+  std::thread thread;
+
+  explicit Fixture(EngineConfig ec = {}, ServerConfig sc = {}) {
+    const std::string tok_dir = shared("data/tokenizers/qwen2-style");
+    const std::string m = dir / "m";
+    if (std::system((std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + m +
+                     " --dim 32 --layers 2 --heads 4 --ffn 64 --vocab 16022 --dtype f32 --context 512 > /dev/null").c_str()) != 0)
+      throw std::runtime_error("make_random_model failed");
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) std::filesystem::copy_file(tok_dir + "/" + f, m + "/" + f);
+    backend = make_cpu_backend(2);
+    model = std::make_unique<Model>(read_checkpoint(m), *backend);
+    tok = HfTokenizer::load(m + "/tokenizer.json");
+    const auto chat = cli::open_chat(m, "");
+    tmpl = std::make_unique<ChatTemplate>(chat.template_source);
+    if (ec.num_blocks == 0) ec.num_blocks = 512;
+    engine = std::make_unique<Engine>(*model, ec);
+    openai::ModelInfo info;
+    info.name = "tiny";
+    info.tokenizer = tok.get();
+    info.chat_template = tmpl.get();
+    info.bos_token = chat.bos_token;
+    info.eos_token = chat.eos_token;
+    info.max_model_len = engine->max_model_len();
+    sc.port = 0;
+    server = std::make_unique<HttpServer>(*engine, info, sc);
+    server->bind();
+    thread = std::thread([this] { server->serve(); });
+  }
+  ~Fixture() {
+    engine->shutdown();
+    server->stop();
+    thread.join();
+  }
+  httplib::Client client() {
+    httplib::Client c("127.0.0.1", server->port());
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+  json post(const std::string& path, const json& body, int* status = nullptr, httplib::Headers headers = {}) {
+    auto c = client();
+    auto r = c.Post(path.c_str(), headers, body.dump(), "application/json");
+    if (!r) throw std::runtime_error("no response");
+    if (status) *status = r->status;
+    return json::parse(r->body);
+  }
+  // The data: payloads of an SSE response.
+  std::vector<std::string> stream(const std::string& path, const json& body) {
+    auto c = client();
+    std::string raw;
+    auto r = c.Post(path.c_str(), body.dump(), "application/json");
+    if (!r) throw std::runtime_error("no response: " + httplib::to_string(r.error()));
+    std::vector<std::string> events;
+    std::istringstream in(r->body);
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind("data: ", 0) == 0) events.push_back(line.substr(6));
+    return events;
+  }
+  int blocks_used() {
+    for (int i = 0; i < 400; ++i) {
+      const EngineMetrics m = engine->metrics();
+      if (m.running == 0 && m.waiting == 0) return m.blocks_total - m.blocks_free;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return -1;
+  }
+};
+
+bool have_fixtures() { return std::filesystem::exists(shared("data/tokenizers/qwen2-style")); }
+
+TEST(Server, CompletionsStreamedEqualsWhole) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  const json req = {{"model", "tiny"}, {"prompt", "Once upon a time"}, {"max_tokens", 12}, {"temperature", 0}, {"ignore_eos", true}};
+  int status;
+  const json whole = f.post("/v1/completions", req, &status);
+  ASSERT_EQ(status, 200) << whole.dump();
+  EXPECT_EQ(whole["object"], "text_completion");
+  EXPECT_EQ(whole["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(whole["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(whole["usage"]["prompt_tokens"], int(f.tok->encode("Once upon a time", true).size()));
+  json sreq = req;
+  sreq["stream"] = true;
+  sreq["stream_options"] = {{"include_usage", true}};
+  const auto events = f.stream("/v1/completions", sreq);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const json e = json::parse(events[i]);
+    if (!e["choices"].empty()) text += e["choices"][0]["text"].get<std::string>();
+  }
+  EXPECT_EQ(text, whole["choices"][0]["text"].get<std::string>());
+  EXPECT_EQ(json::parse(events[events.size() - 2])["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(f.blocks_used(), 0);
+}
+
+TEST(Server, ChatCompletionsAndStreaming) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  const json req = {{"model", "tiny"}, {"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 6}, {"temperature", 0}};
+  int status;
+  const json whole = f.post("/v1/chat/completions", req, &status);
+  ASSERT_EQ(status, 200) << whole.dump();
+  EXPECT_EQ(whole["object"], "chat.completion");
+  EXPECT_EQ(whole["choices"][0]["message"]["role"], "assistant");
+  json sreq = req;
+  sreq["stream"] = true;
+  const auto events = f.stream("/v1/chat/completions", sreq);
+  const json first = json::parse(events.front());
+  EXPECT_EQ(first["object"], "chat.completion.chunk");
+  EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+  std::string text, finish;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    const json e = json::parse(events[i]);
+    const json& d = e["choices"][0]["delta"];
+    if (d.contains("content")) text += d["content"].get<std::string>();
+    if (!e["choices"][0]["finish_reason"].is_null()) finish = e["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(text, whole["choices"][0]["message"]["content"].get<std::string>());
+  EXPECT_EQ(finish, whole["choices"][0]["finish_reason"]);
+}
+
+TEST(Server, StopStringsAcrossTokenBoundaries) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  json req = {{"prompt", "The"}, {"max_tokens", 24}, {"temperature", 0}, {"ignore_eos", true}};
+  const std::string full = f.post("/v1/completions", req)["choices"][0]["text"];
+  ASSERT_GE(full.size(), 8u);
+  // A stop string that starts inside one token and ends inside a later one.
+  const std::string stop = full.substr(full.size() / 2, 3);
+  req["stop"] = {stop};
+  const json r = f.post("/v1/completions", req);
+  const std::string text = r["choices"][0]["text"];
+  EXPECT_EQ(text, full.substr(0, full.find(stop)));
+  EXPECT_EQ(r["choices"][0]["finish_reason"], "stop");
+  req["stream"] = true;
+  std::string streamed;
+  for (const auto& e : f.stream("/v1/completions", req))
+    if (e != "[DONE]") streamed += json::parse(e)["choices"][0]["text"].get<std::string>();
+  EXPECT_EQ(streamed, text);
+  EXPECT_EQ(f.blocks_used(), 0);
+}
+
+TEST(Server, SeedsNLogprobsEchoAndPromptForms) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  json req = {{"prompt", "Hello"}, {"max_tokens", 8}, {"temperature", 0.9}, {"seed", 42}, {"n", 2}, {"ignore_eos", true}};
+  const json a = f.post("/v1/completions", req), b = f.post("/v1/completions", req);
+  ASSERT_EQ(a["choices"].size(), 2u);
+  EXPECT_EQ(a["choices"], b["choices"]) << "same seed, same text";
+  EXPECT_NE(a["choices"][0]["text"], a["choices"][1]["text"]) << "n samples use different seeds";
+  req["seed"] = 43;
+  EXPECT_NE(f.post("/v1/completions", req)["choices"][0]["text"], a["choices"][0]["text"]);
+
+  const json lp = f.post("/v1/completions", {{"prompt", "Hello"}, {"max_tokens", 3}, {"logprobs", 2}, {"ignore_eos", true}});
+  EXPECT_EQ(lp["choices"][0]["logprobs"]["tokens"].size(), 3u);
+  EXPECT_EQ(lp["choices"][0]["logprobs"]["top_logprobs"][0].size(), 2u);
+  EXPECT_LE(lp["choices"][0]["logprobs"]["token_logprobs"][0].get<double>(), 0.0);
+  const json clp = f.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"max_tokens", 2},
+                                                    {"logprobs", true}, {"top_logprobs", 3}});
+  EXPECT_EQ(clp["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size(), 3u);
+
+  const json echo = f.post("/v1/completions", {{"prompt", "Hello"}, {"max_tokens", 2}, {"echo", true}, {"temperature", 0}});
+  EXPECT_EQ(echo["choices"][0]["text"].get<std::string>().rfind("Hello", 0), 0u);
+  const json two = f.post("/v1/completions", {{"prompt", {"a", "b"}}, {"max_tokens", 2}});
+  EXPECT_EQ(two["choices"].size(), 2u);
+  const json ids = f.post("/v1/completions", {{"prompt", {1, 2, 3}}, {"max_tokens", 2}});
+  EXPECT_EQ(ids["usage"]["prompt_tokens"], 3);
+  EXPECT_EQ(f.post("/tokenize", {{"prompt", "Hello world"}})["count"], int(f.tok->encode("Hello world", true).size()));
+  EXPECT_EQ(f.post("/detokenize", {{"tokens", f.tok->encode("Hello world", false)}})["prompt"], "Hello world");
+}
+
+TEST(Server, ErrorsAreOpenAiShaped) {
+  if (!have_fixtures()) GTEST_SKIP();
+  ServerConfig sc;
+  sc.max_body_bytes = 4096;
+  Fixture f({}, sc);
+  struct Case {
+    json body;
+    int status;
+    std::string param;
+  };
+  const std::vector<Case> cases = {
+      {{{"prompt", "x"}, {"temperature", "hot"}}, 400, "temperature"},
+      {{{"prompt", "x"}, {"temperature", 9}}, 400, "temperature"},
+      {{{"prompt", "x"}, {"top_p", 0}}, 400, "top_p"},
+      {{{"prompt", "x"}, {"n", 0}}, 400, "n"},
+      {{{"prompt", "x"}, {"max_tokens", 100000}}, 400, "max_tokens"},
+      {{{"prompt", {1, 99999999}}}, 400, "prompt"},
+      {{{"prompt", 5}}, 400, "prompt"},
+      {{{"max_tokens", 5}}, 400, "prompt"},
+      {{{"prompt", "x"}, {"stop", {1}}}, 400, "stop"},
+      {{{"prompt", "x"}, {"model", "other"}}, 404, "model"},
+  };
+  for (const auto& c : cases) {
+    int status;
+    const json r = f.post("/v1/completions", c.body, &status);
+    EXPECT_EQ(status, c.status) << c.body.dump();
+    EXPECT_EQ(r["error"]["param"], c.param) << r.dump();
+    EXPECT_TRUE(r["error"]["message"].is_string());
+  }
+  int status;
+  const json ctx = f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 100000}}, &status);
+  EXPECT_NE(ctx["error"]["message"].get<std::string>().find("maximum context length is 512"), std::string::npos);
+  EXPECT_EQ(f.post("/v1/chat/completions", {{"messages", "hi"}}, &status)["error"]["param"], "messages");
+  auto c = f.client();
+  auto bad = c.Post("/v1/completions", "{not json", "application/json");
+  EXPECT_EQ(bad->status, 400);
+  EXPECT_EQ(c.Get("/v1/nothing")->status, 404);
+  auto big = c.Post("/v1/completions", std::string(10000, ' '), "application/json");
+  EXPECT_EQ(big->status, 413);
+  EXPECT_EQ(c.Get("/health")->status, 200);
+  EXPECT_EQ(f.blocks_used(), 0);
+}
+
+TEST(Server, ApiKey) {
+  if (!have_fixtures()) GTEST_SKIP();
+  ServerConfig sc;
+  sc.api_key = "s3cret";
+  Fixture f({}, sc);
+  int status;
+  f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status);
+  EXPECT_EQ(status, 401);
+  f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status, {{"Authorization", "Bearer wrong"}});
+  EXPECT_EQ(status, 401);
+  f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status, {{"Authorization", "Bearer s3cret"}});
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(f.client().Get("/health")->status, 200);
+}
+
+TEST(Server, OverloadAnswers503WithRetryAfter) {
+  if (!have_fixtures()) GTEST_SKIP();
+  EngineConfig ec;
+  ec.max_num_seqs = 1;
+  ec.max_waiting = 1;
+  Fixture f(ec);
+  std::vector<std::future<httplib::Result>> pending;
+  for (int i = 0; i < 8; ++i)
+    pending.push_back(std::async(std::launch::async, [&] {
+      auto c = f.client();
+      return c.Post("/v1/completions", json({{"prompt", "x"}, {"max_tokens", 200}, {"ignore_eos", true}}).dump(), "application/json");
+    }));
+  int ok = 0, overloaded = 0;
+  for (auto& p : pending) {
+    auto r = p.get();
+    ASSERT_TRUE(r);
+    if (r->status == 200) ++ok;
+    if (r->status == 503) {
+      ++overloaded;
+      EXPECT_EQ(r->get_header_value("Retry-After"), "1");
+    }
+  }
+  EXPECT_GT(ok, 0);
+  EXPECT_GT(overloaded, 0);
+  EXPECT_EQ(f.blocks_used(), 0);
+}
+
+TEST(Server, DisconnectFreesBlocks) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  {
+    auto c = f.client();
+    int chunks = 0;
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.headers = {{"Content-Type", "application/json"}};
+    req.body = json({{"prompt", "x"}, {"max_tokens", 400}, {"stream", true}, {"ignore_eos", true}}).dump();
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };  // read a little, hang up
+    httplib::Response res;
+    httplib::Error err;
+    c.send(req, res, err);
+  }
+  EXPECT_EQ(f.blocks_used(), 0);
+  const EngineMetrics m = f.engine->metrics();
+  EXPECT_LT(m.generated_tokens, 400) << "generation stopped when the client left";
+}
+
+// 64 concurrent streaming clients with mixed prompt lengths (some beyond the 64-token step budget): every
+// request completes with exactly the text it gets alone, and every block comes back.
+TEST(Server, SixtyFourConcurrentStreamsMatchSerialRuns) {
+  if (!have_fixtures()) GTEST_SKIP();
+  EngineConfig ec;
+  ec.max_batch_tokens = 64;
+  ec.max_num_seqs = 64;
+  Fixture f(ec);
+  std::vector<json> reqs;
+  for (int i = 0; i < 64; ++i) {
+    std::string prompt;
+    for (int w = 0; w < 1 + (i * 37) % 120; ++w) prompt += " word" + std::to_string((i * 7 + w) % 50);
+    reqs.push_back({{"prompt", prompt}, {"max_tokens", 4 + i % 9}, {"temperature", 0}, {"ignore_eos", true}});
+  }
+  std::vector<std::string> serial;
+  for (const auto& r : reqs) serial.push_back(f.post("/v1/completions", r)["choices"][0]["text"]);
+  std::vector<std::future<std::string>> concurrent;
+  for (const auto& r : reqs)
+    concurrent.push_back(std::async(std::launch::async, [&f, r] {
+      json s = r;
+      s["stream"] = true;
+      std::string text;
+      for (const auto& e : f.stream("/v1/completions", s))
+        if (e != "[DONE]") text += json::parse(e)["choices"][0]["text"].get<std::string>();
+      return text;
+    }));
+  for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(concurrent[i].get(), serial[i]) << "request " << i;
+  EXPECT_EQ(f.blocks_used(), 0);
+  const EngineMetrics m = f.engine->metrics();
+  EXPECT_EQ(m.requests_finished, 128);
+}
+
+TEST(Server, PrefixReuseReportsCachedTokens) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  std::string system;
+  for (int i = 0; i < 60; ++i) system += " rule" + std::to_string(i);
+  auto ask = [&](const std::string& q) {
+    return f.post("/v1/chat/completions", {{"messages", {{{"role", "system"}, {"content", system}}, {{"role", "user"}, {"content", q}}}},
+                                          {"max_tokens", 2}});
+  };
+  const json first = ask("first question");
+  const json second = ask("second question");
+  EXPECT_EQ(first["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+  EXPECT_GE(second["usage"]["prompt_tokens_details"]["cached_tokens"].get<int>(), 64);
+  EXPECT_GT(f.engine->metrics().prefix_hit_tokens, 0);
+  const std::string metrics = f.client().Get("/metrics")->body;
+  EXPECT_NE(metrics.find("rill_prefix_cache_hit_rate"), std::string::npos);
+  EXPECT_NE(metrics.find("rill_time_to_first_token_seconds_bucket"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace rill::test
