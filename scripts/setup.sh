@@ -14,6 +14,10 @@ packages=(
   libcpp-httplib-dev   # the HTTP server (rill serve)
 )
 
+# Node.js and npm for the end-to-end tests with the official `openai` npm client; a node that is already
+# installed (from any source) is kept.
+command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
+
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# End-to-end test with the official `openai` npm client: installs it (once, into the build folder), starts
+# `rill serve` on a tiny random model with a real tokenizer and chat template, runs openai_e2e.mjs against
+# it, and stops the server with SIGTERM (which must exit 0). Exit 77 (CTest: skipped) when node or the npm
+# registry is unavailable.
+#   run.sh RILL_BINARY MAKE_RANDOM_MODEL SHARED_DIR WORK_DIR
+set -uo pipefail
+rill=$1 make_model=$2 shared=$3 work=$4
+here=$(cd "$(dirname "$0")" && pwd)
+command -v node >/dev/null || { echo "skipped: node is not installed"; exit 77; }
+mkdir -p "$work"
+if [ ! -f "$work/node_modules/openai/package.json" ]; then
+  (cd "$work" && npm install --no-audit --no-fund --silent openai@4 >/dev/null 2>&1) ||
+    { echo "skipped: could not install the openai npm package"; exit 77; }
+fi
+model=$(mktemp -d)
+log="$model/serve.log"
+trap 'kill -TERM $pid 2>/dev/null; rm -rf "$model"' EXIT
+"$make_model" --out "$model/m" --dim 32 --layers 2 --heads 4 --ffn 64 --vocab 16022 --dtype f32 --context 512 >/dev/null
+cp "$shared/data/tokenizers/qwen2-style/tokenizer.json" "$shared/data/tokenizers/qwen2-style/tokenizer_config.json" "$model/m/"
+"$rill" serve --model "$model/m" --served-model-name tiny --port 0 --api-key e2e-key --kv-cache-memory 64MiB 2>"$log" &
+pid=$!
+port=
+for _ in $(seq 200); do
+  port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$log")
+  [ -n "$port" ] && break
+  sleep 0.05
+done
+[ -n "$port" ] || { echo "rill serve did not start:"; cat "$log"; exit 1; }
+RILL_E2E_URL="http://127.0.0.1:$port/v1" RILL_E2E_KEY=e2e-key NODE_PATH="$work/node_modules" node --test "$here/openai_e2e.mjs"
+status=$?
+kill -TERM $pid
+wait $pid
+served=$?
+trap 'rm -rf "$model"' EXIT
+[ $served -eq 0 ] || { echo "rill serve exited with $served after SIGTERM"; cat "$log"; exit 1; }
+exit $status
