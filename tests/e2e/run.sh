@@ -8,7 +8,7 @@ set -uo pipefail
 rill=$1 make_model=$2 shared=$3 work=$4
 here=$(cd "$(dirname "$0")" && pwd)
 command -v node >/dev/null || { echo "skipped: node is not installed"; exit 77; }
-mkdir -p "$work"
+mkdir -p "$work" && work=$(cd "$work" && pwd)
 if [ ! -f "$work/node_modules/openai/package.json" ]; then
   (cd "$work" && npm install --no-audit --no-fund --silent openai@4 >/dev/null 2>&1) ||
     { echo "skipped: could not install the openai npm package"; exit 77; }
