@@ -12,6 +12,8 @@ packages=(
   libpcre2-dev         # tokenizer pre-tokenization regexes (Unicode properties, JIT)
   libutf8proc-dev      # Unicode NFC normalization (Qwen2 tokenizers)
   libcpp-httplib-dev   # the HTTP server (rill serve)
+  gnuplot-nox          # benchmark plots (bench/serve_load --plot)
+  curl                 # examples and the serve shutdown test
 )
 
 # Node.js and npm for the end-to-end tests with the official `openai` npm client; a node that is already

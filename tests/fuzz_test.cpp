@@ -76,6 +76,18 @@ TEST_P(TokenizerFuzz, NoCrashAndRoundTrip) {
     for (int32_t id : rid) streamed += d.add(id);
     streamed += d.finish();
     ASSERT_EQ(streamed, tok->decode(rid, false));
+    // After a random prompt (which may end inside a character), deltas stay whole characters.
+    std::vector<int32_t> ctx(rng() % 8);
+    for (auto& id : ctx) id = int32_t(rng() % uint32_t(tok->vocab_size()));
+    IncrementalDecoder dc(*tok, true, ctx);
+    std::string after;
+    for (int32_t id : rid) {
+      const std::string delta = dc.add(id);
+      ASSERT_EQ(utf8::first_invalid(delta), std::string::npos);
+      after += delta;
+    }
+    after += dc.finish();
+    ASSERT_EQ(utf8::first_invalid(after), std::string::npos);
   }
   EXPECT_GT(iterations, 10);
 }

@@ -111,6 +111,29 @@ TEST(HfTokenizer, TokenizerConfigDecidesBosEos) {
   EXPECT_EQ(tok->encode("Hello world", true), (std::vector<int32_t>{15043, 3186, 2}));
 }
 
+// Regression (found by the serving benchmark): a prompt ending inside a UTF-8 character, completed by the
+// first generated token. The decoder waited forever and finish() then cut a U+FFFD in half, and the
+// server died serializing the invalid UTF-8.
+TEST(HfTokenizer, StreamingAfterContextEndingMidCharacter) {
+  const std::string path = shared("data/tokenizers/qwen2-style/tokenizer.json");
+  if (!std::filesystem::exists(path)) GTEST_SKIP();
+  auto tok = HfTokenizer::load(path);
+  const int32_t c3 = tok->token_to_id("\xC3\x83"), a9 = tok->token_to_id("\xC2\xA9");  // byte-level 0xC3, 0xA9
+  ASSERT_GE(c3, 0);
+  ASSERT_GE(a9, 0);
+  const int32_t x = tok->encode("x", false)[0];
+  IncrementalDecoder d(*tok, true, {x, c3});  // the context's text ends with the first byte of "é"
+  std::string streamed;
+  for (int32_t id : {a9, x}) {
+    const std::string delta = d.add(id);
+    EXPECT_EQ(utf8::first_invalid(delta), std::string::npos);
+    streamed += delta;
+  }
+  streamed += d.finish();
+  EXPECT_EQ(utf8::first_invalid(streamed), std::string::npos);
+  EXPECT_EQ(streamed, "\xC3\xA9x");  // the completed character, then the rest
+}
+
 TEST(HfTokenizer, InvalidUtf8IsAnError) {
   const std::string path = shared("data/tokenizers/llama3-style/tokenizer.json");
   if (!std::filesystem::exists(path)) GTEST_SKIP();

@@ -14,6 +14,9 @@ using openai::json;
 
 namespace {
 
+// Serializes, replacing invalid UTF-8 rather than throwing: text comes from token bytes.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
@@ -81,7 +84,7 @@ struct HttpServer::Impl {
 
   static void send_error(httplib::Response& res, const openai::ApiError& e) {
     res.status = e.status;
-    res.set_content(e.body().dump(), "application/json");
+    res.set_content(dump(e.body()), "application/json");
   }
 
   // Applies one engine event to a choice; returns the text it adds.
@@ -163,7 +166,7 @@ struct HttpServer::Impl {
           if (e.token >= 0 && cr.logprobs >= 0 && !c.stopped_by_string) c.logprobs.push_back(openai::token_logprobs(*model.tokenizer, e, true));
         }
       }
-      res.set_content(final_response(cr, *choices, id, created).dump(), "application/json");
+      res.set_content(dump(final_response(cr, *choices, id, created)), "application/json");
       return;
     }
     auto cr_copy = std::make_shared<openai::CompletionRequest>(cr);
@@ -171,7 +174,13 @@ struct HttpServer::Impl {
     res.set_chunked_content_provider(
         "text/event-stream",
         [this, choices, cr_copy, id, created](size_t, httplib::DataSink& sink) {
-          return stream_events(*cr_copy, *choices, id, created, sink);
+          try {
+            return stream_events(*cr_copy, *choices, id, created, sink);
+          } catch (const std::exception& e) {  // end this stream, never the server
+            std::fprintf(stderr, "rill: stream %s failed: %s\n", id.c_str(), e.what());
+            for (auto& c : *choices) c.stream->cancel();
+            return false;
+          }
         },
         [choices](bool) {
           for (auto& c : *choices)
@@ -209,7 +218,7 @@ struct HttpServer::Impl {
   bool stream_events(const openai::CompletionRequest& cr, std::vector<Choice>& choices, const std::string& id,
                      int64_t created, httplib::DataSink& sink) {
     auto send = [&](const json& j) {
-      const std::string line = "data: " + j.dump() + "\n\n";
+      const std::string line = "data: " + dump(j) + "\n\n";
       return sink.write(line.data(), line.size());  // false once the client is gone
     };
     if (cr.chat)
@@ -373,7 +382,7 @@ struct HttpServer::Impl {
     svr.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
       guarded(req, res, [&] {
         json m = {{"id", model.name}, {"object", "model"}, {"created", unix_time()}, {"owned_by", "rill"}, {"max_model_len", model.max_model_len}};
-        res.set_content(json({{"object", "list"}, {"data", {m}}}).dump(), "application/json");
+        res.set_content(dump(json({{"object", "list"}, {"data", {m}}})), "application/json");
       });
     });
     svr.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
@@ -393,7 +402,7 @@ struct HttpServer::Impl {
         if (!b.is_object() || !b.contains("prompt") || !b["prompt"].is_string()) throw openai::bad_request("'prompt' must be a string", "prompt");
         const bool add = !b.contains("add_special_tokens") || b["add_special_tokens"].get<bool>();
         const auto ids = model.tokenizer->encode(b["prompt"].get<std::string>(), add);
-        res.set_content(json({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", model.max_model_len}}).dump(), "application/json");
+        res.set_content(dump(json({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", model.max_model_len}})), "application/json");
       });
     });
     svr.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
@@ -411,7 +420,7 @@ struct HttpServer::Impl {
             throw openai::bad_request("'tokens' holds an id outside the vocabulary", "tokens");
           ids.push_back(t.get<int32_t>());
         }
-        res.set_content(json({{"prompt", model.tokenizer->decode(ids)}}).dump(), "application/json");
+        res.set_content(dump(json({{"prompt", model.tokenizer->decode(ids)}})), "application/json");
       });
     });
   }

@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/utf8.h"
 
 namespace rill {
 
@@ -16,6 +17,9 @@ IncrementalDecoder::IncrementalDecoder(const Tokenizer& tok, bool skip_special, 
   constexpr size_t kContext = 6;
   ids_.assign(context.end() - long(std::min(context.size(), kContext)), context.end());
   read_ = ids_.size();
+  // The context may end inside a character (its last tokens hold part of one): then those tokens count as
+  // new, so the character comes out whole once the stream completes it.
+  while (read_ > 0 && ends_with_replacement(window(0, read_))) --read_;
 }
 
 std::string IncrementalDecoder::window(size_t from, size_t to) const {
@@ -38,7 +42,9 @@ std::string IncrementalDecoder::finish() {
   const std::string before = window(prefix_, read_);
   const std::string now = window(prefix_, ids_.size());
   prefix_ = read_ = ids_.size();
-  return now.size() > before.size() ? now.substr(before.size()) : "";
+  // Only an extension of what was sent can be sent; a cut is made whole (never a partial character).
+  if (now.size() <= before.size() || now.compare(0, before.size(), before) != 0) return "";
+  return utf8::lossy(now.substr(before.size()));
 }
 
 }  // namespace rill
