@@ -96,6 +96,8 @@ TEST(Cli, BadInputFailsCleanly) {
       {"generate --model " + shared(kStories), "prompt"},
       {"generate --model " + shared(kStories) + " --prompt-ids 1 --top-p 2", "top-p"},
       {"inspect --model " + (dir / "m"), "config.json"},
+      {"serve --model " + shared(kStories) + " --kv-cache-memory 2TB", "--kv-cache-memory"},
+      {"serve --model " + shared(kStories) + " --kv-cache-memory 150%", "--kv-cache-memory"},
   };
   for (const auto& c : cases) {
     const Result r = run(c.args);
@@ -186,6 +188,10 @@ TEST(Cli, ServeShutsDownCleanly) {
                          " --dim 16 --layers 1 --heads 2 --ffn 32 --vocab 16022 --dtype f32 > /dev/null").c_str()), 0);
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
     std::filesystem::copy_file(tok_dir + "/" + f, model + "/" + f);
+  const Result tiny_kv = run("serve --model " + model + " --port 0 --kv-cache-memory 1B");
+  EXPECT_EQ(tiny_kv.status, 1);
+  EXPECT_NE(tiny_kv.out.find("holds no KV block"), std::string::npos) << tiny_kv.out;
+
   const std::string log = dir / "serve.log";
   std::vector<std::string> args = {RILL_BINARY, "serve", "--model", model, "--port", "0", "--kv-cache-memory", "64MiB"};
   std::vector<char*> argv;

@@ -11,6 +11,7 @@
 #include "cli/commands.h"
 #include "cli/model_loading.h"
 #include "core/error.h"
+#include "core/strings.h"
 #include "engine/engine.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
@@ -18,29 +19,6 @@
 #include "template/chat_template.h"
 
 namespace rill::cli {
-
-namespace {
-
-// "2GiB", "512MiB", "1e9" or plain bytes.
-size_t parse_bytes(const std::string& s) {
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(s, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  const std::string unit = s.substr(used);
-  double mult = 0;
-  if (unit.empty() || unit == "B") mult = 1;
-  else if (unit == "KiB" || unit == "K") mult = 1024.0;
-  else if (unit == "MiB" || unit == "M") mult = 1024.0 * 1024;
-  else if (unit == "GiB" || unit == "G") mult = 1024.0 * 1024 * 1024;
-  RILL_CHECK(used > 0 && mult > 0 && v > 0, "--kv-cache-memory: '" + s + "' is not a size (e.g. 2GiB, 512MiB, 1000000)");
-  return size_t(v * mult);
-}
-
-}  // namespace
 
 Run add_serve(CLI::App& app) {
   struct Args {
@@ -58,7 +36,7 @@ Run add_serve(CLI::App& app) {
   app.add_option("--port", a->port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
   app.add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (also RILL_API_KEY)");
   app.add_option("--served-model-name", a->served_name, "Model name in the API (default: the model path's last part)");
-  app.add_option("--kv-cache-memory", a->kv_memory, "Memory for the KV cache, e.g. 2GiB or 512MiB");
+  app.add_option("--kv-cache-memory", a->kv_memory, "Memory for the KV cache: a size (2GiB, 512MiB) or a share of the memory available at start (40%)");
   app.add_option("--block-size", a->block_size, "Tokens per KV cache block")->check(CLI::Range(1, 1024));
   app.add_option("--max-batch-tokens", a->max_batch_tokens, "Token budget of one engine step (decodes + prefill chunks)")
       ->check(CLI::PositiveNumber);
@@ -76,6 +54,9 @@ Run add_serve(CLI::App& app) {
     sigaddset(&signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
+
+    const auto kv_bytes = parse_memory_size(a->kv_memory, available_system_memory());
+    RILL_CHECK(kv_bytes, "--kv-cache-memory: '" + a->kv_memory + "' is not a size (e.g. 2GiB, 512MiB, 1000000, 40%)");
 
     Checkpoint ck = read_checkpoint(a->model);
     auto backend = make_cpu_backend(a->threads);
@@ -99,7 +80,7 @@ Run add_serve(CLI::App& app) {
     }
     EngineConfig ec;
     ec.block_size = a->block_size;
-    ec.num_blocks = KvCache::blocks_for_bytes(model.config(), parse_bytes(a->kv_memory), a->block_size);
+    ec.num_blocks = KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size);
     RILL_CHECK(ec.num_blocks > 0, "--kv-cache-memory " + a->kv_memory + " holds no KV block for this model");
     ec.max_batch_tokens = a->max_batch_tokens;
     ec.max_num_seqs = a->max_num_seqs;
