@@ -224,6 +224,21 @@ TEST(Cli, ServeShutsDownCleanly) {
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
 }
 
+// Without --model, every command uses the embedded model models/rill-tiny.
+TEST(Cli, DefaultModelIsRillTiny) {
+  const std::string args = " --prompt \"Once upon a time\" -n 12 --temperature 0 --output json";
+  const Result implicit = run("generate" + args, true);
+  ASSERT_EQ(implicit.status, 0) << implicit.out;
+  const Result explicit_model = run("generate --model " RILL_MODELS_DIR "/rill-tiny" + args, true);
+  EXPECT_EQ(implicit.out, explicit_model.out);
+  const auto j = nlohmann::json::parse(implicit.out);
+  EXPECT_EQ(j["ids"].size(), 12u);
+  EXPECT_FALSE(j["text"].get<std::string>().empty());
+  const Result info = run("inspect");
+  EXPECT_NE(info.out.find("rill-tiny"), std::string::npos) << info.out;
+  EXPECT_NE(run("generate --help").out.find("default: rill-tiny"), std::string::npos);
+}
+
 TEST(Cli, HelpListsEveryCommand) {
   const Result r = run("--help");
   EXPECT_EQ(r.status, 0);

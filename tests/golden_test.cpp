@@ -203,5 +203,34 @@ INSTANTIATE_TEST_SUITE_P(Layouts, StoriesTest,
                          testing::Values("data/models/stories260K/stories260K.bin", "data/models/stories260K-hf"),
                          [](const auto& info) { return info.index == 0 ? std::string("llama2c") : std::string("hf"); });
 
+// rill's own models (models/, trained by tools/rill_tiny/train.py) against transformers on the exported bf16
+// weights computed in f32: the last 4 logits of a 64-token held-out prompt and 32 greedy tokens.
+class EmbeddedModelTest : public testing::TestWithParam<std::string> {};
+
+TEST_P(EmbeddedModelTest, MatchesTransformers) {
+  WeightMap expected;
+  read_safetensors(std::string(RILL_TEST_DATA_DIR) + "/rill-tiny/" + GetParam() + "-expected.safetensors", &expected);
+  auto backend = make_cpu_backend(0);
+  Model model(read_checkpoint(std::string(RILL_MODELS_DIR) + "/" + GetParam()), *backend);
+  KvCache kv(*backend, model.config(), 16, 16);
+  const auto prompt = ids_of(expected.get("prompt_ids"));
+  const auto ref = floats_of(expected.get("last4_logits"));
+  GenerateOptions opt;
+  opt.max_new_tokens = 0;
+  opt.keep_prompt_logits = true;
+  const auto logits = generate(model, kv, prompt, opt).prompt_logits;
+  ASSERT_EQ(logits.size(), prompt.size() * size_t(model.config().vocab_size));
+  EXPECT_LE(rel_max_diff(logits.data() + logits.size() - ref.size(), ref.data(), ref.size()), 1e-4);
+
+  opt = GenerateOptions{};
+  opt.max_new_tokens = 32;
+  opt.sampling.temperature = 0;
+  opt.stop_at_eos = false;
+  EXPECT_EQ(generate(model, kv, prompt, opt).ids, ids_of(expected.get("greedy_ids")));
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, EmbeddedModelTest, testing::Values("rill-tiny", "rill-tiny-draft"),
+                         [](const auto& info) { return info.index == 0 ? std::string("tiny") : std::string("draft"); });
+
 }  // namespace
 }  // namespace rill::test

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "template/chat_template.h"
 #include "tokenizer/hf_tokenizer.h"
 #include "tokenizer/utf8.h"
 #include "test_util.h"
@@ -132,6 +133,31 @@ TEST(HfTokenizer, StreamingAfterContextEndingMidCharacter) {
   streamed += d.finish();
   EXPECT_EQ(utf8::first_invalid(streamed), std::string::npos);
   EXPECT_EQ(streamed, "\xC3\xA9x");  // the completed character, then the rest
+}
+
+// rill-tiny's own tokenizer (models/rill-tiny) against what transformers made of it when it was trained:
+// ids with and without special tokens, decodes, and chat-template renderings.
+TEST(HfTokenizer, EmbeddedModelTokenizerMatchesTransformers) {
+  const std::string dir = std::string(RILL_MODELS_DIR) + "/rill-tiny";
+  auto tok = HfTokenizer::load(dir + "/tokenizer.json");
+  const auto ref = nlohmann::json::parse(std::ifstream(std::string(RILL_TEST_DATA_DIR) + "/rill-tiny/tokenizer-reference.json"));
+  ASSERT_GE(ref["encodings"].size(), 10u);
+  for (const auto& c : ref["encodings"]) {
+    const std::string text = c["text"];
+    const auto ids = c["ids"].get<std::vector<int32_t>>();
+    EXPECT_EQ(tok->encode(text, true), ids) << text;
+    EXPECT_EQ(tok->encode(text, false), c["ids_no_special"].get<std::vector<int32_t>>()) << text;
+    EXPECT_EQ(tok->decode(ids, false), c["decoded"].get<std::string>()) << text;
+    EXPECT_EQ(tok->decode(ids, true), c["decoded_skip_special"].get<std::string>()) << text;
+  }
+  const ChatConfig cfg = read_chat_config(dir + "/tokenizer_config.json");
+  const ChatTemplate tmpl(cfg.chat_template);
+  ASSERT_EQ(ref["chat"].size(), 2u);
+  for (const auto& c : ref["chat"]) {
+    nlohmann::ordered_json ctx = {{"messages", c["messages"]}, {"add_generation_prompt", c["add_generation_prompt"]},
+                                  {"bos_token", cfg.bos_token}, {"eos_token", cfg.eos_token}};
+    EXPECT_EQ(tmpl.render(ctx), c["text"].get<std::string>());
+  }
 }
 
 TEST(HfTokenizer, InvalidUtf8IsAnError) {

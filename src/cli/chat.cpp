@@ -24,7 +24,7 @@ Run add_chat(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   a->sampling.params.temperature = 0.7f;
-  app.add_option("-m,--model", a->model, "Model directory (with tokenizer.json and tokenizer_config.json)")->required();
+  add_model_option(app, a->model, "Model directory (with tokenizer.json and tokenizer_config.json)");
   app.add_option("--tokenizer", a->tokenizer, "tokenizer.json (default: beside the model)");
   app.add_option("--chat-template", a->chat_template, "Jinja template file to use instead of the model's");
   app.add_option("--system", a->system, "System prompt");
@@ -33,6 +33,7 @@ Run add_chat(CLI::App& app) {
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_sampling_options(app, a->sampling);
   return [a] {
+    a->model = model_or_default(a->model);
     GenerateOptions opt;
     opt.sampling = a->sampling.finish();
     opt.max_new_tokens = a->n;

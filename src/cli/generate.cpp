@@ -124,9 +124,7 @@ void add_sampling_options(CLI::App& app, SamplingArgs& s) {
 
 Run add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
-  app.add_option("-m,--model", a->model,
-                 "Model: a Hugging Face directory (config.json + *.safetensors) or a llama2.c .bin file")
-      ->required();
+  add_model_option(app, a->model, "Model: a Hugging Face directory (config.json + *.safetensors) or a llama2.c .bin file");
   auto* prompt = app.add_option("-p,--prompt", a->prompt, "Prompt text (needs a tokenizer)");
   auto* ids = app.add_option("--prompt-ids", a->prompt_ids, "Prompt as comma-separated token ids, e.g. 1,2,3");
   prompt->excludes(ids);
@@ -143,6 +141,7 @@ Run add_generate(CLI::App& app) {
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward step")->check(CLI::PositiveNumber);
   return [a, prompt, ids] {
+    a->model = model_or_default(a->model);
     RILL_CHECK(prompt->count() + ids->count() > 0, "give a prompt: --prompt TEXT or --prompt-ids 1,2,3");
     return run_generate(*a);
   };

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/model_loading.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
 
@@ -29,11 +30,12 @@ Run add_inspect(CLI::App& app) {
   auto model = std::make_shared<std::string>();
   auto json_out = std::make_shared<bool>(false);
   auto context = std::make_shared<int>(0);
-  app.add_option("-m,--model", *model, "Model: a Hugging Face directory or a llama2.c .bin file")->required();
+  add_model_option(app, *model, "Model: a Hugging Face directory or a llama2.c .bin file");
   app.add_option("--context", *context, "Context length for the KV-cache estimate (default: the model's maximum)")
       ->check(CLI::PositiveNumber);
   app.add_flag("--json", *json_out, "Print JSON");
   return [model, json_out, context] {
+    *model = model_or_default(*model);
     const Checkpoint ck = read_checkpoint(*model);
     const ModelConfig& c = ck.config;
     std::map<std::string, int64_t> dtype_bytes;

@@ -1,5 +1,8 @@
 #include "cli/model_loading.h"
 
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
 #include <filesystem>
 #include <fstream>
 
@@ -10,6 +13,33 @@
 
 namespace rill::cli {
 namespace fs = std::filesystem;
+
+std::string default_model() {
+  std::vector<fs::path> places;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    places.push_back(exe.parent_path().parent_path() / "models");
+    places.push_back(exe.parent_path().parent_path() / "share" / "rill" / "models");
+  }
+#ifdef RILL_SOURCE_MODELS_DIR
+  places.push_back(RILL_SOURCE_MODELS_DIR);
+#endif
+  std::string looked;
+  for (const auto& dir : places) {
+    const fs::path m = dir / "rill-tiny";
+    if (fs::exists(m / "config.json")) return m.lexically_normal().string();
+    looked += (looked.empty() ? "" : ", ") + m.lexically_normal().string();
+  }
+  throw Error("no --model given, and rill's embedded model rill-tiny is not where it should be (looked in " +
+              looked + "); pass --model PATH");
+}
+
+std::string model_or_default(const std::string& given) { return given.empty() ? default_model() : given; }
+
+void add_model_option(CLI::App& app, std::string& target, const std::string& what) {
+  app.add_option("-m,--model", target, what + " (default: rill-tiny, the small model shipped in models/)");
+}
 
 std::string model_dir(const std::string& model_path) {
   return fs::is_directory(model_path) ? model_path : fs::path(model_path).parent_path().string();

@@ -7,7 +7,20 @@
 #include "tokenizer/tokenizer.h"
 #include "model/config.h"
 
+namespace CLI {
+class App;
+}
+
 namespace rill::cli {
+
+// The model a command uses without --model: rill-tiny, which ships in the repository's models/ folder.
+// Looked for beside the binary (BIN/../models, BIN/../share/rill/models) and then in the source tree it was
+// built from; throws naming the places it looked.
+std::string default_model();
+// `given`, or default_model() when it is empty.
+std::string model_or_default(const std::string& given);
+// Adds -m,--model to a command, optional, defaulting to default_model() when the command runs.
+void add_model_option(CLI::App& app, std::string& target, const std::string& what);
 
 // The chat side of a model: its template (tokenizer_config.json beside the model, or `override_path`) and
 // special-token strings. Throws when neither has a template.

@@ -29,7 +29,7 @@ Run add_serve(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   if (const char* key = std::getenv("RILL_API_KEY")) a->api_key = key;
-  app.add_option("-m,--model", a->model, "Model: a Hugging Face directory (with tokenizer.json) or a llama2.c .bin")->required();
+  add_model_option(app, a->model, "Model: a Hugging Face directory (with tokenizer.json) or a llama2.c .bin");
   app.add_option("--tokenizer", a->tokenizer, "tokenizer.json / tokenizer.bin (default: beside the model)");
   app.add_option("--chat-template", a->chat_template, "Jinja template file to use instead of the model's");
   app.add_option("--host", a->host, "Address to listen on");
@@ -47,6 +47,7 @@ Run add_serve(CLI::App& app) {
   app.add_option("--threads", a->threads, "CPU threads for the model (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--max-body-bytes", a->max_body, "Largest request body accepted (413 beyond)");
   return [a] {
+    a->model = model_or_default(a->model);
     // Signals are taken by one thread (below), not by whichever thread they land on.
     sigset_t signals;
     sigemptyset(&signals);

@@ -64,7 +64,7 @@ Run add_tokenize(CLI::App& app) {
     bool no_special = false, split_special = false;
   };
   auto a = std::make_shared<Args>();
-  app.add_option("-m,--model", a->model, "Model directory (or .bin) whose tokenizer to use")->required();
+  add_model_option(app, a->model, "Model directory (or .bin) whose tokenizer to use");
   app.add_option("--tokenizer", a->tokenizer, "tokenizer.json / tokenizer.bin (default: beside the model)");
   auto* text = app.add_option("--text", a->text, "Text to tokenize");
   auto* file = app.add_option("--text-file", a->text_file, "File whose contents to tokenize");
@@ -74,6 +74,7 @@ Run add_tokenize(CLI::App& app) {
   app.add_option("--output", a->output, "text: ids separated by spaces; json: {\"ids\": [...]}")
       ->check(CLI::IsMember({"text", "json"}));
   return [a, text, file] {
+    a->model = model_or_default(a->model);
     RILL_CHECK(text->count() + file->count() > 0, "give --text TEXT or --text-file FILE");
     auto tok = need_tokenizer(a->model, a->tokenizer);
     const auto ids = tok->encode(file->count() ? read_file(a->text_file) : a->text, !a->no_special, !a->split_special);
@@ -93,11 +94,12 @@ Run add_detokenize(CLI::App& app) {
     bool skip_special = false;
   };
   auto a = std::make_shared<Args>();
-  app.add_option("-m,--model", a->model, "Model directory (or .bin) whose tokenizer to use")->required();
+  add_model_option(app, a->model, "Model directory (or .bin) whose tokenizer to use");
   app.add_option("--tokenizer", a->tokenizer, "tokenizer.json / tokenizer.bin (default: beside the model)");
   app.add_option("--ids", a->ids, "Comma-separated token ids")->required();
   app.add_flag("--skip-special", a->skip_special, "Leave out special tokens");
   return [a] {
+    a->model = model_or_default(a->model);
     auto tok = need_tokenizer(a->model, a->tokenizer);
     const std::string text = tok->decode(parse_id_list(a->ids, "--ids"), a->skip_special);
     std::fwrite(text.data(), 1, text.size(), stdout);
@@ -111,13 +113,14 @@ Run add_chat_template(CLI::App& app) {
     bool add_generation_prompt = false;
   };
   auto a = std::make_shared<Args>();
-  app.add_option("-m,--model", a->model, "Model directory with tokenizer_config.json")->required();
+  add_model_option(app, a->model, "Model directory with tokenizer_config.json");
   app.add_option("--messages-file", a->messages_file,
                  "JSON file: a list of messages, or {\"messages\": [...], \"tools\": [...], ...}")
       ->required();
   app.add_flag("--add-generation-prompt", a->add_generation_prompt, "End with the assistant's turn header");
   app.add_option("--chat-template", a->chat_template, "Jinja template file to use instead of the model's");
   return [a] {
+    a->model = model_or_default(a->model);
     const ChatSetup chat = open_chat(a->model, a->chat_template);
     const nlohmann::ordered_json input = read_ordered_json_file(a->messages_file);
     nlohmann::ordered_json ctx = input.is_array() ? nlohmann::ordered_json{{"messages", input}} : input;
