@@ -34,6 +34,10 @@ struct AttentionBatch {
   Tensor ctx_len;       // [num_seqs]
   Tensor block_tables;  // [num_seqs, max_blocks_per_seq]
   Tensor token_seq;     // [num_tokens]: the sequence each token belongs to
+  // Rolling KV (attention sinks), empty when no sequence uses it: sequence s scores its first sinks[s] entries
+  // with the sink query (q_sink) and skips entries [sinks[s], hole_end[s]).
+  Tensor sinks;     // [num_seqs]
+  Tensor hole_end;  // [num_seqs]
 };
 
 // The weights of one expert of a sparse MoE feed-forward.
@@ -74,8 +78,10 @@ class Backend {
   virtual void kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) = 0;
   // Causal GQA attention over the paged cache. q, out: [n, heads * head_dim]. sliding_window > 0 limits each
   // query to the last sliding_window keys (itself included).
+  // q_sink ([n, heads * head_dim], the query rotated at its cache position) is used only for the sink entries
+  // of sequences with batch.sinks[s] > 0; it may be empty when batch.sinks is.
   virtual void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
-                         int num_heads, float scale, int sliding_window) = 0;
+                         int num_heads, float scale, int sliding_window, const Tensor& q_sink = {}) = 0;
   // out = silu(gate) * up, element-wise.
   virtual void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
   // Top-k routing of router logits [n, E]: softmax over experts, keep the k largest, renormalize them to

@@ -13,6 +13,14 @@ namespace rill {
 // (to sample the next token), or all (scoring a prompt).
 enum class Logits { None, Last, All };
 
+// A sequence under a rolling (attention-sink) KV policy: its first `sinks` KV entries are scored with the
+// query rotated at `sink_start_pos` + i (its cache position) instead of its stream position, and entries
+// [sinks, hole_end) are skipped. Default: none of that.
+struct RollingView {
+  int sinks = 0, hole_end = 0;
+  int sink_start_pos = -1;
+};
+
 struct Batch {
   std::vector<int32_t> tokens;     // [n]
   std::vector<int32_t> positions;  // [n]: RoPE position of each token
@@ -21,12 +29,18 @@ struct Batch {
   std::vector<int32_t> ctx_len;    // [num_seqs]: KV entries visible to the sequence after this step
   std::vector<std::vector<int32_t>> block_tables;  // [num_seqs][blocks]
   std::vector<int32_t> logit_rows;  // token indices whose logits are wanted, in output order
+  // Rolling KV (see RollingView): per token, the position its query is rotated at to score sinks; per
+  // sequence, the sink entries and the end of the masked hole after them.
+  std::vector<int32_t> sink_positions;  // [n]
+  std::vector<int32_t> sinks, hole_end;  // [num_seqs]
 
   int num_tokens() const { return int(tokens.size()); }
   int num_seqs() const { return int(ctx_len.size()); }
   // Appends a sequence's new tokens (at positions start_pos.., cache indices start_index..).
   void add_sequence(const std::vector<int32_t>& new_tokens, int start_pos, int start_index,
-                    const std::vector<int32_t>& block_table, int block_size, Logits logits);
+                    const std::vector<int32_t>& block_table, int block_size, Logits logits,
+                    const RollingView& rolling = {});
+  bool any_sinks() const;
 };
 
 }  // namespace rill

@@ -74,7 +74,7 @@ Checkpoint read_checkpoint(const std::string& path) {
 
 struct Model::Workspace {
   int64_t capacity = 0;
-  Tensor residual, h, q, k, v, attn, o, gate, up, mlp, router, route_ids, route_w;
+  Tensor residual, h, q, q_sink, k, v, attn, o, gate, up, mlp, router, route_ids, route_w;
 };
 
 Model::Model(const Checkpoint& ck, Backend& backend) : config_(ck.config), backend_(backend) {
@@ -182,6 +182,7 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits)
     ws->residual = backend_.alloc(DType::F32, {n, d});
     ws->h = backend_.alloc(DType::F32, {n, d});
     ws->q = backend_.alloc(DType::F32, {n, H * hd});
+    ws->q_sink = backend_.alloc(DType::F32, {n, H * hd});
     ws->k = backend_.alloc(DType::F32, {n, KV * hd});
     ws->v = backend_.alloc(DType::F32, {n, KV * hd});
     ws->attn = backend_.alloc(DType::F32, {n, H * hd});
@@ -219,6 +220,17 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits)
   ab.ctx_len = upload_i32(batch.ctx_len);
   ab.block_tables = upload_i32(tables);
   ab.token_seq = upload_i32(token_seq);
+  // Rolling KV: queries are also rotated at their cache positions, to score the attention sinks.
+  const bool sinks = batch.any_sinks();
+  Tensor sink_positions, identity;
+  if (sinks) {
+    ab.sinks = upload_i32(batch.sinks);
+    ab.hole_end = upload_i32(batch.hole_end);
+    sink_positions = upload_i32(batch.sink_positions);
+    std::vector<int32_t> rows_id(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) rows_id[size_t(i)] = int32_t(i);
+    identity = upload_i32(rows_id);
+  }
 
   // RoPE frequencies: fixed, except dynamic NTK scaling, which depends on each sequence's length.
   Tensor inv_freq = inv_freq_dev_, rope_row;
@@ -251,10 +263,16 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits)
       backend_.rmsnorm(q, q, L.q_norm, c.rms_norm_eps);
       backend_.rmsnorm(k, k, L.k_norm, c.rms_norm_eps);
     }
+    Tensor q_sink;
+    if (sinks) {
+      q_sink = rows(ws.q_sink);
+      backend_.gather_rows(q_sink, q, identity);  // a copy, before q is rotated
+      backend_.rope(q_sink, int(hd), sink_positions, inv_freq, rope_row, attention_factor_);
+    }
     backend_.rope(q, int(hd), positions, inv_freq, rope_row, attention_factor_);
     backend_.rope(k, int(hd), positions, inv_freq, rope_row, attention_factor_);
     backend_.kv_write(kv.layer(l), k, v, slots);
-    backend_.attention(attn, q, kv.layer(l), ab, int(H), scale, c.sliding_window);
+    backend_.attention(attn, q, kv.layer(l), ab, int(H), scale, c.sliding_window, q_sink);
     backend_.linear(o, attn, L.o, L.o_bias);
     // Feed-forward block.
     backend_.add_rmsnorm(residual, h, o, L.post_attention_norm, c.rms_norm_eps);

@@ -205,7 +205,7 @@ void CpuBackend::kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, c
 }
 
 void CpuBackend::attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
-                           int num_heads, float scale, int sliding_window) {
+                           int num_heads, float scale, int sliding_window, const Tensor& q_sink) {
   const int64_t n = batch.num_tokens, bs = kv.k.shape[1], kv_heads = kv.k.shape[2], hd = kv.k.shape[3];
   expect(q.numel() == n * num_heads * hd && out.numel() == q.numel(), "attention", "q/out shape mismatch");
   expect(num_heads % kv_heads == 0, "attention", "heads not a multiple of kv heads");
@@ -213,6 +213,9 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const KvLayer& kv
   const int32_t* ctx_len = batch.ctx_len.ptr<int32_t>();
   const int32_t* tables = batch.block_tables.ptr<int32_t>();
   const int32_t* token_seq = batch.token_seq.ptr<int32_t>();
+  const int32_t* sinks = batch.sinks.empty() ? nullptr : batch.sinks.ptr<int32_t>();
+  const int32_t* hole_end = batch.hole_end.empty() ? nullptr : batch.hole_end.ptr<int32_t>();
+  expect(!sinks || (hole_end && q_sink.numel() == q.numel()), "attention", "sinks need hole_end and q_sink");
   const int64_t group = num_heads / kv_heads, kv_width = kv_heads * hd;
   pool_.parallel_for(n * num_heads, 4, [&](int64_t b, int64_t e) {
     std::vector<float> scores;
@@ -225,11 +228,18 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const KvLayer& kv
       const int64_t lo = sliding_window > 0 ? std::max<int64_t>(0, self - sliding_window + 1) : 0;
       const int32_t* table = tables + int64_t(s) * batch.max_blocks_per_seq;
       const float* qv = q.ptr<float>() + t * num_heads * hd + h * hd;
+      // Rolling KV: entries [0, ns) are sinks, scored with the sink query; [ns, hole) are skipped.
+      const int64_t ns = sinks ? sinks[s] : 0, hole = sinks ? std::max<int64_t>(ns, hole_end[s]) : 0;
+      const float* qs = ns > 0 ? q_sink.ptr<float>() + t * num_heads * hd + h * hd : qv;
       scores.resize(size_t(self - lo + 1));
       float mx = -INFINITY;
       for (int64_t j = lo; j <= self; ++j) {
+        if (j >= ns && j < hole) {
+          scores[size_t(j - lo)] = -INFINITY;
+          continue;
+        }
         const int64_t slot = int64_t(table[j / bs]) * bs + j % bs;
-        const float sc = cpu::dot_f32(qv, kv.k.ptr<float>() + slot * kv_width + kvh * hd, hd) * scale;
+        const float sc = cpu::dot_f32(j < ns ? qs : qv, kv.k.ptr<float>() + slot * kv_width + kvh * hd, hd) * scale;
         scores[size_t(j - lo)] = sc;
         mx = std::max(mx, sc);
       }
@@ -240,6 +250,10 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const KvLayer& kv
       }
       std::fill(acc.begin(), acc.end(), 0.f);
       for (int64_t j = lo; j <= self; ++j) {
+        if (j >= ns && j < hole) {
+          j = hole - 1;
+          continue;
+        }
         const int64_t slot = int64_t(table[j / bs]) * bs + j % bs;
         cpu::axpy_f32(scores[size_t(j - lo)], kv.v.ptr<float>() + slot * kv_width + kvh * hd, acc.data(), hd);
       }

@@ -33,7 +33,7 @@ class CpuBackend final : public Backend {
             float attention_factor) override;
   void kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) override;
   void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch, int num_heads,
-                 float scale, int sliding_window) override;
+                 float scale, int sliding_window, const Tensor& q_sink = {}) override;
   void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
   void moe_route(const Tensor& ids, const Tensor& weights, const Tensor& router_logits, int k,
                  bool normalize) override;

@@ -1,0 +1,57 @@
+#include "engine/kv_stream.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace rill {
+
+KvStream::KvStream(Model& model, KvCache& kv, KvPolicy policy, int max_chunk)
+    : model_(model), kv_(kv), policy_(policy), max_chunk_(max_chunk) {
+  RILL_CHECK(max_chunk > 0, "KvStream: max_chunk must be positive");
+  policy_.validate(kv.block_size(), model.config().max_position_embeddings);
+}
+
+KvStream::~KvStream() { kv_.blocks().release(&table_); }
+
+int64_t KvStream::visible() const {
+  return policy_.rolling() ? state_.visible(length_, policy_, kv_.block_size()) : length_;
+}
+
+void KvStream::feed(const std::vector<int32_t>& tokens, Logits mode, std::vector<float>* logits) {
+  const int bs = kv_.block_size();
+  const size_t vocab = size_t(model_.config().vocab_size);
+  if (logits) logits->clear();
+  std::vector<float> step;
+  size_t done = 0;
+  while (done < tokens.size()) {
+    int n = int(std::min<size_t>(tokens.size() - done, size_t(max_chunk_)));
+    RollingView view;
+    int entries;
+    if (policy_.rolling()) {
+      n = state_.max_chunk(length_, n, policy_, bs);
+      entries = state_.prepare(length_, n, policy_, kv_.blocks(), &table_);
+      const auto v = state_.view(length_, policy_, bs);
+      view = {v.sinks, v.hole_end, v.sink_start_pos};
+    } else {
+      entries = int(length_) + n;
+    }
+    RILL_CHECK(kv_.blocks().grow(entries, &table_),
+               "the KV cache is full: " + std::to_string(entries) + " entries need " +
+                   std::to_string(kv_.blocks().blocks_needed(entries, int(table_.size()))) + " more blocks, " +
+                   std::to_string(kv_.blocks().num_free()) + " are free");
+    const bool last = done + size_t(n) == tokens.size();
+    const Logits m = mode == Logits::All ? Logits::All : (mode == Logits::Last && last ? Logits::Last : Logits::None);
+    Batch b;
+    const int start_index = policy_.rolling() ? state_.cache_index(length_, policy_, bs) : int(length_);
+    b.add_sequence({tokens.begin() + long(done), tokens.begin() + long(done) + n}, int(length_), start_index, table_, bs,
+                   m, view);
+    model_.forward(b, kv_, &step);
+    if (logits && m != Logits::None) logits->insert(logits->end(), step.begin(), step.end());
+    length_ += n;
+    done += size_t(n);
+  }
+  if (logits && mode == Logits::Last) RILL_CHECK(logits->size() == vocab, "KvStream: no logits");
+}
+
+}  // namespace rill
