@@ -1,4 +1,5 @@
 // rill generate: one prompt in, streamed tokens out.
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -20,6 +21,7 @@ struct GenerateArgs {
   int n = 128, threads = 0, prefill_chunk = 512;
   bool ignore_eos = false, no_bos = false;
   SamplingArgs sampling;
+  KvPolicyArgs kv;
 };
 
 int run_generate(const GenerateArgs& a) {
@@ -47,7 +49,9 @@ int run_generate(const GenerateArgs& a) {
                                                    " is outside the vocabulary (" +
                                                    std::to_string(model.config().vocab_size) + " tokens)");
 
-  const int need_blocks = (int(prompt.size()) + a.n + 15) / 16;
+  opt.kv_policy = a.kv.finish(model.config(), 16);
+  const int need_blocks = opt.kv_policy.rolling() ? SinkWindowState::max_blocks(opt.kv_policy, 16)
+                                                  : (int(prompt.size()) + a.n + 15) / 16;
   KvCache kv(*backend, model.config(), need_blocks, 16);
 
   const bool json_out = a.output == "json";
@@ -98,6 +102,24 @@ int run_generate(const GenerateArgs& a) {
 
 }  // namespace
 
+KvPolicy KvPolicyArgs::finish(const ModelConfig& config, int block_size) const {
+  const int ctx = config.max_position_embeddings;
+  KvPolicy p = KvPolicy::parse(policy, sinks, window, "--kv-policy");
+  if (window == 0) p.window = std::min(1024, ctx - p.sinks);
+  p.validate(block_size, ctx, "--window");
+  return p;
+}
+
+void add_kv_policy_options(CLI::App& app, KvPolicyArgs& k) {
+  app.add_option("--kv-policy", k.policy,
+                 "KV cache policy: dense (keep everything; the context is bounded), sink (attention sinks + a rolling "
+                 "window: runs forever in constant memory), window (rolling window, no sinks)")
+      ->check(CLI::IsMember({"dense", "sink", "window"}));
+  app.add_option("--sinks", k.sinks, "Attention-sink tokens kept forever (sink policy)")->check(CLI::NonNegativeNumber);
+  app.add_option("--window", k.window, "Recent tokens kept (sink/window policies; 0: 1024 or the model's context minus the sinks)")
+      ->check(CLI::NonNegativeNumber);
+}
+
 SamplingParams SamplingArgs::finish() const {
   SamplingParams p = params;
   if (seed >= 0) {
@@ -132,6 +154,7 @@ Run add_generate(CLI::App& app) {
                  "tokenizer.json, llama2.c tokenizer.bin, or a directory with one (default: beside the model)");
   app.add_option("-n,--max-tokens", a->n, "Number of tokens to generate")->check(CLI::Range(0, 1 << 20));
   add_sampling_options(app, a->sampling);
+  add_kv_policy_options(app, a->kv);
   app.add_flag("--ignore-eos", a->ignore_eos, "Keep generating after an end-of-sequence token");
   app.add_flag("--no-bos", a->no_bos, "Do not add the tokenizer's special tokens (BOS) to a text prompt");
   app.add_option("--output", a->output, "text: stream tokens; json: print {prompt_ids, ids, text} at the end")

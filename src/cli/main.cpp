@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   runs[serve] = rill::cli::add_serve(*serve);
   auto* chat = app.add_subcommand("chat", "Chat with a model in the terminal, streaming its answers");
   runs[chat] = rill::cli::add_chat(*chat);
+  auto* perplexity = app.add_subcommand("perplexity", "Measure perplexity of a text under KV policies (dense, window, sink, recompute)");
+  runs[perplexity] = rill::cli::add_perplexity(*perplexity);
   auto* inspect = app.add_subcommand("inspect", "Print a model's architecture, dimensions, size and memory needs");
   runs[inspect] = rill::cli::add_inspect(*inspect);
   auto* tokenize = app.add_subcommand("tokenize", "Print the token ids of a text");

@@ -4,6 +4,7 @@
 #include <chrono>
 
 #include "core/error.h"
+#include "engine/kv_stream.h"
 
 namespace rill {
 
@@ -11,6 +12,39 @@ namespace {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
+bool is_stop(const ModelConfig& c, const GenerateOptions& opt, int32_t tok) {
+  return opt.stop_at_eos && (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end() ||
+                             std::find(opt.stop_ids.begin(), opt.stop_ids.end(), tok) != opt.stop_ids.end());
+}
+
+// The same run through a KvStream under a rolling KV policy.
+GenerateResult generate_rolling(Model& model, KvCache& kv, const std::vector<int32_t>& prompt,
+                                const GenerateOptions& opt, const std::function<bool(int32_t)>& on_token) {
+  GenerateResult r;
+  KvStream stream(model, kv, opt.kv_policy, opt.prefill_chunk);
+  Sampler sampler(opt.sampling);
+  sampler.add_prompt(prompt);
+  std::vector<float> logits;
+  const size_t vocab = size_t(model.config().vocab_size);
+  auto t0 = std::chrono::steady_clock::now();
+  stream.feed(prompt, opt.keep_prompt_logits ? Logits::All : Logits::Last, &logits);
+  if (opt.keep_prompt_logits) r.prompt_logits = logits;
+  r.prefill_seconds = seconds_since(t0);
+  if (opt.max_new_tokens == 0) return r;
+  std::vector<float> next(logits.end() - long(vocab), logits.end());
+  t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < opt.max_new_tokens; ++i) {
+    const int32_t tok = sampler.sample(next.data(), int(vocab));
+    r.ids.push_back(tok);
+    if (on_token && !on_token(tok)) break;
+    if (is_stop(model.config(), opt, tok) || i + 1 == opt.max_new_tokens) break;
+    stream.feed({tok}, Logits::Last, &next);
+    ++r.decode_steps;
+  }
+  r.decode_seconds = seconds_since(t0);
+  return r;
+}
+
 }  // namespace
 
 GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& prompt, const GenerateOptions& opt,
@@ -19,6 +53,7 @@ GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& p
   RILL_CHECK(!prompt.empty(), "the prompt is empty (give at least one token)");
   RILL_CHECK(opt.max_new_tokens >= 0, "max_new_tokens must be >= 0");
   RILL_CHECK(opt.prefill_chunk > 0, "prefill_chunk must be positive");
+  if (opt.kv_policy.rolling()) return generate_rolling(model, kv, prompt, opt, on_token);
   const int total = int(prompt.size()) + opt.max_new_tokens;
   BlockManager& blocks = kv.blocks();
   std::vector<int32_t> table;
@@ -59,8 +94,7 @@ GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& p
   for (int i = 0; i < opt.max_new_tokens; ++i) {
     const int32_t tok = sampler.sample(next.data(), int(vocab));
     r.ids.push_back(tok);
-    const bool eos = opt.stop_at_eos && (std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end() ||
-                                         std::find(opt.stop_ids.begin(), opt.stop_ids.end(), tok) != opt.stop_ids.end());
+    const bool eos = is_stop(c, opt, tok);
     if (on_token && !on_token(tok)) break;
     if (eos || i + 1 == opt.max_new_tokens) break;
     Batch b;

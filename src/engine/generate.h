@@ -9,6 +9,7 @@
 
 #include "engine/sampler.h"
 #include "kv/kv_cache.h"
+#include "kv/kv_policy.h"
 #include "model/model.h"
 
 namespace rill {
@@ -20,6 +21,7 @@ struct GenerateOptions {
   std::vector<int32_t> stop_ids;  // more end-of-sequence ids (e.g. a chat template's end-of-turn token)
   int prefill_chunk = 512;       // prompt tokens per forward step
   bool keep_prompt_logits = false;  // return logits at every prompt position
+  KvPolicy kv_policy;  // sink/window: the run may exceed the model's context, in constant memory
 };
 
 struct GenerateResult {

@@ -17,5 +17,5 @@ done
 .device/bin/rill generate --model "$work/rill-tiny" --prompt "Once upon a time" -n 80 --temperature 0 2>&1 | tee "$work/rill-sample.txt"
 tar -C "$work" -cf "$work.tar" --exclude='*.tar' .
 split -b 15M -d "$work.tar" "$OUT/rill-tiny.tar.part"
-cp "$work/train.log" "$work/check.jsonl" "$work/report.json" "$OUT/" 2>/dev/null
+cp "$work/report.json" "$OUT/" 2>/dev/null
 ls -la "$OUT"
