@@ -142,7 +142,6 @@ def train(name, train_ids, val_windows, tok, args, out_dir):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
                             lr=peak, betas=(0.9, 0.95), eps=1e-8, fused=True)
     data = torch.from_numpy(train_ids).cuda()
-    bos = tok.token_to_id("<|bos|>")
     offsets_all = rng.integers(0, len(train_ids) - CONTEXT - 1, size=(args.steps, args.batch))
     arange = torch.arange(CONTEXT + 1, device="cuda")
     curve = []
@@ -152,7 +151,6 @@ def train(name, train_ids, val_windows, tok, args, out_dir):
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args.steps, peak)
         x = data[torch.from_numpy(offsets_all[step]).cuda()[:, None] + arange]
-        x[:, 0] = bos  # every window starts with <|bos|>, as every prompt does: the model's attention sink
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(input_ids=x[:, :-1]).logits
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
@@ -212,7 +210,6 @@ def main():
     write_tokenizer_reference(f"{args.out}/tokenizer", val_texts, f"{args.out}/tokenizer-reference.json")
     n_val = min(256, (len(val_ids) - 1) // (CONTEXT + 1))
     val_windows = torch.from_numpy(val_ids[:n_val * (CONTEXT + 1)].reshape(n_val, CONTEXT + 1)).cuda()
-    val_windows[:, 0] = tok.token_to_id("<|bos|>")  # as in training
     report = {"tokenizer": {"vocab": tok.get_vocab_size(), "train_tokens": int(len(train_ids)),
                             "val_tokens": int(len(val_ids)), "train_bytes": corpus_bytes,
                             "bytes_per_token": round(corpus_bytes / len(train_ids), 3)},
@@ -225,8 +222,7 @@ def main():
 
     # Figures of the exported bf16 weights, computed in f32 (as rill's CPU backend computes).
     logits_of = {}
-    held = torch.from_numpy(val_ids[-257:-1]).cuda()[None].clone()  # 256 held-out tokens, outside the val windows
-    held[0, 0] = tok.token_to_id("<|bos|>")
+    held = torch.from_numpy(val_ids[-257:-1]).cuda()[None]  # 256 held-out tokens, outside the val windows
     for name in names:
         model = load_f32(f"{args.out}/{name}")
         loss = evaluate(model, val_windows)
