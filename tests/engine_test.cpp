@@ -48,6 +48,7 @@ class EngineTest : public testing::TestWithParam<std::string> {
     opt.max_new_tokens = r.max_tokens;
     opt.sampling = r.sampling;
     opt.stop_at_eos = !r.ignore_eos;
+    opt.kv_policy = r.kv_policy;
     return generate(*model_, kv, r.prompt, opt).ids;
   }
   std::vector<Request> mixed_requests(int n, uint32_t seed, const std::vector<int32_t>& shared_prefix = {}) {
@@ -109,6 +110,22 @@ TEST_P(EngineTest, BatchInvariantWithChunkedPrefill) {
   EngineMetrics m;
   run_and_compare(mixed_requests(24, 7), cfg, &m);
   EXPECT_GT(m.steps, 24);
+}
+
+// Requests under the sink policy (4 sinks + a 32-token window, far shorter than prompt + output) run beside
+// ordinary ones: both get exactly their tokens alone, and the rolling ones hold a bounded number of blocks.
+TEST_P(EngineTest, RollingRequestsBesideOrdinaryOnes) {
+  auto reqs = mixed_requests(16, 31);
+  for (size_t i = 0; i < reqs.size(); i += 2) {
+    reqs[i].kv_policy = KvPolicy::parse("sink", 4, 32);
+    reqs[i].max_tokens = 40 + int(i);
+  }
+  reqs[2].kv_policy = KvPolicy::parse("window", 0, 32);
+  EngineConfig cfg;
+  cfg.num_blocks = 256;
+  cfg.max_batch_tokens = 24;
+  cfg.max_num_seqs = 16;
+  run_and_compare(reqs, cfg);
 }
 
 TEST_P(EngineTest, PrefixReuseGivesSameTokens) {

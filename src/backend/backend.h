@@ -34,10 +34,10 @@ struct AttentionBatch {
   Tensor ctx_len;       // [num_seqs]
   Tensor block_tables;  // [num_seqs, max_blocks_per_seq]
   Tensor token_seq;     // [num_tokens]: the sequence each token belongs to
-  // Rolling KV (attention sinks), empty when no sequence uses it: sequence s scores its first sinks[s] entries
-  // with the sink query (q_sink) and skips entries [sinks[s], hole_end[s]).
+  // Rolling KV (attention sinks), empty when no sequence uses it: token t of sequence s scores the first
+  // sinks[s] entries with the sink query (q_sink) and skips entries [sinks[s], hole_end[t]).
   Tensor sinks;     // [num_seqs]
-  Tensor hole_end;  // [num_seqs]
+  Tensor hole_end;  // [num_tokens]
 };
 
 // The weights of one expert of a sparse MoE feed-forward.

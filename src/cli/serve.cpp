@@ -25,6 +25,7 @@ Run add_serve(CLI::App& app) {
     std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory = "2GiB";
     int port = 8000, block_size = 16, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
     int max_model_len = 0, threads = 0;
+    KvPolicyArgs kv;
     size_t max_body = 16u << 20;
   };
   auto a = std::make_shared<Args>();
@@ -44,6 +45,7 @@ Run add_serve(CLI::App& app) {
   app.add_option("--max-waiting", a->max_waiting, "Most requests queued before the server answers 503")->check(CLI::PositiveNumber);
   app.add_option("--max-model-len", a->max_model_len, "Context limit for prompt + max_tokens (0: the model's)")
       ->check(CLI::NonNegativeNumber);
+  add_kv_policy_options(app, a->kv);
   app.add_option("--threads", a->threads, "CPU threads for the model (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--max-body-bytes", a->max_body, "Largest request body accepted (413 beyond)");
   return [a] {
@@ -99,6 +101,12 @@ Run add_serve(CLI::App& app) {
     info.tokenizer = tok.get();
     info.chat_template = tmpl.get();
     info.max_model_len = engine.max_model_len();
+    info.block_size = a->block_size;
+    {
+      ModelConfig limits = model.config();
+      limits.max_position_embeddings = engine.max_model_len();
+      info.default_kv_policy = a->kv.finish(limits, a->block_size);
+    }
     ServerConfig sc;
     sc.host = a->host;
     sc.port = a->port;

@@ -67,6 +67,13 @@ std::shared_ptr<RequestStream> Engine::submit(Request r) {
   RILL_CHECK(r.max_tokens >= 1, "max_tokens: must be at least 1");
   RILL_CHECK(r.logprobs <= 20, "logprobs: at most 20 alternatives");
   r.sampling.validate();
+  if (r.kv_policy.rolling()) {
+    r.kv_policy.validate(config_.block_size, config_.max_model_len);
+    const int need = SinkWindowState::max_blocks(r.kv_policy, config_.block_size);
+    RILL_CHECK(need <= config_.num_blocks, "kv_policy: sinks + window need " + std::to_string(need) +
+                                               " KV blocks; the cache has " + std::to_string(config_.num_blocks));
+    return enqueue(std::move(r));
+  }
   const int64_t total = int64_t(r.prompt.size()) + r.max_tokens;
   RILL_CHECK(total <= config_.max_model_len,
              "prompt (" + std::to_string(r.prompt.size()) + " tokens) + max_tokens (" + std::to_string(r.max_tokens) +
@@ -75,6 +82,10 @@ std::shared_ptr<RequestStream> Engine::submit(Request r) {
   RILL_CHECK(total <= int64_t(config_.num_blocks) * config_.block_size,
              "prompt + max_tokens = " + std::to_string(total) + " tokens does not fit the KV cache (" +
                  std::to_string(int64_t(config_.num_blocks) * config_.block_size) + " tokens)");
+  return enqueue(std::move(r));
+}
+
+std::shared_ptr<RequestStream> Engine::enqueue(Request r) {
   auto stream = std::make_shared<RequestStream>();
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -151,8 +162,17 @@ void Engine::step() {
     Batch batch;
     std::vector<const ScheduledChunk*> sampled;
     for (const auto& c : chunks) {
-      batch.add_sequence(std::vector<int32_t>(c.seq->tokens.begin() + c.start, c.seq->tokens.begin() + c.start + c.count),
-                         c.start, c.start, c.seq->blocks, config_.block_size, c.sample ? Logits::Last : Logits::None);
+      Sequence* s = c.seq;
+      int index = c.start;
+      RollingView view;
+      if (s->is_rolling()) {
+        const KvPolicy& p = s->request.kv_policy;
+        index = s->rolling.cache_index(c.start, p, config_.block_size);
+        auto v = s->rolling.view(c.start, c.count, p, config_.block_size);
+        view = {v.active, v.sinks, std::move(v.hole_end), std::move(v.sink_pos)};
+      }
+      batch.add_sequence(std::vector<int32_t>(s->tokens.begin() + c.start, s->tokens.begin() + c.start + c.count),
+                         c.start, index, s->blocks, config_.block_size, c.sample ? Logits::Last : Logits::None, view);
       if (c.sample) sampled.push_back(&c);
     }
     model_.forward(batch, kv_, &logits_);
@@ -165,7 +185,8 @@ void Engine::step() {
       Sequence* s = c.seq;
       if (c.start < s->prompt_len) counters_.prompt_tokens += std::min(c.start + c.count, s->prompt_len) - c.start;
       s->computed = c.start + c.count;
-      kv_.blocks().commit_full_blocks(s->tokens, s->blocks, s->computed);
+      if (!s->is_rolling() || s->rolling.evicted_blocks == 0)  // after an eviction the table no longer maps the stream
+        kv_.blocks().commit_full_blocks(s->tokens, s->blocks, s->computed);
     }
     for (size_t k = 0; k < sampled.size(); ++k) {
       Sequence* s = sampled[k]->seq;

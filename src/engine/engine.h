@@ -45,13 +45,14 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Validates (rill::Error names the parameter) and queues the request. Throws EngineFull when the waiting
-  // queue is at max_waiting.
+  // queue is at max_waiting. A request under a rolling KV policy (sinks + window) has no context limit.
   std::shared_ptr<RequestStream> submit(Request request);
   EngineMetrics metrics() const;
   const EngineConfig& config() const { return config_; }
   int max_model_len() const { return config_.max_model_len; }
 
  private:
+  std::shared_ptr<RequestStream> enqueue(Request request);
   void loop();
   void step();
   void finish(Sequence* s, FinishReason reason, const std::string& error = "");

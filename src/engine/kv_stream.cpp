@@ -15,7 +15,10 @@ KvStream::KvStream(Model& model, KvCache& kv, KvPolicy policy, int max_chunk)
 KvStream::~KvStream() { kv_.blocks().release(&table_); }
 
 int64_t KvStream::visible() const {
-  return policy_.rolling() ? state_.visible(length_, policy_, kv_.block_size()) : length_;
+  if (!policy_.rolling()) return length_;
+  const int bs = kv_.block_size();
+  const SinkWindowState last{state_.evictions_for(length_, policy_, bs)};  // what the last token saw
+  return last.visible(length_, policy_, bs);
 }
 
 void KvStream::feed(const std::vector<int32_t>& tokens, Logits mode, std::vector<float>* logits) {
@@ -29,10 +32,10 @@ void KvStream::feed(const std::vector<int32_t>& tokens, Logits mode, std::vector
     RollingView view;
     int entries;
     if (policy_.rolling()) {
-      n = state_.max_chunk(length_, n, policy_, bs);
+      n = std::min(n, SinkWindowState::max_chunk(policy_));
       entries = state_.prepare(length_, n, policy_, kv_.blocks(), &table_);
-      const auto v = state_.view(length_, policy_, bs);
-      view = {v.sinks, v.hole_end, v.sink_start_pos};
+      auto v = state_.view(length_, n, policy_, bs);
+      view = {v.active, v.sinks, std::move(v.hole_end), std::move(v.sink_pos)};
     } else {
       entries = int(length_) + n;
     }
@@ -52,6 +55,7 @@ void KvStream::feed(const std::vector<int32_t>& tokens, Logits mode, std::vector
     done += size_t(n);
   }
   if (logits && mode == Logits::Last) RILL_CHECK(logits->size() == vocab, "KvStream: no logits");
+  (void)vocab;
 }
 
 }  // namespace rill

@@ -24,7 +24,7 @@ class KvStream {
   void feed(const std::vector<int32_t>& tokens, Logits mode, std::vector<float>* logits);
 
   int64_t length() const { return length_; }  // tokens fed so far
-  int64_t visible() const;                    // tokens the next token attends to (itself excluded)
+  int64_t visible() const;                    // tokens the last fed token attended to (itself included)
   int blocks_held() const { return int(table_.size()); }
   const KvPolicy& policy() const { return policy_; }
 

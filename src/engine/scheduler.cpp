@@ -42,8 +42,18 @@ void Scheduler::preempt(size_t i) {
   running_.erase(running_.begin() + long(i));
   blocks_.release(&s->blocks);
   s->computed = 0;  // recomputed from its tokens (prompt and output so far) when admitted again
+  s->rolling = SinkWindowState{};
   waiting_.push_front(std::move(s));
   ++preemptions_;
+}
+
+int Scheduler::chunk_for(Sequence* s, int n) const {
+  return s->is_rolling() ? std::min(n, SinkWindowState::max_chunk(s->request.kv_policy)) : n;
+}
+
+int Scheduler::entries_for(Sequence* s, int n) {
+  if (!s->is_rolling()) return s->computed + n;
+  return s->rolling.prepare(s->computed, n, s->request.kv_policy, blocks_, &s->blocks);
 }
 
 std::vector<ScheduledChunk> Scheduler::schedule() {
@@ -69,7 +79,7 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
       ++i;
       continue;
     }
-    if (!reserve(s, int(s->tokens.size()))) continue;  // s was the newest: running_[i] is now another one
+    if (!reserve(s, entries_for(s, 1))) continue;  // s was the newest: running_[i] is now another one
     out.push_back({s, s->computed, 1, true});
     --budget;
     ++i;
@@ -81,8 +91,8 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
       ++i;
       continue;
     }
-    const int n = std::min(s->remaining(), budget);
-    if (!reserve(s, s->computed + n)) continue;
+    const int n = chunk_for(s, std::min(s->remaining(), budget));
+    if (!reserve(s, entries_for(s, n))) continue;
     out.push_back({s, s->computed, n, s->computed + n == int(s->tokens.size())});
     budget -= n;
     ++i;
@@ -91,16 +101,27 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
   while (budget > 0 && !waiting_.empty() && int(running_.size()) < config_.max_num_seqs) {
     Sequence* s = waiting_.front().get();
     if (s->blocks.empty()) {
-      const int matched = blocks_.match_prefix(s->tokens, &s->blocks);
+      int matched = blocks_.match_prefix(s->tokens, &s->blocks);
+      if (s->is_rolling()) {
+        // Reuse only what a rolling sequence sees before its first eviction (the cached blocks were computed
+        // with everything before them in view).
+        const KvPolicy& p = s->request.kv_policy;
+        const int keep = std::min<int>(int(s->blocks.size()), (p.sinks + p.window) / blocks_.block_size());
+        std::vector<int32_t> extra(s->blocks.begin() + keep, s->blocks.end());
+        blocks_.release(&extra);
+        s->blocks.resize(size_t(keep));
+        matched = std::min(matched, keep * blocks_.block_size());
+      }
       s->computed = matched;
       if (!s->admitted_once) s->cached_tokens = std::min(matched, s->prompt_len);
     }
-    const int n = std::min(s->remaining(), budget);
-    if (!blocks_.grow(s->computed + n, &s->blocks)) {
+    const int n = chunk_for(s, std::min(s->remaining(), budget));
+    if (!blocks_.grow(entries_for(s, n), &s->blocks)) {
       // Not enough free blocks now. Give back the prefix blocks too, so a sequence that can never fit
       // does not pin them; it keeps its place at the head of the queue.
       blocks_.release(&s->blocks);
       s->computed = 0;
+      s->rolling = SinkWindowState{};
       break;
     }
     s->admitted_once = true;

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/sampler.h"
+#include "kv/kv_policy.h"
 
 namespace rill {
 
@@ -28,6 +29,7 @@ struct Request {
   bool ignore_eos = false;
   std::vector<int32_t> stop_ids;  // more end-of-sequence ids
   int logprobs = -1;  // >= 0: report the sampled token's log-probability and this many top alternatives
+  KvPolicy kv_policy;  // sink/window: no context limit, constant memory (prompt + output may exceed the model's context)
 };
 
 // One thing a request's stream reports: a token, or the end (with why and the token counts).
@@ -68,6 +70,7 @@ struct Sequence {
   int cached_tokens = 0;  // prompt tokens found in the prefix cache at first admission
   bool admitted_once = false;
   std::vector<int32_t> blocks;
+  SinkWindowState rolling;  // under a sink/window KV policy: what has been evicted
   Request request;
   Sampler sampler;
   std::shared_ptr<RequestStream> stream;
@@ -79,6 +82,7 @@ struct Sequence {
   }
   int generated() const { return int(tokens.size()) - prompt_len; }
   int remaining() const { return int(tokens.size()) - computed; }  // tokens still to run through the model
+  bool is_rolling() const { return request.kv_policy.rolling(); }
 };
 
 }  // namespace rill

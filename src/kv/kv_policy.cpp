@@ -45,24 +45,10 @@ int SinkWindowState::evictions_for(int64_t end, const KvPolicy& p, int bs) const
   return int(std::max<int64_t>({1, int64_t(evicted_blocks), need}));
 }
 
-int SinkWindowState::max_chunk(int64_t computed, int want, const KvPolicy& p, int bs) const {
-  auto fits = [&](int n) {
-    SinkWindowState next{evictions_for(computed + n, p, bs)};
-    return next.evicted_blocks == 0 || next.window_start(p, bs) <= computed;
-  };
-  if (fits(want)) return want;
-  int lo = 1, hi = want;  // fits(lo), !fits(hi)
-  while (hi - lo > 1) {
-    const int mid = lo + (hi - lo) / 2;
-    (fits(mid) ? lo : hi) = mid;
-  }
-  return lo;
-}
-
 int SinkWindowState::prepare(int64_t computed, int n, const KvPolicy& p, BlockManager& blocks,
                              std::vector<int32_t>* table) {
   const int bs = blocks.block_size();
-  const int target = evictions_for(computed + n, p, bs);
+  const int target = evictions_for(computed + 1, p, bs);
   if (target > evicted_blocks) {
     const int sb = sink_blocks(p, bs);
     // Table: [sink blocks][window blocks from stream block sb + evicted_blocks on].
@@ -73,6 +59,24 @@ int SinkWindowState::prepare(int64_t computed, int n, const KvPolicy& p, BlockMa
     evicted_blocks = target;
   }
   return cache_index(computed + n - 1, p, bs) + 1;
+}
+
+SinkWindowState::View SinkWindowState::view(int64_t start, int n, const KvPolicy& p, int bs) const {
+  View v;
+  for (int i = 0; i < n; ++i) {
+    const int64_t t = start + i;
+    const SinkWindowState own{evictions_for(t + 1, p, bs)};  // what t sees when the stream runs token by token
+    if (own.evicted_blocks == 0) {
+      v.hole_end.push_back(p.sinks);
+      v.sink_pos.push_back(int32_t(t));
+    } else {
+      v.active = true;
+      v.sinks = p.sinks;
+      v.hole_end.push_back((sink_blocks(p, bs) + own.evicted_blocks - evicted_blocks) * bs);
+      v.sink_pos.push_back(int32_t(own.cache_position(t, p, bs)));
+    }
+  }
+  return v;
 }
 
 }  // namespace rill

@@ -15,6 +15,7 @@
 // in the millions stay exact.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -61,21 +62,25 @@ struct SinkWindowState {
   // Total window blocks that must be evicted (>= evicted_blocks) so that a stream of `end` tokens shows at most
   // sinks + window of them.
   int evictions_for(int64_t end, const KvPolicy& p, int bs) const;
-  // The most tokens (<= want, >= 1) one step may add after `computed` so that all of them stay visible.
-  int max_chunk(int64_t computed, int want, const KvPolicy& p, int bs) const;
-  // Before running stream tokens [computed, computed + n): evicts the window blocks the policy says must go
-  // (their references are released) and returns the number of cache entries the table must then hold.
+  // The most tokens one forward step may run (bounds the table at window + window/4 entries).
+  static int max_chunk(const KvPolicy& p) { return std::max(1, p.window / 4); }
+  // Before running stream tokens [computed, computed + n): evicts the window blocks that even the first of them
+  // no longer sees (their references are released) and returns the number of cache entries the table must then
+  // hold. Later tokens of the chunk mask the extra entries, so every token sees exactly what it would see if the
+  // stream ran one token at a time: results do not depend on how the stream is chunked.
   int prepare(int64_t computed, int n, const KvPolicy& p, BlockManager& blocks, std::vector<int32_t>* table);
-  // What attention needs to know for a chunk starting at stream index `start`.
+  // What attention needs for tokens [start, start + n) after prepare(): per token, the end of the masked hole
+  // after the sinks (cache index) and the cache position its query is rotated at to score the sinks.
   struct View {
-    int sinks, hole_end, sink_start_pos;
+    bool active = false;  // some token of the chunk no longer sees the whole stream
+    int sinks = 0;
+    std::vector<int32_t> hole_end, sink_pos;
   };
-  View view(int64_t start, const KvPolicy& p, int bs) const {
-    if (evicted_blocks == 0) return {0, 0, int(start)};
-    return {p.sinks, sink_blocks(p, bs) * bs, int(cache_position(start, p, bs))};
+  View view(int64_t start, int n, const KvPolicy& p, int bs) const;
+  // Blocks a sequence holds at most: sink blocks, the window, a chunk, and a partly filled block.
+  static int max_blocks(const KvPolicy& p, int bs) {
+    return sink_blocks(p, bs) + (p.window + max_chunk(p) + bs - 1) / bs + 1;
   }
-  // Blocks a sequence holds at most: sink blocks + the window + one partly filled block.
-  static int max_blocks(const KvPolicy& p, int bs) { return sink_blocks(p, bs) + (p.window + bs - 1) / bs + 1; }
 };
 
 }  // namespace rill

@@ -13,7 +13,8 @@ void Batch::add_sequence(const std::vector<int32_t>& new_tokens, int start_pos, 
     const int index = start_index + int(i);
     tokens.push_back(new_tokens[i]);
     positions.push_back(start_pos + int(i));
-    sink_positions.push_back(rolling.sinks > 0 ? rolling.sink_start_pos + int(i) : start_pos + int(i));
+    sink_positions.push_back(rolling.active ? rolling.sink_pos[i] : start_pos + int(i));
+    hole_end.push_back(rolling.active ? std::max(rolling.sinks, rolling.hole_end[i]) : 0);
     slots.push_back(block_table[size_t(index / block_size)] * block_size + index % block_size);
     if (logits == Logits::All) logit_rows.push_back(first + int(i));
   }
@@ -21,14 +22,8 @@ void Batch::add_sequence(const std::vector<int32_t>& new_tokens, int start_pos, 
   q_start.push_back(num_tokens());
   ctx_len.push_back(start_index + int(new_tokens.size()));
   block_tables.push_back(block_table);
-  sinks.push_back(rolling.sinks);
-  hole_end.push_back(std::max(rolling.sinks, rolling.hole_end));
-}
-
-bool Batch::any_sinks() const {
-  for (int s : sinks)
-    if (s > 0) return true;
-  return false;
+  sinks.push_back(rolling.active ? rolling.sinks : 0);
+  this->rolling = this->rolling || rolling.active;
 }
 
 }  // namespace rill

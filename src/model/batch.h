@@ -13,12 +13,13 @@ namespace rill {
 // (to sample the next token), or all (scoring a prompt).
 enum class Logits { None, Last, All };
 
-// A sequence under a rolling (attention-sink) KV policy: its first `sinks` KV entries are scored with the
-// query rotated at `sink_start_pos` + i (its cache position) instead of its stream position, and entries
-// [sinks, hole_end) are skipped. Default: none of that.
+// A sequence under a rolling (attention-sink) KV policy, when active: its first `sinks` KV entries are scored
+// with the query rotated at sink_pos[i] (token i's cache position) instead of its stream position, and token i
+// skips entries [sinks, hole_end[i]). Default (inactive): none of that.
 struct RollingView {
-  int sinks = 0, hole_end = 0;
-  int sink_start_pos = -1;
+  bool active = false;
+  int sinks = 0;
+  std::vector<int32_t> hole_end, sink_pos;  // per new token
 };
 
 struct Batch {
@@ -29,10 +30,11 @@ struct Batch {
   std::vector<int32_t> ctx_len;    // [num_seqs]: KV entries visible to the sequence after this step
   std::vector<std::vector<int32_t>> block_tables;  // [num_seqs][blocks]
   std::vector<int32_t> logit_rows;  // token indices whose logits are wanted, in output order
-  // Rolling KV (see RollingView): per token, the position its query is rotated at to score sinks; per
-  // sequence, the sink entries and the end of the masked hole after them.
-  std::vector<int32_t> sink_positions;  // [n]
-  std::vector<int32_t> sinks, hole_end;  // [num_seqs]
+  // Rolling KV (see RollingView): per token, the position its query is rotated at to score sinks and the end
+  // of its masked hole; per sequence, the sink entries.
+  std::vector<int32_t> sink_positions, hole_end;  // [n]
+  std::vector<int32_t> sinks;                     // [num_seqs]
+  bool rolling = false;                           // some sequence has an active RollingView
 
   int num_tokens() const { return int(tokens.size()); }
   int num_seqs() const { return int(ctx_len.size()); }
@@ -40,7 +42,7 @@ struct Batch {
   void add_sequence(const std::vector<int32_t>& new_tokens, int start_pos, int start_index,
                     const std::vector<int32_t>& block_table, int block_size, Logits logits,
                     const RollingView& rolling = {});
-  bool any_sinks() const;
+  bool any_rolling() const { return rolling; }
 };
 
 }  // namespace rill

@@ -221,7 +221,7 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits)
   ab.block_tables = upload_i32(tables);
   ab.token_seq = upload_i32(token_seq);
   // Rolling KV: queries are also rotated at their cache positions, to score the attention sinks.
-  const bool sinks = batch.any_sinks();
+  const bool sinks = batch.any_rolling();
   Tensor sink_positions, identity;
   if (sinks) {
     ab.sinks = upload_i32(batch.sinks);

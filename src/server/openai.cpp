@@ -69,6 +69,26 @@ std::string message_text(const json& content, size_t index) {
 
 }  // namespace
 
+KvPolicy parse_kv_policy(const json& b, const ModelInfo& m) {
+  if (!b.contains("kv_policy") || b["kv_policy"].is_null()) return m.default_kv_policy;
+  const json& k = b["kv_policy"];
+  if (!k.is_object() || !k.contains("type") || !k["type"].is_string())
+    throw bad_request("'kv_policy' must be an object like {\"type\": \"sink\", \"sinks\": 4, \"window\": 1024}",
+                      "kv_policy");
+  const int sinks = int(integer(k, "sinks", 4, 0, 1 << 20));
+  const int window = int(integer(k, "window", std::min(1024, m.max_model_len - sinks), 1, 1 << 30));
+  try {
+    KvPolicy p = KvPolicy::parse(k["type"].get<std::string>(), sinks, window, "kv_policy.type");
+    if (p.rolling() && p.sinks == 0 && !k.contains("window")) p.window = std::min(1024, m.max_model_len);
+    p.validate(m.block_size, m.max_model_len, "kv_policy");
+    return p;
+  } catch (const ApiError&) {
+    throw;
+  } catch (const Error& e) {
+    throw bad_request(e.what(), "kv_policy");
+  }
+}
+
 CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m) {
   if (!b.is_object()) throw bad_request("the request body must be a JSON object");
   if (b.contains("model") && !b["model"].is_string()) throw bad_request("'model' must be a string", "model");
@@ -103,6 +123,7 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
   }
   base.ignore_eos = boolean(b, "ignore_eos", false);
   base.stop_ids = m.stop_ids;
+  base.kv_policy = parse_kv_policy(b, m);
 
   if (b.contains("stop") && !b["stop"].is_null()) {
     const json& s = b["stop"];
@@ -192,9 +213,10 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
     q.logprobs = r.logprobs;
     const int room = m.max_model_len - int(q.prompt.size());
     const char* key = b.contains("max_completion_tokens") && !b["max_completion_tokens"].is_null() ? "max_completion_tokens" : "max_tokens";
-    const int64_t fallback = chat ? std::max(1, room) : 16;
+    // Under a rolling KV policy there is no context limit: a chat answer defaults to the model's context.
+    const int64_t fallback = chat ? (q.kv_policy.rolling() ? m.max_model_len : std::max(1, room)) : 16;
     q.max_tokens = int(integer(b, key, fallback, 1, 1 << 30));
-    if (int64_t(q.prompt.size()) + q.max_tokens > m.max_model_len)
+    if (!q.kv_policy.rolling() && int64_t(q.prompt.size()) + q.max_tokens > m.max_model_len)
       throw bad_request("this model's maximum context length is " + std::to_string(m.max_model_len) +
                             " tokens; the prompt has " + std::to_string(q.prompt.size()) + " tokens and " + key + " is " +
                             std::to_string(q.max_tokens),

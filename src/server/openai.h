@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "engine/sequence.h"
+#include "kv/kv_policy.h"
 #include "template/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -38,6 +39,8 @@ struct ModelInfo {
   std::string bos_token, eos_token;
   std::vector<int32_t> stop_ids;  // e.g. the template's end-of-turn token
   int max_model_len = 0;
+  int block_size = 16;
+  KvPolicy default_kv_policy;  // for requests without "kv_policy" (rill serve --kv-policy)
 };
 
 struct CompletionRequest {
@@ -50,6 +53,10 @@ struct CompletionRequest {
   std::vector<std::string> stop;
   std::string user;
 };
+
+// The "kv_policy" extension field ({"type": "dense" | "sink" | "window", "sinks": 4, "window": 1024}), or the
+// server's default when absent. 400 naming kv_policy when invalid.
+KvPolicy parse_kv_policy(const json& body, const ModelInfo& model);
 
 // Parses and validates a /v1/completions (chat=false) or /v1/chat/completions body.
 CompletionRequest parse_completion(const json& body, bool chat, const ModelInfo& model);
