@@ -241,6 +241,41 @@ TEST(Server, ErrorsAreOpenAiShaped) {
   EXPECT_EQ(f.blocks_used(), 0);
 }
 
+// A conversation longer than the model's context: 400 with the dense policy, answered under "kv_policy": sink.
+TEST(Server, SinkPolicyServesPromptsBeyondTheContext) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  std::string history;
+  for (int i = 0; i < 200; ++i) history += "word" + std::to_string(i) + " ";
+  json req = {{"messages", {{{"role", "user"}, {"content", history}}}}, {"max_tokens", 40}, {"temperature", 0}};
+  int status = 0;
+  const json refused = f.post("/v1/chat/completions", req, &status);
+  EXPECT_EQ(status, 400) << refused.dump();
+  req["kv_policy"] = {{"type", "sink"}, {"sinks", 4}, {"window", 128}};
+  const json r = f.post("/v1/chat/completions", req, &status);
+  ASSERT_EQ(status, 200) << r.dump();
+  EXPECT_GT(r["usage"]["prompt_tokens"].get<int>(), 512);
+  EXPECT_EQ(r["usage"]["completion_tokens"], 40);
+  // Streamed: the same answer.
+  req["stream"] = true;
+  std::string streamed;
+  for (const auto& e : f.stream("/v1/chat/completions", req))
+    if (e != "[DONE]") {
+      const json c = json::parse(e);
+      if (!c["choices"].empty() && c["choices"][0]["delta"].contains("content"))
+        streamed += c["choices"][0]["delta"]["content"].get<std::string>();
+    }
+  EXPECT_EQ(streamed, r["choices"][0]["message"]["content"].get<std::string>());
+  EXPECT_EQ(f.blocks_used(), 0);
+  // Bad policies are 400s naming kv_policy.
+  for (const json& bad : {json("sink"), json({{"type", "rolling"}}), json({{"type", "sink"}, {"window", 8}}),
+                          json({{"type", "sink"}, {"window", 4096}}), json({{"type", "sink"}, {"sinks", -1}})}) {
+    const json e = f.post("/v1/completions", {{"prompt", "x"}, {"kv_policy", bad}}, &status);
+    EXPECT_EQ(status, 400) << bad.dump();
+    EXPECT_EQ(e["error"]["param"].get<std::string>().rfind("kv_policy", 0), 0u) << e.dump();
+  }
+}
+
 TEST(Server, ApiKey) {
   if (!have_fixtures()) GTEST_SKIP();
   ServerConfig sc;

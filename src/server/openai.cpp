@@ -75,8 +75,13 @@ KvPolicy parse_kv_policy(const json& b, const ModelInfo& m) {
   if (!k.is_object() || !k.contains("type") || !k["type"].is_string())
     throw bad_request("'kv_policy' must be an object like {\"type\": \"sink\", \"sinks\": 4, \"window\": 1024}",
                       "kv_policy");
-  const int sinks = int(integer(k, "sinks", 4, 0, 1 << 20));
-  const int window = int(integer(k, "window", std::min(1024, m.max_model_len - sinks), 1, 1 << 30));
+  int sinks = 0, window = 0;
+  try {
+    sinks = int(integer(k, "sinks", 4, 0, 1 << 20));
+    window = int(integer(k, "window", std::min(1024, m.max_model_len - sinks), 1, 1 << 30));
+  } catch (const ApiError& e) {
+    throw bad_request(std::string("kv_policy: ") + e.what(), "kv_policy." + e.param);
+  }
   try {
     KvPolicy p = KvPolicy::parse(k["type"].get<std::string>(), sinks, window, "kv_policy.type");
     if (p.rolling() && p.sinks == 0 && !k.contains("window")) p.window = std::min(1024, m.max_model_len);
