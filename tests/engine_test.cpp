@@ -158,9 +158,110 @@ TEST_P(EngineTest, PreemptionLosesNothing) {
   EXPECT_GT(m.preemptions, 0) << "the cache was meant to be too small";
 }
 
+// A streaming session: appends in pieces, generates, appends again, generates again; each generation equals a
+// single sink-policy run over the session's whole history, and ordinary requests beside it are unchanged.
+TEST_P(EngineTest, SessionEqualsOneStreamAndLeavesOthersAlone) {
+  const KvPolicy policy = KvPolicy::parse("sink", 4, 32);
+  const auto others = mixed_requests(6, 41);
+  std::vector<std::vector<int32_t>> expected;
+  for (const auto& r : others) expected.push_back(alone(r));
+  EngineConfig cfg;
+  cfg.num_blocks = 256;
+  cfg.max_batch_tokens = 24;
+  Engine engine(*model_, cfg);
+  const uint64_t id = engine.create_session(policy);
+  std::vector<std::shared_ptr<RequestStream>> streams;
+  for (const auto& r : others) streams.push_back(engine.submit(r));
+  std::vector<int32_t> history;
+  std::mt19937 rng(5);
+  auto append = [&](int n) {
+    std::vector<int32_t> t;
+    for (int i = 0; i < n; ++i) t.push_back(int32_t(rng() % uint32_t(model_->config().vocab_size)));
+    engine.append_session(id, t);
+    history.insert(history.end(), t.begin(), t.end());
+  };
+  Request g;
+  g.max_tokens = 20;
+  g.ignore_eos = true;
+  g.sampling.temperature = 0;
+  // The references run after the engine has gone quiet (a Model runs one forward at a time).
+  std::vector<std::vector<int32_t>> contexts, outputs;
+  for (int round = 0; round < 2; ++round) {
+    append(30);
+    append(25);  // while the first piece may still be prefilling
+    contexts.push_back(history);
+    const Result got = drain(*engine.generate_session(id, g));
+    EXPECT_EQ(got.end.finish, FinishReason::Length);
+    outputs.push_back(got.tokens);
+    history.insert(history.end(), got.tokens.begin(), got.tokens.end());
+  }
+  std::vector<Result> other_results;
+  for (auto& st : streams) other_results.push_back(drain(*st));
+  // The session's last generated token is prefilled in one more step; then the loop is idle.
+  for (int tries = 0; tries < 400 && engine.session_status(id).pending > 0; ++tries)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_EQ(engine.session_status(id).pending, 0);
+  for (size_t i = 0; i < others.size(); ++i) EXPECT_EQ(other_results[i].tokens, expected[i]) << "request " << i;
+  for (size_t round = 0; round < contexts.size(); ++round) {
+    Request ref = g;
+    ref.prompt = contexts[round];
+    ref.kv_policy = policy;
+    EXPECT_EQ(outputs[round], alone(ref)) << "round " << round;
+  }
+  const SessionStatus st = engine.session_status(id);
+  EXPECT_EQ(st.tokens, int64_t(history.size()));
+  EXPECT_LE(st.tokens_cached, 4 + 32);
+  EXPECT_LE(st.blocks, SinkWindowState::max_blocks(policy, cfg.block_size));
+  EXPECT_GT(st.kv_bytes, 0u);
+  EXPECT_THROW(engine.session_status(id + 100), SessionNotFound);
+  EXPECT_TRUE(engine.delete_session(id));
+  EXPECT_FALSE(engine.delete_session(id));
+  EngineMetrics m;
+  for (int tries = 0; tries < 200; ++tries) {
+    m = engine.metrics();
+    if (m.sessions == 0 && m.running == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(m.sessions, 0);
+  EXPECT_EQ(m.blocks_free, cfg.num_blocks);
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, EngineTest, testing::Values("llama", "qwen3_moe"));
 
 class EngineBasics : public EngineTest {};
+
+TEST_P(EngineBasics, SessionsExpireAndAreBounded) {
+  EngineConfig cfg;
+  cfg.num_blocks = 64;
+  cfg.max_sessions = 2;
+  cfg.session_ttl_seconds = 0.3;
+  Engine engine(*model_, cfg);
+  const uint64_t a = engine.create_session(KvPolicy::parse("sink", 4, 32));
+  const uint64_t b = engine.create_session(KvPolicy{});
+  EXPECT_THROW(engine.create_session(KvPolicy{}), EngineFull);
+  engine.append_session(a, {1, 2, 3});
+  Request g;
+  g.max_tokens = 100000;
+  g.ignore_eos = true;
+  const auto stream = engine.generate_session(a, g);
+  EXPECT_THROW(engine.append_session(a, {4}), SessionBusy);
+  EXPECT_THROW(engine.generate_session(a, g), SessionBusy);
+  stream->cancel();  // a client going away ends the generation; the session stays
+  EXPECT_EQ(drain(*stream).end.finish, FinishReason::Cancelled);
+  EXPECT_NO_THROW(engine.append_session(a, {4}));
+  g.max_tokens = 3;
+  try {
+    engine.generate_session(b, g);
+    ADD_FAILURE() << "an empty session generated";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("empty"), std::string::npos) << e.what();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  EXPECT_THROW(engine.session_status(a), SessionNotFound);
+  const EngineMetrics m = engine.metrics();
+  EXPECT_GE(m.sessions_expired, 2);
+  EXPECT_EQ(m.blocks_free, cfg.num_blocks);
+}
 
 TEST_P(EngineBasics, CancelFreesBlocks) {
   EngineConfig cfg;

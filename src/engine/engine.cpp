@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <future>
 
 namespace rill {
 
@@ -111,24 +112,237 @@ void Engine::finish(Sequence* s, FinishReason reason, const std::string& error) 
   e.prompt_tokens = s->prompt_len;
   e.completion_tokens = s->generated();
   e.cached_tokens = s->cached_tokens;
-  s->stream->push(std::move(e));
+  if (s->stream) s->stream->push(std::move(e));
+  if (s->session) sessions_.erase(s->session);  // shutting down, or an error: the session goes too
   scheduler_.remove(s);
   ++counters_.requests_finished;
 }
 
+// ---- Streaming sessions (all of this runs on the loop thread, through on_loop) ----
+
+struct Engine::SessionSlot {
+  uint64_t id = 0;
+  std::unique_ptr<Sequence> parked;  // idle, holding its KV blocks
+  Sequence* active = nullptr;        // in the scheduler
+  std::chrono::steady_clock::time_point last_used = std::chrono::steady_clock::now();
+  Sequence* seq() const { return parked ? parked.get() : active; }
+};
+
+template <class F>
+auto Engine::on_loop(F f) -> decltype(f()) {
+  std::packaged_task<decltype(f())()> task(std::move(f));
+  auto result = task.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_) throw EngineFull("the server is shutting down");
+    commands_.push_back([&task] { task(); });
+  }
+  wake_.notify_one();
+  return result.get();
+}
+
+Engine::SessionSlot& Engine::slot(uint64_t id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) throw SessionNotFound("no session " + std::to_string(id) + " (deleted, expired, or never created)");
+  return *it->second;
+}
+
+SessionStatus Engine::status_of(uint64_t id, const SessionSlot& sl) const {
+  const Sequence* s = sl.seq();
+  SessionStatus st;
+  st.id = id;
+  st.kv_policy = s->request.kv_policy;
+  st.tokens = int64_t(s->tokens.size());
+  st.pending = int64_t(s->tokens.size()) - s->computed;
+  st.tokens_cached = s->computed;
+  if (s->is_rolling() && s->computed > 0) {
+    const SinkWindowState last{s->rolling.evictions_for(s->computed, s->request.kv_policy, config_.block_size)};
+    st.tokens_cached = last.visible(s->computed, s->request.kv_policy, config_.block_size);
+  }
+  st.blocks = int(s->blocks.size());
+  st.kv_bytes = size_t(st.blocks) * size_t(config_.block_size) * KvCache::bytes_per_token(model_.config());
+  st.generating = s->generating;
+  st.idle_seconds = sl.active ? 0 : std::chrono::duration<double>(std::chrono::steady_clock::now() - sl.last_used).count();
+  return st;
+}
+
+void Engine::wake_session(SessionSlot& sl) {
+  sl.last_used = std::chrono::steady_clock::now();
+  if (!sl.parked) return;
+  sl.active = sl.parked.get();
+  scheduler_.add(std::move(sl.parked));
+}
+
+void Engine::park(Sequence* s) {
+  SessionSlot& sl = slot(s->session);
+  sl.parked = scheduler_.detach(s);
+  sl.active = nullptr;
+  sl.last_used = std::chrono::steady_clock::now();
+}
+
+void Engine::end_generation(Sequence* s, FinishReason reason) {
+  Event e;
+  e.finish = reason;
+  e.prompt_tokens = s->prompt_len;
+  e.completion_tokens = s->generated();
+  s->stream->push(std::move(e));
+  s->stream.reset();
+  s->generating = false;
+  ++counters_.requests_finished;
+  slot(s->session).last_used = std::chrono::steady_clock::now();
+}
+
+void Engine::expire_sessions() {
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = sessions_.begin(); it != sessions_.end();) {
+    SessionSlot& sl = *it->second;
+    if (sl.parked && std::chrono::duration<double>(now - sl.last_used).count() > config_.session_ttl_seconds) {
+      kv_.blocks().release(&sl.parked->blocks);
+      it = sessions_.erase(it);
+      ++counters_.sessions_expired;
+    } else {
+      ++it;
+    }
+  }
+}
+
+uint64_t Engine::create_session(KvPolicy policy) {
+  if (policy.rolling()) {
+    policy.validate(config_.block_size, config_.max_model_len, "kv_policy");
+    const int need = SinkWindowState::max_blocks(policy, config_.block_size);
+    RILL_CHECK(need <= config_.num_blocks, "kv_policy: sinks + window need " + std::to_string(need) +
+                                               " KV blocks; the cache has " + std::to_string(config_.num_blocks));
+  }
+  uint64_t seq_id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    seq_id = next_id_++;
+  }
+  return on_loop([&]() -> uint64_t {
+    if (int(sessions_.size()) >= config_.max_sessions)
+      throw EngineFull("too many sessions: " + std::to_string(sessions_.size()) + " are open (--max-sessions " +
+                       std::to_string(config_.max_sessions) + "); delete one or wait for one to expire");
+    auto sl = std::make_unique<SessionSlot>();
+    sl->id = next_session_++;
+    Request r;
+    r.kv_policy = policy;
+    r.max_tokens = 0;
+    sl->parked = std::make_unique<Sequence>(seq_id, r, nullptr);
+    sl->parked->session = sl->id;
+    sl->parked->generating = false;
+    const uint64_t id = sl->id;
+    sessions_[id] = std::move(sl);
+    return id;
+  });
+}
+
+SessionStatus Engine::append_session(uint64_t id, const std::vector<int32_t>& tokens) {
+  const int vocab = model_.config().vocab_size;
+  for (int32_t t : tokens)
+    RILL_CHECK(t >= 0 && t < vocab, "tokens: token " + std::to_string(t) + " is outside the vocabulary (" +
+                                        std::to_string(vocab) + " tokens)");
+  return on_loop([&] {
+    SessionSlot& sl = slot(id);
+    Sequence* s = sl.seq();
+    if (s->generating) throw SessionBusy("session " + std::to_string(id) + " is generating; append when it ends");
+    if (!s->is_rolling())
+      RILL_CHECK(int64_t(s->tokens.size() + tokens.size()) <= config_.max_model_len,
+                 "the session would hold " + std::to_string(s->tokens.size() + tokens.size()) +
+                     " tokens, beyond the maximum context length of " + std::to_string(config_.max_model_len) +
+                     " (a session with a sink kv_policy never runs out of context)");
+    s->tokens.insert(s->tokens.end(), tokens.begin(), tokens.end());
+    if (!tokens.empty()) wake_session(sl);
+    return status_of(id, sl);
+  });
+}
+
+std::shared_ptr<RequestStream> Engine::generate_session(uint64_t id, Request r) {
+  RILL_CHECK(r.max_tokens >= 1, "max_tokens: must be at least 1");
+  RILL_CHECK(r.logprobs <= 20, "logprobs: at most 20 alternatives");
+  r.sampling.validate();
+  return on_loop([&] {
+    SessionSlot& sl = slot(id);
+    Sequence* s = sl.seq();
+    if (s->generating) throw SessionBusy("session " + std::to_string(id) + " is already generating");
+    RILL_CHECK(!s->tokens.empty(), "the session is empty: append text before generating");
+    if (!s->is_rolling())
+      RILL_CHECK(int64_t(s->tokens.size()) + r.max_tokens <= config_.max_model_len,
+                 "the session holds " + std::to_string(s->tokens.size()) + " tokens; + max_tokens (" +
+                     std::to_string(r.max_tokens) + ") exceeds the maximum context length of " +
+                     std::to_string(config_.max_model_len));
+    auto stream = std::make_shared<RequestStream>();
+    s->stream = stream;
+    s->request.max_tokens = r.max_tokens;
+    s->request.sampling = r.sampling;
+    s->request.ignore_eos = r.ignore_eos;
+    s->request.stop_ids = r.stop_ids;
+    s->request.logprobs = r.logprobs;
+    s->sampler = Sampler(r.sampling);
+    s->sampler.add_prompt(s->tokens);
+    s->prompt_len = s->gen_start = int(s->tokens.size());
+    s->generating = true;
+    if (s->remaining() == 0) s->computed -= 1;  // run the last token again: its logits give the first new token
+    wake_session(sl);
+    return stream;
+  });
+}
+
+SessionStatus Engine::session_status(uint64_t id) {
+  return on_loop([&] { return status_of(id, slot(id)); });
+}
+
+std::vector<SessionStatus> Engine::list_sessions() {
+  return on_loop([&] {
+    std::vector<SessionStatus> out;
+    for (const auto& [id, sl] : sessions_) out.push_back(status_of(id, *sl));
+    std::sort(out.begin(), out.end(), [](const SessionStatus& a, const SessionStatus& b) { return a.id < b.id; });
+    return out;
+  });
+}
+
+bool Engine::delete_session(uint64_t id) {
+  return on_loop([&] {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) return false;
+    SessionSlot& sl = *it->second;
+    if (sl.active) {
+      Sequence* s = sl.active;
+      if (s->generating) end_generation(s, FinishReason::Cancelled);
+      scheduler_.remove(s);
+    } else {
+      kv_.blocks().release(&sl.parked->blocks);
+    }
+    sessions_.erase(id);
+    return true;
+  });
+}
+
 void Engine::loop() {
+  std::vector<std::function<void()>> commands;
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      wake_.wait(lock, [&] {
-        return stop_ || !incoming_.empty() || !scheduler_.running().empty() || !scheduler_.waiting().empty();
-      });
+      auto ready = [&] {
+        return stop_ || !incoming_.empty() || !commands_.empty() || !scheduler_.running().empty() ||
+               !scheduler_.waiting().empty();
+      };
+      if (sessions_.empty()) wake_.wait(lock, ready);
+      else wake_.wait_for(lock, std::chrono::milliseconds(200), ready);  // also wakes to expire idle sessions
       if (stop_) break;
       for (auto& s : incoming_) scheduler_.add(std::move(s));
       incoming_.clear();
+      commands.swap(commands_);
     }
+    for (auto& c : commands) c();
+    commands.clear();
+    expire_sessions();
     step();
   }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    commands.swap(commands_);
+  }
+  for (auto& c : commands) c();  // their callers wait for them; what they queue is cancelled below
   // Shutting down: every request still known ends as cancelled.
   std::vector<Sequence*> left;
   for (const auto& s : scheduler_.running()) left.push_back(s.get());
@@ -147,10 +361,13 @@ void Engine::step() {
   // Cancelled requests free their blocks before anything else runs.
   std::vector<Sequence*> cancelled;
   for (const auto& s : scheduler_.running())
-    if (s->stream->cancelled()) cancelled.push_back(s.get());
+    if (s->stream && s->stream->cancelled()) cancelled.push_back(s.get());
   for (const auto& s : scheduler_.waiting())
-    if (s->stream->cancelled()) cancelled.push_back(s.get());
-  for (Sequence* s : cancelled) finish(s, FinishReason::Cancelled);
+    if (s->stream && s->stream->cancelled()) cancelled.push_back(s.get());
+  for (Sequence* s : cancelled) {
+    if (s->session) end_generation(s, FinishReason::Cancelled);  // the session stays; its pending token runs
+    else finish(s, FinishReason::Cancelled);
+  }
 
   std::vector<ScheduledChunk> chunks = scheduler_.schedule();
   if (chunks.empty()) {
@@ -211,7 +428,13 @@ void Engine::step() {
         reasons.push_back(is_eos ? FinishReason::Stop : FinishReason::Length);
       }
     }
-    for (size_t k = 0; k < done.size(); ++k) finish(done[k], reasons[k]);
+    for (size_t k = 0; k < done.size(); ++k) {
+      if (done[k]->session) end_generation(done[k], reasons[k]);
+      else finish(done[k], reasons[k]);
+    }
+    // Sessions with nothing left to run are parked with their KV.
+    for (const auto& c : chunks)
+      if (c.seq->session && !c.seq->generating && c.seq->remaining() == 0 && sessions_.count(c.seq->session)) park(c.seq);
   }
   EngineMetrics m = counters_;
   m.running = int(scheduler_.running().size());
@@ -221,6 +444,9 @@ void Engine::step() {
   m.prefix_lookup_tokens = kv_.blocks().lookups();
   m.prefix_hit_tokens = kv_.blocks().hits();
   m.preemptions = scheduler_.preemptions();
+  m.sessions = int(sessions_.size());
+  m.session_blocks = 0;
+  for (const auto& [id, sl] : sessions_) m.session_blocks += int(sl->seq()->blocks.size());
   std::lock_guard<std::mutex> lock(mu_);
   metrics_ = m;
 }

@@ -80,7 +80,7 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
       continue;
     }
     if (!reserve(s, entries_for(s, 1))) continue;  // s was the newest: running_[i] is now another one
-    out.push_back({s, s->computed, 1, true});
+    out.push_back({s, s->computed, 1, s->generating});
     --budget;
     ++i;
   }
@@ -93,7 +93,7 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
     }
     const int n = chunk_for(s, std::min(s->remaining(), budget));
     if (!reserve(s, entries_for(s, n))) continue;
-    out.push_back({s, s->computed, n, s->computed + n == int(s->tokens.size())});
+    out.push_back({s, s->computed, n, s->generating && s->computed + n == int(s->tokens.size())});
     budget -= n;
     ++i;
   }
@@ -125,12 +125,29 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
       break;
     }
     s->admitted_once = true;
-    out.push_back({s, s->computed, n, s->computed + n == int(s->tokens.size())});
+    out.push_back({s, s->computed, n, s->generating && s->computed + n == int(s->tokens.size())});
     budget -= n;
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
   return out;
+}
+
+std::unique_ptr<Sequence> Scheduler::detach(Sequence* seq) {
+  std::unique_ptr<Sequence> owned;
+  for (auto it = running_.begin(); it != running_.end(); ++it)
+    if (it->get() == seq) {
+      owned = std::move(*it);
+      running_.erase(it);
+      return owned;
+    }
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
+    if (it->get() == seq) {
+      owned = std::move(*it);
+      waiting_.erase(it);
+      return owned;
+    }
+  throw Error("Scheduler::detach: unknown sequence");
 }
 
 std::unique_ptr<Sequence> Scheduler::remove(Sequence* seq) {

@@ -40,6 +40,8 @@ class Scheduler {
   std::vector<ScheduledChunk> schedule();
   // Removes a finished or cancelled sequence (running or waiting) and releases its blocks.
   std::unique_ptr<Sequence> remove(Sequence* seq);
+  // Takes a sequence (running or waiting) out of the scheduler, keeping its blocks (a parked session).
+  std::unique_ptr<Sequence> detach(Sequence* seq);
 
   const std::vector<std::unique_ptr<Sequence>>& running() const { return running_; }
   const std::deque<std::unique_ptr<Sequence>>& waiting() const { return waiting_; }

@@ -71,16 +71,22 @@ struct Sequence {
   bool admitted_once = false;
   std::vector<int32_t> blocks;
   SinkWindowState rolling;  // under a sink/window KV policy: what has been evicted
+  // A session's sequence lives across calls: it prefills appended tokens without sampling (generating false)
+  // and, when a generate call ends, is parked with its KV instead of being removed.
+  uint64_t session = 0;
+  bool generating = true;
+  int gen_start = 0;  // tokens before the current generation (generated() counts from here)
   Request request;
   Sampler sampler;
   std::shared_ptr<RequestStream> stream;
 
   Sequence(uint64_t id, Request r, std::shared_ptr<RequestStream> s)
-      : id(id), tokens(r.prompt), prompt_len(int(r.prompt.size())), request(std::move(r)), sampler(request.sampling),
+      : id(id), tokens(r.prompt), prompt_len(int(r.prompt.size())), gen_start(prompt_len), request(std::move(r)),
+        sampler(request.sampling),
         stream(std::move(s)) {
     sampler.add_prompt(request.prompt);
   }
-  int generated() const { return int(tokens.size()) - prompt_len; }
+  int generated() const { return int(tokens.size()) - gen_start; }
   int remaining() const { return int(tokens.size()) - computed; }  // tokens still to run through the model
   bool is_rolling() const { return request.kv_policy.rolling(); }
 };
