@@ -276,6 +276,67 @@ TEST(Server, SinkPolicyServesPromptsBeyondTheContext) {
   }
 }
 
+// The session API: create, append text and messages, generate streamed and whole, status, errors, delete.
+TEST(Server, StreamingSessions) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  int status = 0;
+  const json created = f.post("/v1/sessions", {{"kv_policy", {{"type", "sink"}, {"sinks", 4}, {"window", 64}}},
+                                              {"defaults", {{"temperature", 0}, {"max_tokens", 12}, {"ignore_eos", true}}}}, &status);
+  ASSERT_EQ(status, 200) << created.dump();
+  const std::string id = created["id"], base = "/v1/sessions/" + id;
+  EXPECT_EQ(created["kv_policy"]["type"], "sink");
+  EXPECT_EQ(created["tokens"], 0);
+  // Appends well past the model's context (512), in pieces, as a live stream would.
+  int64_t appended = 0;
+  for (int i = 0; i < 12; ++i) {
+    std::string text;
+    for (int k = 0; k < 60; ++k) text += " w" + std::to_string(i * 60 + k);
+    const json a = f.post(base + "/append", {{"text", text}}, &status);
+    ASSERT_EQ(status, 200) << a.dump();
+    appended += a["appended_tokens"].get<int64_t>();
+  }
+  EXPECT_GT(appended, 512);
+  const json whole = f.post(base + "/generate", {{"stream", false}}, &status);
+  ASSERT_EQ(status, 200) << whole.dump();
+  EXPECT_EQ(whole["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(whole["finish_reason"], "length");
+  json st = f.post(base + "/append", {{"messages", {{{"role", "user"}, {"content", "hello"}}}}, {"add_generation_prompt", true}}, &status);
+  ASSERT_EQ(status, 200) << st.dump();
+  std::string streamed;
+  bool finished = false;
+  for (const auto& e : f.stream(base + "/generate", {{"max_tokens", 5}})) {
+    if (e == "[DONE]") continue;
+    const json c = json::parse(e);
+    streamed += c["text"].get<std::string>();
+    if (c.contains("finish_reason")) finished = c["usage"]["completion_tokens"] == 5;
+  }
+  EXPECT_TRUE(finished);
+  auto c = f.client();
+  auto got = c.Get(base.c_str());
+  ASSERT_TRUE(got);
+  const json info = json::parse(got->body);
+  EXPECT_EQ(info["tokens"].get<int64_t>(), appended + 12 + st["appended_tokens"].get<int64_t>() - 0 + 5);
+  EXPECT_LE(info["tokens_cached"].get<int64_t>(), 4 + 64);
+  EXPECT_GT(info["kv_bytes"].get<int64_t>(), 0);
+  auto list = c.Get("/v1/sessions");
+  EXPECT_EQ(json::parse(list->body)["data"].size(), 1u);
+  // Errors.
+  EXPECT_EQ(f.post("/v1/sessions/sess-999/append", {{"text", "x"}}, &status)["error"]["type"], "not_found_error");
+  EXPECT_EQ(status, 404);
+  f.post(base + "/append", {{"text", "x"}, {"tokens", {1}}}, &status);
+  EXPECT_EQ(status, 400);
+  f.post("/v1/sessions", {{"kv_policy", {{"type", "sink"}, {"window", 4}}}}, &status);
+  EXPECT_EQ(status, 400);
+  f.post(base + "/generate", {{"temperature", -1}}, &status);
+  EXPECT_EQ(status, 400);
+  auto del = c.Delete(base.c_str());
+  ASSERT_TRUE(del);
+  EXPECT_EQ(del->status, 200);
+  EXPECT_EQ(c.Delete(base.c_str())->status, 404);
+  EXPECT_EQ(f.blocks_used(), 0);
+}
+
 TEST(Server, ApiKey) {
   if (!have_fixtures()) GTEST_SKIP();
   ServerConfig sc;

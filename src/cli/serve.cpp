@@ -24,7 +24,8 @@ Run add_serve(CLI::App& app) {
   struct Args {
     std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory = "2GiB";
     int port = 8000, block_size = 16, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
-    int max_model_len = 0, threads = 0;
+    int max_model_len = 0, threads = 0, max_sessions = 64;
+    double session_ttl = 600;
     KvPolicyArgs kv;
     size_t max_body = 16u << 20;
   };
@@ -46,6 +47,10 @@ Run add_serve(CLI::App& app) {
   app.add_option("--max-model-len", a->max_model_len, "Context limit for prompt + max_tokens (0: the model's)")
       ->check(CLI::NonNegativeNumber);
   add_kv_policy_options(app, a->kv);
+  app.add_option("--max-sessions", a->max_sessions, "Streaming sessions open at once (/v1/sessions; 503 beyond)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--session-ttl", a->session_ttl, "Seconds an idle session lives before it is deleted")
+      ->check(CLI::PositiveNumber);
   app.add_option("--threads", a->threads, "CPU threads for the model (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--max-body-bytes", a->max_body, "Largest request body accepted (413 beyond)");
   return [a] {
@@ -89,6 +94,8 @@ Run add_serve(CLI::App& app) {
     ec.max_num_seqs = a->max_num_seqs;
     ec.max_waiting = a->max_waiting;
     ec.max_model_len = a->max_model_len;
+    ec.max_sessions = a->max_sessions;
+    ec.session_ttl_seconds = a->session_ttl;
     Engine engine(model, ec);
 
     std::string name = a->served_name;

@@ -3,6 +3,7 @@
 #include <httplib.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <mutex>
@@ -70,6 +71,9 @@ struct HttpServer::Impl {
   std::atomic<uint64_t> next_id{1};
   int bound_port = 0;
   int listen_fd = -1;
+
+  std::mutex sessions_mu;
+  std::map<uint64_t, json> session_defaults;  // generation parameters given at creation, by session
 
   std::mutex metrics_mu;
   Histogram ttft, itl, e2e;
@@ -326,6 +330,9 @@ struct HttpServer::Impl {
     counter("rill_requests_finished_total", "Engine requests finished (any reason).", double(m.requests_finished));
     counter("rill_preemptions_total", "Sequences preempted for lack of KV blocks.", double(m.preemptions));
     counter("rill_engine_steps_total", "Engine steps (forward passes).", double(m.steps));
+    gauge("rill_sessions", "Streaming sessions open.", m.sessions);
+    gauge("rill_session_kv_blocks", "KV blocks held by streaming sessions.", m.session_blocks);
+    counter("rill_sessions_expired_total", "Sessions deleted after --session-ttl idle.", double(m.sessions_expired));
     std::lock_guard<std::mutex> lock(metrics_mu);
     ttft.render(out, "rill_time_to_first_token_seconds", "Time from request to its first token.");
     itl.render(out, "rill_inter_token_latency_seconds", "Time between consecutive tokens of a request.");
@@ -341,6 +348,13 @@ struct HttpServer::Impl {
       route();
     } catch (const openai::ApiError& e) {
       send_error(res, e);
+    } catch (const SessionNotFound& e) {
+      send_error(res, openai::ApiError(404, "not_found_error", e.what()));
+    } catch (const SessionBusy& e) {
+      send_error(res, openai::ApiError(409, "conflict_error", e.what()));
+    } catch (const EngineFull& e) {
+      res.set_header("Retry-After", "1");
+      send_error(res, openai::ApiError(503, "server_overloaded", e.what()));
     } catch (const Error& e) {
       send_error(res, openai::bad_request(e.what()));
     } catch (const std::exception& e) {
@@ -349,7 +363,209 @@ struct HttpServer::Impl {
     count_status(res.status);
   }
 
+  // ---- Streaming sessions ----
+
+  static json parse_body(const httplib::Request& req) {
+    try {
+      json b = json::parse(req.body.empty() ? std::string("{}") : req.body);
+      if (!b.is_object()) throw openai::bad_request("the request body must be a JSON object");
+      return b;
+    } catch (const json::exception& e) {
+      throw openai::bad_request(std::string("the body is not valid JSON: ") + e.what());
+    }
+  }
+
+  static uint64_t session_id(const std::string& text) {
+    const std::string digits = text.rfind("sess-", 0) == 0 ? text.substr(5) : text;
+    if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos)
+      throw openai::ApiError(404, "not_found_error", "no session '" + text + "'");
+    return std::stoull(digits);
+  }
+
+  static json policy_json(const KvPolicy& p) {
+    if (!p.rolling()) return {{"type", "dense"}};
+    return {{"type", p.sinks > 0 ? "sink" : "window"}, {"sinks", p.sinks}, {"window", p.window}};
+  }
+
+  json session_json(const SessionStatus& st) {
+    json defaults;
+    {
+      std::lock_guard<std::mutex> lock(sessions_mu);
+      auto it = session_defaults.find(st.id);
+      if (it != session_defaults.end()) defaults = it->second;
+    }
+    return {{"id", "sess-" + std::to_string(st.id)}, {"object", "session"}, {"model", model.name},
+            {"kv_policy", policy_json(st.kv_policy)}, {"tokens", st.tokens}, {"tokens_cached", st.tokens_cached},
+            {"pending_tokens", st.pending}, {"kv_blocks", st.blocks}, {"kv_bytes", st.kv_bytes},
+            {"generating", st.generating}, {"idle_seconds", st.idle_seconds}, {"defaults", defaults}};
+  }
+
+  void create_session(const httplib::Request& req, httplib::Response& res) {
+    json b = parse_body(req);
+    if (b.contains("model") && (!b["model"].is_string() || b["model"].get<std::string>() != model.name))
+      throw openai::ApiError(404, "not_found_error", "the model " + b["model"].dump() + " does not exist (this server has '" + model.name + "')", "model");
+    // Sessions are unbounded streams: the sink policy unless the body (or the server default) says otherwise.
+    openai::ModelInfo m = model;
+    if (!m.default_kv_policy.rolling()) m.default_kv_policy = KvPolicy::parse("sink", 4, std::min(1024, model.max_model_len - 4));
+    const KvPolicy policy = openai::parse_kv_policy(b, m);
+    json defaults = b.contains("defaults") ? b["defaults"] : json::object();
+    if (!defaults.is_object()) throw openai::bad_request("'defaults' must be an object of generation parameters", "defaults");
+    openai::parse_request_params(defaults, model);  // validated now, used by every generate
+    openai::parse_stop(defaults);
+    const uint64_t id = engine.create_session(policy);
+    const auto open = engine.list_sessions();
+    {
+      std::lock_guard<std::mutex> lock(sessions_mu);
+      session_defaults[id] = defaults;
+      for (auto it = session_defaults.begin(); it != session_defaults.end();)  // forget expired sessions
+        it = std::any_of(open.begin(), open.end(), [&](const SessionStatus& st) { return st.id == it->first; })
+                 ? std::next(it) : session_defaults.erase(it);
+    }
+    res.set_content(dump(session_json(engine.session_status(id))), "application/json");
+  }
+
+  void append_session(const std::string& sid, const httplib::Request& req, httplib::Response& res) {
+    const uint64_t id = session_id(sid);
+    json b = parse_body(req);
+    std::vector<int32_t> ids;
+    const int keys = int(b.contains("text")) + int(b.contains("tokens")) + int(b.contains("messages"));
+    if (keys != 1) throw openai::bad_request("give exactly one of 'text', 'tokens' or 'messages'");
+    if (b.contains("text")) {
+      if (!b["text"].is_string()) throw openai::bad_request("'text' must be a string", "text");
+      // BOS (if the tokenizer adds one) only at the very start of the session.
+      ids = model.tokenizer->encode(b["text"].get<std::string>(), engine.session_status(id).tokens == 0);
+    } else if (b.contains("tokens")) {
+      if (!b["tokens"].is_array()) throw openai::bad_request("'tokens' must be a list of token ids", "tokens");
+      for (const auto& t : b["tokens"]) {
+        if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= model.tokenizer->vocab_size())
+          throw openai::bad_request("'tokens' holds an id outside the vocabulary", "tokens");
+        ids.push_back(t.get<int32_t>());
+      }
+    } else {
+      if (!model.chat_template) throw openai::bad_request("this model has no chat template: append 'text'", "messages");
+      if (!b["messages"].is_array() || b["messages"].empty()) throw openai::bad_request("'messages' must be a non-empty list", "messages");
+      for (size_t i = 0; i < b["messages"].size(); ++i) {
+        const json& msg = b["messages"][i];
+        if (!msg.is_object() || !msg.contains("role") || !msg["role"].is_string() || !msg.contains("content") || !msg["content"].is_string())
+          throw openai::bad_request("'messages[" + std::to_string(i) + "]' must be {\"role\": ..., \"content\": \"...\"}", "messages");
+      }
+      const bool first = engine.session_status(id).tokens == 0;
+      json ctx = {{"messages", b["messages"]}, {"add_generation_prompt", openai::boolean(b, "add_generation_prompt", false)},
+                  {"bos_token", first ? model.bos_token : std::string()}, {"eos_token", model.eos_token}};
+      std::string text;
+      try {
+        text = model.chat_template->render(ctx);
+      } catch (const Error& e) {
+        throw openai::bad_request(std::string("the chat template rejected these messages: ") + e.what(), "messages");
+      }
+      ids = model.tokenizer->encode(text, false);
+    }
+    const SessionStatus st = engine.append_session(id, ids);
+    json out = session_json(st);
+    out["appended_tokens"] = ids.size();
+    res.set_content(dump(out), "application/json");
+  }
+
+  void generate_session(const std::string& sid, const httplib::Request& req, httplib::Response& res) {
+    const uint64_t id = session_id(sid);
+    json b;
+    {
+      std::lock_guard<std::mutex> lock(sessions_mu);
+      auto it = session_defaults.find(id);
+      b = it != session_defaults.end() ? it->second : json::object();
+    }
+    const json call = parse_body(req);
+    for (const auto& [k, v] : call.items()) b[k] = v;  // the call's parameters over the defaults
+    Request r = openai::parse_request_params(b, model);
+    const std::vector<std::string> stop = openai::parse_stop(b);
+    r.max_tokens = int(openai::integer(b, "max_tokens", 256, 1, 1 << 30));
+    const bool stream = openai::boolean(b, "stream", true);
+    Choice c;
+    c.detok = std::make_unique<IncrementalDecoder>(*model.tokenizer, true, std::vector<int32_t>{});
+    c.stop = std::make_unique<openai::StopMatcher>(stop);
+    c.submitted = c.last_token = now_seconds();
+    c.stream = engine.generate_session(id, std::move(r));
+    const std::string name = "sess-" + std::to_string(id);
+    auto result = [this, name](const Choice& ch) {
+      return json{{"id", name}, {"object", "session.generation"}, {"model", model.name}, {"text", ch.text},
+                  {"finish_reason", finish_of(ch)},
+                  {"usage", {{"prompt_tokens", ch.end.prompt_tokens}, {"completion_tokens", ch.end.completion_tokens},
+                             {"total_tokens", ch.end.prompt_tokens + ch.end.completion_tokens}}}};
+    };
+    if (!stream) {
+      while (!c.done) apply(c, *c.stream->next());
+      res.set_content(dump(result(c)), "application/json");
+      return;
+    }
+    auto ch = std::make_shared<Choice>(std::move(c));
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [this, ch, name, result](size_t, httplib::DataSink& sink) {
+          try {
+            while (!ch->done) {
+              const auto e = ch->stream->next(0.05);
+              if (!e) return sink.is_writable();  // keep the connection; check for a disconnected client
+              const std::string text = apply(*ch, *e);
+              if (!text.empty()) {
+                const json chunk = {{"id", name}, {"object", "session.chunk"}, {"model", model.name}, {"text", text}};
+                const std::string line = "data: " + dump(chunk) + "\n\n";
+                if (!sink.write(line.data(), line.size())) return false;
+              }
+            }
+            json last = result(*ch);
+            last["object"] = "session.chunk";
+            last["text"] = "";
+            const std::string line = "data: " + dump(last) + "\n\ndata: [DONE]\n\n";
+            sink.write(line.data(), line.size());
+            sink.done();
+            return true;
+          } catch (const std::exception& e) {
+            std::fprintf(stderr, "rill: session stream %s failed: %s\n", name.c_str(), e.what());
+            ch->stream->cancel();
+            return false;
+          }
+        },
+        [ch](bool) {
+          if (!ch->done) ch->stream->cancel();  // the client went away: the generation stops, the session stays
+        });
+  }
+
+  void session_routes() {
+    svr.Post("/v1/sessions", [this](const httplib::Request& req, httplib::Response& res) {
+      guarded(req, res, [&] { create_session(req, res); });
+    });
+    svr.Get("/v1/sessions", [this](const httplib::Request& req, httplib::Response& res) {
+      guarded(req, res, [&] {
+        json data = json::array();
+        for (const auto& st : engine.list_sessions()) data.push_back(session_json(st));
+        res.set_content(dump(json({{"object", "list"}, {"data", data}})), "application/json");
+      });
+    });
+    svr.Get(R"(/v1/sessions/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+      guarded(req, res, [&] { res.set_content(dump(session_json(engine.session_status(session_id(req.matches[1])))), "application/json"); });
+    });
+    svr.Delete(R"(/v1/sessions/([^/]+))", [this](const httplib::Request& req, httplib::Response& res) {
+      guarded(req, res, [&] {
+        const uint64_t id = session_id(req.matches[1]);
+        if (!engine.delete_session(id)) throw openai::ApiError(404, "not_found_error", "no session '" + std::string(req.matches[1]) + "'");
+        {
+          std::lock_guard<std::mutex> lock(sessions_mu);
+          session_defaults.erase(id);
+        }
+        res.set_content(dump(json({{"id", "sess-" + std::to_string(id)}, {"object", "session.deleted"}, {"deleted", true}})), "application/json");
+      });
+    });
+    svr.Post(R"(/v1/sessions/([^/]+)/append)", [this](const httplib::Request& req, httplib::Response& res) {
+      guarded(req, res, [&] { append_session(req.matches[1], req, res); });
+    });
+    svr.Post(R"(/v1/sessions/([^/]+)/generate)", [this](const httplib::Request& req, httplib::Response& res) {
+      guarded(req, res, [&] { generate_session(req.matches[1], req, res); });
+    });
+  }
+
   void routes() {
+    session_routes();
     // The packaged cpp-httplib listens with a backlog of 5: a burst of clients overflows it and connections
     // fail. Keep the socket (with the library's SO_REUSEADDR) so bind() can raise the backlog.
     svr.set_socket_options([this](int sock) {

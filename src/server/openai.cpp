@@ -25,6 +25,9 @@ double number(const json& b, const char* key, double fallback, double lo, double
                       key);
   return v;
 }
+
+}  // namespace
+
 int64_t integer(const json& b, const char* key, int64_t fallback, int64_t lo, int64_t hi) {
   if (!b.contains(key) || b[key].is_null()) return fallback;
   if (!b[key].is_number_integer()) throw bad_request(std::string("'") + key + "' must be an integer", key);
@@ -40,6 +43,8 @@ bool boolean(const json& b, const char* key, bool fallback) {
   if (!b[key].is_boolean()) throw bad_request(std::string("'") + key + "' must be true or false", key);
   return b[key].get<bool>();
 }
+
+namespace {
 
 std::vector<int32_t> token_array(const json& a, const ModelInfo& m) {
   std::vector<int32_t> ids;
@@ -94,24 +99,7 @@ KvPolicy parse_kv_policy(const json& b, const ModelInfo& m) {
   }
 }
 
-CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m) {
-  if (!b.is_object()) throw bad_request("the request body must be a JSON object");
-  if (b.contains("model") && !b["model"].is_string()) throw bad_request("'model' must be a string", "model");
-  if (b.contains("model") && b["model"].get<std::string>() != m.name)
-    throw ApiError(404, "not_found_error", "the model '" + b["model"].get<std::string>() + "' does not exist (this server has '" + m.name + "')", "model");
-  CompletionRequest r;
-  r.chat = chat;
-  r.stream = boolean(b, "stream", false);
-  if (b.contains("stream_options") && !b["stream_options"].is_null()) {
-    if (!b["stream_options"].is_object()) throw bad_request("'stream_options' must be an object", "stream_options");
-    r.include_usage = boolean(b["stream_options"], "include_usage", false);
-  }
-  r.n = int(integer(b, "n", 1, 1, 16));
-  if (b.contains("user") && !b["user"].is_null()) {
-    if (!b["user"].is_string()) throw bad_request("'user' must be a string", "user");
-    r.user = b["user"].get<std::string>();
-  }
-
+Request parse_request_params(const json& b, const ModelInfo& m) {
   Request base;
   base.sampling.temperature = float(number(b, "temperature", 1.0, 0.0, 2.0));
   base.sampling.top_p = float(number(b, "top_p", 1.0, 0.0, 1.0));
@@ -130,20 +118,49 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
   base.stop_ids = m.stop_ids;
   base.kv_policy = parse_kv_policy(b, m);
 
+  return base;
+}
+
+std::vector<std::string> parse_stop(const json& b) {
+  std::vector<std::string> stop;
   if (b.contains("stop") && !b["stop"].is_null()) {
     const json& s = b["stop"];
-    if (s.is_string()) r.stop.push_back(s.get<std::string>());
+    if (s.is_string()) stop.push_back(s.get<std::string>());
     else if (s.is_array() && s.size() <= 16) {
       for (const auto& x : s) {
         if (!x.is_string()) throw bad_request("'stop' must be a string or a list of up to 16 strings", "stop");
-        r.stop.push_back(x.get<std::string>());
+        stop.push_back(x.get<std::string>());
       }
     } else {
       throw bad_request("'stop' must be a string or a list of up to 16 strings", "stop");
     }
-    for (const auto& x : r.stop)
+    for (const auto& x : stop)
       if (x.empty()) throw bad_request("'stop' strings must not be empty", "stop");
   }
+
+  return stop;
+}
+
+CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m) {
+  if (!b.is_object()) throw bad_request("the request body must be a JSON object");
+  if (b.contains("model") && !b["model"].is_string()) throw bad_request("'model' must be a string", "model");
+  if (b.contains("model") && b["model"].get<std::string>() != m.name)
+    throw ApiError(404, "not_found_error", "the model '" + b["model"].get<std::string>() + "' does not exist (this server has '" + m.name + "')", "model");
+  CompletionRequest r;
+  r.chat = chat;
+  r.stream = boolean(b, "stream", false);
+  if (b.contains("stream_options") && !b["stream_options"].is_null()) {
+    if (!b["stream_options"].is_object()) throw bad_request("'stream_options' must be an object", "stream_options");
+    r.include_usage = boolean(b["stream_options"], "include_usage", false);
+  }
+  r.n = int(integer(b, "n", 1, 1, 16));
+  if (b.contains("user") && !b["user"].is_null()) {
+    if (!b["user"].is_string()) throw bad_request("'user' must be a string", "user");
+    r.user = b["user"].get<std::string>();
+  }
+
+  Request base = parse_request_params(b, m);
+  r.stop = parse_stop(b);
 
   if (chat) {
     if (boolean(b, "logprobs", false)) r.logprobs = int(integer(b, "top_logprobs", 0, 0, 20));

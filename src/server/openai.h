@@ -58,6 +58,15 @@ struct CompletionRequest {
 // server's default when absent. 400 naming kv_policy when invalid.
 KvPolicy parse_kv_policy(const json& body, const ModelInfo& model);
 
+// The sampling and generation parameters shared by the completion and session routes (temperature, top_p,
+// top_k, min_p, penalties, seed, ignore_eos, kv_policy), validated; 400 naming the parameter.
+Request parse_request_params(const json& body, const ModelInfo& model);
+// "stop": a string or up to 16 strings.
+std::vector<std::string> parse_stop(const json& body);
+// Range-checked integer field (fallback when absent or null); 400 naming `key`.
+int64_t integer(const json& b, const char* key, int64_t fallback, int64_t lo, int64_t hi);
+bool boolean(const json& b, const char* key, bool fallback);
+
 // Parses and validates a /v1/completions (chat=false) or /v1/chat/completions body.
 CompletionRequest parse_completion(const json& body, bool chat, const ModelInfo& model);
 
