@@ -1,7 +1,10 @@
-// rill chat: a terminal conversation. Each turn renders the whole conversation with the model's chat
-// template and streams the answer. Commands: /reset starts over, /exit (or end of input) quits.
+// rill chat: a terminal conversation held in one streaming session (a KvStream): each turn feeds only what the
+// chat template adds (the new user message and the generation prompt), then streams the answer, whose tokens
+// stay in the session. Under the default sink KV policy the conversation never runs out of context.
+// Commands: /reset starts over, /exit (or end of input) quits.
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -10,7 +13,8 @@
 #include "cli/commands.h"
 #include "cli/model_loading.h"
 #include "core/error.h"
-#include "engine/generate.h"
+#include "engine/kv_stream.h"
+#include "engine/sampler.h"
 #include "model/model.h"
 #include "template/chat_template.h"
 
@@ -21,6 +25,7 @@ Run add_chat(CLI::App& app) {
     std::string model, tokenizer, chat_template, system;
     int n = 512, threads = 0, context = 0;
     SamplingArgs sampling;
+    KvPolicyArgs kv;
   };
   auto a = std::make_shared<Args>();
   a->sampling.params.temperature = 0.7f;
@@ -32,11 +37,11 @@ Run add_chat(CLI::App& app) {
   app.add_option("--context", a->context, "KV cache size in tokens (default: the model's maximum)")->check(CLI::PositiveNumber);
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_sampling_options(app, a->sampling);
+  a->kv.policy = "sink";
+  add_kv_policy_options(app, a->kv);
   return [a] {
     a->model = model_or_default(a->model);
-    GenerateOptions opt;
-    opt.sampling = a->sampling.finish();
-    opt.max_new_tokens = a->n;
+    const SamplingParams sampling = a->sampling.finish();
     Checkpoint ck = read_checkpoint(a->model);
     auto backend = make_cpu_backend(a->threads);
     Model model(ck, *backend);
@@ -44,15 +49,31 @@ Run add_chat(CLI::App& app) {
     RILL_CHECK(tok, a->model + ": chat needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
     const ChatSetup chat = open_chat(a->model, a->chat_template);
     const ChatTemplate tmpl(chat.template_source);
+    std::vector<int32_t> stops = model.config().eos_token_ids;
     if (!chat.eos_token.empty()) {
       const auto eos = tok->encode(chat.eos_token, false);
-      if (eos.size() == 1) opt.stop_ids.push_back(eos[0]);
+      if (eos.size() == 1) stops.push_back(eos[0]);
     }
+    const KvPolicy policy = a->kv.finish(model.config(), 16);
     const int context = a->context > 0 ? a->context : model.config().max_position_embeddings;
-    KvCache kv(*backend, model.config(), (context + 15) / 16, 16);
+    const int blocks = policy.rolling() ? SinkWindowState::max_blocks(policy, 16) : (context + 15) / 16;
+    KvCache kv(*backend, model.config(), blocks, 16);
 
     nlohmann::ordered_json messages = nlohmann::ordered_json::array();
     if (!a->system.empty()) messages.push_back({{"role", "system"}, {"content", a->system}});
+    auto render = [&](bool generation_prompt) {
+      return tmpl.render({{"messages", messages}, {"tools", nullptr}, {"documents", nullptr},
+                          {"add_generation_prompt", generation_prompt}, {"bos_token", chat.bos_token},
+                          {"eos_token", chat.eos_token}});
+    };
+    std::unique_ptr<KvStream> session;
+    std::string fed;  // the template text the session holds so far
+    std::vector<float> logits;
+    auto restart = [&] {
+      session = std::make_unique<KvStream>(model, kv, policy, 512);
+      fed.clear();
+    };
+    restart();
     const bool interactive = isatty(STDIN_FILENO);
     std::string line;
     for (;;) {
@@ -60,37 +81,51 @@ Run add_chat(CLI::App& app) {
       if (!std::getline(std::cin, line) || line == "/exit") break;
       if (line == "/reset") {
         messages.erase(messages.begin() + (a->system.empty() ? 0 : 1), messages.end());
+        restart();
         continue;
       }
       if (line.empty()) continue;
       messages.push_back({{"role", "user"}, {"content", line}});
-      const std::string prompt_text = tmpl.render({{"messages", messages},
-                                                    {"tools", nullptr},
-                                                    {"documents", nullptr},
-                                                    {"add_generation_prompt", true},
-                                                    {"bos_token", chat.bos_token},
-                                                    {"eos_token", chat.eos_token}});
-      const auto prompt = tok->encode(prompt_text, false);  // the template already holds BOS
-      if (int(prompt.size()) + a->n > context) {
-        std::fprintf(stderr, "rill: the conversation (%zu tokens) plus an answer would exceed the context (%d); "
-                     "/reset to start over\n", prompt.size(), context);
+      const std::string text = render(true);
+      // Feed what the template added since the last turn; a template whose renderings are not prefixes of one
+      // another restarts the session from the whole conversation.
+      if (text.compare(0, fed.size(), fed) != 0) restart();
+      const auto delta = tok->encode(text.substr(fed.size()), false);
+      if (!policy.rolling() && session->length() + int64_t(delta.size()) + a->n > context) {
+        std::fprintf(stderr, "rill: the conversation (%lld tokens) plus an answer would exceed the context (%d); "
+                     "/reset to start over, or use --kv-policy sink\n", (long long)(session->length() + delta.size()), context);
         messages.erase(messages.end() - 1);
         continue;
       }
-      IncrementalDecoder detok(*tok, /*skip_special=*/true, prompt);
+      session->feed(delta, Logits::Last, &logits);
+      fed = text;
+      Sampler sampler(sampling);
+      IncrementalDecoder detok(*tok, /*skip_special=*/true, delta);
       std::string answer;
-      generate(model, kv, prompt, opt, [&](int32_t id) {
-        const std::string delta = detok.add(id);
-        answer += delta;
-        std::fwrite(delta.data(), 1, delta.size(), stdout);
+      int32_t last = -1;
+      for (int i = 0; i < a->n; ++i) {
+        last = sampler.sample(logits.data(), model.config().vocab_size);
+        session->feed({last}, Logits::Last, &logits);  // the answer stays in the session
+        if (std::find(stops.begin(), stops.end(), last) != stops.end()) break;
+        const std::string piece = detok.add(last);
+        answer += piece;
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
         std::fflush(stdout);
-        return true;
-      });
+      }
       const std::string rest = detok.finish();
       answer += rest;
       std::printf("%s\n", rest.c_str());
       std::fflush(stdout);
       messages.push_back({{"role", "assistant"}, {"content", answer}});
+      // The template's text after the answer (e.g. "\n" after the end-of-turn token) goes in too.
+      const std::string after = render(false);
+      const std::string answered = fed + answer + (std::find(stops.begin(), stops.end(), last) != stops.end() ? chat.eos_token : "");
+      if (after.compare(0, answered.size(), answered) == 0) {
+        session->feed(tok->encode(after.substr(answered.size()), false), Logits::None, nullptr);
+        fed = after;
+      } else {
+        fed = answered;  // the next turn's rendering will not extend it: the session restarts then
+      }
     }
     return 0;
   };
