@@ -278,7 +278,9 @@ std::shared_ptr<RequestStream> Engine::generate_session(uint64_t id, Request r) 
     s->request.stop_ids = r.stop_ids;
     s->request.logprobs = r.logprobs;
     s->sampler = Sampler(r.sampling);
-    s->sampler.add_prompt(s->tokens);
+    const SamplingParams& sp = r.sampling;
+    if (sp.repetition_penalty != 1.f || sp.presence_penalty != 0.f || sp.frequency_penalty != 0.f)
+      s->sampler.add_prompt(s->tokens);  // O(history): only when a penalty needs it
     s->prompt_len = s->gen_start = int(s->tokens.size());
     s->generating = true;
     if (s->remaining() == 0) s->computed -= 1;  // run the last token again: its logits give the first new token
