@@ -430,13 +430,17 @@ void Engine::step() {
         reasons.push_back(is_eos ? FinishReason::Stop : FinishReason::Length);
       }
     }
+    // Sessions of this step (collected first: finish() frees the ordinary sequences the chunks point to).
+    std::vector<Sequence*> sessions;
+    for (const auto& c : chunks)
+      if (c.seq->session) sessions.push_back(c.seq);
     for (size_t k = 0; k < done.size(); ++k) {
       if (done[k]->session) end_generation(done[k], reasons[k]);
       else finish(done[k], reasons[k]);
     }
     // Sessions with nothing left to run are parked with their KV.
-    for (const auto& c : chunks)
-      if (c.seq->session && !c.seq->generating && c.seq->remaining() == 0 && sessions_.count(c.seq->session)) park(c.seq);
+    for (Sequence* s : sessions)
+      if (!s->generating && s->remaining() == 0) park(s);
   }
   EngineMetrics m = counters_;
   m.running = int(scheduler_.running().size());
