@@ -239,11 +239,47 @@ TEST(Cli, DefaultModelIsRillTiny) {
   EXPECT_NE(run("generate --help").out.find("default: rill-tiny"), std::string::npos);
 }
 
+// rill chat keeps the conversation in a sink session: a chat several times longer than rill-tiny's 512-token
+// context goes on; with the dense policy it stops at the context.
+TEST(Cli, ChatOutlivesTheContext) {
+  TempDir dir;
+  {
+    std::ofstream in(dir / "turns.txt");
+    for (int i = 0; i < 24; ++i) in << "Tell me more about the king and the ship number " << i << ".\n";
+  }
+  const Result sink = run("chat -n 48 --temperature 0.8 --seed 1 < " + (dir / "turns.txt"));
+  EXPECT_EQ(sink.status, 0) << sink.out;
+  EXPECT_EQ(sink.out.find("exceed the context"), std::string::npos) << sink.out;
+  const Result dense = run("chat -n 48 --temperature 0.8 --seed 1 --kv-policy dense < " + (dir / "turns.txt"));
+  EXPECT_EQ(dense.status, 0) << dense.out;
+  EXPECT_NE(dense.out.find("exceed the context"), std::string::npos) << dense.out;
+}
+
+TEST(Cli, PerplexityComparesPolicies) {
+  const std::string text = shared("data/text/tinyshakespeare.txt");
+  if (!std::filesystem::exists(text)) GTEST_SKIP();
+  TempDir dir;
+  const Result r = run("perplexity --text-file " + text + " --max-tokens 400 --window 64 --policy dense,window,sink,recompute "
+                       "--recompute-stride 40 --chunk 3 --csv " + (dir / "ppl.csv"), true);
+  ASSERT_EQ(r.status, 0) << r.out;
+  for (const char* p : {"dense", "window", "sink", "recompute"}) EXPECT_NE(r.out.find(p), std::string::npos) << r.out;
+  std::ifstream csv(dir / "ppl.csv");
+  std::string header, row;
+  std::getline(csv, header);
+  EXPECT_EQ(header, "position,target,nll_dense,nll_window,nll_sink,nll_recompute");
+  int rows = 0;
+  while (std::getline(csv, row)) ++rows;
+  EXPECT_EQ(rows, 399);
+  const Result bad = run("perplexity --text-file " + text + " --policy dense,rolling");
+  EXPECT_EQ(bad.status, 1);
+  EXPECT_NE(bad.out.find("--policy"), std::string::npos) << bad.out;
+}
+
 TEST(Cli, HelpListsEveryCommand) {
   const Result r = run("--help");
   EXPECT_EQ(r.status, 0);
   EXPECT_NE(r.out.find("generate"), std::string::npos);
-  for (const char* cmd : {"serve", "generate", "chat", "inspect", "tokenize", "detokenize", "chat-template"})
+  for (const char* cmd : {"serve", "generate", "chat", "perplexity", "inspect", "tokenize", "detokenize", "chat-template"})
     EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
 }
 

@@ -85,11 +85,17 @@ int run_perplexity(const PerplexityArgs& a) {
                ids.size(), a.text_file.c_str(), sink.sinks, sink.window, span, ctx);
 
   std::vector<PolicyRun> runs;
-  std::stringstream names(a.policies);
-  std::string name;
-  while (std::getline(names, name, ',')) {
-    RILL_CHECK(name == "dense" || name == "window" || name == "sink" || name == "recompute",
-               "--policy: unknown policy '" + name + "' (expected dense, window, sink, recompute)");
+  std::vector<std::string> policy_names;
+  {
+    std::stringstream names(a.policies);
+    std::string name;
+    while (std::getline(names, name, ',')) {
+      RILL_CHECK(name == "dense" || name == "window" || name == "sink" || name == "recompute",
+                 "--policy: unknown policy '" + name + "' (expected dense, window, sink, recompute)");
+      policy_names.push_back(name);
+    }
+  }
+  for (const std::string& name : policy_names) {
     PolicyRun run;
     run.name = name;
     run.nll.assign(targets, NAN);

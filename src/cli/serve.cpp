@@ -47,6 +47,10 @@ Run add_serve(CLI::App& app) {
   app.add_option("--max-model-len", a->max_model_len, "Context limit for prompt + max_tokens (0: the model's)")
       ->check(CLI::NonNegativeNumber);
   add_kv_policy_options(app, a->kv);
+  app.get_option("--kv-policy")
+      ->description("KV cache policy for requests without a \"kv_policy\" field: dense (the context is bounded), sink "
+                    "(attention sinks + a rolling window: no context limit, constant memory), window (no sinks). "
+                    "Sessions use sink unless created with another");
   app.add_option("--max-sessions", a->max_sessions, "Streaming sessions open at once (/v1/sessions; 503 beyond)")
       ->check(CLI::PositiveNumber);
   app.add_option("--session-ttl", a->session_ttl, "Seconds an idle session lives before it is deleted")
