@@ -36,6 +36,17 @@ Result run(const std::string& args, bool quiet_stderr = false) {
 
 const std::string kStories = "data/models/stories260K/stories260K.bin";
 
+// A tiny random model in dir/m with the qwen2-style tokenizer and chat template (the output is noise).
+std::string tiny_model_with_tokenizer(const TempDir& dir) {
+  const std::string tok_dir = shared("data/tokenizers/qwen2-style");
+  const std::string model = dir / "m";
+  EXPECT_EQ(std::system((std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + model +
+                         " --dim 16 --layers 1 --heads 2 --ffn 32 --vocab 16022 --dtype f32 > /dev/null").c_str()), 0);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::copy_file(tok_dir + "/" + f, model + "/" + f);
+  return model;
+}
+
 TEST(Cli, GenerateJsonMatchesReference) {
   if (!std::filesystem::exists(shared(kStories))) GTEST_SKIP();
   const std::string args = "generate --model " + shared(kStories) + " --prompt-ids 1 -n 8 --temperature 0 --output json";
@@ -159,14 +170,9 @@ TEST(Cli, TokenizeDetokenizeChatTemplate) {
 // A tiny random model paired with a real byte-level tokenizer and chat template: generate and chat run
 // end to end through tokenizer.json (the output is noise; the plumbing is what is tested).
 TEST(Cli, ChatAndGenerateWithHfTokenizer) {
-  const std::string tok_dir = shared("data/tokenizers/qwen2-style");
-  if (!std::filesystem::exists(tok_dir)) GTEST_SKIP();
+  if (!std::filesystem::exists(shared("data/tokenizers/qwen2-style"))) GTEST_SKIP();
   TempDir dir;
-  const std::string model = dir / "m";
-  ASSERT_EQ(std::system((std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + model +
-                         " --dim 16 --layers 1 --heads 2 --ffn 32 --vocab 16022 --dtype f32 > /dev/null").c_str()), 0);
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
-    std::filesystem::copy_file(tok_dir + "/" + f, model + "/" + f);
+  const std::string model = tiny_model_with_tokenizer(dir);
   Result r = run("generate --model " + model + " --prompt 'Hello there' -n 5 --temperature 0 --ignore-eos --output json", true);
   ASSERT_EQ(r.status, 0) << r.out;
   const auto j = nlohmann::json::parse(r.out);
@@ -180,14 +186,9 @@ TEST(Cli, ChatAndGenerateWithHfTokenizer) {
 
 // rill serve starts, answers, and on SIGTERM stops accepting, cancels what runs and exits 0.
 TEST(Cli, ServeShutsDownCleanly) {
-  const std::string tok_dir = shared("data/tokenizers/qwen2-style");
-  if (!std::filesystem::exists(tok_dir)) GTEST_SKIP();
+  if (!std::filesystem::exists(shared("data/tokenizers/qwen2-style"))) GTEST_SKIP();
   TempDir dir;
-  const std::string model = dir / "m";
-  ASSERT_EQ(std::system((std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + model +
-                         " --dim 16 --layers 1 --heads 2 --ffn 32 --vocab 16022 --dtype f32 > /dev/null").c_str()), 0);
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
-    std::filesystem::copy_file(tok_dir + "/" + f, model + "/" + f);
+  const std::string model = tiny_model_with_tokenizer(dir);
   const Result tiny_kv = run("serve --model " + model + " --port 0 --kv-cache-memory 1B");
   EXPECT_EQ(tiny_kv.status, 1);
   EXPECT_NE(tiny_kv.out.find("holds no KV block"), std::string::npos) << tiny_kv.out;

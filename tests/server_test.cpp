@@ -326,6 +326,12 @@ TEST(Server, StreamingSessions) {
   EXPECT_EQ(status, 404);
   f.post(base + "/append", {{"text", "x"}, {"tokens", {1}}}, &status);
   EXPECT_EQ(status, 400);
+  EXPECT_EQ(f.post(base + "/append", {{"tokens", {-1}}}, &status)["error"]["param"], "tokens");
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(f.post("/detokenize", {{"tokens", {1, 99999999}}}, &status)["error"]["param"], "tokens");
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(f.post("/detokenize", {{"tokens", "1 2"}}, &status)["error"]["param"], "tokens");
+  EXPECT_EQ(status, 400);
   f.post("/v1/sessions", {{"kv_policy", {{"type", "sink"}, {"window", 4}}}}, &status);
   EXPECT_EQ(status, 400);
   f.post(base + "/generate", {{"temperature", -1}}, &status);

@@ -127,12 +127,7 @@ struct HttpServer::Impl {
   }
 
   void completion(const httplib::Request& req, httplib::Response& res, bool chat) {
-    json body;
-    try {
-      body = json::parse(req.body);
-    } catch (const json::exception& e) {
-      throw openai::bad_request(std::string("the body is not valid JSON: ") + e.what());
-    }
+    const json body = parse_body(req);
     const openai::CompletionRequest cr = openai::parse_completion(body, chat, model);
     const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(next_id++);
     const int64_t created = unix_time();
@@ -435,12 +430,7 @@ struct HttpServer::Impl {
       // BOS (if the tokenizer adds one) only at the very start of the session.
       ids = model.tokenizer->encode(b["text"].get<std::string>(), engine.session_status(id).tokens == 0);
     } else if (b.contains("tokens")) {
-      if (!b["tokens"].is_array()) throw openai::bad_request("'tokens' must be a list of token ids", "tokens");
-      for (const auto& t : b["tokens"]) {
-        if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= model.tokenizer->vocab_size())
-          throw openai::bad_request("'tokens' holds an id outside the vocabulary", "tokens");
-        ids.push_back(t.get<int32_t>());
-      }
+      ids = openai::token_array(b["tokens"], model, "tokens");
     } else {
       if (!model.chat_template) throw openai::bad_request("this model has no chat template: append 'text'", "messages");
       if (!b["messages"].is_array() || b["messages"].empty()) throw openai::bad_request("'messages' must be a non-empty list", "messages");
@@ -609,13 +599,8 @@ struct HttpServer::Impl {
     });
     svr.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
       guarded(req, res, [&] {
-        json b;
-        try {
-          b = json::parse(req.body);
-        } catch (const json::exception& e) {
-          throw openai::bad_request(std::string("the body is not valid JSON: ") + e.what());
-        }
-        if (!b.is_object() || !b.contains("prompt") || !b["prompt"].is_string()) throw openai::bad_request("'prompt' must be a string", "prompt");
+        const json b = parse_body(req);
+        if (!b.contains("prompt") || !b["prompt"].is_string()) throw openai::bad_request("'prompt' must be a string", "prompt");
         const bool add = !b.contains("add_special_tokens") || b["add_special_tokens"].get<bool>();
         const auto ids = model.tokenizer->encode(b["prompt"].get<std::string>(), add);
         res.set_content(dump(json({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", model.max_model_len}})), "application/json");
@@ -623,19 +608,9 @@ struct HttpServer::Impl {
     });
     svr.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
       guarded(req, res, [&] {
-        json b;
-        try {
-          b = json::parse(req.body);
-        } catch (const json::exception& e) {
-          throw openai::bad_request(std::string("the body is not valid JSON: ") + e.what());
-        }
-        if (!b.is_object() || !b.contains("tokens") || !b["tokens"].is_array()) throw openai::bad_request("'tokens' must be a list of ids", "tokens");
-        std::vector<int32_t> ids;
-        for (const auto& t : b["tokens"]) {
-          if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= model.tokenizer->vocab_size())
-            throw openai::bad_request("'tokens' holds an id outside the vocabulary", "tokens");
-          ids.push_back(t.get<int32_t>());
-        }
+        const json b = parse_body(req);
+        if (!b.contains("tokens")) throw openai::bad_request("'tokens' must be a list of ids", "tokens");
+        const std::vector<int32_t> ids = openai::token_array(b["tokens"], model, "tokens");
         res.set_content(dump(json({{"prompt", model.tokenizer->decode(ids)}})), "application/json");
       });
     });

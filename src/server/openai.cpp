@@ -38,6 +38,19 @@ int64_t integer(const json& b, const char* key, int64_t fallback, int64_t lo, in
                       key);
   return v;
 }
+std::vector<int32_t> token_array(const json& a, const ModelInfo& m, const std::string& param) {
+  if (!a.is_array()) throw bad_request("'" + param + "' must be a list of token ids", param);
+  std::vector<int32_t> ids;
+  for (const auto& t : a) {
+    if (!t.is_number_integer()) throw bad_request("'" + param + "' token arrays must hold integers", param);
+    const int64_t v = t.get<int64_t>();
+    if (v < 0 || v >= m.tokenizer->vocab_size())
+      throw bad_request("'" + param + "' token " + std::to_string(v) + " is outside the vocabulary", param);
+    ids.push_back(int32_t(v));
+  }
+  return ids;
+}
+
 bool boolean(const json& b, const char* key, bool fallback) {
   if (!b.contains(key) || b[key].is_null()) return fallback;
   if (!b[key].is_boolean()) throw bad_request(std::string("'") + key + "' must be true or false", key);
@@ -45,18 +58,6 @@ bool boolean(const json& b, const char* key, bool fallback) {
 }
 
 namespace {
-
-std::vector<int32_t> token_array(const json& a, const ModelInfo& m) {
-  std::vector<int32_t> ids;
-  for (const auto& t : a) {
-    if (!t.is_number_integer()) throw bad_request("'prompt' token arrays must hold integers", "prompt");
-    const int64_t v = t.get<int64_t>();
-    if (v < 0 || v >= m.tokenizer->vocab_size())
-      throw bad_request("'prompt' token " + std::to_string(v) + " is outside the vocabulary", "prompt");
-    ids.push_back(int32_t(v));
-  }
-  return ids;
-}
 
 std::string message_text(const json& content, size_t index) {
   const std::string param = "messages[" + std::to_string(index) + "].content";
@@ -209,7 +210,7 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
       add_text(p.get<std::string>());
     } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
       Request q = base;
-      q.prompt = token_array(p, m);
+      q.prompt = token_array(p, m, "prompt");
       r.prompt_texts.push_back(m.tokenizer->decode(q.prompt));
       r.prompts.push_back(q);
     } else if (p.is_array() && !p.empty()) {
@@ -218,7 +219,7 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
           add_text(x.get<std::string>());
         } else if (x.is_array()) {
           Request q = base;
-          q.prompt = token_array(x, m);
+          q.prompt = token_array(x, m, "prompt");
           r.prompt_texts.push_back(m.tokenizer->decode(q.prompt));
           r.prompts.push_back(q);
         } else {

@@ -66,6 +66,8 @@ std::vector<std::string> parse_stop(const json& body);
 // Range-checked integer field (fallback when absent or null); 400 naming `key`.
 int64_t integer(const json& b, const char* key, int64_t fallback, int64_t lo, int64_t hi);
 bool boolean(const json& b, const char* key, bool fallback);
+// A list of token ids inside the model's vocabulary; 400 naming `param` otherwise.
+std::vector<int32_t> token_array(const json& a, const ModelInfo& model, const std::string& param);
 
 // Parses and validates a /v1/completions (chat=false) or /v1/chat/completions body.
 CompletionRequest parse_completion(const json& body, bool chat, const ModelInfo& model);
