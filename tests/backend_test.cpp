@@ -235,3 +235,37 @@ TEST(ThreadPool, CoversRangeExactlyOnce) {
 
 }  // namespace
 }  // namespace rill::test
+
+namespace rill::test {
+namespace {
+
+// --device values: a clear error naming the flag for unknown devices, and for CUDA where there is none.
+TEST(BackendFactory, DeviceErrorsNameTheFlag) {
+  EXPECT_EQ(make_backend("cpu", 1)->device(), Device::CPU);
+  try {
+    make_backend("tpu", 1);
+    FAIL() << "tpu accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--device"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(make_backend("cuda:x", 1), Error);
+  if (!cuda_available()) {
+    EXPECT_THROW(make_backend("cuda", 1), Error);
+    EXPECT_EQ(make_backend("auto", 1)->device(), Device::CPU);
+  }
+}
+
+// Greedy on the device: argmax per row, ties to the lower id (what the sampler's greedy picks).
+TEST(BackendFactory, CpuArgmaxRowsTiesToLowerId) {
+  auto b = make_cpu_backend(1);
+  const std::vector<float> logits = {0.f, 3.f, 3.f, -1.f, /**/ 5.f, 1.f, 5.f, 2.f};
+  Tensor l = b->alloc(DType::F32, {2, 4});
+  b->write(l, logits.data(), logits.size() * 4);
+  Tensor ids = b->alloc(DType::I32, {2});
+  b->argmax_rows(ids, l);
+  EXPECT_EQ(ids.ptr<int32_t>()[0], 1);
+  EXPECT_EQ(ids.ptr<int32_t>()[1], 0);
+}
+
+}  // namespace
+}  // namespace rill::test

@@ -5,6 +5,8 @@
 //  - Ops are ordered and may run asynchronously (a CUDA stream). `write` and `read` are ordered with them;
 //    `read` and `synchronize` block until everything before them has finished.
 //  - Compute is f32 on the CPU backend; weights may stay in their checkpoint dtype (f32, bf16, f16).
+//    The CUDA backend keeps weights, activations and KV in bf16 and accumulates in f32; the residual
+//    stream (the `residual` of add_rmsnorm, the output of embedding) is f32 on every backend.
 //  - A Backend is used by one thread at a time (the engine loop).
 #pragma once
 
@@ -38,6 +40,11 @@ struct AttentionBatch {
   // sinks[s] entries with the sink query (q_sink) and skips entries [sinks[s], hole_end[t]).
   Tensor sinks;     // [num_seqs]
   Tensor hole_end;  // [num_tokens]
+  // Host-side facts that size kernel grids without reading device memory back.
+  int max_q_len = 0;    // the most new tokens of one sequence
+  int max_ctx_len = 0;  // the longest ctx_len
+  std::vector<int32_t> host_q_len;  // [num_seqs] new tokens of each sequence (may be empty: then unknown)
+  std::vector<int32_t> host_sinks;  // [num_seqs] or empty when no sequence uses rolling KV
 };
 
 // The weights of one expert of a sparse MoE feed-forward.
@@ -50,6 +57,11 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual std::string name() const = 0;
+  // The dtype of activations between ops (the residual stream stays f32) and of the KV cache.
+  virtual DType activation_dtype() const { return DType::F32; }
+  virtual DType kv_dtype() const { return DType::F32; }
+  // Device memory free and in total, where the device has its own memory (false on the CPU).
+  virtual bool memory_info(size_t* free_bytes, size_t* total_bytes) { return false; }
 
   // Memory.
   virtual Tensor alloc(DType dtype, Shape shape) = 0;  // contents undefined
@@ -93,9 +105,17 @@ class Backend {
                            const std::vector<ExpertWeights>& experts) = 0;
   // out[i] = x[rows[i]]. rows: i32 [m].
   virtual void gather_rows(const Tensor& out, const Tensor& x, const Tensor& rows) = 0;
+  // ids[i] = argmax of logits row i (f32 [m, vocab]); ties go to the lower id. Greedy decoding on the
+  // device, so only token ids come back to the host.
+  virtual void argmax_rows(const Tensor& ids, const Tensor& logits) = 0;
 };
 
 // Creates the CPU backend (num_threads 0: all cores).
 std::unique_ptr<Backend> make_cpu_backend(int num_threads = 0);
+// True when rill was built with CUDA and a CUDA device is usable.
+bool cuda_available();
+// The backend for `device`: "cpu", "cuda" (or "cuda:N"), or "auto" (CUDA when available, else the CPU).
+// Throws rill::Error naming the device when it cannot be used.
+std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads = 0);
 
 }  // namespace rill

@@ -41,6 +41,12 @@ void add_model_option(CLI::App& app, std::string& target, const std::string& wha
   app.add_option("-m,--model", target, what + " (default: rill-tiny, the small model shipped in models/)");
 }
 
+void add_device_option(CLI::App& app, std::string& target) {
+  app.add_option("--device", target,
+                 "Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
+      ->default_val("auto");
+}
+
 std::string model_dir(const std::string& model_path) {
   return fs::is_directory(model_path) ? model_path : fs::path(model_path).parent_path().string();
 }

@@ -24,7 +24,7 @@ namespace rill::cli {
 namespace {
 
 struct PerplexityArgs {
-  std::string model, tokenizer, text_file, policies = "dense,window,sink,recompute", csv, plot;
+  std::string model, tokenizer, text_file, policies = "dense,window,sink,recompute", csv, plot, device = "auto";
   int sinks = 4, window = 0, max_tokens = 0, chunk = 1, recompute_stride = 1, threads = 0, smooth = 256;
 };
 
@@ -59,7 +59,7 @@ double mean_finite(const std::vector<double>& v, const std::vector<double>* mask
 
 int run_perplexity(const PerplexityArgs& a) {
   Checkpoint ck = read_checkpoint(a.model);
-  auto backend = make_cpu_backend(a.threads);
+  auto backend = make_backend(a.device, a.threads);
   Model model(ck, *backend);
   auto tok = open_tokenizer(a.model, a.tokenizer, &model.config());
   RILL_CHECK(tok, a.model + ": perplexity needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
@@ -139,7 +139,7 @@ int run_perplexity(const PerplexityArgs& a) {
   const std::vector<double>* common = nullptr;
   for (const auto& r : runs)
     if (r.name == "recompute") common = &r.nll;
-  const size_t kv_bytes_per_block = KvCache::bytes_per_token(model.config()) * size_t(bs);
+  const size_t kv_bytes_per_block = KvCache::bytes_per_token(model.config(), backend->kv_dtype()) * size_t(bs);
   std::printf("%-10s %9s %12s %14s %12s %12s %14s\n", "policy", "tokens", "perplexity", "ppl(common)", "tokens/s",
               "ms/token", "max KV MiB");
   for (const auto& r : runs) {
@@ -224,6 +224,7 @@ Run add_perplexity(CLI::App& app) {
   app.add_option("--csv", a->csv, "Write per-token NLL of every policy to this CSV file");
   app.add_option("--plot", a->plot, "Draw log-perplexity against position to this PNG (needs gnuplot)");
   app.add_option("--smooth", a->smooth, "Moving-average width of the plot, in tokens")->check(CLI::PositiveNumber);
+  add_device_option(app, a->device);
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   return [a] {
     a->model = model_or_default(a->model);

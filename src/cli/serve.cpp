@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include "backend/backend.h"
@@ -22,7 +23,8 @@ namespace rill::cli {
 
 Run add_serve(CLI::App& app) {
   struct Args {
-    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory = "2GiB";
+    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory, device = "auto";
+    double gpu_memory_fraction = 0.9;
     int port = 8000, block_size = 16, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
     int max_model_len = 0, threads = 0, max_sessions = 64;
     double session_ttl = 600;
@@ -38,7 +40,14 @@ Run add_serve(CLI::App& app) {
   app.add_option("--port", a->port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
   app.add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (also RILL_API_KEY)");
   app.add_option("--served-model-name", a->served_name, "Model name in the API (default: the model path's last part)");
-  app.add_option("--kv-cache-memory", a->kv_memory, "Memory for the KV cache: a size (2GiB, 512MiB) or a share of the memory available at start (40%)");
+  add_device_option(app, a->device);
+  app.add_option("--kv-cache-memory", a->kv_memory,
+                 "Memory for the KV cache: a size (2GiB, 512MiB) or a share of the memory available at start (40%). "
+                 "Default: 2GiB on the CPU; on a GPU, what --gpu-memory-fraction leaves");
+  app.add_option("--gpu-memory-fraction", a->gpu_memory_fraction,
+                 "Share of the GPU's memory rill may use in all (weights, activations, KV cache); the KV cache gets "
+                 "what the rest leaves")
+      ->check(CLI::Range(0.05, 1.0));
   app.add_option("--block-size", a->block_size, "Tokens per KV cache block")->check(CLI::Range(1, 1024));
   app.add_option("--max-batch-tokens", a->max_batch_tokens, "Token budget of one engine step (decodes + prefill chunks)")
       ->check(CLI::PositiveNumber);
@@ -67,12 +76,32 @@ Run add_serve(CLI::App& app) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    const auto kv_bytes = parse_memory_size(a->kv_memory, available_system_memory());
-    RILL_CHECK(kv_bytes, "--kv-cache-memory: '" + a->kv_memory + "' is not a size (e.g. 2GiB, 512MiB, 1000000, 40%)");
-
     Checkpoint ck = read_checkpoint(a->model);
-    auto backend = make_cpu_backend(a->threads);
+    auto backend = make_backend(a->device, a->threads);
     Model model(ck, *backend);
+    size_t free_bytes = 0, total_bytes = 0;
+    const bool device_memory = backend->memory_info(&free_bytes, &total_bytes);
+    std::optional<size_t> kv_bytes;
+    if (!a->kv_memory.empty()) {
+      kv_bytes = parse_memory_size(a->kv_memory, device_memory ? free_bytes : available_system_memory());
+      RILL_CHECK(kv_bytes, "--kv-cache-memory: '" + a->kv_memory + "' is not a size (e.g. 2GiB, 512MiB, 1000000, 40%)");
+    } else if (!device_memory) {
+      kv_bytes = size_t(2) << 30;
+    } else {
+      // The weights are loaded; what --gpu-memory-fraction allows beyond what is in use now, less room
+      // for one step's activations (max batch tokens through the widest layer, the logits) and cuBLASLt.
+      const ModelConfig& c = model.config();
+      const size_t act_per_token = size_t(4) * (size_t(c.hidden_size) * 4 + size_t(c.num_heads) * c.head_dim * 4 +
+                                                size_t(std::max(c.intermediate_size, c.moe_intermediate_size)) * 2);
+      const size_t reserve = size_t(a->max_batch_tokens) * act_per_token +
+                             size_t(a->max_num_seqs) * size_t(c.vocab_size) * 8 + (size_t(512) << 20);
+      const double allowed = a->gpu_memory_fraction * double(total_bytes) - double(total_bytes - free_bytes);
+      RILL_CHECK(allowed > double(reserve),
+                 "--gpu-memory-fraction " + std::to_string(a->gpu_memory_fraction) + ": the model leaves no room for "
+                 "a KV cache (" + std::to_string((total_bytes - free_bytes) >> 20) + " MiB in use of " +
+                 std::to_string(total_bytes >> 20) + " MiB)");
+      kv_bytes = size_t(allowed) - reserve;
+    }
     auto tok = open_tokenizer(a->model, a->tokenizer, &model.config());
     RILL_CHECK(tok, a->model + ": serving needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
     std::unique_ptr<ChatTemplate> tmpl;
@@ -92,7 +121,7 @@ Run add_serve(CLI::App& app) {
     }
     EngineConfig ec;
     ec.block_size = a->block_size;
-    ec.num_blocks = KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size);
+    ec.num_blocks = KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size, backend->kv_dtype());
     RILL_CHECK(ec.num_blocks > 0, "--kv-cache-memory " + a->kv_memory + " holds no KV block for this model");
     ec.max_batch_tokens = a->max_batch_tokens;
     ec.max_num_seqs = a->max_num_seqs;

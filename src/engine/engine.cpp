@@ -160,7 +160,7 @@ SessionStatus Engine::status_of(uint64_t id, const SessionSlot& sl) const {
     st.tokens_cached = last.visible(s->computed, s->request.kv_policy, config_.block_size);
   }
   st.blocks = int(s->blocks.size());
-  st.kv_bytes = size_t(st.blocks) * size_t(config_.block_size) * KvCache::bytes_per_token(model_.config());
+  st.kv_bytes = size_t(st.blocks) * size_t(config_.block_size) * KvCache::bytes_per_token(model_.config(), kv_.dtype());
   st.generating = s->generating;
   st.idle_seconds = sl.active ? 0 : std::chrono::duration<double>(std::chrono::steady_clock::now() - sl.last_used).count();
   return st;
@@ -394,7 +394,12 @@ void Engine::step() {
                          c.start, index, s->blocks, config_.block_size, c.sample ? Logits::Last : Logits::None, view);
       if (c.sample) sampled.push_back(&c);
     }
-    model_.forward(batch, kv_, &logits_);
+    // When every row is plain greedy without logprobs, the argmax runs on the device.
+    bool device_greedy = !sampled.empty();
+    for (const ScheduledChunk* c : sampled)
+      device_greedy = device_greedy && c->seq->request.sampling.plain_greedy() && c->seq->request.logprobs < 0;
+    std::vector<int32_t> greedy_ids;
+    model_.forward(batch, kv_, &logits_, device_greedy ? &greedy_ids : nullptr);
     ++counters_.steps;
     const size_t vocab = size_t(model_.config().vocab_size);
     const auto& eos = model_.config().eos_token_ids;
@@ -409,10 +414,15 @@ void Engine::step() {
     }
     for (size_t k = 0; k < sampled.size(); ++k) {
       Sequence* s = sampled[k]->seq;
-      float* row = logits_.data() + k * vocab;
       std::vector<float> logprobs;
-      if (s->request.logprobs >= 0) logprobs = log_softmax(row, vocab);  // before the sampler edits the row
-      const int32_t tok = s->sampler.sample(row, int(vocab));
+      int32_t tok;
+      if (device_greedy) {
+        tok = greedy_ids[k];
+      } else {
+        float* row = logits_.data() + k * vocab;
+        if (s->request.logprobs >= 0) logprobs = log_softmax(row, vocab);  // before the sampler edits the row
+        tok = s->sampler.sample(row, int(vocab));
+      }
       s->tokens.push_back(tok);
       ++counters_.generated_tokens;
       Event e;

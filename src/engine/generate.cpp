@@ -91,15 +91,18 @@ GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& p
   std::vector<float> next(logits.end() - long(vocab), logits.end());
   t0 = std::chrono::steady_clock::now();
   int pos = int(prompt.size());
+  // Plain greedy decoding takes the argmax on the device: only the token id comes back.
+  const bool device_greedy = opt.sampling.plain_greedy();
+  std::vector<int32_t> picked;
   for (int i = 0; i < opt.max_new_tokens; ++i) {
-    const int32_t tok = sampler.sample(next.data(), int(vocab));
+    const int32_t tok = picked.empty() ? sampler.sample(next.data(), int(vocab)) : picked[0];
     r.ids.push_back(tok);
     const bool eos = is_stop(c, opt, tok);
     if (on_token && !on_token(tok)) break;
     if (eos || i + 1 == opt.max_new_tokens) break;
     Batch b;
     b.add_sequence({tok}, pos, pos, table, kv.block_size(), Logits::Last);
-    model.forward(b, kv, &next);
+    model.forward(b, kv, &next, device_greedy ? &picked : nullptr);
     ++pos;
     ++r.decode_steps;
   }

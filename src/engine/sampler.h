@@ -26,6 +26,10 @@ struct SamplingParams {
 
   // Throws rill::Error naming the parameter when a value is out of range.
   void validate() const;
+  // Greedy with no penalty: the token is the argmax of the raw logits (which the device can compute).
+  bool plain_greedy() const {
+    return temperature == 0.f && repetition_penalty == 1.f && presence_penalty == 0.f && frequency_penalty == 0.f;
+  }
 };
 
 class Sampler {

@@ -4,12 +4,12 @@
 
 namespace rill {
 
-size_t KvCache::bytes_per_token(const ModelConfig& c) {
-  return size_t(2) * c.num_layers * c.num_kv_heads * c.head_dim * sizeof(float);
+size_t KvCache::bytes_per_token(const ModelConfig& c, DType dtype) {
+  return size_t(2) * c.num_layers * c.num_kv_heads * c.head_dim * dtype_size(dtype);
 }
 
-int KvCache::blocks_for_bytes(const ModelConfig& c, size_t bytes, int block_size) {
-  return int(bytes / (bytes_per_token(c) * size_t(block_size)));
+int KvCache::blocks_for_bytes(const ModelConfig& c, size_t bytes, int block_size, DType dtype) {
+  return int(bytes / (bytes_per_token(c, dtype) * size_t(block_size)));
 }
 
 KvCache::KvCache(Backend& backend, const ModelConfig& c, int num_blocks, int block_size)
@@ -17,8 +17,8 @@ KvCache::KvCache(Backend& backend, const ModelConfig& c, int num_blocks, int blo
   RILL_CHECK(block_size > 0, "KV block size must be positive");
   for (int l = 0; l < c.num_layers; ++l) {
     KvLayer layer;
-    layer.k = backend.alloc(DType::F32, {num_blocks, block_size, c.num_kv_heads, c.head_dim});
-    layer.v = backend.alloc(DType::F32, {num_blocks, block_size, c.num_kv_heads, c.head_dim});
+    layer.k = backend.alloc(backend.kv_dtype(), {num_blocks, block_size, c.num_kv_heads, c.head_dim});
+    layer.v = backend.alloc(backend.kv_dtype(), {num_blocks, block_size, c.num_kv_heads, c.head_dim});
     layers_.push_back(layer);
   }
 }

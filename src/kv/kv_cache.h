@@ -15,9 +15,10 @@ namespace rill {
 class KvCache {
  public:
   KvCache(Backend& backend, const ModelConfig& config, int num_blocks, int block_size = 16);
-  // Blocks that fit in `bytes` for this model.
-  static int blocks_for_bytes(const ModelConfig& config, size_t bytes, int block_size = 16);
-  static size_t bytes_per_token(const ModelConfig& config);
+  // Blocks that fit in `bytes` for this model, with K and V stored as `dtype` (Backend::kv_dtype()).
+  static int blocks_for_bytes(const ModelConfig& config, size_t bytes, int block_size = 16, DType dtype = DType::F32);
+  static size_t bytes_per_token(const ModelConfig& config, DType dtype = DType::F32);
+  DType dtype() const { return layers_.empty() ? DType::F32 : layers_[0].k.dtype; }
 
   const KvLayer& layer(int l) const { return layers_[size_t(l)]; }
   int block_size() const { return block_size_; }

@@ -165,7 +165,7 @@ Tensor Model::upload_i32(const std::vector<int32_t>& v) {
   return t.slice_rows(0, int64_t(v.size()));
 }
 
-void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits) {
+void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* greedy) {
   const ModelConfig& c = config_;
   const int64_t n = batch.num_tokens(), d = c.hidden_size, hd = c.head_dim;
   const int64_t H = c.num_heads, KV = c.num_kv_heads;
@@ -179,17 +179,19 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits)
     auto ws = std::make_shared<Workspace>();
     ws->capacity = n;
     const int64_t f = std::max(c.intermediate_size, c.moe_intermediate_size);
+    // The residual stream is f32 everywhere; the rest is in the backend's activation dtype.
+    const DType act = backend_.activation_dtype();
     ws->residual = backend_.alloc(DType::F32, {n, d});
-    ws->h = backend_.alloc(DType::F32, {n, d});
-    ws->q = backend_.alloc(DType::F32, {n, H * hd});
-    ws->q_sink = backend_.alloc(DType::F32, {n, H * hd});
-    ws->k = backend_.alloc(DType::F32, {n, KV * hd});
-    ws->v = backend_.alloc(DType::F32, {n, KV * hd});
-    ws->attn = backend_.alloc(DType::F32, {n, H * hd});
-    ws->o = backend_.alloc(DType::F32, {n, d});
-    ws->gate = backend_.alloc(DType::F32, {n, f});
-    ws->up = backend_.alloc(DType::F32, {n, f});
-    ws->mlp = backend_.alloc(DType::F32, {n, d});
+    ws->h = backend_.alloc(act, {n, d});
+    ws->q = backend_.alloc(act, {n, H * hd});
+    ws->q_sink = backend_.alloc(act, {n, H * hd});
+    ws->k = backend_.alloc(act, {n, KV * hd});
+    ws->v = backend_.alloc(act, {n, KV * hd});
+    ws->attn = backend_.alloc(act, {n, H * hd});
+    ws->o = backend_.alloc(act, {n, d});
+    ws->gate = backend_.alloc(act, {n, f});
+    ws->up = backend_.alloc(act, {n, f});
+    ws->mlp = backend_.alloc(act, {n, d});
     if (c.num_experts > 0) {
       ws->router = backend_.alloc(DType::F32, {n, c.num_experts});
       ws->route_ids = backend_.alloc(DType::I32, {n, c.num_experts_per_tok});
@@ -207,6 +209,11 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits)
   ab.num_seqs = batch.num_seqs();
   ab.num_tokens = int(n);
   for (const auto& t : batch.block_tables) ab.max_blocks_per_seq = std::max(ab.max_blocks_per_seq, int(t.size()));
+  for (int s = 0; s < ab.num_seqs; ++s) {
+    ab.host_q_len.push_back(batch.q_start[size_t(s) + 1] - batch.q_start[size_t(s)]);
+    ab.max_q_len = std::max(ab.max_q_len, ab.host_q_len.back());
+    ab.max_ctx_len = std::max(ab.max_ctx_len, batch.ctx_len[size_t(s)]);
+  }
   std::vector<int32_t> tables(size_t(ab.num_seqs) * size_t(std::max(1, ab.max_blocks_per_seq)), 0);
   std::vector<int32_t> token_seq(static_cast<size_t>(n));
   for (int s = 0; s < ab.num_seqs; ++s) {
@@ -225,6 +232,7 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits)
   Tensor sink_positions, identity;
   if (sinks) {
     ab.sinks = upload_i32(batch.sinks);
+    ab.host_sinks = batch.sinks;
     ab.hole_end = upload_i32(batch.hole_end);
     sink_positions = upload_i32(batch.sink_positions);
     std::vector<int32_t> rows_id(static_cast<size_t>(n));
@@ -294,12 +302,19 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits)
 
   // Logits only for the rows the caller asked for.
   const int64_t m = int64_t(batch.logit_rows.size());
-  logits->resize(size_t(m * c.vocab_size));
+  logits->resize(greedy ? 0 : size_t(m * c.vocab_size));
+  if (greedy) greedy->resize(size_t(m));
   if (m == 0) return;
-  const Tensor sel = backend_.alloc(DType::F32, {m, d});
+  const Tensor sel = backend_.alloc(h.dtype, {m, d});
   backend_.gather_rows(sel, h, upload_i32(batch.logit_rows));
   const Tensor out = backend_.alloc(DType::F32, {m, c.vocab_size});
   backend_.linear(out, sel, w_.lm_head, Tensor{});
+  if (greedy) {
+    const Tensor ids_out = backend_.alloc(DType::I32, {m});
+    backend_.argmax_rows(ids_out, out);
+    backend_.read(greedy->data(), ids_out, size_t(m) * sizeof(int32_t));
+    return;
+  }
   backend_.read(logits->data(), out, out.nbytes());
 }
 

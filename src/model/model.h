@@ -53,8 +53,10 @@ class Model {
   Backend& backend() { return backend_; }
   size_t weight_bytes() const { return weight_bytes_; }
 
-  // Runs the batch; returns logits [batch.logit_rows.size(), vocab] row-major.
-  void forward(const Batch& batch, KvCache& kv, std::vector<float>* logits);
+  // Runs the batch; returns logits [batch.logit_rows.size(), vocab] row-major. With `greedy` set, returns
+  // instead the argmax of each of those rows (ties to the lower id), computed on the device: only the ids
+  // come back to the host, and `logits` is left empty.
+  void forward(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* greedy = nullptr);
 
  private:
   struct Workspace;

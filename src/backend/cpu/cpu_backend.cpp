@@ -340,4 +340,13 @@ void CpuBackend::gather_rows(const Tensor& out, const Tensor& x, const Tensor& r
   }
 }
 
+void CpuBackend::argmax_rows(const Tensor& ids, const Tensor& logits) {
+  const int64_t m = logits.rows(), vocab = logits.row_size();
+  expect(ids.numel() == m && logits.dtype == DType::F32, "argmax_rows", "ids must be [rows], logits f32");
+  for (int64_t i = 0; i < m; ++i) {
+    const float* row = logits.ptr<float>() + i * vocab;
+    ids.ptr<int32_t>()[i] = int32_t(std::max_element(row, row + vocab) - row);  // first maximum on ties
+  }
+}
+
 }  // namespace rill

@@ -40,6 +40,7 @@ class CpuBackend final : public Backend {
   void moe_experts(const Tensor& out, const Tensor& x, const Tensor& ids, const Tensor& weights,
                    const std::vector<ExpertWeights>& experts) override;
   void gather_rows(const Tensor& out, const Tensor& x, const Tensor& rows) override;
+  void argmax_rows(const Tensor& ids, const Tensor& logits) override;
 
  private:
   ThreadPool pool_;
