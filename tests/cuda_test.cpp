@@ -1,10 +1,28 @@
-// GPU tests: skipped, visibly, where there is no CUDA build or no device (CI); run on the GPU machine
-// with `ctest -L gpu`.
+// The CUDA backend against the CPU backend, op by op on random data (with the inputs rounded to bf16 on
+// both sides, so only the arithmetic differs), and on a real model. GPU tests are skipped, visibly, where
+// there is no CUDA build or no device (CI); run them on the GPU machine with `ctest -L gpu`, which also
+// runs the golden, engine and streaming tests on the GPU (RILL_TEST_DEVICE=cuda).
 #include <gtest/gtest.h>
+
+#include <numeric>
+#include <random>
+
+#include "backend/backend.h"
+#include "engine/generate.h"
+#include "model/model.h"
+#include "test_util.h"
 
 #ifdef RILL_HAVE_CUDA
 #include "backend/cuda/device_info.h"
 #endif
+
+namespace rill::test {
+namespace {
+
+#define RILL_NEED_GPU()                                                                      \
+  do {                                                                                       \
+    if (!cuda_available()) GTEST_SKIP() << "skipped: no CUDA device (or a build without CUDA)"; \
+  } while (0)
 
 TEST(Cuda, DeviceComputes) {
 #ifndef RILL_HAVE_CUDA
@@ -15,3 +33,337 @@ TEST(Cuda, DeviceComputes) {
   EXPECT_TRUE(rill::cuda::self_test());
 #endif
 }
+
+// Random values already rounded to bf16, so both backends see the same inputs.
+std::vector<float> random_bf16(size_t n, uint32_t seed, float scale = 1.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = bf16_to_f32(f32_to_bf16(d(rng)));
+  return v;
+}
+
+// A tensor holding `v` on `b`: f32 on the CPU, `dtype` (f32 or bf16) on the GPU.
+Tensor put(Backend& b, const std::vector<float>& v, Shape s, DType gpu_dtype = DType::BF16) {
+  const DType dt = b.device() == Device::CPU ? DType::F32 : gpu_dtype;
+  Tensor t = b.alloc(dt, s);
+  if (dt == DType::F32) {
+    b.write(t, v.data(), v.size() * 4);
+  } else {
+    std::vector<uint16_t> h(v.size());
+    for (size_t i = 0; i < v.size(); ++i) h[i] = f32_to_bf16(v[i]);
+    b.write(t, h.data(), h.size() * 2);
+  }
+  return t;
+}
+Tensor put_i32(Backend& b, const std::vector<int32_t>& v) {
+  Tensor t = b.alloc(DType::I32, {int64_t(v.size())});
+  b.write(t, v.data(), v.size() * 4);
+  return t;
+}
+std::vector<float> get(Backend& b, const Tensor& t) {
+  std::vector<float> v(static_cast<size_t>(t.numel()));
+  if (t.dtype == DType::F32) {
+    b.read(v.data(), t, v.size() * 4);
+  } else {
+    std::vector<uint16_t> h(v.size());
+    b.read(h.data(), t, h.size() * 2);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = bf16_to_f32(h[i]);
+  }
+  return v;
+}
+// A weight: bf16 host memory, uploaded (the CPU uses it in place).
+struct HostWeight {
+  std::vector<uint16_t> bits;
+  Tensor host;
+  HostWeight(const std::vector<float>& v, Shape s) : bits(v.size()) {
+    for (size_t i = 0; i < v.size(); ++i) bits[i] = f32_to_bf16(v[i]);
+    host.data = bits.data();
+    host.dtype = DType::BF16;
+    host.shape = s;
+  }
+};
+
+class CudaOps : public testing::Test {
+ protected:
+  void SetUp() override {
+    RILL_NEED_GPU();
+    cpu_ = make_cpu_backend(2);
+    gpu_ = make_backend("cuda");
+  }
+  std::unique_ptr<Backend> cpu_, gpu_;
+};
+
+TEST_F(CudaOps, LinearMatchesCpu) {
+  const int64_t in = 256, o = 200;
+  HostWeight w(random_bf16(size_t(in * o), 1, 0.05f), {o, in});
+  HostWeight bias(random_bf16(size_t(o), 2), {o});
+  const Tensor wc = cpu_->upload_weight(w.host), wg = gpu_->upload_weight(w.host);
+  const Tensor bc = cpu_->upload_weight(bias.host), bg = gpu_->upload_weight(bias.host);
+  for (int64_t n : {1, 7, 64, 300})
+    for (DType out_t : {DType::F32, DType::BF16}) {
+      const auto x = random_bf16(size_t(n * in), uint32_t(n));
+      Tensor yc = cpu_->alloc(DType::F32, {n, o}), yg = gpu_->alloc(out_t, {n, o});
+      cpu_->linear(yc, put(*cpu_, x, {n, in}), wc, bc);
+      gpu_->linear(yg, put(*gpu_, x, {n, in}), wg, bg);
+      const auto a = get(*cpu_, yc), b = get(*gpu_, yg);
+      EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), out_t == DType::F32 ? 1e-5 : 8e-3)
+          << "n " << n << " out " << dtype_name(out_t);
+    }
+}
+
+// With RILL_BATCH_INVARIANT=1, a row's result does not depend on how many rows are beside it (what the
+// engine's batch-invariance tests need); without it cuBLASLt may split skinny GEMMs' reduction.
+TEST_F(CudaOps, LinearRowsAreBatchInvariant) {
+  const char* before = std::getenv("RILL_BATCH_INVARIANT");
+  setenv("RILL_BATCH_INVARIANT", "1", 1);
+  gpu_ = make_backend("cuda");
+  if (before) setenv("RILL_BATCH_INVARIANT", before, 1);
+  else unsetenv("RILL_BATCH_INVARIANT");
+  const int64_t in = 512, o = 384;
+  HostWeight w(random_bf16(size_t(in * o), 3, 0.05f), {o, in});
+  const Tensor wg = gpu_->upload_weight(w.host);
+  const auto x = random_bf16(size_t(256 * in), 4);
+  Tensor full = gpu_->alloc(DType::BF16, {256, o});
+  gpu_->linear(full, put(*gpu_, x, {256, in}), wg, Tensor{});
+  const auto all = get(*gpu_, full);
+  for (int64_t n : {1, 2, 5, 16, 33, 128}) {
+    Tensor part = gpu_->alloc(DType::BF16, {n, o});
+    gpu_->linear(part, put(*gpu_, std::vector<float>(x.begin(), x.begin() + n * in), {n, in}), wg, Tensor{});
+    const auto got = get(*gpu_, part);
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), all.begin())) << "first " << n << " rows";
+  }
+}
+
+TEST_F(CudaOps, NormRopeActivationsMatchCpu) {
+  const int64_t n = 37, d = 256, hd = 64;
+  const auto x = random_bf16(size_t(n * d), 5), delta = random_bf16(size_t(n * d), 6);
+  HostWeight w(random_bf16(size_t(d), 7), {d});
+  const Tensor wc = cpu_->upload_weight(w.host), wg = gpu_->upload_weight(w.host);
+  // rmsnorm from the f32 residual, then add_rmsnorm.
+  Tensor rc = put(*cpu_, x, {n, d}), rg = put(*gpu_, x, {n, d}, DType::F32);
+  Tensor hc = cpu_->alloc(DType::F32, {n, d}), hg = gpu_->alloc(DType::BF16, {n, d});
+  cpu_->rmsnorm(hc, rc, wc, 1e-5f);
+  gpu_->rmsnorm(hg, rg, wg, 1e-5f);
+  auto a = get(*cpu_, hc), b = get(*gpu_, hg);
+  EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), 8e-3);
+  cpu_->add_rmsnorm(rc, hc, put(*cpu_, delta, {n, d}), wc, 1e-5f);
+  gpu_->add_rmsnorm(rg, hg, put(*gpu_, delta, {n, d}), wg, 1e-5f);
+  a = get(*cpu_, rc), b = get(*gpu_, rg);
+  EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), 1e-6) << "residual";
+  a = get(*cpu_, hc), b = get(*gpu_, hg);
+  EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), 8e-3) << "normed";
+  // RoPE at positions up to the millions, with per-token frequency rows (dynamic NTK).
+  std::vector<int32_t> pos(n), row(n);
+  for (int64_t i = 0; i < n; ++i) pos[size_t(i)] = int32_t(i * 40009 % 3000017), row[size_t(i)] = int32_t(i % 2);
+  std::vector<double> inv(static_cast<size_t>(hd));
+  for (int64_t i = 0; i < hd; ++i) inv[size_t(i)] = std::pow(10000.0, -2.0 * double(i % (hd / 2)) / double(hd)) * (i < hd / 2 ? 1.0 : 0.5);
+  auto rope_on = [&](Backend& b, Tensor t) {
+    Tensor f = b.alloc(DType::F64, {2, hd / 2});
+    b.write(f, inv.data(), inv.size() * 8);
+    b.rope(t, int(hd), put_i32(b, pos), f, put_i32(b, row), 0.9f);
+    return get(b, t);
+  };
+  a = rope_on(*cpu_, put(*cpu_, x, {n, d}));
+  b = rope_on(*gpu_, put(*gpu_, x, {n, d}, DType::F32));
+  EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), 1e-5) << "rope";
+  // silu * up, gather, embedding.
+  Tensor sc = put(*cpu_, x, {n, d}), sg = put(*gpu_, x, {n, d});
+  cpu_->silu_mul(sc, sc, put(*cpu_, delta, {n, d}));
+  gpu_->silu_mul(sg, sg, put(*gpu_, delta, {n, d}));
+  a = get(*cpu_, sc), b = get(*gpu_, sg);
+  EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), 8e-3) << "silu_mul";
+  const std::vector<int32_t> rows = {3, 0, 36, 3};
+  Tensor gc = cpu_->alloc(DType::F32, {4, d}), gg = gpu_->alloc(DType::BF16, {4, d});
+  cpu_->gather_rows(gc, put(*cpu_, x, {n, d}), put_i32(*cpu_, rows));
+  gpu_->gather_rows(gg, put(*gpu_, x, {n, d}), put_i32(*gpu_, rows));
+  EXPECT_EQ(get(*cpu_, gc), get(*gpu_, gg)) << "gather_rows";
+  HostWeight table(x, {n, d});
+  Tensor ec = cpu_->alloc(DType::F32, {4, d}), eg = gpu_->alloc(DType::F32, {4, d});
+  cpu_->embedding(ec, cpu_->upload_weight(table.host), put_i32(*cpu_, rows));
+  gpu_->embedding(eg, gpu_->upload_weight(table.host), put_i32(*gpu_, rows));
+  EXPECT_EQ(get(*cpu_, ec), get(*gpu_, eg)) << "embedding";
+}
+
+TEST_F(CudaOps, KvWriteStoresSlots) {
+  const int64_t blocks = 4, bs = 8, kvh = 2, hd = 32, width = kvh * hd;
+  KvLayer kv;
+  kv.k = gpu_->alloc(DType::BF16, {blocks, bs, kvh, hd});
+  kv.v = gpu_->alloc(DType::BF16, {blocks, bs, kvh, hd});
+  gpu_->fill_zero(kv.k);
+  gpu_->fill_zero(kv.v);
+  const auto k = random_bf16(size_t(3 * width), 8), v = random_bf16(size_t(3 * width), 9);
+  const std::vector<int32_t> slots = {5, 31, 12};
+  gpu_->kv_write(kv, put(*gpu_, k, {3, width}), put(*gpu_, v, {3, width}), put_i32(*gpu_, slots));
+  const auto kc = get(*gpu_, kv.k), vc = get(*gpu_, kv.v);
+  for (size_t t = 0; t < 3; ++t)
+    for (int64_t j = 0; j < width; ++j) {
+      EXPECT_EQ(kc[size_t(slots[t] * width + j)], k[t * size_t(width) + size_t(j)]);
+      EXPECT_EQ(vc[size_t(slots[t] * width + j)], v[t * size_t(width) + size_t(j)]);
+    }
+  EXPECT_EQ(kc[0], 0.f);
+}
+
+struct AttnCase {
+  int hd, heads, kv_heads, sliding_window;
+  bool sinks;
+};
+
+class CudaAttention : public CudaOps, public testing::WithParamInterface<AttnCase> {};
+
+// Four sequences in one flat batch: a 37-token prefill, a 1-token decode at 700 keys (several splits), a
+// 5-token chunk after 290 cached tokens and a 150-token chunk after 250 (prompts of 16+ tokens take the
+// tensor-core kernel at head_dim 64 and 128); paged over shuffled blocks.
+TEST_P(CudaAttention, MatchesCpu) {
+  const AttnCase c = GetParam();
+  const int bs = 16, num_blocks = 160;
+  const std::vector<int> q_len = {37, 1, 5, 150}, ctx = {37, 700, 295, 400};
+  const int n = 193, S = 4;
+  std::vector<int32_t> q_start = {0}, token_seq, hole_end, sinks;
+  int max_blocks = 0;
+  for (int s = 0; s < S; ++s) {
+    q_start.push_back(q_start.back() + q_len[size_t(s)]);
+    max_blocks = std::max(max_blocks, (ctx[size_t(s)] + bs - 1) / bs);
+    sinks.push_back(c.sinks && s > 0 ? 4 : 0);
+    for (int t = 0; t < q_len[size_t(s)]; ++t) {
+      token_seq.push_back(s);
+      const int self = ctx[size_t(s)] - q_len[size_t(s)] + t;
+      hole_end.push_back(c.sinks && s > 0 ? std::min(self, 40 + t) : 0);
+    }
+  }
+  std::vector<int32_t> perm(num_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(11));
+  std::vector<int32_t> tables(size_t(S * max_blocks), 0);
+  int next = 0;
+  for (int s = 0; s < S; ++s)
+    for (int b = 0; b < (ctx[size_t(s)] + bs - 1) / bs; ++b) tables[size_t(s * max_blocks + b)] = perm[size_t(next++)];
+  const int64_t qw = int64_t(c.heads) * c.hd;
+  const auto q = random_bf16(size_t(n * qw), 12), q_sink = random_bf16(size_t(n * qw), 13);
+  const auto kcache = random_bf16(size_t(num_blocks * bs * c.kv_heads * c.hd), 14);
+  const auto vcache = random_bf16(size_t(num_blocks * bs * c.kv_heads * c.hd), 15);
+
+  auto run = [&](Backend& b) {
+    AttentionBatch ab;
+    ab.num_seqs = S;
+    ab.num_tokens = n;
+    ab.max_blocks_per_seq = max_blocks;
+    ab.q_start = put_i32(b, q_start);
+    ab.ctx_len = put_i32(b, std::vector<int32_t>(ctx.begin(), ctx.end()));
+    ab.block_tables = put_i32(b, tables);
+    ab.token_seq = put_i32(b, token_seq);
+    ab.max_q_len = 150;
+    ab.max_ctx_len = 700;
+    if (c.sinks) {
+      ab.sinks = put_i32(b, sinks);
+      ab.hole_end = put_i32(b, hole_end);
+    }
+    KvLayer kv;
+    kv.k = put(b, kcache, {num_blocks, bs, c.kv_heads, c.hd});
+    kv.v = put(b, vcache, {num_blocks, bs, c.kv_heads, c.hd});
+    Tensor out = b.alloc(b.device() == Device::CPU ? DType::F32 : DType::BF16, {n, qw});
+    b.attention(out, put(b, q, {n, qw}), kv, ab, c.heads, 1.f / std::sqrt(float(c.hd)), c.sliding_window,
+                c.sinks ? put(b, q_sink, {n, qw}) : Tensor{});
+    return get(b, out);
+  };
+  const auto a = run(*cpu_), g = run(*gpu_);
+  EXPECT_LE(rel_max_diff(g.data(), a.data(), a.size()), 1e-2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
+                         testing::Values(AttnCase{16, 4, 2, 0, false}, AttnCase{64, 8, 2, 0, false},
+                                         AttnCase{128, 32, 8, 0, false}, AttnCase{128, 12, 1, 0, false},
+                                         AttnCase{32, 4, 4, 100, false}, AttnCase{64, 8, 2, 100, false},
+                                         AttnCase{128, 8, 8, 70, false}, AttnCase{64, 8, 2, 0, true},
+                                         AttnCase{128, 28, 4, 0, true}),
+                         [](const auto& info) {
+                           const AttnCase& c = info.param;
+                           return "hd" + std::to_string(c.hd) + "_h" + std::to_string(c.heads) + "_kv" +
+                                  std::to_string(c.kv_heads) + (c.sliding_window ? "_window" : "") +
+                                  (c.sinks ? "_sinks" : "");
+                         });
+
+TEST_F(CudaOps, MoeMatchesCpu) {
+  const int64_t n = 19, d = 64, f = 96, E = 6;
+  const int k = 2;
+  const auto logits = random_bf16(size_t(n * E), 16);
+  std::vector<std::unique_ptr<HostWeight>> keep;
+  std::vector<ExpertWeights> ec, eg;
+  for (int e = 0; e < E; ++e) {
+    ExpertWeights wc, wg;
+    for (auto [dst_c, dst_g, shape] : {std::tuple{&wc.gate, &wg.gate, Shape{f, d}}, std::tuple{&wc.up, &wg.up, Shape{f, d}},
+                                       std::tuple{&wc.down, &wg.down, Shape{d, f}}}) {
+      keep.push_back(std::make_unique<HostWeight>(random_bf16(size_t(f * d), uint32_t(100 + keep.size()), 0.1f), shape));
+      *dst_c = cpu_->upload_weight(keep.back()->host);
+      *dst_g = gpu_->upload_weight(keep.back()->host);
+    }
+    ec.push_back(wc);
+    eg.push_back(wg);
+  }
+  const auto x = random_bf16(size_t(n * d), 17);
+  auto run = [&](Backend& b, const std::vector<ExpertWeights>& experts) {
+    const Tensor ids = b.alloc(DType::I32, {n, k}), w = b.alloc(DType::F32, {n, k});
+    b.moe_route(ids, w, put(b, logits, {n, E}, DType::F32), k, true);
+    Tensor out = b.alloc(b.device() == Device::CPU ? DType::F32 : DType::BF16, {n, d});
+    b.moe_experts(out, put(b, x, {n, d}), ids, w, experts);
+    std::vector<int32_t> hid(size_t(n * k));
+    b.read(hid.data(), ids, hid.size() * 4);
+    return std::make_pair(hid, get(b, out));
+  };
+  const auto [ids_c, out_c] = run(*cpu_, ec);
+  const auto [ids_g, out_g] = run(*gpu_, eg);
+  EXPECT_EQ(ids_c, ids_g);
+  EXPECT_LE(rel_max_diff(out_g.data(), out_c.data(), out_c.size()), 2e-2);
+}
+
+// The TinyStories model (f32 weights, which the GPU stores as bf16) gives the CPU's greedy tokens for 200
+// steps when the CPU runs the same bf16-rounded weights.
+TEST(CudaModel, StoriesGreedyMatchesCpuFor200Tokens) {
+  RILL_NEED_GPU();
+  const std::string path = shared("data/models/stories260K/stories260K.bin");
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "missing: " << path;
+  Checkpoint ck = read_checkpoint(path);
+  std::vector<std::shared_ptr<std::vector<float>>> keep;
+  for (auto& [name, t] : ck.weights.tensors) {
+    if (t.dtype != DType::F32) continue;
+    auto rounded = std::make_shared<std::vector<float>>(static_cast<size_t>(t.numel()));
+    for (int64_t i = 0; i < t.numel(); ++i) (*rounded)[size_t(i)] = bf16_to_f32(f32_to_bf16(t.ptr<float>()[i]));
+    t.data = rounded->data();
+    t.storage = rounded;
+    keep.push_back(rounded);
+  }
+  auto greedy = [&](Backend& b) {
+    Model model(ck, b);
+    KvCache kv(b, model.config(), 32, 16);
+    GenerateOptions opt;
+    opt.max_new_tokens = 200;
+    opt.sampling.temperature = 0;
+    opt.stop_at_eos = false;
+    return generate(model, kv, {1}, opt).ids;
+  };
+  auto cpu = make_cpu_backend(2);
+  auto gpu = make_backend("cuda");
+  const auto a = greedy(*cpu), g = greedy(*gpu);
+  ASSERT_EQ(a.size(), 200u);
+  ASSERT_EQ(g.size(), 200u);
+  size_t first = 0;
+  while (first < a.size() && a[first] == g[first]) ++first;
+  if (first < a.size()) {
+    // How close the CPU's choice was there: the gap between its two best logits.
+    Model model(ck, *cpu);
+    KvCache kv(*cpu, model.config(), 32, 16);
+    std::vector<int32_t> prefix = {1};
+    prefix.insert(prefix.end(), a.begin(), a.begin() + long(first));
+    GenerateOptions opt;
+    opt.max_new_tokens = 0;
+    opt.keep_prompt_logits = true;
+    const auto logits = generate(model, kv, prefix, opt).prompt_logits;
+    std::vector<float> last(logits.end() - model.config().vocab_size, logits.end());
+    std::partial_sort(last.begin(), last.begin() + 2, last.end(), std::greater<float>());
+    ADD_FAILURE() << "first difference at token " << first << " (cpu " << a[first] << ", gpu " << g[first]
+                  << "); the CPU's top-2 logit margin there: " << last[0] - last[1];
+  }
+}
+
+}  // namespace
+}  // namespace rill::test

@@ -38,7 +38,7 @@ class EngineTest : public testing::TestWithParam<std::string> {
   void SetUp() override {
     const std::string dir = shared("fixtures/models/" + GetParam());
     if (!std::filesystem::exists(dir)) GTEST_SKIP();
-    backend_ = make_cpu_backend(0);
+    RILL_TEST_BACKEND(backend_, 0);
     model_ = std::make_unique<Model>(read_checkpoint(dir), *backend_);
   }
   // The same request alone, through generate().

@@ -36,11 +36,21 @@ class GoldenTest : public testing::TestWithParam<Case> {
     if (!std::filesystem::exists(dir)) GTEST_SKIP() << "fixture missing: " << dir;
     read_safetensors(dir + "/expected.safetensors", &expected_);
     checkpoint_ = read_checkpoint(GetParam().bf16 ? dir + "/bf16" : dir);
-    backend_ = make_cpu_backend(0);
+    RILL_TEST_BACKEND(backend_, 0);
     model_ = std::make_unique<Model>(checkpoint_, *backend_);
     kv_ = std::make_unique<KvCache>(*backend_, model_->config(), 64, 16);
   }
-  double tolerance() const { return GetParam().bf16 ? 3e-2 : 1e-4; }
+  // On the GPU every checkpoint runs in bf16: weights, activations between ops and the KV cache (f32
+  // accumulation, f32 residual stream). On these random-weight fixtures the bf16 rounding of the weights
+  // alone moves the logits by up to 2.5e-2 (the CPU's bf16 cases); the bf16 roundings at the inputs of the
+  // GEMMs, which any bf16 tensor-core engine makes, add the rest: the CPU backend emulating exactly the
+  // GPU's rounding points gives llama 3.43e-2, llama31_rope_scaling 4.68e-2 (the GPU: 3.44e-2, 4.46e-2).
+  // So the GPU is held to 5e-2.
+  bool bf16() const { return GetParam().bf16 || test_on_gpu(); }
+  double tolerance() const { return test_on_gpu() ? 5e-2 : bf16() ? 3e-2 : 1e-4; }
+  // MoE routing on these fixtures has near-ties that bf16 weights alone flip (the CPU, f32 compute on the
+  // bf16-rounded weights: qwen3_moe 0.57, mixtral_moe 0.22 at the flipped positions).
+  bool routing_flips() const { return test_on_gpu() && GetParam().model.find("moe") != std::string::npos; }
 
   std::vector<float> prompt_logits(const std::vector<int32_t>& prompt, int chunk) {
     GenerateOptions opt;
@@ -58,6 +68,7 @@ class GoldenTest : public testing::TestWithParam<Case> {
 };
 
 TEST_P(GoldenTest, PromptLogitsMatchReference) {
+  if (routing_flips()) GTEST_SKIP() << "bf16 weights flip this fixture's MoE routing (see routing_flips)";
   const auto prompt = ids_of(expected_.get("prompt_ids"));
   const auto ref = floats_of(expected_.get("logits"));
   // In one step, and chunked so the paged attention reads earlier chunks from several blocks.
@@ -69,6 +80,7 @@ TEST_P(GoldenTest, PromptLogitsMatchReference) {
 }
 
 TEST_P(GoldenTest, LongPromptLastLogitsMatchReference) {
+  if (routing_flips()) GTEST_SKIP() << "bf16 weights flip this fixture's MoE routing (see routing_flips)";
   const auto prompt = ids_of(expected_.get("long_prompt_ids"));
   const auto ref = floats_of(expected_.get("long_last4_logits"));
   const auto got = prompt_logits(prompt, 128);
@@ -77,7 +89,7 @@ TEST_P(GoldenTest, LongPromptLastLogitsMatchReference) {
   // The reference comes from the f32 weights. For llama's bf16 copy, the bf16 rounding of the weights
   // alone moves these logits by 3.34e-2 (Bf16Weights.ComputeIsExact below shows rill adds < 1e-5 to
   // that), so 3e-2 cannot be met by any engine there; 4e-2 bounds it.
-  const double tol = GetParam().bf16 && GetParam().model == "llama" ? 4e-2 : tolerance();
+  const double tol = !test_on_gpu() && bf16() && GetParam().model == "llama" ? 4e-2 : tolerance();
   EXPECT_LE(rel_max_diff(got.data() + got.size() - 4 * vocab, ref.data(), ref.size()), tol);
 }
 
@@ -91,9 +103,17 @@ TEST_P(GoldenTest, GreedyMatchesReference) {
   opt.stop_at_eos = false;
   const auto got = generate(*model_, *kv_, prompt, opt).ids;
   ASSERT_EQ(got.size(), ref.size());
+  // On the GPU a token can flip where the reference's margin is within the logit error bound; compare
+  // while the margin exceeds twice that bound.
+  const auto logits = floats_of(expected_.get("logits"));
+  double max_ref = 0;
+  for (float v : logits) max_ref = std::max(max_ref, std::fabs(double(v)));
+  const double gpu_margin = std::max(1e-2, 2 * tolerance() * max_ref);
   for (size_t i = 0; i < ref.size(); ++i) {
-    // In bf16 a near-tie (margin < 1e-3) may flip; everything after it then legitimately differs.
+    // In bf16 a near-tie may flip; everything after it then legitimately differs. With bf16 weights on the
+    // CPU (f32 compute) the bound is 1e-3; with bf16 activations too (GPU), the 1e-2.
     if (GetParam().bf16 && margins[i] < 1e-3f) break;
+    if (test_on_gpu() && margins[i] < gpu_margin) break;
     ASSERT_EQ(got[i], ref[i]) << "greedy token " << i << " (margin " << margins[i] << ")";
   }
   EXPECT_EQ(kv_->blocks().num_free(), kv_->blocks().num_blocks()) << "generate() must free its KV blocks";
@@ -110,7 +130,8 @@ TEST_P(RopeScalingTest, LogitsMatchTransformers) {
   const std::string dir = std::string(RILL_TEST_DATA_DIR) + "/rope/" + GetParam();
   WeightMap expected;
   read_safetensors(dir + "/expected.safetensors", &expected);
-  auto backend = make_cpu_backend(0);
+  std::unique_ptr<Backend> backend;
+  RILL_TEST_BACKEND(backend, 0);
   Model model(read_checkpoint(dir), *backend);
   KvCache kv(*backend, model.config(), 16, 16);
   const auto prompt = ids_of(expected.get("prompt_ids"));
@@ -123,7 +144,7 @@ TEST_P(RopeScalingTest, LogitsMatchTransformers) {
     opt.prefill_chunk = chunk;
     const auto got = generate(model, kv, prompt, opt).prompt_logits;
     ASSERT_EQ(got.size(), ref.size());
-    EXPECT_LE(rel_max_diff(got.data(), ref.data(), ref.size()), 1e-4) << "chunk " << chunk;
+    EXPECT_LE(rel_max_diff(got.data(), ref.data(), ref.size()), logit_tolerance(1e-4)) << "chunk " << chunk;
   }
 }
 
@@ -177,7 +198,8 @@ TEST_P(StoriesTest, ReproducesReference) {
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "missing: " << path;
   WeightMap expected;
   read_safetensors(shared("data/models/stories260K-hf/expected.safetensors"), &expected);
-  auto backend = make_cpu_backend(0);
+  std::unique_ptr<Backend> backend;
+  RILL_TEST_BACKEND(backend, 0);
   Model model(read_checkpoint(path), *backend);
   KvCache kv(*backend, model.config(), 32, 16);
 
@@ -188,7 +210,10 @@ TEST_P(StoriesTest, ReproducesReference) {
   opt.keep_prompt_logits = true;
   const auto logits = generate(model, kv, prompt, opt).prompt_logits;
   ASSERT_EQ(logits.size(), ref_logits.size());
-  EXPECT_LE(rel_max_diff(logits.data(), ref_logits.data(), ref_logits.size()), 1e-4);
+  // This f32 model is the most sensitive to bf16: its weights rounded to bf16 alone move the logits by 8.8e-2
+  // (CPU, f32 compute), the GPU's bf16 activations to 11.5e-2.
+  EXPECT_LE(rel_max_diff(logits.data(), ref_logits.data(), ref_logits.size()), test_on_gpu() ? 0.13 : 1e-4);
+  if (test_on_gpu()) return;  // greedy on the GPU: cuda_test compares it with the CPU on the same bf16 weights
 
   const auto greedy = ids_of(expected.get("greedy_from_bos"));  // starts with BOS
   opt = GenerateOptions{};
@@ -210,7 +235,8 @@ class EmbeddedModelTest : public testing::TestWithParam<std::string> {};
 TEST_P(EmbeddedModelTest, MatchesTransformers) {
   WeightMap expected;
   read_safetensors(std::string(RILL_TEST_DATA_DIR) + "/rill-tiny/" + GetParam() + "-expected.safetensors", &expected);
-  auto backend = make_cpu_backend(0);
+  std::unique_ptr<Backend> backend;
+  RILL_TEST_BACKEND(backend, 0);
   Model model(read_checkpoint(std::string(RILL_MODELS_DIR) + "/" + GetParam()), *backend);
   KvCache kv(*backend, model.config(), 16, 16);
   const auto prompt = ids_of(expected.get("prompt_ids"));
@@ -220,7 +246,8 @@ TEST_P(EmbeddedModelTest, MatchesTransformers) {
   opt.keep_prompt_logits = true;
   const auto logits = generate(model, kv, prompt, opt).prompt_logits;
   ASSERT_EQ(logits.size(), prompt.size() * size_t(model.config().vocab_size));
-  EXPECT_LE(rel_max_diff(logits.data() + logits.size() - ref.size(), ref.data(), ref.size()), 1e-4);
+  EXPECT_LE(rel_max_diff(logits.data() + logits.size() - ref.size(), ref.data(), ref.size()), logit_tolerance(1e-4));
+  if (test_on_gpu()) return;  // no margins are recorded for these greedy ids; cuda_test compares with the CPU
 
   opt = GenerateOptions{};
   opt.max_new_tokens = 32;

@@ -33,7 +33,8 @@ KvPolicy sink(int sinks, int window) { return KvPolicy::parse("sink", sinks, win
 
 TEST(Streaming, SinkEqualsDenseUntilTheFirstEviction) {
   TempDir dir;
-  auto backend = make_cpu_backend(2);
+  std::unique_ptr<Backend> backend;
+  RILL_TEST_BACKEND(backend, 2);
   Model model(read_checkpoint(make_model(dir, 2)), *backend);
   KvCache kv(*backend, model.config(), 64, 8);
   const auto tokens = random_tokens(150, 1);
@@ -55,7 +56,8 @@ TEST(Streaming, SinkEqualsDenseUntilTheFirstEviction) {
 // stream ran token by token (a 2-layer model, so later layers' cached K/V are compared too).
 TEST(Streaming, ChunkingDoesNotChangeRollingResults) {
   TempDir dir;
-  auto backend = make_cpu_backend(2);
+  std::unique_ptr<Backend> backend;
+  RILL_TEST_BACKEND(backend, 2);
   Model model(read_checkpoint(make_model(dir, 2)), *backend);
   KvCache kv(*backend, model.config(), 64, 8);
   const auto tokens = random_tokens(160, 5);
@@ -72,7 +74,10 @@ TEST(Streaming, ChunkingDoesNotChangeRollingResults) {
     s.feed(tokens, Logits::All, &chunked);
   }
   ASSERT_EQ(one_by_one.size(), chunked.size());
-  EXPECT_EQ(one_by_one, chunked);
+  // Bitwise on the CPU. On the GPU cuBLASLt may pick another kernel for a 1-row and a 10-row GEMM, which
+  // changes the last bits; a token that saw other keys would differ by far more.
+  if (test_on_gpu()) EXPECT_LE(rel_max_diff(chunked.data(), one_by_one.data(), chunked.size()), 1e-3);
+  else EXPECT_EQ(one_by_one, chunked);
 }
 
 // Every token after the first eviction, for sinks 4 (inside a block) and 0 (the plain window policy), token by
@@ -82,7 +87,8 @@ class StreamingOneLayer : public testing::TestWithParam<std::tuple<int, int>> {}
 TEST_P(StreamingOneLayer, TokensAfterEvictionSeeExactlySinksAndWindow) {
   const auto [sinks, chunk] = GetParam();
   TempDir dir;
-  auto backend = make_cpu_backend(2);
+  std::unique_ptr<Backend> backend;
+  RILL_TEST_BACKEND(backend, 2);
   Model model(read_checkpoint(make_model(dir, 1)), *backend);
   const int bs = 8, window = 40;
   KvCache kv(*backend, model.config(), 64, bs);
@@ -109,7 +115,7 @@ TEST_P(StreamingOneLayer, TokensAfterEvictionSeeExactlySinksAndWindow) {
       KvStream f(model, fresh_kv, KvPolicy{}, 512);
       f.feed(seen, Logits::Last, &fresh);
       const float* got = logits.data() + (t - begin) * vocab;
-      EXPECT_LE(rel_max_diff(got, fresh.data(), vocab), 2e-5) << "token " << t;
+      EXPECT_LE(rel_max_diff(got, fresh.data(), vocab), logit_tolerance(2e-5)) << "token " << t;
       ++checked;
     }
   }
@@ -126,7 +132,8 @@ INSTANTIATE_TEST_SUITE_P(SinksAndChunks, StreamingOneLayer,
 
 TEST(Streaming, MemoryStaysBoundedOnALongStream) {
   TempDir dir;
-  auto backend = make_cpu_backend(2);
+  std::unique_ptr<Backend> backend;
+  RILL_TEST_BACKEND(backend, 2);
   Model model(read_checkpoint(make_model(dir, 1)), *backend);
   const int bs = 8;
   KvCache kv(*backend, model.config(), 16, bs);  // 128 entries: a dense stream could not get past 128 tokens
@@ -155,7 +162,8 @@ TEST(Streaming, PolicyErrorsNameTheParameter) {
 
 // RoPE in the millions: rotating q and k at (P + a, P + b) gives the scores of (a, b).
 TEST(Streaming, RopeRelativeAnglesExactAtMillionsOfTokens) {
-  auto backend = make_cpu_backend(1);
+  std::unique_ptr<Backend> backend;
+  RILL_TEST_BACKEND(backend, 1);
   const int hd = 64;
   std::vector<double> inv(hd / 2);
   for (int i = 0; i < hd / 2; ++i) inv[size_t(i)] = std::pow(10000.0, -2.0 * i / hd);

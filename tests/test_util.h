@@ -6,9 +6,11 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "backend/backend.h"
 #include "formats/safetensors.h"
 
 namespace rill::test {
@@ -19,6 +21,26 @@ inline std::string shared_dir() {
   return RILL_DEFAULT_SHARED_DIR;
 }
 inline std::string shared(const std::string& rel) { return shared_dir() + "/" + rel; }
+
+// The device the model tests run on: the CPU, or CUDA when RILL_TEST_DEVICE=cuda (CTest's gpu-labelled
+// entries set it, so `ctest -L gpu` runs the golden, engine and streaming tests on the GPU).
+inline bool test_on_gpu() {
+  const char* d = std::getenv("RILL_TEST_DEVICE");
+  return d && std::string(d) == "cuda";
+}
+// The backend for the test's device; null when that device is absent (the caller skips, visibly).
+inline std::unique_ptr<Backend> test_backend(int cpu_threads) {
+  if (!test_on_gpu()) return make_cpu_backend(cpu_threads);
+  if (!cuda_available()) return nullptr;
+  return make_backend("cuda");
+}
+#define RILL_TEST_BACKEND(lhs, threads)                                                    \
+  lhs = ::rill::test::test_backend(threads);                                               \
+  if (!lhs) GTEST_SKIP() << "skipped: RILL_TEST_DEVICE=cuda, but there is no CUDA device " \
+                            "(or this build has no CUDA)"
+// Relative logit tolerance: `cpu` on the CPU (f32 compute); on the GPU, where weights, activations and
+// KV are bf16, 5e-2 (golden_test.cpp says why not the 3e-2).
+inline double logit_tolerance(double cpu) { return test_on_gpu() ? 5e-2 : cpu; }
 
 inline std::vector<int32_t> ids_of(const Tensor& t) {
   std::vector<int32_t> v(static_cast<size_t>(t.numel()));

@@ -1,0 +1,52 @@
+// Helpers shared by the CUDA backend's kernels: bf16/f32 loads and stores, warp reductions, dtype
+// dispatch and launch checks.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <string>
+
+#include "core/dtype.h"
+#include "core/error.h"
+
+namespace rill::cuda {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <typename T>
+__device__ __forceinline__ T from_f(float x);
+template <>
+__device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16(x); }  // round to nearest even
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__host__ __device__ inline const bf16* as_bf16(const void* p) { return static_cast<const bf16*>(p); }
+
+inline void check_cuda(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw Error(std::string("cuda backend: ") + what + ": " + cudaGetErrorString(e));
+}
+// Reports a failed launch (bad configuration) at the op that made it.
+inline void check_launch(const char* op) { check_cuda(cudaGetLastError(), op); }
+
+// Calls f with a value of the C++ type for an activation dtype (f32 or bf16).
+template <typename F>
+void dispatch1(DType t, F&& f) {
+  if (t == DType::F32) f(float{});
+  else if (t == DType::BF16) f(bf16{});
+  else throw Error("cuda backend: activations must be f32 or bf16, not " + std::string(dtype_name(t)));
+}
+template <typename F>
+void dispatch2(DType a, DType b, F&& f) {
+  dispatch1(a, [&](auto x) { dispatch1(b, [&](auto y) { f(x, y); }); });
+}
+
+}  // namespace rill::cuda

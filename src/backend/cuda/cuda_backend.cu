@@ -1,0 +1,384 @@
+#include "backend/cuda/cuda_backend.h"
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+#include <vector>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace rill {
+
+namespace {
+
+using cuda::check_cuda;
+
+void expect(bool ok, const char* op, const std::string& what) {
+  if (!ok) throw Error(std::string("cuda backend: ") + op + ": " + what);
+}
+
+void check_lt(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw Error(std::string("cuda backend: cuBLASLt ") + what + " failed (status " + std::to_string(int(s)) + ")");
+}
+
+bool is_act(DType t) { return t == DType::F32 || t == DType::BF16; }
+
+// The stream and library handles outlive the backend object for as long as any tensor still holds
+// device memory, because a tensor's deleter frees on the stream.
+struct StreamState {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  ~StreamState() {
+    if (stream) {
+      cudaStreamSynchronize(stream);
+      cudaStreamDestroy(stream);
+    }
+  }
+};
+
+// A GEMM shape with its cuBLASLt descriptors and the algorithm chosen for it, made once.
+struct GemmPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~GemmPlan() {
+    if (op) cublasLtMatmulDescDestroy(op);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+  }
+};
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : st_(std::make_shared<StreamState>()) {
+    int count = 0;
+    check_cuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    expect(device >= 0 && device < count, "device",
+           "cuda:" + std::to_string(device) + " does not exist (" + std::to_string(count) + " devices)");
+    st_->device = device;
+    check_cuda(cudaSetDevice(device), "cudaSetDevice");
+    check_cuda(cudaGetDeviceProperties(&props_, device), "cudaGetDeviceProperties");
+    check_cuda(cudaStreamCreateWithFlags(&st_->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+    // Keep freed memory in the pool: after warm-up no allocation reaches cudaMalloc.
+    cudaMemPool_t pool;
+    check_cuda(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+    uint64_t keep = UINT64_MAX;
+    check_cuda(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep), "cudaMemPoolSetAttribute");
+    check_lt(cublasLtCreate(&lt_), "create");
+    const char* inv = std::getenv("RILL_BATCH_INVARIANT");
+    batch_invariant_ = inv && std::string(inv) == "1";
+    gemm_ws_ = alloc(DType::U8, {kGemmWorkspace});
+  }
+  ~CudaBackend() override {
+    cudaStreamSynchronize(st_->stream);
+    plans_.clear();
+    if (lt_) cublasLtDestroy(lt_);
+  }
+
+  Device device() const override { return Device::CUDA; }
+  std::string name() const override {
+    return "cuda:" + std::to_string(st_->device) + " (" + props_.name + ", sm_" + std::to_string(props_.major) +
+           std::to_string(props_.minor) + ")";
+  }
+  DType activation_dtype() const override { return DType::BF16; }
+  void* stream() const { return st_->stream; }
+  DType kv_dtype() const override { return DType::BF16; }
+  bool memory_info(size_t* free_bytes, size_t* total_bytes) override {
+    return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess;
+  }
+
+  Tensor alloc(DType dtype, Shape shape) override {
+    Tensor t;
+    t.dtype = dtype;
+    t.shape = shape;
+    t.device = Device::CUDA;
+    const size_t bytes = std::max<size_t>(256, (t.nbytes() + 255) & ~size_t(255));
+    void* p = nullptr;
+    const cudaError_t e = cudaMallocAsync(&p, bytes, st_->stream);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      size_t free_b = 0, total_b = 0;
+      cudaMemGetInfo(&free_b, &total_b);
+      throw Error("cuda backend: out of device memory allocating " + std::to_string(bytes >> 20) + " MiB (" +
+                  std::to_string(free_b >> 20) + " MiB free of " + std::to_string(total_b >> 20) + " MiB)");
+    }
+    auto st = st_;
+    t.data = p;
+    t.storage = std::shared_ptr<void>(p, [st](void* q) { cudaFreeAsync(q, st->stream); });
+    return t;
+  }
+
+  Tensor upload_weight(const Tensor& host) override {
+    expect(host.dtype == DType::F32 || host.dtype == DType::BF16 || host.dtype == DType::F16, "upload_weight",
+           "weights of dtype " + std::string(dtype_name(host.dtype)) + " are not supported");
+    Tensor t = alloc(DType::BF16, host.shape);
+    if (host.device == Device::CUDA) {
+      cuda::convert(st_->stream, t.data, DType::BF16, host.data, host.dtype, host.numel());
+      return t;
+    }
+    if (host.dtype == DType::BF16) {
+      write(t, host.data, host.nbytes());
+      return t;
+    }
+    std::vector<uint16_t> tmp(static_cast<size_t>(host.numel()));
+    for (int64_t i = 0; i < host.numel(); ++i) {
+      const float f = host.dtype == DType::F32 ? host.ptr<float>()[i] : f16_to_f32(host.ptr<uint16_t>()[i]);
+      tmp[size_t(i)] = f32_to_bf16(f);
+    }
+    write(t, tmp.data(), tmp.size() * 2);
+    return t;
+  }
+
+  void write(const Tensor& dst, const void* src, size_t bytes) override {
+    expect(bytes <= dst.nbytes(), "write", "more bytes than the tensor holds");
+    if (bytes == 0) return;
+    // From pageable memory the copy is staged before this returns, so `src` may be freed right after.
+    check_cuda(cudaMemcpyAsync(dst.data, src, bytes, cudaMemcpyHostToDevice, st_->stream), "write");
+  }
+  void read(void* dst, const Tensor& src, size_t bytes) override {
+    expect(bytes <= src.nbytes(), "read", "more bytes than the tensor holds");
+    if (bytes > 0) check_cuda(cudaMemcpyAsync(dst, src.data, bytes, cudaMemcpyDeviceToHost, st_->stream), "read");
+    synchronize();
+  }
+  void fill_zero(const Tensor& t) override {
+    check_cuda(cudaMemsetAsync(t.data, 0, t.nbytes(), st_->stream), "fill_zero");
+  }
+  void synchronize() override { check_cuda(cudaStreamSynchronize(st_->stream), "synchronize"); }
+
+  void embedding(const Tensor& out, const Tensor& table, const Tensor& ids) override {
+    const int64_t n = ids.numel(), d = table.row_size();
+    expect(is_act(out.dtype) && out.numel() == n * d, "embedding", "bad output shape");
+    expect(table.dtype == DType::BF16, "embedding", "table must be an uploaded weight");
+    cuda::embedding(st_->stream, out.data, out.dtype, table.data, ids.ptr<int32_t>(), n, d, table.rows());
+  }
+  void rmsnorm(const Tensor& out, const Tensor& x, const Tensor& weight, float eps) override {
+    const int64_t d = weight.numel(), rows = x.numel() / d;
+    expect(x.numel() % d == 0 && out.numel() == x.numel(), "rmsnorm", "shape mismatch");
+    cuda::rmsnorm(st_->stream, out.data, out.dtype, x.data, x.dtype, weight.data, rows, d, eps);
+  }
+  void add_rmsnorm(const Tensor& residual, const Tensor& out, const Tensor& delta, const Tensor& weight,
+                   float eps) override {
+    const int64_t d = weight.numel(), rows = residual.numel() / d;
+    expect(residual.dtype == DType::F32, "add_rmsnorm", "the residual stream must be f32");
+    expect(out.numel() == residual.numel() && delta.numel() == residual.numel(), "add_rmsnorm", "shape mismatch");
+    cuda::add_rmsnorm(st_->stream, residual.ptr<float>(), out.data, out.dtype, delta.data, delta.dtype, weight.data,
+                      rows, d, eps);
+  }
+
+  void linear(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override {
+    const int64_t in = w.shape[1], o = w.shape[0], n = x.numel() / in;
+    expect(w.shape.rank == 2 && w.dtype == DType::BF16, "linear", "weight must be an uploaded 2-D matrix");
+    expect(x.dtype == DType::BF16 && x.numel() == n * in, "linear",
+           "input " + x.shape.str() + " (" + std::string(dtype_name(x.dtype)) + ") does not match weight " +
+               w.shape.str());
+    expect(is_act(out.dtype) && out.numel() == n * o, "linear", "output " + out.shape.str() + " does not match");
+    if (n == 0) return;
+    const GemmPlan& plan = gemm_plan(o, n, in, out.dtype);
+    const float alpha = 1.f, beta = 0.f;
+    check_lt(cublasLtMatmul(lt_, plan.op, &alpha, w.data, plan.a, x.data, plan.b, &beta, out.data, plan.c, out.data,
+                            plan.c, &plan.algo, gemm_ws_.data, size_t(kGemmWorkspace), st_->stream),
+             "matmul");
+    if (!bias.empty()) {
+      expect(bias.numel() == o, "linear", "bias size does not match the output features");
+      cuda::add_bias(st_->stream, out.data, out.dtype, bias.data, n, o);
+    }
+  }
+
+  void rope(const Tensor& x, int head_dim, const Tensor& positions, const Tensor& inv_freq, const Tensor& rope_row,
+            float attention_factor) override {
+    const int64_t n = positions.numel(), width = x.row_size();
+    expect(x.rows() == n && width % head_dim == 0, "rope", "x must be [tokens, heads * head_dim]");
+    expect(inv_freq.dtype == DType::F64 && inv_freq.row_size() == head_dim / 2, "rope",
+           "inv_freq must be f64 [rows, head_dim/2]");
+    cuda::rope(st_->stream, x.data, x.dtype, n, width, head_dim, positions.ptr<int32_t>(), inv_freq.ptr<double>(),
+               rope_row.empty() ? nullptr : rope_row.ptr<int32_t>(), attention_factor);
+  }
+  void kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) override {
+    const int64_t n = slot_mapping.numel(), width = kv.k.numel() / (kv.k.shape[0] * kv.k.shape[1]);
+    expect(kv.k.dtype == DType::BF16 && kv.v.dtype == DType::BF16, "kv_write", "the KV cache must be bf16");
+    expect(k.numel() == n * width && v.numel() == n * width && k.dtype == v.dtype, "kv_write",
+           "k/v width does not match the cache");
+    cuda::kv_write(st_->stream, kv.k.data, kv.v.data, k.data, v.data, k.dtype, slot_mapping.ptr<int32_t>(), n, width,
+                   kv.k.shape[0] * kv.k.shape[1]);
+  }
+  void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch, int num_heads,
+                 float scale, int sliding_window, const Tensor& q_sink) override {
+    cuda::AttentionArgs a;
+    a.num_tokens = batch.num_tokens;
+    a.num_seqs = batch.num_seqs;
+    a.H = num_heads;
+    a.KV = int(kv.k.shape[2]);
+    a.hd = int(kv.k.shape[3]);
+    a.bs = int(kv.k.shape[1]);
+    expect(q.dtype == DType::BF16 && q.numel() == int64_t(a.num_tokens) * a.H * a.hd && out.numel() == q.numel(),
+           "attention", "q/out shape mismatch");
+    expect(kv.k.dtype == DType::BF16, "attention", "the KV cache must be bf16");
+    expect(batch.sinks.empty() || (!batch.hole_end.empty() && q_sink.numel() == q.numel() &&
+                                   q_sink.dtype == DType::BF16),
+           "attention", "sinks need hole_end and q_sink");
+    expect(batch.max_ctx_len > 0 || batch.num_tokens == 0, "attention", "batch.max_ctx_len is not set");
+    a.q = q.data;
+    a.q_sink = batch.sinks.empty() ? nullptr : q_sink.data;
+    a.out = out.data;
+    a.out_t = out.dtype;
+    a.k_cache = kv.k.data;
+    a.v_cache = kv.v.data;
+    a.q_start = batch.q_start.ptr<int32_t>();
+    a.ctx_len = batch.ctx_len.ptr<int32_t>();
+    a.tables = batch.block_tables.ptr<int32_t>();
+    a.token_seq = batch.token_seq.ptr<int32_t>();
+    a.sinks = batch.sinks.empty() ? nullptr : batch.sinks.ptr<int32_t>();
+    a.hole_end = batch.hole_end.empty() ? nullptr : batch.hole_end.ptr<int32_t>();
+    a.max_blocks = batch.max_blocks_per_seq;
+    a.sliding_window = sliding_window;
+    a.max_q_len = batch.max_q_len;
+    a.max_ctx_len = batch.max_ctx_len;
+    if (int(batch.host_q_len.size()) == batch.num_seqs) a.host_q_len = batch.host_q_len.data();
+    if (int(batch.host_sinks.size()) == batch.num_seqs) a.host_sinks = batch.host_sinks.data();
+    a.scale = scale;
+    const size_t ws = cuda::attention_workspace_bytes(a);
+    Tensor scratch;
+    if (ws > 0) scratch = alloc(DType::U8, {int64_t(ws)});
+    cuda::attention(st_->stream, a, scratch.data);
+  }
+  void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override {
+    expect(gate.numel() == out.numel() && up.numel() == out.numel() && gate.dtype == out.dtype &&
+               up.dtype == out.dtype,
+           "silu_mul", "shape mismatch");
+    cuda::silu_mul(st_->stream, out.data, gate.data, up.data, out.dtype, out.numel());
+  }
+  void moe_route(const Tensor& ids, const Tensor& weights, const Tensor& router_logits, int k,
+                 bool normalize) override {
+    const int64_t n = router_logits.rows(), E = router_logits.row_size();
+    expect(ids.numel() == n * k && weights.numel() == n * k, "moe_route", "ids/weights must be [n, k]");
+    expect(router_logits.dtype == DType::F32 && E <= 1024 && k <= E, "moe_route",
+           "router logits must be f32 with at most 1024 experts");
+    cuda::moe_route(st_->stream, ids.ptr<int32_t>(), weights.ptr<float>(), router_logits.ptr<float>(), n, int(E), k,
+                    normalize);
+  }
+  // Routing is read back to the host (one sync per MoE layer), then each expert runs its three GEMMs
+  // over the rows routed to it and adds them, weighted, into an f32 accumulator.
+  void moe_experts(const Tensor& out, const Tensor& x, const Tensor& ids, const Tensor& weights,
+                   const std::vector<ExpertWeights>& experts) override {
+    const int64_t n = x.rows(), d = x.row_size(), k = ids.row_size();
+    expect(out.numel() == n * d && out.dtype == x.dtype, "moe_experts", "output shape mismatch");
+    std::vector<int32_t> hid(static_cast<size_t>(n * k));
+    std::vector<float> hw(static_cast<size_t>(n * k));
+    read(hid.data(), ids, hid.size() * 4);
+    read(hw.data(), weights, hw.size() * 4);
+    std::vector<std::vector<int32_t>> rows(experts.size());
+    std::vector<std::vector<float>> ws(experts.size());
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < k; ++j) {
+        const int e = hid[size_t(t * k + j)];
+        expect(e >= 0 && size_t(e) < experts.size(), "moe_experts", "expert id out of range");
+        rows[size_t(e)].push_back(int32_t(t));
+        ws[size_t(e)].push_back(hw[size_t(t * k + j)]);
+      }
+    Tensor acc = alloc(DType::F32, {n, d});
+    fill_zero(acc);
+    for (size_t e = 0; e < experts.size(); ++e) {
+      if (rows[e].empty()) continue;
+      const int64_t m = int64_t(rows[e].size()), f = experts[e].gate.shape[0];
+      Tensor idx = alloc(DType::I32, {m}), wt = alloc(DType::F32, {m});
+      write(idx, rows[e].data(), size_t(m) * 4);
+      write(wt, ws[e].data(), size_t(m) * 4);
+      Tensor xe = alloc(x.dtype, {m, d}), g = alloc(x.dtype, {m, f}), u = alloc(x.dtype, {m, f});
+      Tensor ye = alloc(x.dtype, {m, d});
+      gather_rows(xe, x, idx);
+      linear(g, xe, experts[e].gate, Tensor{});
+      linear(u, xe, experts[e].up, Tensor{});
+      silu_mul(g, g, u);
+      linear(ye, g, experts[e].down, Tensor{});
+      cuda::scatter_add(st_->stream, acc.ptr<float>(), ye.data, ye.dtype, idx.ptr<int32_t>(), wt.ptr<float>(), m, d);
+    }
+    cuda::convert(st_->stream, out.data, out.dtype, acc.data, DType::F32, n * d);
+  }
+  void argmax_rows(const Tensor& ids, const Tensor& logits) override {
+    expect(ids.numel() == logits.rows() && logits.dtype == DType::F32, "argmax_rows", "ids must be [rows], logits f32");
+    cuda::argmax_rows(st_->stream, ids.ptr<int32_t>(), logits.ptr<float>(), logits.rows(), logits.row_size());
+  }
+  void gather_rows(const Tensor& out, const Tensor& x, const Tensor& rows) override {
+    const int64_t m = rows.numel(), w = x.row_size();
+    expect(out.numel() == m * w && out.dtype == x.dtype, "gather_rows", "output shape mismatch");
+    cuda::gather_rows(st_->stream, out.data, x.data, size_t(w) * dtype_size(x.dtype), rows.ptr<int32_t>(), m);
+  }
+
+ private:
+  static constexpr int64_t kGemmWorkspace = 32 << 20;
+
+  // cuBLASLt is column-major: the row-major out[n, o] = x[n, i] · w[o, i]^T is, column-major,
+  // out(o x n) = w^T(o x i) · x(i x n), with w stored i x o (transposed) and x stored i x n.
+  const GemmPlan& gemm_plan(int64_t o, int64_t n, int64_t in, DType out_t) {
+    const auto key = std::make_tuple(o, n, in, int(out_t));
+    auto it = plans_.find(key);
+    if (it != plans_.end()) return *it->second;
+    auto plan = std::make_unique<GemmPlan>();
+    check_lt(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
+    check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
+    const cudaDataType_t ct = out_t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+    check_lt(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_16BF, uint64_t(in), uint64_t(o), in), "layout a");
+    check_lt(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_16BF, uint64_t(in), uint64_t(n), in), "layout b");
+    check_lt(cublasLtMatrixLayoutCreate(&plan->c, ct, uint64_t(o), uint64_t(n), o), "layout c");
+    cublasLtMatmulPreference_t pref;
+    check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    const uint64_t ws = kGemmWorkspace;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulHeuristicResult_t results[16];
+    int count = 0;
+    const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt_, plan->op, plan->a, plan->b, plan->c, plan->c, pref,
+                                                            16, results, &count);
+    cublasLtMatmulPreferenceDestroy(pref);
+    check_lt(s, "heuristic");
+    expect(count > 0, "linear",
+           "cuBLASLt has no algorithm for " + std::to_string(n) + "x" + std::to_string(in) + " · " +
+               std::to_string(in) + "x" + std::to_string(o));
+    // The heuristic's first choice is the fastest; for skinny (decode) shapes it splits the reduction over
+    // k, which is what keeps every SM streaming weights. With RILL_BATCH_INVARIANT=1, prefer an algorithm
+    // that does not split it: then a row's result does not depend on how many rows are in the batch.
+    int pick = 0;
+    for (int i = 0; batch_invariant_ && i < count; ++i) {
+      int32_t splitk = 1;
+      size_t written = 0;
+      cublasLtMatmulAlgoConfigGetAttribute(&results[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk,
+                                           &written);
+      if (splitk <= 1) {
+        pick = i;
+        break;
+      }
+    }
+    plan->algo = results[pick].algo;
+    const GemmPlan& ref = *plan;
+    plans_.emplace(key, std::move(plan));
+    return ref;
+  }
+
+  std::shared_ptr<StreamState> st_;
+  cudaDeviceProp props_{};
+  cublasLtHandle_t lt_ = nullptr;
+  bool batch_invariant_ = false;
+  Tensor gemm_ws_;
+  std::map<std::tuple<int64_t, int64_t, int64_t, int>, std::unique_ptr<GemmPlan>> plans_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+
+void* cuda_stream(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  return cuda ? cuda->stream() : nullptr;
+}
+
+}  // namespace rill

@@ -1,0 +1,343 @@
+// Element-wise and row-wise kernels of the CUDA backend. Every kernel computes in f32 and rounds once
+// when it stores bf16; each row is handled by one block, so a row's result never depends on what else
+// is in the batch.
+#include <cuda_bf16.h>
+
+#include <cmath>
+
+#include "backend/cuda/common.cuh"
+#include "backend/cuda/kernels.h"
+
+namespace rill::cuda {
+
+namespace {
+
+// Sum over the block; every thread gets the result. `scratch` holds 33 floats.
+__device__ float block_sum(float v, float* scratch) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = (blockDim.x + 31) / 32;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    v = lane < warps ? scratch[lane] : 0.f;
+    v = warp_sum(v);
+    if (lane == 0) scratch[32] = v;
+  }
+  __syncthreads();
+  return scratch[32];
+}
+
+template <typename TO>
+__global__ void embedding_kernel(TO* out, const bf16* table, const int32_t* ids, int64_t d, int64_t vocab) {
+  const int64_t i = blockIdx.x;
+  const int32_t id = ids[i];
+  const bool ok = id >= 0 && id < vocab;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x)
+    out[i * d + j] = from_f<TO>(ok ? to_f(table[int64_t(id) * d + j]) : 0.f);
+}
+
+template <typename TO, typename TX>
+__global__ void rmsnorm_kernel(TO* out, const TX* x, const bf16* w, int64_t d, float eps) {
+  __shared__ float scratch[33];
+  const int64_t r = blockIdx.x;
+  const TX* xr = x + r * d;
+  float ss = 0.f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float v = to_f(xr[j]);
+    ss += v * v;
+  }
+  const float inv = rsqrtf(block_sum(ss, scratch) / float(d) + eps);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = from_f<TO>(to_f(w[j]) * (to_f(xr[j]) * inv));
+}
+
+template <typename TO, typename TD>
+__global__ void add_rmsnorm_kernel(float* residual, TO* out, const TD* delta, const bf16* w, int64_t d, float eps) {
+  __shared__ float scratch[33];
+  const int64_t r = blockIdx.x;
+  float* xr = residual + r * d;
+  float ss = 0.f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float v = xr[j] + to_f(delta[r * d + j]);
+    xr[j] = v;
+    ss += v * v;
+  }
+  const float inv = rsqrtf(block_sum(ss, scratch) / float(d) + eps);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = from_f<TO>(to_f(w[j]) * (xr[j] * inv));
+}
+
+// One block per token. The token's angles are formed in double (exact for positions in the millions) once,
+// into shared memory; then every thread rotates (head, frequency) pairs in f32.
+template <typename T>
+__global__ void rope_kernel(T* x, int64_t width, int head_dim, const int32_t* pos, const double* inv_freq,
+                            const int32_t* rope_row, float af) {
+  __shared__ float cs[256], sn[256];  // head_dim / 2 <= 256
+  const int64_t t = blockIdx.x;
+  const int half = head_dim / 2;
+  const double* f = inv_freq + int64_t(rope_row ? rope_row[t] : 0) * half;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double s, c;
+    sincos(double(pos[t]) * f[i], &s, &c);
+    cs[i] = float(c * af);
+    sn[i] = float(s * af);
+  }
+  __syncthreads();
+  T* xt = x + t * width;
+  const int64_t pairs = width / 2;
+  for (int64_t k = threadIdx.x; k < pairs; k += blockDim.x) {
+    const int64_t h = (k / half) * head_dim;
+    const int i = int(k % half);
+    const float x1 = to_f(xt[h + i]), x2 = to_f(xt[h + i + half]);
+    xt[h + i] = from_f<T>(x1 * cs[i] - x2 * sn[i]);
+    xt[h + i + half] = from_f<T>(x2 * cs[i] + x1 * sn[i]);
+  }
+}
+
+template <typename T>
+__global__ void kv_write_kernel(bf16* kc, bf16* vc, const T* k, const T* v, const int32_t* slots, int64_t width,
+                                int64_t num_slots) {
+  const int64_t t = blockIdx.x;
+  const int64_t slot = slots[t];
+  if (slot < 0 || slot >= num_slots) return;  // the host checked; never write outside the cache
+  for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
+    kc[slot * width + j] = __float2bfloat16(to_f(k[t * width + j]));
+    vc[slot * width + j] = __float2bfloat16(to_f(v[t * width + j]));
+  }
+}
+
+template <typename T>
+__global__ void silu_mul_kernel(T* out, const T* gate, const T* up, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float g = to_f(gate[i]);
+    out[i] = from_f<T>(g / (1.f + expf(-g)) * to_f(up[i]));
+  }
+}
+
+template <typename T>
+__global__ void add_bias_kernel(T* out, const bf16* bias, int64_t rows, int64_t o) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * o; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = from_f<T>(to_f(out[i]) + to_f(bias[i % o]));
+}
+
+template <typename U>
+__global__ void gather_kernel(U* out, const U* x, int64_t row_units, const int32_t* rows) {
+  const int64_t i = blockIdx.x;
+  const U* src = x + int64_t(rows[i]) * row_units;
+  for (int64_t j = threadIdx.x; j < row_units; j += blockDim.x) out[i * row_units + j] = src[j];
+}
+
+template <typename TO, typename TX>
+__global__ void convert_kernel(TO* out, const TX* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = from_f<TO>(to_f(x[i]));
+}
+
+// One thread per token: softmax over E experts, then k rounds of selecting the largest probability
+// (ties to the lower expert id), as the CPU backend does.
+__global__ void moe_route_kernel(int32_t* ids, float* weights, const float* logits, int64_t n, int E, int k,
+                                 bool normalize) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= n) return;
+  const float* l = logits + t * E;
+  float mx = -INFINITY;
+  for (int e = 0; e < E; ++e) mx = fmaxf(mx, l[e]);
+  double sum = 0.0;
+  for (int e = 0; e < E; ++e) sum += expf(l[e] - mx);
+  uint32_t taken[32] = {};
+  double top = 0.0;
+  for (int j = 0; j < k; ++j) {
+    int best = -1;
+    float bp = -1.f;
+    for (int e = 0; e < E; ++e) {
+      if (taken[e / 32] & (1u << (e % 32))) continue;
+      const float p = float(expf(l[e] - mx) / sum);
+      if (p > bp) {
+        bp = p;
+        best = e;
+      }
+    }
+    taken[best / 32] |= 1u << (best % 32);
+    ids[t * k + j] = best;
+    weights[t * k + j] = bp;
+    top += bp;
+  }
+  if (normalize)
+    for (int j = 0; j < k; ++j) weights[t * k + j] = float(weights[t * k + j] / top);
+}
+
+template <typename T>
+__global__ void scatter_add_kernel(float* acc, const T* y, const int32_t* token, const float* w, int64_t d) {
+  const int64_t i = blockIdx.x;
+  float* dst = acc + int64_t(token[i]) * d;
+  const float wi = w[i];
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) dst[j] += wi * to_f(y[i * d + j]);
+}
+
+__global__ void argmax_kernel(int32_t* out, const float* logits, int64_t vocab) {
+  __shared__ float best_v[32];
+  __shared__ int best_i[32];
+  const float* row = logits + blockIdx.x * vocab;
+  float bv = -INFINITY;
+  int bi = 0x7fffffff;
+  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+    const float v = row[j];
+    if (v > bv) {
+      bv = v;
+      bi = int(j);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (ov > bv || (ov == bv && oi < bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
+    best_v[warp] = bv;
+    best_i[warp] = bi;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < int(blockDim.x / 32); ++w)
+      if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
+        bv = best_v[w];
+        bi = best_i[w];
+      }
+    out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
+  }
+}
+
+// Row kernels run one block per row: wide rows get many threads, so that a decode step's few rows are not
+// latency-bound on one SM.
+int threads_for(int64_t d) { return d >= 4096 ? 1024 : d >= 1024 ? 256 : d >= 256 ? 128 : 64; }
+unsigned grid_for(int64_t n, int threads) {
+  return unsigned(std::min<int64_t>((n + threads - 1) / threads, 65536));
+}
+
+}  // namespace
+
+void embedding(cudaStream_t st, void* out, DType out_t, const void* table, const int32_t* ids, int64_t n, int64_t d,
+               int64_t vocab) {
+  if (n == 0) return;
+  const int th = threads_for(d);
+  if (out_t == DType::F32) embedding_kernel<<<n, th, 0, st>>>(static_cast<float*>(out), as_bf16(table), ids, d, vocab);
+  else embedding_kernel<<<n, th, 0, st>>>(static_cast<bf16*>(out), as_bf16(table), ids, d, vocab);
+  check_launch("embedding");
+}
+
+void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, int64_t rows, int64_t d,
+             float eps) {
+  if (rows == 0) return;
+  const int th = threads_for(d);
+  dispatch2(out_t, x_t, [&](auto o, auto i) {
+    using TO = decltype(o);
+    using TX = decltype(i);
+    rmsnorm_kernel<<<rows, th, 0, st>>>(static_cast<TO*>(out), static_cast<const TX*>(x), as_bf16(w), d, eps);
+  });
+  check_launch("rmsnorm");
+}
+
+void add_rmsnorm(cudaStream_t st, float* residual, void* out, DType out_t, const void* delta, DType delta_t,
+                 const void* w, int64_t rows, int64_t d, float eps) {
+  if (rows == 0) return;
+  const int th = threads_for(d);
+  dispatch2(out_t, delta_t, [&](auto o, auto i) {
+    using TO = decltype(o);
+    using TD = decltype(i);
+    add_rmsnorm_kernel<<<rows, th, 0, st>>>(residual, static_cast<TO*>(out), static_cast<const TD*>(delta), as_bf16(w),
+                                            d, eps);
+  });
+  check_launch("add_rmsnorm");
+}
+
+void rope(cudaStream_t st, void* x, DType t, int64_t n, int64_t width, int head_dim, const int32_t* positions,
+          const double* inv_freq, const int32_t* rope_row, float attention_factor) {
+  if (n == 0) return;
+  if (head_dim / 2 > 256) throw Error("cuda backend: rope: head_dim above 512");
+  const int th = width / 2 >= 1024 ? 512 : 128;
+  dispatch1(t, [&](auto v) {
+    using T = decltype(v);
+    rope_kernel<<<n, th, 0, st>>>(static_cast<T*>(x), width, head_dim, positions, inv_freq, rope_row,
+                                  attention_factor);
+  });
+  check_launch("rope");
+}
+
+void kv_write(cudaStream_t st, void* k_cache, void* v_cache, const void* k, const void* v, DType t,
+              const int32_t* slots, int64_t n, int64_t width, int64_t num_slots) {
+  if (n == 0) return;
+  dispatch1(t, [&](auto x) {
+    using T = decltype(x);
+    kv_write_kernel<<<n, threads_for(width), 0, st>>>(static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache),
+                                                      static_cast<const T*>(k), static_cast<const T*>(v), slots,
+                                                      width, num_slots);
+  });
+  check_launch("kv_write");
+}
+
+void silu_mul(cudaStream_t st, void* out, const void* gate, const void* up, DType t, int64_t n) {
+  if (n == 0) return;
+  dispatch1(t, [&](auto x) {
+    using T = decltype(x);
+    silu_mul_kernel<<<grid_for(n, 256), 256, 0, st>>>(static_cast<T*>(out), static_cast<const T*>(gate),
+                                                     static_cast<const T*>(up), n);
+  });
+  check_launch("silu_mul");
+}
+
+void add_bias(cudaStream_t st, void* out, DType t, const void* bias, int64_t rows, int64_t o) {
+  if (rows == 0) return;
+  dispatch1(t, [&](auto x) {
+    using T = decltype(x);
+    add_bias_kernel<<<grid_for(rows * o, 256), 256, 0, st>>>(static_cast<T*>(out), as_bf16(bias), rows, o);
+  });
+  check_launch("add_bias");
+}
+
+void gather_rows(cudaStream_t st, void* out, const void* x, size_t row_bytes, const int32_t* rows, int64_t m) {
+  if (m == 0) return;
+  if (row_bytes % 16 == 0)
+    gather_kernel<<<m, 128, 0, st>>>(static_cast<int4*>(out), static_cast<const int4*>(x), int64_t(row_bytes / 16), rows);
+  else if (row_bytes % 4 == 0)
+    gather_kernel<<<m, 128, 0, st>>>(static_cast<int*>(out), static_cast<const int*>(x), int64_t(row_bytes / 4), rows);
+  else
+    gather_kernel<<<m, 128, 0, st>>>(static_cast<char*>(out), static_cast<const char*>(x), int64_t(row_bytes), rows);
+  check_launch("gather_rows");
+}
+
+void convert(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, int64_t n) {
+  if (n == 0) return;
+  dispatch2(out_t, x_t, [&](auto o, auto i) {
+    using TO = decltype(o);
+    using TX = decltype(i);
+    convert_kernel<<<grid_for(n, 256), 256, 0, st>>>(static_cast<TO*>(out), static_cast<const TX*>(x), n);
+  });
+  check_launch("convert");
+}
+
+void moe_route(cudaStream_t st, int32_t* ids, float* weights, const float* logits, int64_t n, int E, int k,
+               bool normalize) {
+  if (n == 0) return;
+  moe_route_kernel<<<grid_for(n, 64), 64, 0, st>>>(ids, weights, logits, n, E, k, normalize);
+  check_launch("moe_route");
+}
+
+void scatter_add(cudaStream_t st, float* acc, const void* y, DType t, const int32_t* token, const float* w, int64_t m,
+                 int64_t d) {
+  if (m == 0) return;
+  dispatch1(t, [&](auto x) {
+    using T = decltype(x);
+    scatter_add_kernel<<<m, threads_for(d), 0, st>>>(acc, static_cast<const T*>(y), token, w, d);
+  });
+  check_launch("scatter_add");
+}
+
+void argmax_rows(cudaStream_t st, int32_t* out, const float* logits, int64_t rows, int64_t vocab) {
+  if (rows == 0) return;
+  argmax_kernel<<<rows, 1024, 0, st>>>(out, logits, vocab);
+  check_launch("argmax_rows");
+}
+
+}  // namespace rill::cuda

@@ -1,0 +1,59 @@
+// Launchers for the CUDA backend's hand-written kernels (kernels.cu, attention.cu). Internal to
+// backend/cuda: callers pass raw device pointers and have checked shapes. Activation pointers are f32
+// or bf16 as `DType` says; weights are bf16.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace rill::cuda {
+
+void embedding(cudaStream_t st, void* out, DType out_t, const void* table, const int32_t* ids, int64_t n, int64_t d,
+               int64_t vocab);
+// rows = n / d; weight has d entries. out may alias x.
+void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, int64_t rows, int64_t d,
+             float eps);
+// residual (f32) += delta; out = rmsnorm(residual) * w.
+void add_rmsnorm(cudaStream_t st, float* residual, void* out, DType out_t, const void* delta, DType delta_t,
+                 const void* w, int64_t rows, int64_t d, float eps);
+void rope(cudaStream_t st, void* x, DType t, int64_t n, int64_t width, int head_dim, const int32_t* positions,
+          const double* inv_freq, const int32_t* rope_row, float attention_factor);
+// k, v: [n, width] in `t`; caches bf16 [slots, width].
+void kv_write(cudaStream_t st, void* k_cache, void* v_cache, const void* k, const void* v, DType t,
+              const int32_t* slots, int64_t n, int64_t width, int64_t num_slots);
+void silu_mul(cudaStream_t st, void* out, const void* gate, const void* up, DType t, int64_t n);
+// out[i, :] += bias (bf16 [o]).
+void add_bias(cudaStream_t st, void* out, DType t, const void* bias, int64_t rows, int64_t o);
+void gather_rows(cudaStream_t st, void* out, const void* x, size_t row_bytes, const int32_t* rows, int64_t m);
+void convert(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, int64_t n);
+void moe_route(cudaStream_t st, int32_t* ids, float* weights, const float* logits, int64_t n, int E, int k,
+               bool normalize);
+// acc[token[i], :] += w[i] * y[i, :] (acc f32 [*, d]; y in t); tokens are distinct within one call.
+void scatter_add(cudaStream_t st, float* acc, const void* y, DType t, const int32_t* token, const float* w, int64_t m,
+                 int64_t d);
+// out[i] = argmax of logits row i (f32 [rows, vocab]); ties go to the lower id.
+void argmax_rows(cudaStream_t st, int32_t* out, const float* logits, int64_t rows, int64_t vocab);
+
+struct AttentionArgs {
+  const void* q = nullptr;       // [n, H * hd] bf16
+  const void* q_sink = nullptr;  // same, or null
+  void* out = nullptr;           // [n, H * hd]
+  DType out_t = DType::BF16;
+  const void* k_cache = nullptr;  // [blocks, bs, KV, hd] bf16
+  const void* v_cache = nullptr;
+  const int32_t *q_start = nullptr, *ctx_len = nullptr, *tables = nullptr, *token_seq = nullptr;
+  const int32_t *sinks = nullptr, *hole_end = nullptr;
+  int num_tokens = 0, num_seqs = 0, H = 0, KV = 0, hd = 0, bs = 0, max_blocks = 0, sliding_window = 0;
+  int max_q_len = 0, max_ctx_len = 0;
+  const int32_t* host_q_len = nullptr;  // [num_seqs] on the host, or null (then every sequence may be anything)
+  const int32_t* host_sinks = nullptr;  // [num_seqs] on the host, or null
+  float scale = 1.f;
+};
+// Bytes of scratch `attention` needs for these arguments.
+size_t attention_workspace_bytes(const AttentionArgs& a);
+void attention(cudaStream_t st, const AttentionArgs& a, void* workspace);
+
+}  // namespace rill::cuda
