@@ -1,0 +1,353 @@
+// gpu_bench: rill's CUDA backend on a Llama-3-8B-shaped model with random bf16 weights made in memory (no
+// download, no disk), against the device's own limits measured in the same run:
+//   copy bandwidth (device-to-device cudaMemcpy, read + write bytes / time) and the cuBLASLt bf16 GEMM rate
+//   (8192^3); batch-1 decode at 1k context, batch-64 generation (128-token prompts, 128 new tokens, through
+//   the serving engine), prefill of a 4096-token prompt, and each attention kernel alone (decode at
+//   64 x 4096 keys, causal prefill of 4096 tokens).
+// Timings use CUDA events on the backend's stream or host clocks around whole generate() calls, after warm-up,
+// median of repeats. Writes JSON (--out) and prints a table. See bench/run_cuda.sh for the full device run.
+#include <cuda_runtime.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "backend/backend.h"
+#include "backend/cuda/cuda_backend.h"
+#include "engine/engine.h"
+#include "engine/generate.h"
+#include "formats/hf_config.h"
+#include "model/model.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw rill::Error(std::string(what) + ": " + cudaGetErrorString(e));
+}
+
+// Times `fn` (which queues work on `stream`) with CUDA events: `warm` untimed calls, then the median of `reps`.
+template <typename F>
+double time_events(cudaStream_t stream, int warm, int reps, F&& fn) {
+  for (int i = 0; i < warm; ++i) fn();
+  cudaEvent_t a, b;
+  check(cudaEventCreate(&a), "event");
+  check(cudaEventCreate(&b), "event");
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    check(cudaEventRecord(a, stream), "record");
+    fn();
+    check(cudaEventRecord(b, stream), "record");
+    check(cudaEventSynchronize(b), "sync");
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    t.push_back(ms / 1000.0);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  return median(t);
+}
+
+// Uniform bf16 noise with standard deviation ~`std`, filled by several threads.
+std::vector<uint16_t> random_bf16(size_t n, uint64_t seed, float std) {
+  std::vector<uint16_t> v(n);
+  const unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> pool;
+  for (unsigned w = 0; w < threads; ++w)
+    pool.emplace_back([&, w] {
+      uint64_t x = seed * 0x9E3779B97F4A7C15ull + w + 1;
+      const size_t b = n * w / threads, e = n * (w + 1) / threads;
+      for (size_t i = b; i < e; ++i) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        const float u = float(x >> 40) / float(1 << 24) * 2.f - 1.f;  // [-1, 1)
+        v[i] = rill::f32_to_bf16(u * std * 1.7320508f);
+      }
+    });
+  for (auto& t : pool) t.join();
+  return v;
+}
+
+rill::Tensor host_view(std::vector<uint16_t>& buf, rill::Shape s) {
+  rill::Tensor t;
+  t.data = buf.data();
+  t.dtype = rill::DType::BF16;
+  t.shape = s;
+  return t;
+}
+
+std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& x : t) x = int32_t(rng() % uint32_t(vocab));
+  return t;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"rill CUDA benchmarks on a Llama-3-8B-shaped model with random bf16 weights"};
+  int layers = 32, repeats = 5;
+  std::string out, what = "bandwidth,gemm,decode1,batch64,prefill,attention";
+  app.add_option("--layers", layers, "Transformer layers (32 for Llama-3-8B; fewer for a quick run)");
+  app.add_option("--repeats", repeats, "Timed repeats per figure (median)");
+  app.add_option("--what", what, "Comma-separated: bandwidth,gemm,decode1,batch64,prefill,attention");
+  app.add_option("--out", out, "Write the figures as JSON here");
+  CLI11_PARSE(app, argc, argv);
+  auto want = [&](const char* k) { return ("," + what + ",").find("," + std::string(k) + ",") != std::string::npos; };
+
+  try {
+    auto backend = rill::make_backend("cuda");
+    auto stream = static_cast<cudaStream_t>(rill::cuda_stream(*backend));
+    nlohmann::ordered_json j;
+    j["device"] = backend->name();
+    j["command"] = "gpu_bench --layers " + std::to_string(layers) + " --repeats " + std::to_string(repeats);
+
+    // Llama-3-8B's shape.
+    const int64_t d = 4096, heads = 32, kv_heads = 8, hd = 128, ffn = 14336, vocab = 128256;
+    double bw = 0, gemm_rate = 0;
+
+    if (want("bandwidth") || want("decode1") || want("batch64")) {
+      const size_t bytes = size_t(2) << 30;
+      void *a = nullptr, *b = nullptr;
+      check(cudaMalloc(&a, bytes), "cudaMalloc");
+      check(cudaMalloc(&b, bytes), "cudaMalloc");
+      const double t = time_events(stream, 3, 10, [&] { cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream); });
+      cudaFree(a);
+      cudaFree(b);
+      bw = 2.0 * double(bytes) / t;
+      j["copy_bandwidth_GBps"] = bw / 1e9;
+      std::printf("copy bandwidth (read+write)      %8.0f GB/s\n", bw / 1e9);
+    }
+    if (want("gemm") || want("prefill")) {
+      const int64_t n = 8192;
+      auto buf = random_bf16(size_t(n * n), 1, 0.02f);
+      const rill::Tensor w = backend->upload_weight(host_view(buf, {n, n}));
+      const rill::Tensor x = backend->upload_weight(host_view(buf, {n, n}));
+      const rill::Tensor y = backend->alloc(rill::DType::BF16, {n, n});
+      const double t = time_events(stream, 3, repeats * 2, [&] { backend->linear(y, x, w, rill::Tensor{}); });
+      gemm_rate = 2.0 * double(n) * double(n) * double(n) / t;
+      j["cublaslt_bf16_TFLOPs_8192"] = gemm_rate / 1e12;
+      std::printf("cuBLASLt bf16 GEMM 8192^3        %8.1f TFLOP/s\n", gemm_rate / 1e12);
+    }
+
+    const bool need_model = want("decode1") || want("batch64") || want("prefill");
+    std::unique_ptr<rill::Model> model;
+    std::vector<uint16_t> big, embed;
+    int64_t matmul_params = 0;
+    if (need_model) {
+      const auto dir = std::filesystem::temp_directory_path() / "rill-gpu-bench";
+      std::filesystem::create_directories(dir);
+      nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", d}, {"intermediate_size", ffn},
+                            {"num_attention_heads", heads}, {"num_key_value_heads", kv_heads},
+                            {"num_hidden_layers", layers}, {"vocab_size", vocab}, {"max_position_embeddings", 8192},
+                            {"rms_norm_eps", 1e-5}, {"rope_theta", 500000.0}, {"tie_word_embeddings", false},
+                            {"bos_token_id", 128000}, {"eos_token_id", 128001}};
+      std::ofstream(dir / "config.json") << cfg.dump();
+      rill::Checkpoint ck;
+      ck.path = "random";
+      ck.config = rill::read_hf_config((dir / "config.json").string());
+      // One host buffer per role, shared by every layer (each upload is its own device copy).
+      big = random_bf16(size_t(ffn * d), 2, 0.02f);
+      embed = random_bf16(size_t(vocab * d), 3, 0.02f);
+      static std::vector<uint16_t> ones(size_t(d), rill::f32_to_bf16(1.f));
+      auto& W = ck.weights.tensors;
+      W["model.embed_tokens.weight"] = host_view(embed, {vocab, d});
+      W["lm_head.weight"] = host_view(embed, {vocab, d});
+      W["model.norm.weight"] = host_view(ones, {d});
+      for (int l = 0; l < layers; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        W[p + "input_layernorm.weight"] = host_view(ones, {d});
+        W[p + "post_attention_layernorm.weight"] = host_view(ones, {d});
+        W[p + "self_attn.q_proj.weight"] = host_view(big, {heads * hd, d});
+        W[p + "self_attn.k_proj.weight"] = host_view(big, {kv_heads * hd, d});
+        W[p + "self_attn.v_proj.weight"] = host_view(big, {kv_heads * hd, d});
+        W[p + "self_attn.o_proj.weight"] = host_view(big, {d, heads * hd});
+        W[p + "mlp.gate_proj.weight"] = host_view(big, {ffn, d});
+        W[p + "mlp.up_proj.weight"] = host_view(big, {ffn, d});
+        W[p + "mlp.down_proj.weight"] = host_view(big, {d, ffn});
+      }
+      matmul_params = int64_t(layers) * (2 * heads * hd * d + 2 * kv_heads * hd * d + 3 * ffn * d);
+      const auto t0 = Clock::now();
+      model = std::make_unique<rill::Model>(ck, *backend);
+      backend->synchronize();
+      std::printf("model: %d layers, %.2fB matmul params + lm_head, uploaded in %.1f s\n", layers,
+                  double(matmul_params) / 1e9, seconds(t0, Clock::now()));
+      j["layers"] = layers;
+    }
+    const rill::ModelConfig* cfg = model ? &model->config() : nullptr;
+    const double kv_bytes_per_token = double(2 * layers * kv_heads * hd * 2);
+    const double weight_bytes = 2.0 * double(matmul_params + vocab * d) + 2.0 * double(d) * (2 * layers + 1);
+
+    if (want("decode1")) {
+      const int ctx = 1024, steps = 128;
+      rill::KvCache kv(*backend, *cfg, (ctx + steps + 32) / 16 + 1, 16);
+      rill::GenerateOptions opt;
+      opt.max_new_tokens = steps;
+      opt.sampling.temperature = 0;
+      opt.stop_at_eos = false;
+      opt.prefill_chunk = 1024;
+      std::vector<double> per_token;
+      for (int r = 0; r < repeats + 1; ++r) {
+        const auto res = rill::generate(*model, kv, random_tokens(ctx, int(vocab), uint32_t(r)), opt);
+        if (r > 0) per_token.push_back(res.decode_seconds / res.decode_steps);
+      }
+      const double t = median(per_token);
+      const double bytes = weight_bytes + kv_bytes_per_token * (ctx + steps / 2);
+      const double limit = bw / bytes;
+      j["decode1"] = {{"context", ctx}, {"tokens_per_s", 1.0 / t}, {"ms_per_token", t * 1e3},
+                      {"bytes_per_token_GB", bytes / 1e9}, {"bandwidth_limit_tokens_per_s", limit},
+                      {"fraction_of_limit", (1.0 / t) / limit}};
+      std::printf("decode batch 1 @1k               %8.1f tok/s  (%.2f ms; limit %.1f tok/s: %.1f%%)\n", 1.0 / t,
+                  t * 1e3, limit, 100.0 * (1.0 / t) / limit);
+    }
+
+    if (want("batch64")) {
+      const int batch = 64, prompt = 128, gen = 128;
+      rill::EngineConfig ec;
+      ec.num_blocks = batch * (prompt + gen) / 16 + 64;
+      ec.max_batch_tokens = batch * prompt;
+      ec.max_num_seqs = batch;
+      ec.max_waiting = 4 * batch;
+      rill::Engine engine(*model, ec);
+      auto run = [&](int new_tokens, uint32_t seed, double* first_all) {
+        std::vector<std::shared_ptr<rill::RequestStream>> streams;
+        const auto t0 = Clock::now();
+        for (int i = 0; i < batch; ++i) {
+          rill::Request r;
+          r.prompt = random_tokens(prompt, int(vocab), seed + uint32_t(i));
+          r.max_tokens = new_tokens;
+          r.ignore_eos = true;
+          r.sampling.temperature = 0;
+          streams.push_back(engine.submit(r));
+        }
+        Clock::time_point last_first = t0;
+        int64_t tokens = 0;
+        for (auto& s : streams) {
+          bool first = true;
+          for (;;) {
+            auto e = s->next(600.0);
+            if (!e || e->token < 0) break;
+            if (first) last_first = std::max(last_first, Clock::now()), first = false;
+            ++tokens;
+          }
+        }
+        const double total = seconds(t0, Clock::now());
+        if (first_all) *first_all = seconds(t0, last_first);
+        if (tokens != int64_t(batch) * new_tokens) throw rill::Error("batch64: missing tokens");
+        return total;
+      };
+      run(8, 999, nullptr);  // warm-up: GEMM plans for every batch size
+      // The decode phase: a whole run less a run that stops at the first token (the prefill).
+      std::vector<double> totals, decode_rates, firsts;
+      for (int r = 0; r < std::max(1, repeats / 2); ++r) firsts.push_back(run(1, uint32_t(500 + r), nullptr));
+      for (int r = 0; r < std::max(1, repeats / 2); ++r) {
+        const double t = run(gen, uint32_t(100 * r), nullptr);
+        totals.push_back(t);
+        decode_rates.push_back(double(batch) * (gen - 1) / (t - median(firsts)));
+      }
+      const double t = median(totals);
+      const double tps = double(batch) * gen / t;
+      // One decode step reads every weight once and each sequence's KV (~prompt + gen/2 tokens).
+      const double step_bytes = weight_bytes + kv_bytes_per_token * batch * (prompt + gen / 2);
+      const double limit = bw / step_bytes * batch;
+      const double dr = median(decode_rates);
+      j["batch64"] = {{"batch", batch}, {"prompt", prompt}, {"new_tokens", gen}, {"seconds", t},
+                      {"output_tokens_per_s", tps}, {"decode_phase_tokens_per_s", dr},
+                      {"bandwidth_limit_decode_tokens_per_s", limit}, {"decode_fraction_of_limit", dr / limit}};
+      std::printf("batch 64 x (128 + 128)           %8.0f tok/s  (%.2f s; decode phase %.0f tok/s, %.1f%% of %.0f)\n",
+                  tps, t, dr, 100.0 * dr / limit, limit);
+    }
+
+    if (want("prefill")) {
+      const int T = 4096;
+      rill::KvCache kv(*backend, *cfg, T / 16 + 2, 16);
+      rill::GenerateOptions opt;
+      opt.max_new_tokens = 0;
+      opt.prefill_chunk = T;
+      std::vector<double> t;
+      for (int r = 0; r < repeats + 1; ++r) {
+        const auto res = rill::generate(*model, kv, random_tokens(T, int(vocab), uint32_t(7 + r)), opt);
+        if (r > 0) t.push_back(res.prefill_seconds);
+      }
+      const double s = median(t);
+      const double attn_flops = 4.0 * double(hd) * double(heads) * double(layers) * double(T) * double(T + 1) / 2.0;
+      const double flops = 2.0 * double(T) * double(matmul_params) + 2.0 * double(d) * double(vocab) + attn_flops;
+      j["prefill"] = {{"tokens", T}, {"seconds", s}, {"model_TFLOPs", flops / s / 1e12},
+                      {"fraction_of_cublaslt", gemm_rate > 0 ? flops / s / gemm_rate : 0.0},
+                      {"attention_share_of_flops", attn_flops / flops}};
+      std::printf("prefill 4096                     %8.1f ms   (%.0f TFLOP/s model FLOPs: %.1f%% of cuBLASLt)\n",
+                  s * 1e3, flops / s / 1e12, gemm_rate > 0 ? 100.0 * flops / s / gemm_rate : 0.0);
+    }
+
+    if (want("attention")) {
+      // Decode: 64 sequences x 4096 keys. Prefill: one causal 4096-token prompt. 32 query heads, 8 KV, hd 128.
+      auto bench_attention = [&](int seqs, int ctx, int q_len) {
+        const int bs = 16, per_seq = ctx / bs;
+        rill::KvLayer kvl;
+        kvl.k = backend->alloc(rill::DType::BF16, {int64_t(seqs) * per_seq, bs, kv_heads, hd});
+        kvl.v = backend->alloc(rill::DType::BF16, {int64_t(seqs) * per_seq, bs, kv_heads, hd});
+        auto noise = random_bf16(size_t(per_seq) * bs * kv_heads * hd, 5, 1.f);
+        for (int s = 0; s < seqs; ++s) {
+          check(cudaMemcpy(static_cast<uint16_t*>(kvl.k.data) + size_t(s) * noise.size(), noise.data(), noise.size() * 2,
+                           cudaMemcpyHostToDevice), "fill");
+          check(cudaMemcpy(static_cast<uint16_t*>(kvl.v.data) + size_t(s) * noise.size(), noise.data(), noise.size() * 2,
+                           cudaMemcpyHostToDevice), "fill");
+        }
+        const int n = seqs * q_len;
+        auto qn = random_bf16(size_t(n) * heads * hd, 6, 1.f);
+        const rill::Tensor q = backend->upload_weight(host_view(qn, {n, heads * hd}));
+        const rill::Tensor o = backend->alloc(rill::DType::BF16, {n, heads * hd});
+        std::vector<int32_t> q_start, ctx_len, tables, token_seq;
+        for (int s = 0; s <= seqs; ++s) q_start.push_back(s * q_len);
+        for (int s = 0; s < seqs; ++s) {
+          ctx_len.push_back(ctx);
+          for (int b = 0; b < per_seq; ++b) tables.push_back(s * per_seq + b);
+          for (int t = 0; t < q_len; ++t) token_seq.push_back(s);
+        }
+        auto up = [&](const std::vector<int32_t>& v) {
+          rill::Tensor t = backend->alloc(rill::DType::I32, {int64_t(v.size())});
+          backend->write(t, v.data(), v.size() * 4);
+          return t;
+        };
+        rill::AttentionBatch ab;
+        ab.num_seqs = seqs;
+        ab.num_tokens = n;
+        ab.max_blocks_per_seq = per_seq;
+        ab.q_start = up(q_start);
+        ab.ctx_len = up(ctx_len);
+        ab.block_tables = up(tables);
+        ab.token_seq = up(token_seq);
+        ab.max_q_len = q_len;
+        ab.max_ctx_len = ctx;
+        ab.host_q_len.assign(size_t(seqs), q_len);
+        const float scale = 1.f / std::sqrt(float(hd));
+        return time_events(stream, 3, repeats * 4, [&] { backend->attention(o, q, kvl, ab, int(heads), scale, 0); });
+      };
+      const double td = bench_attention(64, 4096, 1);
+      const double kv_read = 2.0 * 64 * 4096 * kv_heads * hd * 2;
+      const double tp = bench_attention(1, 4096, 4096);
+      const double pf = 4.0 * hd * heads * 4096.0 * 4096.0 / 2.0;
+      j["attention"] = {{"decode_64x4096_us", td * 1e6}, {"decode_GBps", kv_read / td / 1e9},
+                        {"prefill_4096_ms", tp * 1e3}, {"prefill_TFLOPs", pf / tp / 1e12}};
+      std::printf("attention decode 64 x 4096       %8.1f us   (%.0f GB/s of K+V)\n", td * 1e6, kv_read / td / 1e9);
+      std::printf("attention prefill 4096 causal    %8.2f ms   (%.0f TFLOP/s)\n", tp * 1e3, pf / tp / 1e12);
+    }
+    if (!out.empty()) std::ofstream(out) << j.dump(2) << "\n";
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "gpu_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
