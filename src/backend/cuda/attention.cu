@@ -1,20 +1,21 @@
-// Paged attention over the flat varlen batch (flash-decoding style). One block handles one query token,
-// the query heads of one KV head (up to 8 at a time, so GQA reads each key once for the whole group)
-// and one split of at most kSplitKeys keys; a second kernel merges the splits by their log-sum-exp.
+// Paged attention over the flat varlen batch, in three kernels; each sequence's tokens take exactly one
+// (route_of), decided alike on the host and the device:
+//  - prompts (16+ new tokens): a tensor-core kernel, FlashAttention-2 style (below);
+//  - decode (new tokens x query heads per KV head fit one 16-row MMA tile): a tensor-core kernel with the
+//    group's heads packed into the tile, so K/V are read once per group, and the keys split across blocks
+//    (at most 16 splits, decided by the sequence's own length), merged by log-sum-exp;
+//  - the rest (rolling KV with attention sinks, head sizes other than 64/128, mid-size chunks): the split
+//    kernel, flash-decoding style on CUDA cores. One block handles one query token, the query heads of one KV
+//    head (up to 8 at a time) and one split of at most kSplitKeys keys; a key row of head_dim bf16 is read by
+//    LPK lanes with one 16-byte load each, scores are reduced across them with shuffles and folded into an
+//    online softmax per lane group, then groups and warps merge through shared memory.
 //
-// Lanes: a key row of head_dim bf16 is read by LPK lanes with one 16-byte load each, so a warp scores
-// 32 / LPK keys at once; scores are reduced across the LPK lanes with shuffles and folded into an
-// online softmax per lane group, then the groups and warps are merged through shared memory.
-//
-// Batch invariance: the number of splits of a token depends only on how many keys it attends to, never
-// on the rest of the batch, so a token's output is the same whatever it is batched with.
-//
-// Masks are the CPU backend's: causal, an optional sliding window, and rolling KV (entries [0, sinks)
-// are scored with the sink query, [sinks, hole_end) are skipped).
+// A token's splits depend only on how many keys it attends to, never on the rest of the batch. Masks are the
+// CPU backend's: causal, an optional sliding window, and rolling KV (entries [0, sinks) are scored with the
+// sink query, [sinks, hole_end) are skipped).
 #include <cuda_bf16.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <mutex>
 #include <set>
 
@@ -36,7 +37,6 @@ struct Params {
   float* part_o = nullptr;    // [n, H, max_splits, hd]
   float* part_lse = nullptr;  // [n, H, max_splits]
   int tc_tiles = 0;           // tensor-core prefill: query tiles per sequence in its grid (0: not launched)
-  int prefill_warps = 4;      // tensor-core prefill: warps (16 query rows each) per block
   int dec_maxq = 0;           // tensor-core decode: most new tokens of a decode sequence (0: not launched)
   float* dec_o = nullptr;     // [num_seqs, dec_maxq, H, kDecodeMaxSplits, hd]
   float* dec_lse = nullptr;   // [num_seqs, dec_maxq, H, kDecodeMaxSplits] (log2 units)
@@ -46,6 +46,9 @@ struct Params {
 // decode kernel (new tokens x query heads per KV head fit one 16-row MMA tile), or the split kernel (rolling
 // KV, other head sizes, the rest). Host and device decide alike.
 enum Route { kSplit = 0, kTcPrefill = 1, kTcDecode = 2 };
+// The prefill kernel runs 8 warps (128 query rows) per block: each K/V tile then serves twice the rows of 4
+// warps (measured on the H100: 125 vs 109 TFLOP/s at 4096 causal tokens).
+constexpr int kPrefillWarps = 8;
 constexpr int kTcKeys = 64, kTcMinRows = 16, kDecodeMaxSplits = 16;
 
 __host__ __device__ __forceinline__ int route_of(int q_len, int sinks, int G, int hd) {
@@ -257,10 +260,11 @@ __global__ void attention_combine_kernel(Params p) {
 }
 
 // ---- Prefill on tensor cores (FlashAttention-2 style) ------------------------------------------------------
-// One block: 64 query rows (4 warps x 16) of one sequence and one query head; K/V tiles of 64 keys are read
-// from the paged cache into shared memory; S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, f32
-// accumulate) with the online softmax in registers. Rows are independent: a row's result does not depend on
-// which rows share its tile, and key tiles are aligned to multiples of 64, so chunking does not change it.
+// One block: 16 query rows per warp (kPrefillWarps warps) of one sequence and one query head; K/V tiles of 64
+// keys stream from the paged cache into shared memory (double-buffered cp.async); S = Q K^T and O += P V run on
+// mma.sync m16n8k16 (bf16 in, f32 accumulate; K and V fragments by ldmatrix) with the online softmax in
+// registers. Rows are independent: a row's result does not depend on which rows share its tile, and key tiles
+// are aligned to multiples of 64.
 __device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -708,13 +712,9 @@ template <typename TO>
 void launch(cudaStream_t st, const Params& p, const Plan& pl) {
   if (pl.prefill && p.tc_tiles > 0) {
     const dim3 grid(unsigned(p.a.num_seqs * p.tc_tiles), unsigned(p.a.H));
-    if (p.prefill_warps == 8) {
-      if (p.a.hd == 64) launch_tc(attention_prefill_kernel<TO, 64, 8>, tc_smem_bytes<64>(), grid, st, p, 256);
-      else launch_tc(attention_prefill_kernel<TO, 128, 8>, tc_smem_bytes<128>(), grid, st, p, 256);
-    } else {
-      if (p.a.hd == 64) launch_tc(attention_prefill_kernel<TO, 64, 4>, tc_smem_bytes<64>(), grid, st, p);
-      else launch_tc(attention_prefill_kernel<TO, 128, 4>, tc_smem_bytes<128>(), grid, st, p);
-    }
+    constexpr int W = kPrefillWarps;
+    if (p.a.hd == 64) launch_tc(attention_prefill_kernel<TO, 64, W>, tc_smem_bytes<64>(), grid, st, p, W * 32);
+    else launch_tc(attention_prefill_kernel<TO, 128, W>, tc_smem_bytes<128>(), grid, st, p, W * 32);
     check_launch("attention (prefill)");
   }
   if (pl.decode && p.dec_maxq > 0) {
@@ -777,11 +777,7 @@ void attention(cudaStream_t st, const AttentionArgs& a, void* workspace) {
     ws += split_bytes(a, pl);
   }
   if (a.hd == 64 || a.hd == 128) {
-    // 8 warps (128 query rows) per block: each K/V tile serves twice the rows of 4 warps (measured on the H100:
-    // 125 vs 109 TFLOP/s at 4096 causal tokens).
-    constexpr int warps = 8;
-    p.prefill_warps = warps;
-    if (pl.prefill && a.max_q_len >= kTcMinRows) p.tc_tiles = (a.max_q_len + 16 * warps - 1) / (16 * warps);
+    if (pl.prefill && a.max_q_len >= kTcMinRows) p.tc_tiles = (a.max_q_len + 16 * kPrefillWarps - 1) / (16 * kPrefillWarps);
     if (pl.decode && G <= 16) {
       p.dec_maxq = pl.dec_maxq;
       p.dec_o = reinterpret_cast<float*>(ws);
