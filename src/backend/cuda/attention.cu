@@ -290,6 +290,59 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* p) {
                : "r"(addr));
 }
 
+// A warp's Q fragments (A operand, 16 rows x head_dim): row A (g) from qA, row B (g + 8) from qB, zeros for
+// rows that do not exist.
+template <int HD>
+__device__ __forceinline__ void load_q_fragments(uint32_t (&qa)[HD / 16][4], const bf16* qA, const bf16* qB, bool hasA,
+                                                 bool hasB, int tq) {
+#pragma unroll
+  for (int ks = 0; ks < HD / 16; ++ks) {
+    const int c = ks * 16 + 2 * tq;
+    qa[ks][0] = hasA ? *reinterpret_cast<const uint32_t*>(qA + c) : 0u;
+    qa[ks][1] = hasB ? *reinterpret_cast<const uint32_t*>(qB + c) : 0u;
+    qa[ks][2] = hasA ? *reinterpret_cast<const uint32_t*>(qA + c + 8) : 0u;
+    qa[ks][3] = hasB ? *reinterpret_cast<const uint32_t*>(qB + c + 8) : 0u;
+  }
+}
+
+// One step of the online softmax for a warp's 16 rows (a thread holds rows A: elements 0,1 and B: 2,3 of
+// each 8-key accumulator) given the tile's masked scores in log2 units and the thread's row maxima over them:
+// the running maxima and sums move on, O is rescaled, and `sc` is left holding the tile's probabilities.
+template <int NT, int ND>
+__device__ __forceinline__ void online_softmax_step(float (&sc)[NT][4], float (&o)[ND][4], float mxA, float mxB,
+                                                    float& mA, float& mB, float& lA, float& lB) {
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, off));
+    mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, off));
+  }
+  const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
+  // A row with nothing visible yet keeps exponent base 0, so exp2(-inf) = 0 and never NaN.
+  const float baseA = nA == -INFINITY ? 0.f : nA, baseB = nB == -INFINITY ? 0.f : nB;
+  const float cA = exp2f(mA - baseA), cB = exp2f(mB - baseB);
+  mA = nA;
+  mB = nB;
+  float sumA = 0.f, sumB = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    sc[nt][0] = exp2f(sc[nt][0] - baseA);
+    sc[nt][1] = exp2f(sc[nt][1] - baseA);
+    sc[nt][2] = exp2f(sc[nt][2] - baseB);
+    sc[nt][3] = exp2f(sc[nt][3] - baseB);
+    sumA += sc[nt][0] + sc[nt][1];
+    sumB += sc[nt][2] + sc[nt][3];
+  }
+  lA = lA * cA + sumA;
+  lB = lB * cB + sumB;
+#pragma unroll
+  for (int i = 0; i < ND; ++i) {
+    o[i][0] *= cA;
+    o[i][1] *= cA;
+    o[i][2] *= cB;
+    o[i][3] *= cB;
+  }
+}
+
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
@@ -325,6 +378,34 @@ struct TileBuffers {
   }
 };
 
+// O (16 rows x HD) += P (16 rows x 16 keys, as A fragments) V[key0, key0 + 16): V's B fragments by
+// ldmatrix.trans, two 8-wide column tiles at a time.
+template <int HD>
+__device__ __forceinline__ void pv_step(float (&o)[HD / 8][4], const uint32_t (&pa)[4], bf16 (*Vs)[HD + 8], int key0,
+                                        int lane) {
+#pragma unroll
+  for (int n2 = 0; n2 < HD / 16; ++n2) {
+    uint32_t vb[4];
+    ldmatrix_x4_trans(vb, &Vs[key0 + ((lane / 8) & 1) * 8 + lane % 8][(n2 * 2 + lane / 16) * 8]);
+    mma_bf16(o[2 * n2], pa, vb[0], vb[1]);
+    mma_bf16(o[2 * n2 + 1], pa, vb[2], vb[3]);
+  }
+}
+
+// Double buffering: starts tile it + 1 (at next_kb) into the other buffer, if there is one, while waiting for
+// tile `it`; then the block synchronizes, and tile `it` is ready in buffer it & 1.
+template <int HD>
+__device__ __forceinline__ void advance_tiles(const TileBuffers<HD>& buf, int it, int ntiles, const AttentionArgs& a,
+                                              const int32_t* table, int kvh, int next_kb, int end) {
+  if (it + 1 < ntiles) {
+    load_tile_async<HD>(buf.k[(it + 1) & 1], buf.v[(it + 1) & 1], a, table, kvh, next_kb, end);
+    asm volatile("cp.async.wait_group 1;\n" ::);
+  } else {
+    asm volatile("cp.async.wait_group 0;\n" ::);
+  }
+  __syncthreads();
+}
+
 template <typename TO, int HD, int WARPS>
 __global__ void __launch_bounds__(WARPS * 32) attention_prefill_kernel(Params p) {
   constexpr int kTcRows = WARPS * 16;
@@ -346,18 +427,8 @@ __global__ void __launch_bounds__(WARPS * 32) attention_prefill_kernel(Params p)
   const bf16* Q = as_bf16(a.q);
   // Q fragments for the warp's 16 rows, all of head_dim.
   uint32_t qa[HD / 16][4];
-  {
-    const bf16* qA = Q + (int64_t(q0) + rA) * a.H * HD + int64_t(h) * HD;
-    const bf16* qB = Q + (int64_t(q0) + rB) * a.H * HD + int64_t(h) * HD;
-#pragma unroll
-    for (int ks = 0; ks < HD / 16; ++ks) {
-      const int c = ks * 16 + 2 * tq;
-      qa[ks][0] = rA < q_len ? *reinterpret_cast<const uint32_t*>(qA + c) : 0u;
-      qa[ks][1] = rB < q_len ? *reinterpret_cast<const uint32_t*>(qB + c) : 0u;
-      qa[ks][2] = rA < q_len ? *reinterpret_cast<const uint32_t*>(qA + c + 8) : 0u;
-      qa[ks][3] = rB < q_len ? *reinterpret_cast<const uint32_t*>(qB + c + 8) : 0u;
-    }
-  }
+  load_q_fragments<HD>(qa, Q + (int64_t(q0) + rA) * a.H * HD + int64_t(h) * HD,
+                       Q + (int64_t(q0) + rB) * a.H * HD + int64_t(h) * HD, rA < q_len, rB < q_len, tq);
   float o[HD / 8][4];
 #pragma unroll
   for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -374,14 +445,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_prefill_kernel(Params p)
     const int kb = kfirst + it * kTcKeys;
     bf16 (*Ks)[HD + 8] = buf.k[it & 1];
     bf16 (*Vs)[HD + 8] = buf.v[it & 1];
-    // The next tile streams in while this one is computed.
-    if (it + 1 < ntiles) {
-      load_tile_async<HD>(buf.k[(it + 1) & 1], buf.v[(it + 1) & 1], a, table, kvh, kb + kTcKeys, hi);
-      asm volatile("cp.async.wait_group 1;\n" ::);
-    } else {
-      asm volatile("cp.async.wait_group 0;\n" ::);
-    }
-    __syncthreads();
+    advance_tiles<HD>(buf, it, ntiles, a, table, kvh, kb + kTcKeys, hi);
     // S = Q K^T for 16 rows x 64 keys.
     float sc[kTcKeys / 8][4];
 #pragma unroll
@@ -414,47 +478,13 @@ __global__ void __launch_bounds__(WARPS * 32) attention_prefill_kernel(Params p)
         if (rowB) mxB = fmaxf(mxB, v);
         else mxA = fmaxf(mxA, v);
       }
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, off));
-      mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, off));
-    }
-    const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
-    const float baseA = nA == -INFINITY ? 0.f : nA, baseB = nB == -INFINITY ? 0.f : nB;
-    const float cA = exp2f(mA - baseA), cB = exp2f(mB - baseB);
-    mA = nA;
-    mB = nB;
-    float sumA = 0.f, sumB = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < kTcKeys / 8; ++nt) {
-      sc[nt][0] = exp2f(sc[nt][0] - baseA);
-      sc[nt][1] = exp2f(sc[nt][1] - baseA);
-      sc[nt][2] = exp2f(sc[nt][2] - baseB);
-      sc[nt][3] = exp2f(sc[nt][3] - baseB);
-      sumA += sc[nt][0] + sc[nt][1];
-      sumB += sc[nt][2] + sc[nt][3];
-    }
-    lA = lA * cA + sumA;
-    lB = lB * cB + sumB;
-#pragma unroll
-    for (int i = 0; i < HD / 8; ++i) {
-      o[i][0] *= cA;
-      o[i][1] *= cA;
-      o[i][2] *= cB;
-      o[i][3] *= cB;
-    }
+    online_softmax_step(sc, o, mxA, mxB, mA, mB, lA, lB);
     // O += P V: P's accumulator layout is the A operand's layout.
 #pragma unroll
     for (int kt = 0; kt < kTcKeys / 16; ++kt) {
       uint32_t pa[4] = {pack_bf16(sc[2 * kt][0], sc[2 * kt][1]), pack_bf16(sc[2 * kt][2], sc[2 * kt][3]),
                         pack_bf16(sc[2 * kt + 1][0], sc[2 * kt + 1][1]), pack_bf16(sc[2 * kt + 1][2], sc[2 * kt + 1][3])};
-#pragma unroll
-      for (int n2 = 0; n2 < HD / 16; ++n2) {
-        uint32_t vb[4];
-        ldmatrix_x4_trans(vb, &Vs[kt * 16 + ((lane / 8) & 1) * 8 + lane % 8][(n2 * 2 + lane / 16) * 8]);
-        mma_bf16(o[2 * n2], pa, vb[0], vb[1]);
-        mma_bf16(o[2 * n2 + 1], pa, vb[2], vb[3]);
-      }
+      pv_step<HD>(o, pa, Vs, kt * 16, lane);
     }
     __syncthreads();  // this buffer is refilled two tiles on
   }
@@ -506,18 +536,8 @@ __global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
   const int loB = a.sliding_window > 0 ? selfB - a.sliding_window + 1 : 0;
   const bf16* Q = as_bf16(a.q);
   uint32_t qa[HD / 16][4];
-  {
-    const bf16* qA = Q + (int64_t(q0) + tA) * a.H * HD + int64_t(kvh * G + rA % G) * HD;
-    const bf16* qB = Q + (int64_t(q0) + tB) * a.H * HD + int64_t(kvh * G + rB % G) * HD;
-#pragma unroll
-    for (int ks = 0; ks < HD / 16; ++ks) {
-      const int c = ks * 16 + 2 * tq;
-      qa[ks][0] = rA < rows ? *reinterpret_cast<const uint32_t*>(qA + c) : 0u;
-      qa[ks][1] = rB < rows ? *reinterpret_cast<const uint32_t*>(qB + c) : 0u;
-      qa[ks][2] = rA < rows ? *reinterpret_cast<const uint32_t*>(qA + c + 8) : 0u;
-      qa[ks][3] = rB < rows ? *reinterpret_cast<const uint32_t*>(qB + c + 8) : 0u;
-    }
-  }
+  load_q_fragments<HD>(qa, Q + (int64_t(q0) + tA) * a.H * HD + int64_t(kvh * G + rA % G) * HD,
+                       Q + (int64_t(q0) + tB) * a.H * HD + int64_t(kvh * G + rB % G) * HD, rA < rows, rB < rows, tq);
   float o[HD / 8][4];
 #pragma unroll
   for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
@@ -530,13 +550,7 @@ __global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
     const int kb = zb + it * kTcKeys;
     bf16 (*Ks)[HD + 8] = buf.k[it & 1];
     bf16 (*Vs)[HD + 8] = buf.v[it & 1];
-    if (it + 1 < ntiles) {
-      load_tile_async<HD>(buf.k[(it + 1) & 1], buf.v[(it + 1) & 1], a, table, kvh, kb + kTcKeys, ze);
-      asm volatile("cp.async.wait_group 1;\n" ::);
-    } else {
-      asm volatile("cp.async.wait_group 0;\n" ::);
-    }
-    __syncthreads();
+    advance_tiles<HD>(buf, it, ntiles, a, table, kvh, kb + kTcKeys, ze);
     // This warp's 16 keys: two n-tiles of 8.
     const int k0 = warp * 16;
     float sc[2][4];
@@ -564,39 +578,10 @@ __global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
         if (rowB) mxB = fmaxf(mxB, v);
         else mxA = fmaxf(mxA, v);
       }
-#pragma unroll
-    for (int off = 1; off <= 2; off <<= 1) {
-      mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, off));
-      mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, off));
-    }
-    const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
-    const float baseA = nA == -INFINITY ? 0.f : nA, baseB = nB == -INFINITY ? 0.f : nB;
-    const float cA = exp2f(mA - baseA), cB = exp2f(mB - baseB);
-    mA = nA;
-    mB = nB;
-    float sumA = 0.f, sumB = 0.f;
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      sc[nt][0] = exp2f(sc[nt][0] - baseA);
-      sc[nt][1] = exp2f(sc[nt][1] - baseA);
-      sc[nt][2] = exp2f(sc[nt][2] - baseB);
-      sc[nt][3] = exp2f(sc[nt][3] - baseB);
-      sumA += sc[nt][0] + sc[nt][1];
-      sumB += sc[nt][2] + sc[nt][3];
-    }
-    lA = lA * cA + sumA;
-    lB = lB * cB + sumB;
+    online_softmax_step(sc, o, mxA, mxB, mA, mB, lA, lB);
     const uint32_t pa[4] = {pack_bf16(sc[0][0], sc[0][1]), pack_bf16(sc[0][2], sc[0][3]), pack_bf16(sc[1][0], sc[1][1]),
                             pack_bf16(sc[1][2], sc[1][3])};
-#pragma unroll
-    for (int n2 = 0; n2 < HD / 16; ++n2) {
-      o[2 * n2][0] *= cA, o[2 * n2][1] *= cA, o[2 * n2][2] *= cB, o[2 * n2][3] *= cB;
-      o[2 * n2 + 1][0] *= cA, o[2 * n2 + 1][1] *= cA, o[2 * n2 + 1][2] *= cB, o[2 * n2 + 1][3] *= cB;
-      uint32_t vb[4];
-      ldmatrix_x4_trans(vb, &Vs[k0 + ((lane / 8) & 1) * 8 + lane % 8][(n2 * 2 + lane / 16) * 8]);
-      mma_bf16(o[2 * n2], pa, vb[0], vb[1]);
-      mma_bf16(o[2 * n2 + 1], pa, vb[2], vb[3]);
-    }
+    pv_step<HD>(o, pa, Vs, k0, lane);
     __syncthreads();  // this buffer is refilled two tiles on
   }
 #pragma unroll
