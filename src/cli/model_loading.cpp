@@ -43,8 +43,10 @@ void add_model_option(CLI::App& app, std::string& target, const std::string& wha
 
 void add_device_option(CLI::App& app, std::string& target) {
   app.add_option("--device", target,
-                 "Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N")
-      ->default_val("auto");
+                 "Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N "
+                 "(also RILL_DEVICE)")
+      ->default_val("auto")
+      ->envname("RILL_DEVICE");
 }
 
 std::string model_dir(const std::string& model_path) {
