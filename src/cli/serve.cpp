@@ -122,7 +122,9 @@ Run add_serve(CLI::App& app) {
     EngineConfig ec;
     ec.block_size = a->block_size;
     ec.num_blocks = KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size, backend->kv_dtype());
-    RILL_CHECK(ec.num_blocks > 0, "--kv-cache-memory " + a->kv_memory + " holds no KV block for this model");
+    RILL_CHECK(ec.num_blocks > 0, (a->kv_memory.empty() ? "the KV cache's " + std::to_string(*kv_bytes >> 20) + " MiB"
+                                                        : "--kv-cache-memory " + a->kv_memory) +
+                                      " holds no KV block for this model");
     ec.max_batch_tokens = a->max_batch_tokens;
     ec.max_num_seqs = a->max_num_seqs;
     ec.max_waiting = a->max_waiting;
