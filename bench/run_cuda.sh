@@ -6,9 +6,9 @@
 set -uo pipefail
 bundle=${1:-.device/bundle}
 out=${OUT:-/tmp}
-mkdir -p /tmp/rill && tar xJf "$bundle/bins.tar.xz" -C /tmp/rill
+unpacked=$(mktemp -d) && tar xJf "$bundle/bins.tar.xz" -C "$unpacked"
 export LD_LIBRARY_PATH="$PWD/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/device.txt"
-/tmp/rill/build/bench/gpu_bench --out "$out/gpu_bench.json" 2>&1 | tee "$out/gpu_bench.txt"
+"$unpacked/build/bench/gpu_bench" --out "$out/gpu_bench.json" 2>&1 | tee "$out/gpu_bench.txt"
 PYTHONUNBUFFERED=1 python3 bench/hf_baseline.py > "$out/hf_baseline.json" 2> "$out/hf_baseline.err"
 cat "$out/hf_baseline.json"

@@ -40,7 +40,7 @@ const std::string kStories = "data/models/stories260K/stories260K.bin";
 std::string tiny_model_with_tokenizer(const TempDir& dir) {
   const std::string tok_dir = shared("data/tokenizers/qwen2-style");
   const std::string model = dir / "m";
-  EXPECT_EQ(std::system((std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + model +
+  EXPECT_EQ(std::system((make_random_model_bin() + " --out " + model +
                          " --dim 16 --layers 1 --heads 2 --ffn 32 --vocab 16022 --dtype f32 > /dev/null").c_str()), 0);
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
     std::filesystem::copy_file(tok_dir + "/" + f, model + "/" + f);
@@ -122,7 +122,7 @@ TEST(Cli, TextPromptThroughTokenizer) {
   if (!std::filesystem::exists(tok)) GTEST_SKIP();
   TempDir dir;
   // A tiny random model with the Llama-2 vocabulary, so the real tokenizer.bin fits it.
-  const std::string make = std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + (dir / "m") +
+  const std::string make = make_random_model_bin() + " --out " + (dir / "m") +
                            " --dim 16 --layers 1 --heads 2 --ffn 32 --vocab 32000 --dtype f32 > /dev/null";
   ASSERT_EQ(std::system(make.c_str()), 0);
   const Result r = run("generate --model " + (dir / "m") + " --tokenizer " + tok +
@@ -230,7 +230,7 @@ TEST(Cli, DefaultModelIsRillTiny) {
   const std::string args = " --prompt \"Once upon a time\" -n 12 --temperature 0 --output json";
   const Result implicit = run("generate" + args, true);
   ASSERT_EQ(implicit.status, 0) << implicit.out;
-  const Result explicit_model = run("generate --model " RILL_MODELS_DIR "/rill-tiny" + args, true);
+  const Result explicit_model = run("generate --model " + models_dir() + "/rill-tiny" + args, true);
   EXPECT_EQ(implicit.out, explicit_model.out);
   const auto j = nlohmann::json::parse(implicit.out);
   EXPECT_EQ(j["ids"].size(), 12u);

@@ -127,7 +127,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, testing::ValuesIn(all_cases()), c
 class RopeScalingTest : public testing::TestWithParam<std::string> {};
 
 TEST_P(RopeScalingTest, LogitsMatchTransformers) {
-  const std::string dir = std::string(RILL_TEST_DATA_DIR) + "/rope/" + GetParam();
+  const std::string dir = test_data_dir() + "/rope/" + GetParam();
   WeightMap expected;
   read_safetensors(dir + "/expected.safetensors", &expected);
   std::unique_ptr<Backend> backend;
@@ -234,10 +234,10 @@ class EmbeddedModelTest : public testing::TestWithParam<std::string> {};
 
 TEST_P(EmbeddedModelTest, MatchesTransformers) {
   WeightMap expected;
-  read_safetensors(std::string(RILL_TEST_DATA_DIR) + "/rill-tiny/" + GetParam() + "-expected.safetensors", &expected);
+  read_safetensors(test_data_dir() + "/rill-tiny/" + GetParam() + "-expected.safetensors", &expected);
   std::unique_ptr<Backend> backend;
   RILL_TEST_BACKEND(backend, 0);
-  Model model(read_checkpoint(std::string(RILL_MODELS_DIR) + "/" + GetParam()), *backend);
+  Model model(read_checkpoint(models_dir() + "/" + GetParam()), *backend);
   KvCache kv(*backend, model.config(), 16, 16);
   const auto prompt = ids_of(expected.get("prompt_ids"));
   const auto ref = floats_of(expected.get("last4_logits"));

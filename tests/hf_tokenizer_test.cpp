@@ -138,9 +138,9 @@ TEST(HfTokenizer, StreamingAfterContextEndingMidCharacter) {
 // rill-tiny's own tokenizer (models/rill-tiny) against what transformers made of it when it was trained:
 // ids with and without special tokens, decodes, and chat-template renderings.
 TEST(HfTokenizer, EmbeddedModelTokenizerMatchesTransformers) {
-  const std::string dir = std::string(RILL_MODELS_DIR) + "/rill-tiny";
+  const std::string dir = models_dir() + "/rill-tiny";
   auto tok = HfTokenizer::load(dir + "/tokenizer.json");
-  const auto ref = nlohmann::json::parse(std::ifstream(std::string(RILL_TEST_DATA_DIR) + "/rill-tiny/tokenizer-reference.json"));
+  const auto ref = nlohmann::json::parse(std::ifstream(test_data_dir() + "/rill-tiny/tokenizer-reference.json"));
   ASSERT_GE(ref["encodings"].size(), 10u);
   for (const auto& c : ref["encodings"]) {
     const std::string text = c["text"];

@@ -30,7 +30,7 @@ struct Fixture {
   explicit Fixture(EngineConfig ec = {}, ServerConfig sc = {}) {
     const std::string tok_dir = shared("data/tokenizers/qwen2-style");
     const std::string m = dir / "m";
-    if (std::system((std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + m +
+    if (std::system((make_random_model_bin() + " --out " + m +
                      " --dim 32 --layers 2 --heads 4 --ffn 64 --vocab 16022 --dtype f32 --context 512 > /dev/null").c_str()) != 0)
       throw std::runtime_error("make_random_model failed");
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) std::filesystem::copy_file(tok_dir + "/" + f, m + "/" + f);

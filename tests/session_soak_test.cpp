@@ -25,7 +25,7 @@ struct ClientSession {
 TEST(SessionSoak, ConcurrentSessionsStayIsolated) {
   TempDir dir;
   const std::string model_dir = dir / "m";
-  ASSERT_EQ(std::system((std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + model_dir +
+  ASSERT_EQ(std::system((make_random_model_bin() + " --out " + model_dir +
                          " --dim 32 --layers 2 --heads 4 --kv-heads 2 --ffn 64 --vocab 500 --context 256 --dtype f32 > /dev/null").c_str()), 0);
   auto backend = make_cpu_backend(2);
   Model model(read_checkpoint(model_dir), *backend);

@@ -17,7 +17,7 @@ namespace {
 
 std::string make_model(const TempDir& dir, int layers) {
   const std::string out = dir / "m";
-  const std::string cmd = std::string(RILL_MAKE_RANDOM_MODEL) + " --out " + out + " --dim 64 --layers " +
+  const std::string cmd = make_random_model_bin() + " --out " + out + " --dim 64 --layers " +
                           std::to_string(layers) + " --heads 4 --kv-heads 2 --ffn 96 --vocab 300 --context 256 --dtype f32 --seed 3 > /dev/null";
   EXPECT_EQ(std::system(cmd.c_str()), 0);
   return out;

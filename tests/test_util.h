@@ -22,6 +22,16 @@ inline std::string shared_dir() {
 }
 inline std::string shared(const std::string& rel) { return shared_dir() + "/" + rel; }
 
+// Build-time locations, each overridable from the environment, so the test binaries also run from a copy
+// of the checkout elsewhere (the GPU machine: tools/device/gpu_tests.sh).
+inline std::string env_or(const char* name, const char* fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+inline std::string models_dir() { return env_or("RILL_MODELS_DIR", RILL_MODELS_DIR); }
+inline std::string test_data_dir() { return env_or("RILL_TEST_DATA_DIR", RILL_TEST_DATA_DIR); }
+inline std::string make_random_model_bin() { return env_or("RILL_MAKE_RANDOM_MODEL", RILL_MAKE_RANDOM_MODEL); }
+
 // The device the model tests run on: the CPU, or CUDA when RILL_TEST_DEVICE=cuda (CTest's gpu-labelled
 // entries set it, so `ctest -L gpu` runs the golden, engine and streaming tests on the GPU).
 inline bool test_on_gpu() {
