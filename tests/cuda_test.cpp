@@ -4,6 +4,8 @@
 // runs the golden, engine and streaming tests on the GPU (RILL_TEST_DEVICE=cuda).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <random>
 
@@ -100,7 +102,7 @@ TEST_F(CudaOps, LinearMatchesCpu) {
   HostWeight bias(random_bf16(size_t(o), 2), {o});
   const Tensor wc = cpu_->upload_weight(w.host), wg = gpu_->upload_weight(w.host);
   const Tensor bc = cpu_->upload_weight(bias.host), bg = gpu_->upload_weight(bias.host);
-  for (int64_t n : {1, 7, 64, 300})
+  for (int64_t n : {1, 7, 8, 9, 64, 300})
     for (DType out_t : {DType::F32, DType::BF16}) {
       const auto x = random_bf16(size_t(n * in), uint32_t(n));
       Tensor yc = cpu_->alloc(DType::F32, {n, o}), yg = gpu_->alloc(out_t, {n, o});
@@ -110,6 +112,32 @@ TEST_F(CudaOps, LinearMatchesCpu) {
       EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), out_t == DType::F32 ? 1e-5 : 8e-3)
           << "n " << n << " out " << dtype_name(out_t);
     }
+}
+
+// Up to 8 rows (decode) take the matrix-vector kernel: each row's result is the same whatever the other rows,
+// and shapes it does not take (k not a multiple of 8) still go through cuBLASLt.
+TEST_F(CudaOps, FewRowLinearIsRowInvariant) {
+  for (int64_t in : {4096, 1000, 260}) {
+    const int64_t o = 72;
+    HostWeight w(random_bf16(size_t(in * o), 11, 0.05f), {o, in});
+    const Tensor wc = cpu_->upload_weight(w.host), wg = gpu_->upload_weight(w.host);
+    const auto x = random_bf16(size_t(8 * in), 12);
+    Tensor full = gpu_->alloc(DType::F32, {8, o});
+    gpu_->linear(full, put(*gpu_, x, {8, in}), wg, Tensor{});
+    const auto all = get(*gpu_, full);
+    Tensor ref = cpu_->alloc(DType::F32, {8, o});
+    cpu_->linear(ref, put(*cpu_, x, {8, in}), wc, Tensor{});
+    const auto want = get(*cpu_, ref);
+    EXPECT_LE(rel_max_diff(all.data(), want.data(), want.size()), 1e-5) << "k " << in;
+    for (int64_t n = 1; n < 8; ++n) {
+      Tensor part = gpu_->alloc(DType::F32, {n, o});
+      gpu_->linear(part, put(*gpu_, std::vector<float>(x.begin(), x.begin() + n * in), {n, in}), wg, Tensor{});
+      const auto got = get(*gpu_, part);
+      if (in % 8 == 0) {
+        EXPECT_TRUE(std::equal(got.begin(), got.end(), all.begin())) << "k " << in << ", " << n << " rows";
+      }
+    }
+  }
 }
 
 // With RILL_BATCH_INVARIANT=1, a row's result does not depend on how many rows are beside it (what the
@@ -202,6 +230,39 @@ TEST_F(CudaOps, KvWriteStoresSlots) {
       EXPECT_EQ(vc[size_t(slots[t] * width + j)], v[t * size_t(width) + size_t(j)]);
     }
   EXPECT_EQ(kc[0], 0.f);
+}
+
+// The fused RoPE + KV write gives, to the bit, what rope(q), rope(k) and kv_write give one after another, and
+// writes nothing for a negative slot.
+TEST_F(CudaOps, RopeKvWriteEqualsItsParts) {
+  const int64_t n = 5, H = 6, KV = 2, hd = 64, blocks = 4, bs = 4;
+  const auto q = random_bf16(size_t(n * H * hd), 13), k = random_bf16(size_t(n * KV * hd), 14);
+  const auto v = random_bf16(size_t(n * KV * hd), 15);
+  const std::vector<int32_t> pos = {0, 7, 123456, 3, 2000000}, slots = {4, -1, 15, 0, 9};
+  std::vector<double> inv(static_cast<size_t>(hd / 2));
+  for (int64_t i = 0; i < hd / 2; ++i) inv[size_t(i)] = std::pow(10000.0, -2.0 * double(i) / double(hd));
+  auto run = [&](bool fused) {
+    KvLayer kv;
+    kv.k = gpu_->alloc(DType::BF16, {blocks, bs, KV, hd});
+    kv.v = gpu_->alloc(DType::BF16, {blocks, bs, KV, hd});
+    gpu_->fill_zero(kv.k);
+    gpu_->fill_zero(kv.v);
+    Tensor f = gpu_->alloc(DType::F64, {1, hd / 2});
+    gpu_->write(f, inv.data(), inv.size() * 8);
+    Tensor qg = put(*gpu_, q, {n, H * hd}), kg = put(*gpu_, k, {n, KV * hd}), vg = put(*gpu_, v, {n, KV * hd});
+    const Tensor p = put_i32(*gpu_, pos), sl = put_i32(*gpu_, slots);
+    if (fused) {
+      gpu_->rope_kv_write(qg, kg, vg, kv, sl, int(hd), p, f, Tensor{}, 0.9f);
+    } else {
+      gpu_->rope(qg, int(hd), p, f, Tensor{}, 0.9f);
+      gpu_->rope(kg, int(hd), p, f, Tensor{}, 0.9f);
+      gpu_->kv_write(kv, kg, vg, sl);
+    }
+    return std::vector<std::vector<float>>{get(*gpu_, qg), get(*gpu_, kg), get(*gpu_, kv.k), get(*gpu_, kv.v)};
+  };
+  const auto parts = run(false), fused = run(true);
+  const char* what[] = {"q", "k", "k cache", "v cache"};
+  for (size_t i = 0; i < parts.size(); ++i) EXPECT_EQ(parts[i], fused[i]) << what[i];
 }
 
 struct AttnCase {
@@ -314,6 +375,80 @@ TEST_F(CudaOps, MoeMatchesCpu) {
   const auto [ids_g, out_g] = run(*gpu_, eg);
   EXPECT_EQ(ids_c, ids_g);
   EXPECT_LE(rel_max_diff(out_g.data(), out_c.data(), out_c.size()), 2e-2);
+}
+
+// Decode steps replay recorded CUDA graphs. Each step must give the logits the eager path gives for the same
+// batch: across batch buckets (1, 3 and 17 sequences: padded to 1, 4 and 24), a block-table stride that
+// widens mid-run (contexts crossing 128 tokens), and two KV caches used by turns of ten steps (graphs write to
+// one cache, so a switch must drop them).
+TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
+  RILL_NEED_GPU();
+  const Checkpoint ck = read_checkpoint(models_dir() + "/rill-tiny");
+  auto gpu = make_backend("cuda");
+  Model graphed(ck, *gpu), eager(ck, *gpu);
+  graphed.set_graph_max_batch(256);
+  eager.set_graph_max_batch(0);
+  const ModelConfig& c = graphed.config();
+  ASSERT_TRUE(c.head_dim == 64 || c.head_dim == 128) << "rill-tiny no longer has a head size graphs cover";
+  const int V = c.vocab_size;
+  for (int seqs : {1, 3, 17}) {
+    SCOPED_TRACE("sequences: " + std::to_string(seqs));
+    // Two caches for the graphed model, used by turns; one for the eager model per graphed cache.
+    KvCache kv_g[2] = {KvCache(*gpu, c, 512, 16), KvCache(*gpu, c, 512, 16)};
+    KvCache kv_e[2] = {KvCache(*gpu, c, 512, 16), KvCache(*gpu, c, 512, 16)};
+    std::vector<std::vector<int32_t>> tables[2];
+    std::vector<int> len[2];
+    std::vector<int32_t> next[2];
+    std::mt19937 rng{uint32_t(seqs)};
+    for (int which = 0; which < 2; ++which) {
+      Batch prefill;
+      for (int s = 0; s < seqs; ++s) {
+        const int n = 100 + 9 * s + 3 * which;
+        std::vector<int32_t> prompt(static_cast<size_t>(n));
+        for (auto& t : prompt) t = int32_t(rng() % uint32_t(V));
+        std::vector<int32_t> table;
+        ASSERT_TRUE(kv_g[which].blocks().grow(n + 40, &table));
+        std::vector<int32_t> table_e;
+        ASSERT_TRUE(kv_e[which].blocks().grow(n + 40, &table_e));
+        ASSERT_EQ(table, table_e);
+        prefill.add_sequence(prompt, 0, 0, table, 16, Logits::Last);
+        tables[which].push_back(table);
+        len[which].push_back(n);
+      }
+      std::vector<float> lg, le;
+      graphed.forward(prefill, kv_g[which], &lg);
+      eager.forward(prefill, kv_e[which], &le);
+      for (int s = 0; s < seqs; ++s) next[which].push_back(int32_t(rng() % uint32_t(V)));
+    }
+    const uint64_t replays_before = graphed.graph_replays();
+    for (int step = 0; step < 40; ++step) {
+      const int which = (step / 10) % 2;
+      Batch b;
+      for (int s = 0; s < seqs; ++s)
+        b.add_sequence({next[which][size_t(s)]}, len[which][size_t(s)], len[which][size_t(s)],
+                       tables[which][size_t(s)], 16, Logits::Last);
+      std::vector<float> lg, le;
+      std::vector<int32_t> ids;
+      graphed.forward(b, kv_g[which], &lg);
+      eager.forward(b, kv_e[which], &le);
+      ASSERT_EQ(lg.size(), le.size());
+      float ref = 0.f, diff = 0.f;
+      for (size_t i = 0; i < le.size(); ++i) {
+        ref = std::max(ref, std::fabs(le[i]));
+        diff = std::max(diff, std::fabs(lg[i] - le[i]));
+      }
+      EXPECT_LE(diff, 2e-2f * ref) << "step " << step;
+      // The device argmax of the graphed step is the argmax of its logits.
+      graphed.forward(b, kv_g[which], &lg, &ids);  // rewrites the same KV entries with the same values
+      ASSERT_EQ(ids.size(), size_t(seqs));
+      for (int s = 0; s < seqs; ++s) {
+        const float* row = le.data() + size_t(s) * size_t(V);
+        next[which][size_t(s)] = int32_t(std::max_element(row, row + V) - row);
+        len[which][size_t(s)] += 1;
+      }
+    }
+    EXPECT_GT(graphed.graph_replays(), replays_before);
+  }
 }
 
 // The TinyStories model (f32 weights, which the GPU stores as bf16) gives the CPU's greedy tokens for 200

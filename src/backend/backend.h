@@ -45,6 +45,17 @@ struct AttentionBatch {
   int max_ctx_len = 0;  // the longest ctx_len
   std::vector<int32_t> host_q_len;  // [num_seqs] new tokens of each sequence (may be empty: then unknown)
   std::vector<int32_t> host_sinks;  // [num_seqs] or empty when no sequence uses rolling KV
+  // Scratch for attention() of at least Backend::attention_workspace() bytes, or empty: then attention
+  // allocates its own. Recorded graphs pass one, since they must not allocate.
+  Tensor workspace;
+};
+
+// Ops recorded once (begin_capture .. end_capture) and replayed on the same tensors: a CUDA graph. Replaying
+// reads whatever the tensors hold at that time, so a caller changes inputs by writing into them.
+class Graph {
+ public:
+  virtual ~Graph() = default;
+  virtual void replay() = 0;
 };
 
 // The weights of one expert of a sparse MoE feed-forward.
@@ -72,6 +83,14 @@ class Backend {
   virtual void fill_zero(const Tensor& t) = 0;
   virtual void synchronize() = 0;
 
+  // Recording: after begin_capture() returns true, ops are recorded instead of run until end_capture(), which
+  // returns them as a Graph. Nothing recorded may allocate, write from the host or read back. Backends that
+  // cannot record return false (the CPU). end_capture() must follow a true begin_capture() even when an op in
+  // between threw; it then throws too, and the backend is usable again.
+  virtual bool can_record() const { return false; }
+  virtual bool begin_capture() { return false; }
+  virtual std::unique_ptr<Graph> end_capture() { return nullptr; }
+
   // out[i] = table[ids[i]]. ids: i32 [n]; out: f32 [n, d].
   virtual void embedding(const Tensor& out, const Tensor& table, const Tensor& ids) = 0;
   // Row-wise RMSNorm over the last dim: out = x / sqrt(mean(x^2) + eps) * weight.
@@ -88,12 +107,26 @@ class Backend {
                     const Tensor& rope_row, float attention_factor) = 0;
   // Writes k, v [n, kv_heads * head_dim] into the cache slots slot_mapping[n] (block * block_size + offset).
   virtual void kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) = 0;
+  // rope(q), rope(k), then kv_write(kv, k, v, slot_mapping): the step between the projections and attention,
+  // which a backend may fuse into one pass.
+  virtual void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const KvLayer& kv,
+                             const Tensor& slot_mapping, int head_dim, const Tensor& positions,
+                             const Tensor& inv_freq, const Tensor& rope_row, float attention_factor) {
+    rope(q, head_dim, positions, inv_freq, rope_row, attention_factor);
+    rope(k, head_dim, positions, inv_freq, rope_row, attention_factor);
+    kv_write(kv, k, v, slot_mapping);
+  }
   // Causal GQA attention over the paged cache. q, out: [n, heads * head_dim]. sliding_window > 0 limits each
   // query to the last sliding_window keys (itself included).
   // q_sink ([n, heads * head_dim], the query rotated at its cache position) is used only for the sink entries
   // of sequences with batch.sinks[s] > 0; it may be empty when batch.sinks is.
   virtual void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
                          int num_heads, float scale, int sliding_window, const Tensor& q_sink = {}) = 0;
+  // The scratch bytes attention() needs for this batch (see AttentionBatch::workspace); 0 when none.
+  virtual size_t attention_workspace(const KvLayer& kv, const AttentionBatch& batch, int num_heads,
+                                     int sliding_window) {
+    return 0;
+  }
   // out = silu(gate) * up, element-wise.
   virtual void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
   // Top-k routing of router logits [n, E]: softmax over experts, keep the k largest, renormalize them to

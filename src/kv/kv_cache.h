@@ -21,11 +21,15 @@ class KvCache {
   DType dtype() const { return layers_.empty() ? DType::F32 : layers_[0].k.dtype; }
 
   const KvLayer& layer(int l) const { return layers_[size_t(l)]; }
+  // Unique among the caches of this process, so that users of its addresses (recorded graphs) can tell
+  // a new cache from an old one that happened to get the same memory.
+  uint64_t id() const { return id_; }
   int block_size() const { return block_size_; }
   BlockManager& blocks() { return blocks_; }
 
  private:
   int block_size_;
+  uint64_t id_;
   std::vector<KvLayer> layers_;
   BlockManager blocks_;
 };

@@ -48,6 +48,7 @@ class Model {
  public:
   // Binds and uploads every weight, checking names and shapes. Throws rill::Error naming the tensor.
   Model(const Checkpoint& checkpoint, Backend& backend);
+  ~Model();
 
   const ModelConfig& config() const { return config_; }
   Backend& backend() { return backend_; }
@@ -58,9 +59,26 @@ class Model {
   // come back to the host, and `logits` is left empty.
   void forward(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* greedy = nullptr);
 
+  // Decode steps of up to `max_batch` sequences replay recorded graphs on backends that can record them
+  // (CUDA graphs), so that a step costs one launch instead of one per op. 0 turns that off. Default: 256,
+  // or 0 when the environment sets RILL_CUDA_GRAPHS=0.
+  void set_graph_max_batch(int max_batch) { graph_max_batch_ = max_batch; }
+  int graph_max_batch() const { return graph_max_batch_; }
+  // Steps that replayed a recorded graph, and graphs recorded, since load.
+  uint64_t graph_replays() const { return graph_replays_; }
+  uint64_t graphs_recorded() const { return graphs_recorded_; }
+
  private:
   struct Workspace;
+  struct GraphState;
+  // Device inputs of one step besides the attention batch.
+  struct StepInputs {
+    Tensor ids, positions, slots, sink_positions, identity, inv_freq, rope_row;
+  };
   void bind(const Checkpoint& ck);
+  std::shared_ptr<Workspace> make_workspace(int64_t n);
+  void run_layers(Workspace& ws, int64_t n, const StepInputs& in, const AttentionBatch& ab, KvCache& kv);
+  bool forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* greedy);
   Tensor upload_i32(const std::vector<int32_t>& v);
 
   ModelConfig config_;
@@ -68,6 +86,9 @@ class Model {
   ModelWeights w_;
   size_t weight_bytes_ = 0;
   std::shared_ptr<Workspace> ws_;
+  std::unique_ptr<GraphState> graphs_;
+  int graph_max_batch_ = 256;
+  uint64_t graph_replays_ = 0, graphs_recorded_ = 0;
   std::vector<double> inv_freq_;  // for non-dynamic RoPE, computed once
   Tensor inv_freq_dev_;
   float attention_factor_ = 1.f;

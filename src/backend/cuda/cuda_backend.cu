@@ -97,6 +97,7 @@ class CudaBackend final : public Backend {
   }
 
   Tensor alloc(DType dtype, Shape shape) override {
+    expect(!capturing_, "alloc", "a recorded graph must not allocate (size the buffers before recording)");
     Tensor t;
     t.dtype = dtype;
     t.shape = shape;
@@ -139,12 +140,14 @@ class CudaBackend final : public Backend {
   }
 
   void write(const Tensor& dst, const void* src, size_t bytes) override {
+    expect(!capturing_, "write", "a recorded graph must not copy from the host");
     expect(bytes <= dst.nbytes(), "write", "more bytes than the tensor holds");
     if (bytes == 0) return;
     // From pageable memory the copy is staged before this returns, so `src` may be freed right after.
     check_cuda(cudaMemcpyAsync(dst.data, src, bytes, cudaMemcpyHostToDevice, st_->stream), "write");
   }
   void read(void* dst, const Tensor& src, size_t bytes) override {
+    expect(!capturing_, "read", "a recorded graph must not read back");
     expect(bytes <= src.nbytes(), "read", "more bytes than the tensor holds");
     if (bytes > 0) check_cuda(cudaMemcpyAsync(dst, src.data, bytes, cudaMemcpyDeviceToHost, st_->stream), "read");
     synchronize();
@@ -153,6 +156,14 @@ class CudaBackend final : public Backend {
     check_cuda(cudaMemsetAsync(t.data, 0, t.nbytes(), st_->stream), "fill_zero");
   }
   void synchronize() override { check_cuda(cudaStreamSynchronize(st_->stream), "synchronize"); }
+
+  bool can_record() const override { return true; }
+  bool begin_capture() override {
+    check_cuda(cudaStreamBeginCapture(st_->stream, cudaStreamCaptureModeThreadLocal), "begin capture");
+    capturing_ = true;
+    return true;
+  }
+  std::unique_ptr<Graph> end_capture() override;
 
   void embedding(const Tensor& out, const Tensor& table, const Tensor& ids) override {
     const int64_t n = ids.numel(), d = table.row_size();
@@ -182,11 +193,15 @@ class CudaBackend final : public Backend {
                w.shape.str());
     expect(is_act(out.dtype) && out.numel() == n * o, "linear", "output " + out.shape.str() + " does not match");
     if (n == 0) return;
-    const GemmPlan& plan = gemm_plan(o, n, in, out.dtype);
-    const float alpha = 1.f, beta = 0.f;
-    check_lt(cublasLtMatmul(lt_, plan.op, &alpha, w.data, plan.a, x.data, plan.b, &beta, out.data, plan.c, out.data,
-                            plan.c, &plan.algo, gemm_ws_.data, size_t(kGemmWorkspace), st_->stream),
-             "matmul");
+    // A few rows (decode): a matrix-vector kernel that streams the weights once, with no split-K reduction
+    // pass. Not under RILL_BATCH_INVARIANT, where every row count takes the same cuBLASLt algorithms.
+    if (batch_invariant_ || !cuda::gemv(st_->stream, out.data, out.dtype, x.data, w.data, n, o, in)) {
+      const GemmPlan& plan = gemm_plan(o, n, in, out.dtype);
+      const float alpha = 1.f, beta = 0.f;
+      check_lt(cublasLtMatmul(lt_, plan.op, &alpha, w.data, plan.a, x.data, plan.b, &beta, out.data, plan.c,
+                              out.data, plan.c, &plan.algo, gemm_ws_.data, size_t(kGemmWorkspace), st_->stream),
+               "matmul");
+    }
     if (!bias.empty()) {
       expect(bias.numel() == o, "linear", "bias size does not match the output features");
       cuda::add_bias(st_->stream, out.data, out.dtype, bias.data, n, o);
@@ -210,44 +225,44 @@ class CudaBackend final : public Backend {
     cuda::kv_write(st_->stream, kv.k.data, kv.v.data, k.data, v.data, k.dtype, slot_mapping.ptr<int32_t>(), n, width,
                    kv.k.shape[0] * kv.k.shape[1]);
   }
+  size_t attention_workspace(const KvLayer& kv, const AttentionBatch& batch, int num_heads,
+                             int sliding_window) override {
+    if (batch.num_tokens == 0) return 0;
+    return cuda::attention_workspace_bytes(attention_args(Tensor{}, Tensor{}, kv, batch, num_heads, 1.f,
+                                                          sliding_window, Tensor{}));
+  }
+  void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const KvLayer& kv, const Tensor& slot_mapping,
+                     int head_dim, const Tensor& positions, const Tensor& inv_freq, const Tensor& rope_row,
+                     float attention_factor) override {
+    const int64_t n = positions.numel(), kv_heads = kv.k.shape[2];
+    expect(kv.k.dtype == DType::BF16 && kv.v.dtype == DType::BF16 && kv.k.shape[3] == head_dim, "rope_kv_write",
+           "the KV cache must be bf16 with head_dim " + std::to_string(head_dim));
+    expect(q.rows() == n && k.rows() == n && q.row_size() % head_dim == 0 && k.row_size() == kv_heads * head_dim &&
+               v.numel() == k.numel() && slot_mapping.numel() == n && q.dtype == k.dtype && k.dtype == v.dtype,
+           "rope_kv_write", "q, k, v must be [tokens, heads * head_dim] with one slot per token");
+    expect(inv_freq.dtype == DType::F64 && inv_freq.row_size() == head_dim / 2, "rope_kv_write",
+           "inv_freq must be f64 [rows, head_dim/2]");
+    cuda::rope_kv_write(st_->stream, q.data, k.data, v.data, q.dtype, kv.k.data, kv.v.data, n,
+                        int(q.row_size() / head_dim), int(kv_heads), head_dim, positions.ptr<int32_t>(),
+                        inv_freq.ptr<double>(), rope_row.empty() ? nullptr : rope_row.ptr<int32_t>(),
+                        attention_factor, slot_mapping.ptr<int32_t>(), kv.k.shape[0] * kv.k.shape[1]);
+  }
   void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch, int num_heads,
                  float scale, int sliding_window, const Tensor& q_sink) override {
-    cuda::AttentionArgs a;
-    a.num_tokens = batch.num_tokens;
-    a.num_seqs = batch.num_seqs;
-    a.H = num_heads;
-    a.KV = int(kv.k.shape[2]);
-    a.hd = int(kv.k.shape[3]);
-    a.bs = int(kv.k.shape[1]);
-    expect(q.dtype == DType::BF16 && q.numel() == int64_t(a.num_tokens) * a.H * a.hd && out.numel() == q.numel(),
+    expect(q.dtype == DType::BF16 && q.numel() == int64_t(batch.num_tokens) * num_heads * kv.k.shape[3] &&
+               out.numel() == q.numel(),
            "attention", "q/out shape mismatch");
     expect(kv.k.dtype == DType::BF16, "attention", "the KV cache must be bf16");
     expect(batch.sinks.empty() || (!batch.hole_end.empty() && q_sink.numel() == q.numel() &&
                                    q_sink.dtype == DType::BF16),
            "attention", "sinks need hole_end and q_sink");
     expect(batch.max_ctx_len > 0 || batch.num_tokens == 0, "attention", "batch.max_ctx_len is not set");
-    a.q = q.data;
-    a.q_sink = batch.sinks.empty() ? nullptr : q_sink.data;
-    a.out = out.data;
-    a.out_t = out.dtype;
-    a.k_cache = kv.k.data;
-    a.v_cache = kv.v.data;
-    a.q_start = batch.q_start.ptr<int32_t>();
-    a.ctx_len = batch.ctx_len.ptr<int32_t>();
-    a.tables = batch.block_tables.ptr<int32_t>();
-    a.token_seq = batch.token_seq.ptr<int32_t>();
-    a.sinks = batch.sinks.empty() ? nullptr : batch.sinks.ptr<int32_t>();
-    a.hole_end = batch.hole_end.empty() ? nullptr : batch.hole_end.ptr<int32_t>();
-    a.max_blocks = batch.max_blocks_per_seq;
-    a.sliding_window = sliding_window;
-    a.max_q_len = batch.max_q_len;
-    a.max_ctx_len = batch.max_ctx_len;
-    if (int(batch.host_q_len.size()) == batch.num_seqs) a.host_q_len = batch.host_q_len.data();
-    if (int(batch.host_sinks.size()) == batch.num_seqs) a.host_sinks = batch.host_sinks.data();
-    a.scale = scale;
+    const cuda::AttentionArgs a = attention_args(out, q, kv, batch, num_heads, scale, sliding_window, q_sink);
     const size_t ws = cuda::attention_workspace_bytes(a);
-    Tensor scratch;
-    if (ws > 0) scratch = alloc(DType::U8, {int64_t(ws)});
+    Tensor scratch = batch.workspace;
+    if (ws > 0 && scratch.empty()) scratch = alloc(DType::U8, {int64_t(ws)});
+    expect(ws == 0 || scratch.nbytes() >= ws, "attention",
+           "batch.workspace holds " + std::to_string(scratch.nbytes()) + " bytes, " + std::to_string(ws) + " needed");
     cuda::attention(st_->stream, a, scratch.data);
   }
   void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override {
@@ -316,6 +331,38 @@ class CudaBackend final : public Backend {
  private:
   static constexpr int64_t kGemmWorkspace = 32 << 20;
 
+  static cuda::AttentionArgs attention_args(const Tensor& out, const Tensor& q, const KvLayer& kv,
+                                            const AttentionBatch& batch, int num_heads, float scale,
+                                            int sliding_window, const Tensor& q_sink) {
+    cuda::AttentionArgs a;
+    a.num_tokens = batch.num_tokens;
+    a.num_seqs = batch.num_seqs;
+    a.H = num_heads;
+    a.KV = int(kv.k.shape[2]);
+    a.hd = int(kv.k.shape[3]);
+    a.bs = int(kv.k.shape[1]);
+    a.q = q.data;
+    a.q_sink = batch.sinks.empty() ? nullptr : q_sink.data;
+    a.out = out.data;
+    a.out_t = out.dtype;
+    a.k_cache = kv.k.data;
+    a.v_cache = kv.v.data;
+    a.q_start = batch.q_start.ptr<int32_t>();
+    a.ctx_len = batch.ctx_len.ptr<int32_t>();
+    a.tables = batch.block_tables.ptr<int32_t>();
+    a.token_seq = batch.token_seq.ptr<int32_t>();
+    a.sinks = batch.sinks.empty() ? nullptr : batch.sinks.ptr<int32_t>();
+    a.hole_end = batch.hole_end.empty() ? nullptr : batch.hole_end.ptr<int32_t>();
+    a.max_blocks = batch.max_blocks_per_seq;
+    a.sliding_window = sliding_window;
+    a.max_q_len = batch.max_q_len;
+    a.max_ctx_len = batch.max_ctx_len;
+    if (int(batch.host_q_len.size()) == batch.num_seqs) a.host_q_len = batch.host_q_len.data();
+    if (int(batch.host_sinks.size()) == batch.num_seqs) a.host_sinks = batch.host_sinks.data();
+    a.scale = scale;
+    return a;
+  }
+
   // cuBLASLt is column-major: the row-major out[n, o] = x[n, i] · w[o, i]^T is, column-major,
   // out(o x n) = w^T(o x i) · x(i x n), with w stored i x o (transposed) and x stored i x n.
   const GemmPlan& gemm_plan(int64_t o, int64_t n, int64_t in, DType out_t) {
@@ -368,9 +415,38 @@ class CudaBackend final : public Backend {
   cudaDeviceProp props_{};
   cublasLtHandle_t lt_ = nullptr;
   bool batch_invariant_ = false;
+  bool capturing_ = false;
   Tensor gemm_ws_;
   std::map<std::tuple<int64_t, int64_t, int64_t, int>, std::unique_ptr<GemmPlan>> plans_;
 };
+
+// An instantiated CUDA graph, replayed on the backend's stream.
+class CudaGraph final : public Graph {
+ public:
+  CudaGraph(std::shared_ptr<StreamState> st, cudaGraphExec_t exec) : st_(std::move(st)), exec_(exec) {}
+  ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
+  void replay() override { check_cuda(cudaGraphLaunch(exec_, st_->stream), "graph launch"); }
+
+ private:
+  std::shared_ptr<StreamState> st_;
+  cudaGraphExec_t exec_;
+};
+
+std::unique_ptr<Graph> CudaBackend::end_capture() {
+  cudaGraph_t graph = nullptr;
+  capturing_ = false;
+  const cudaError_t e = cudaStreamEndCapture(st_->stream, &graph);
+  cudaGetLastError();  // an op that failed inside the capture left its error here
+  if (e != cudaSuccess || !graph) {
+    if (graph) cudaGraphDestroy(graph);
+    check_cuda(e == cudaSuccess ? cudaErrorStreamCaptureInvalidated : e, "end capture");
+  }
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t ie = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  check_cuda(ie, "graph instantiate");
+  return std::make_unique<CudaGraph>(st_, exec);
+}
 
 }  // namespace
 

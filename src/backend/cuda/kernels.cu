@@ -4,6 +4,8 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdint>
+#include <type_traits>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -101,6 +103,102 @@ __global__ void kv_write_kernel(bf16* kc, bf16* vc, const T* k, const T* v, cons
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
     kc[slot * width + j] = __float2bfloat16(to_f(k[t * width + j]));
     vc[slot * width + j] = __float2bfloat16(to_f(v[t * width + j]));
+  }
+}
+
+// RoPE on q and k and the write of k and v into the paged cache, in one launch: block (token, head) over the
+// query heads, then the KV heads. Each thread forms its frequency's angle in double as rope_kernel does (so
+// the result is the same to the bit) and rotates one pair; KV-head blocks then store the rotated k and the v
+// head at the token's slot (none for slot < 0).
+template <typename T>
+__global__ void rope_kv_write_kernel(T* q, T* k, const T* v, bf16* kc, bf16* vc, int H, int KV, int head_dim,
+                                     const int32_t* pos, const double* inv_freq, const int32_t* rope_row, float af,
+                                     const int32_t* slots, int64_t num_slots) {
+  const int64_t t = blockIdx.x;
+  const int head = blockIdx.y, half = head_dim / 2;
+  const bool is_q = head < H;
+  const int64_t width = int64_t(is_q ? H : KV) * head_dim;
+  T* x = (is_q ? q : k) + t * width + int64_t(is_q ? head : head - H) * head_dim;
+  const double* f = inv_freq + int64_t(rope_row ? rope_row[t] : 0) * half;
+  const int64_t slot = is_q ? -1 : slots[t];
+  const bool store = slot >= 0 && slot < num_slots;
+  const int64_t kv_off = slot * int64_t(KV) * head_dim + int64_t(head - H) * head_dim;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    double s, c;
+    sincos(double(pos[t]) * f[i], &s, &c);
+    const float cs = float(c * af), sn = float(s * af);
+    const float x1 = to_f(x[i]), x2 = to_f(x[i + half]);
+    const T y1 = from_f<T>(x1 * cs - x2 * sn), y2 = from_f<T>(x2 * cs + x1 * sn);
+    x[i] = y1;
+    x[i + half] = y2;
+    if (store) {
+      kc[kv_off + i] = __float2bfloat16(to_f(y1));
+      kc[kv_off + i + half] = __float2bfloat16(to_f(y2));
+    }
+  }
+  if (store) {
+    const T* vr = v + t * width + int64_t(head - H) * head_dim;
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) vc[kv_off + i] = __float2bfloat16(to_f(vr[i]));
+  }
+}
+
+// A 16-byte load of weights that are read once per step: not kept in L1.
+__device__ __forceinline__ uint4 load_stream(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+__device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
+  const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&a);
+  const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
+  float s = 0.f;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 fx = __bfloat1622float2(x[i]), fy = __bfloat1622float2(y[i]);
+    s = fmaf(fx.x, fy.x, s);
+    s = fmaf(fx.y, fy.y, s);
+  }
+  return s;
+}
+
+// out[r, o] = x[r, :] · w[o, :] for N (<= 8) rows: the decode-time matrix-vector product. One warp per output
+// feature streams its weight row once, 8 loads of 16 bytes in flight per lane, and dots it with every row of x
+// (which stays in L1). Each output's sum runs in a fixed order whatever N is, so a row's result does not depend
+// on the other rows.
+template <int N, typename TO>
+__global__ void __launch_bounds__(256) gemv_kernel(TO* out, const bf16* __restrict__ x, const bf16* __restrict__ w,
+                                                   int64_t o_count, int64_t k) {
+  constexpr int kUnroll = 8, kStep = 32 * 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t o = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (o >= o_count) return;
+  const bf16* wr = w + o * k;
+  float acc[N];
+#pragma unroll
+  for (int r = 0; r < N; ++r) acc[r] = 0.f;
+  int64_t j = int64_t(lane) * 8;
+  for (; j + (kUnroll - 1) * kStep < k; j += kUnroll * kStep) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) wv[u] = load_stream(wr + j + u * kStep);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < N; ++r)
+        acc[r] += dot8(wv[u], __ldg(reinterpret_cast<const uint4*>(x + r * k + j + u * kStep)));
+  }
+  for (; j < k; j += kStep) {
+    const uint4 wv = load_stream(wr + j);
+#pragma unroll
+    for (int r = 0; r < N; ++r) acc[r] += dot8(wv, __ldg(reinterpret_cast<const uint4*>(x + r * k + j)));
+  }
+#pragma unroll
+  for (int r = 0; r < N; ++r) {
+    const float v = warp_sum(acc[r]);
+    if (lane == 0) out[r * o_count + o] = from_f<TO>(v);
   }
 }
 
@@ -275,6 +373,46 @@ void kv_write(cudaStream_t st, void* k_cache, void* v_cache, const void* k, cons
                                                       width, num_slots);
   });
   check_launch("kv_write");
+}
+
+void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, void* k_cache, void* v_cache, int64_t n,
+                   int H, int KV, int head_dim, const int32_t* positions, const double* inv_freq,
+                   const int32_t* rope_row, float attention_factor, const int32_t* slots, int64_t num_slots) {
+  if (n == 0) return;
+  if (head_dim / 2 > 256) throw Error("cuda backend: rope: head_dim above 512");
+  const int th = std::max(32, std::min(256, head_dim / 2));
+  dispatch1(t, [&](auto x) {
+    using T = decltype(x);
+    rope_kv_write_kernel<<<dim3(unsigned(n), unsigned(H + KV)), th, 0, st>>>(
+        static_cast<T*>(q), static_cast<T*>(k), static_cast<const T*>(v), static_cast<bf16*>(k_cache),
+        static_cast<bf16*>(v_cache), H, KV, head_dim, positions, inv_freq, rope_row, attention_factor, slots,
+        num_slots);
+  });
+  check_launch("rope_kv_write");
+}
+
+bool gemv(cudaStream_t st, void* out, DType out_t, const void* x, const void* w, int64_t n, int64_t o, int64_t k) {
+  if (n < 1 || n > kGemvMaxRows || k % 8 != 0 || ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w)) & 15))
+    return false;
+  const unsigned blocks = unsigned((o + 7) / 8);
+  dispatch1(out_t, [&](auto y) {
+    using TO = decltype(y);
+    auto launch = [&](auto rows) {
+      gemv_kernel<decltype(rows)::value, TO><<<blocks, 256, 0, st>>>(static_cast<TO*>(out), as_bf16(x), as_bf16(w), o, k);
+    };
+    switch (n) {
+      case 1: launch(std::integral_constant<int, 1>{}); break;
+      case 2: launch(std::integral_constant<int, 2>{}); break;
+      case 3: launch(std::integral_constant<int, 3>{}); break;
+      case 4: launch(std::integral_constant<int, 4>{}); break;
+      case 5: launch(std::integral_constant<int, 5>{}); break;
+      case 6: launch(std::integral_constant<int, 6>{}); break;
+      case 7: launch(std::integral_constant<int, 7>{}); break;
+      default: launch(std::integral_constant<int, 8>{}); break;
+    }
+  });
+  check_launch("gemv");
+  return true;
 }
 
 void silu_mul(cudaStream_t st, void* out, const void* gate, const void* up, DType t, int64_t n) {

@@ -24,6 +24,15 @@ void rope(cudaStream_t st, void* x, DType t, int64_t n, int64_t width, int head_
 // k, v: [n, width] in `t`; caches bf16 [slots, width].
 void kv_write(cudaStream_t st, void* k_cache, void* v_cache, const void* k, const void* v, DType t,
               const int32_t* slots, int64_t n, int64_t width, int64_t num_slots);
+// rope on q [n, H * head_dim] and k [n, KV * head_dim] in place, then k and v stored at slots[i] of the bf16
+// caches [num_slots, KV * head_dim] (none for a negative slot).
+void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, void* k_cache, void* v_cache, int64_t n,
+                   int H, int KV, int head_dim, const int32_t* positions, const double* inv_freq,
+                   const int32_t* rope_row, float attention_factor, const int32_t* slots, int64_t num_slots);
+// out[n, o] = x[n, k] · w[o, k]^T (x, w bf16) for n <= kGemvMaxRows; returns false (and does nothing) for shapes
+// it does not take: more rows, k not a multiple of 8, pointers not 16-byte aligned.
+constexpr int64_t kGemvMaxRows = 8;
+bool gemv(cudaStream_t st, void* out, DType out_t, const void* x, const void* w, int64_t n, int64_t o, int64_t k);
 void silu_mul(cudaStream_t st, void* out, const void* gate, const void* up, DType t, int64_t n);
 // out[i, :] += bias (bf16 [o]).
 void add_bias(cudaStream_t st, void* out, DType t, const void* bias, int64_t rows, int64_t o);
