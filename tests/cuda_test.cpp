@@ -140,6 +140,47 @@ TEST_F(CudaOps, FewRowLinearIsRowInvariant) {
   }
 }
 
+// Projections of one input (q, k, v) in one pass give what three linear() calls give, biases included.
+TEST_F(CudaOps, LinearsEqualLinearOneByOne) {
+  const int64_t in = 512;
+  const int64_t rows[3] = {256, 64, 64};
+  std::vector<HostWeight> w, b;
+  for (int i = 0; i < 3; ++i) {
+    w.emplace_back(random_bf16(size_t(rows[i] * in), uint32_t(20 + i), 0.05f), Shape{rows[i], in});
+    b.emplace_back(random_bf16(size_t(rows[i]), uint32_t(30 + i)), Shape{rows[i]});
+  }
+  for (int64_t n : {1, 5, 8, 12}) {
+    const Tensor x = put(*gpu_, random_bf16(size_t(n * in), uint32_t(n)), {n, in});
+    Backend::LinearOut outs[3];
+    std::vector<Tensor> one(3);
+    for (int i = 0; i < 3; ++i) {
+      const Tensor wg = gpu_->upload_weight(w[size_t(i)].host), bg = gpu_->upload_weight(b[size_t(i)].host);
+      outs[i] = {gpu_->alloc(DType::BF16, {n, rows[i]}), wg, i == 1 ? Tensor{} : bg};
+      one[size_t(i)] = gpu_->alloc(DType::BF16, {n, rows[i]});
+      gpu_->linear(one[size_t(i)], x, outs[i].w, outs[i].bias);
+    }
+    gpu_->linears(x, outs, 3);
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(get(*gpu_, outs[i].out), get(*gpu_, one[size_t(i)])) << n << " rows, output " << i;
+  }
+}
+
+// The one-pass SwiGLU (up to 8 rows) against the CPU's two products and silu·mul; more rows take those parts.
+TEST_F(CudaOps, SwigluMatchesCpu) {
+  const int64_t in = 512, f = 200;
+  HostWeight gate(random_bf16(size_t(f * in), 40, 0.05f), {f, in}), up(random_bf16(size_t(f * in), 41, 0.05f), {f, in});
+  const Tensor gc = cpu_->upload_weight(gate.host), uc = cpu_->upload_weight(up.host);
+  const Tensor gg = gpu_->upload_weight(gate.host), ug = gpu_->upload_weight(up.host);
+  for (int64_t n : {1, 3, 8, 12}) {
+    const auto x = random_bf16(size_t(n * in), uint32_t(50 + n));
+    Tensor oc = cpu_->alloc(DType::F32, {n, f}), uc_buf = cpu_->alloc(DType::F32, {n, f});
+    cpu_->swiglu(oc, put(*cpu_, x, {n, in}), gc, Tensor{}, uc, Tensor{}, oc, uc_buf);
+    Tensor og = gpu_->alloc(DType::BF16, {n, f}), ug_buf = gpu_->alloc(DType::BF16, {n, f});
+    gpu_->swiglu(og, put(*gpu_, x, {n, in}), gg, Tensor{}, ug, Tensor{}, og, ug_buf);
+    const auto a = get(*cpu_, oc), b = get(*gpu_, og);
+    EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), 2e-2) << n << " rows";
+  }
+}
+
 // With RILL_BATCH_INVARIANT=1, a row's result does not depend on how many rows are beside it (what the
 // engine's batch-invariance tests need); without it cuBLASLt may split skinny GEMMs' reduction.
 TEST_F(CudaOps, LinearRowsAreBatchInvariant) {
@@ -230,6 +271,25 @@ TEST_F(CudaOps, KvWriteStoresSlots) {
       EXPECT_EQ(vc[size_t(slots[t] * width + j)], v[t * size_t(width) + size_t(j)]);
     }
   EXPECT_EQ(kc[0], 0.f);
+}
+
+// argmax_rows: the first of equal maxima, for row lengths that take the 16-byte path and those that do not.
+TEST_F(CudaOps, ArgmaxRowsTakesTheFirstMaximum) {
+  for (int64_t vocab : {128256, 1001, 7}) {
+    const int64_t rows = 3;
+    std::vector<float> v(size_t(rows * vocab));
+    std::mt19937 rng{uint32_t(vocab)};
+    for (auto& x : v) x = std::uniform_real_distribution<float>(-5.f, 5.f)(rng);
+    // Row 0: the maximum twice (the lower index wins); row 1: at the very end; row 2: at the start.
+    v[size_t(vocab / 3)] = v[size_t(vocab - 2)] = 9.f;
+    v[size_t(2 * vocab - 1)] = 9.f;
+    v[size_t(2 * vocab)] = 9.f;
+    const Tensor logits = put(*gpu_, v, {rows, vocab}, DType::F32), ids = gpu_->alloc(DType::I32, {rows});
+    gpu_->argmax_rows(ids, logits);
+    std::vector<int32_t> got(static_cast<size_t>(rows));
+    gpu_->read(got.data(), ids, got.size() * 4);
+    EXPECT_EQ(got, (std::vector<int32_t>{int32_t(vocab / 3), int32_t(vocab - 1), 0})) << "vocab " << vocab;
+  }
 }
 
 // The fused RoPE + KV write gives, to the bit, what rope(q), rope(k) and kv_write give one after another, and
@@ -378,7 +438,8 @@ TEST_F(CudaOps, MoeMatchesCpu) {
 }
 
 // Decode steps replay recorded CUDA graphs. Each step must give the logits the eager path gives for the same
-// batch: across batch buckets (1, 3 and 17 sequences: padded to 1, 4 and 24), a block-table stride that
+// batch: across batch buckets (1, 3 and 17 sequences: padded to 1, 4 and 24), contexts long enough to split
+// the decode kernel's keys (up to 640 keys), a block-table stride that
 // widens mid-run (contexts crossing 128 tokens), and two KV caches used by turns of ten steps (graphs write to
 // one cache, so a switch must drop them).
 TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
@@ -403,7 +464,7 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
     for (int which = 0; which < 2; ++which) {
       Batch prefill;
       for (int s = 0; s < seqs; ++s) {
-        const int n = 100 + 9 * s + 3 * which;
+        const int n = 100 + 29 * s + 3 * which;
         std::vector<int32_t> prompt(static_cast<size_t>(n));
         for (auto& t : prompt) t = int32_t(rng() % uint32_t(V));
         std::vector<int32_t> table;
@@ -439,9 +500,12 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
       }
       EXPECT_LE(diff, 2e-2f * ref) << "step " << step;
       // The device argmax of the graphed step is the argmax of its logits.
-      graphed.forward(b, kv_g[which], &lg, &ids);  // rewrites the same KV entries with the same values
+      std::vector<float> none;
+      graphed.forward(b, kv_g[which], &none, &ids);  // rewrites the same KV entries with the same values
       ASSERT_EQ(ids.size(), size_t(seqs));
       for (int s = 0; s < seqs; ++s) {
+        const float* got = lg.data() + size_t(s) * size_t(V);
+        EXPECT_EQ(ids[size_t(s)], int32_t(std::max_element(got, got + V) - got)) << "step " << step << " seq " << s;
         const float* row = le.data() + size_t(s) * size_t(V);
         next[which][size_t(s)] = int32_t(std::max_element(row, row + V) - row);
         len[which][size_t(s)] += 1;

@@ -100,6 +100,14 @@ class Backend {
                            float eps) = 0;
   // out[n, o] = x[n, i] · w[o, i]^T (+ bias[o] when bias is not empty).
   virtual void linear(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) = 0;
+  // linear(outs[i].out, x, outs[i].w, outs[i].bias) for each i < count: projections of one input (q, k, v;
+  // gate, up), which a backend may run as one pass.
+  struct LinearOut {
+    Tensor out, w, bias;
+  };
+  virtual void linears(const Tensor& x, const LinearOut* outs, int count) {
+    for (int i = 0; i < count; ++i) linear(outs[i].out, x, outs[i].w, outs[i].bias);
+  }
   // In-place rotate-half RoPE on x [n, heads * head_dim]. inv_freq: f64 [rows, head_dim/2]; token t uses
   // row rope_row[t] (i32 [n]) when rope_row is not empty, else row 0. Angles are pos * inv_freq in double;
   // cos and sin are multiplied by attention_factor (YaRN).
@@ -129,6 +137,15 @@ class Backend {
   }
   // out = silu(gate) * up, element-wise.
   virtual void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) = 0;
+  // out = silu(linear(x, gate, gate_bias)) * linear(x, up, up_bias): the first half of a SwiGLU feed-forward.
+  // gate_buf and up_buf ([n, f]) are scratch for the two products; out may be gate_buf. A backend may skip
+  // storing the products (then the result is rounded once, not three times).
+  virtual void swiglu(const Tensor& out, const Tensor& x, const Tensor& gate, const Tensor& gate_bias,
+                      const Tensor& up, const Tensor& up_bias, const Tensor& gate_buf, const Tensor& up_buf) {
+    const LinearOut both[] = {{gate_buf, gate, gate_bias}, {up_buf, up, up_bias}};
+    linears(x, both, 2);
+    silu_mul(out, gate_buf, up_buf);
+  }
   // Top-k routing of router logits [n, E]: softmax over experts, keep the k largest, renormalize them to
   // sum 1 when normalize. ids: i32 [n, k]; weights: f32 [n, k].
   virtual void moe_route(const Tensor& ids, const Tensor& weights, const Tensor& router_logits, int k,

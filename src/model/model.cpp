@@ -314,9 +314,8 @@ void Model::run_layers(Workspace& ws, int64_t n, const StepInputs& in, const Att
     // Attention block: pre-norm (fused with the previous block's residual add).
     if (l == 0) backend_.rmsnorm(h, residual, L.input_norm, c.rms_norm_eps);
     else backend_.add_rmsnorm(residual, h, mlp, L.input_norm, c.rms_norm_eps);
-    backend_.linear(q, h, L.q, L.q_bias);
-    backend_.linear(k, h, L.k, L.k_bias);
-    backend_.linear(v, h, L.v, L.v_bias);
+    const Backend::LinearOut qkv[] = {{q, L.q, L.q_bias}, {k, L.k, L.k_bias}, {v, L.v, L.v_bias}};
+    backend_.linears(h, qkv, 3);
     if (c.qk_norm) {
       backend_.rmsnorm(q, q, L.q_norm, c.rms_norm_eps);
       backend_.rmsnorm(k, k, L.k_norm, c.rms_norm_eps);
@@ -341,9 +340,7 @@ void Model::run_layers(Workspace& ws, int64_t n, const StepInputs& in, const Att
     } else {
       const Tensor gate = view_as(ws.gate, {n, c.intermediate_size});
       const Tensor up = view_as(ws.up, {n, c.intermediate_size});
-      backend_.linear(gate, h, L.gate, L.gate_bias);
-      backend_.linear(up, h, L.up, L.up_bias);
-      backend_.silu_mul(gate, gate, up);
+      backend_.swiglu(gate, h, L.gate, L.gate_bias, L.up, L.up_bias, gate, up);
       backend_.linear(mlp, gate, L.down, L.down_bias);
     }
   }

@@ -49,7 +49,7 @@ enum Route { kSplit = 0, kTcPrefill = 1, kTcDecode = 2 };
 // The prefill kernel runs 8 warps (128 query rows) per block: each K/V tile then serves twice the rows of 4
 // warps (measured on the H100: 125 vs 109 TFLOP/s at 4096 causal tokens).
 constexpr int kPrefillWarps = 8;
-constexpr int kTcKeys = 64, kTcMinRows = 16, kDecodeMaxSplits = 16;
+constexpr int kTcKeys = 64, kTcMinRows = 16, kDecodeMaxSplits = 16, kDecodeOneSplitTiles = 8;
 
 __host__ __device__ __forceinline__ int route_of(int q_len, int sinks, int G, int hd) {
   if (sinks > 0 || (hd != 64 && hd != 128)) return kSplit;
@@ -72,7 +72,9 @@ __host__ __device__ __forceinline__ DecodeSplit decode_split(int ctx, int q_len,
   const int lo = sliding_window > 0 ? max(0, first_self - sliding_window + 1) : 0;
   d.kbeg = (lo / kTcKeys) * kTcKeys;
   const int tiles = (ctx - d.kbeg + kTcKeys - 1) / kTcKeys;
-  const int per = max(1, (tiles + kDecodeMaxSplits - 1) / kDecodeMaxSplits);
+  // Up to 8 tiles (512 keys) is one split: no partial results to merge. Longer: pieces of at least 2 tiles,
+  // at most 16 of them (measured on the H100 at batch 1 x 1k and 64 x ~200 keys: see the README).
+  const int per = tiles <= kDecodeOneSplitTiles ? max(1, tiles) : max(2, (tiles + kDecodeMaxSplits - 1) / kDecodeMaxSplits);
   d.split_keys = per * kTcKeys;
   d.nsplit = max(1, (tiles + per - 1) / per);
   return d;

@@ -195,7 +195,12 @@ class CudaBackend final : public Backend {
     if (n == 0) return;
     // A few rows (decode): a matrix-vector kernel that streams the weights once, with no split-K reduction
     // pass. Not under RILL_BATCH_INVARIANT, where every row count takes the same cuBLASLt algorithms.
-    if (batch_invariant_ || !cuda::gemv(st_->stream, out.data, out.dtype, x.data, w.data, n, o, in)) {
+    cuda::GemvGroup g;
+    g.w[0] = w.data;
+    g.out[0] = out.data;
+    g.rows[0] = o;
+    g.count = 1;
+    if (batch_invariant_ || !cuda::gemv(st_->stream, g, out.dtype, x.data, n, in)) {
       const GemmPlan& plan = gemm_plan(o, n, in, out.dtype);
       const float alpha = 1.f, beta = 0.f;
       check_lt(cublasLtMatmul(lt_, plan.op, &alpha, w.data, plan.a, x.data, plan.b, &beta, out.data, plan.c,
@@ -206,6 +211,41 @@ class CudaBackend final : public Backend {
       expect(bias.numel() == o, "linear", "bias size does not match the output features");
       cuda::add_bias(st_->stream, out.data, out.dtype, bias.data, n, o);
     }
+  }
+
+  // Projections of one input in one matrix-vector launch when they are few rows (decode), else one by one.
+  void linears(const Tensor& x, const LinearOut* outs, int count) override {
+    bool one_pass = !batch_invariant_ && count >= 1 && count <= 3 && x.dtype == DType::BF16;
+    cuda::GemvGroup g;
+    const int64_t in = count > 0 ? outs[0].w.shape[1] : 0, n = in > 0 ? x.numel() / in : 0;
+    for (int i = 0; one_pass && i < count; ++i) {
+      const Tensor& w = outs[i].w;
+      one_pass = w.shape.rank == 2 && w.dtype == DType::BF16 && w.shape[1] == in && x.numel() == n * in &&
+                 outs[i].out.numel() == n * w.shape[0] && outs[i].out.dtype == outs[0].out.dtype;
+      g.w[i] = w.data;
+      g.out[i] = outs[i].out.data;
+      g.rows[i] = w.shape[0];
+    }
+    g.count = count;
+    if (!one_pass || !cuda::gemv(st_->stream, g, outs[0].out.dtype, x.data, n, in)) {
+      Backend::linears(x, outs, count);
+      return;
+    }
+    for (int i = 0; i < count; ++i)
+      if (!outs[i].bias.empty()) {
+        expect(outs[i].bias.numel() == g.rows[i], "linear", "bias size does not match the output features");
+        cuda::add_bias(st_->stream, outs[i].out.data, outs[i].out.dtype, outs[i].bias.data, n, g.rows[i]);
+      }
+  }
+
+  void swiglu(const Tensor& out, const Tensor& x, const Tensor& gate, const Tensor& gate_bias, const Tensor& up,
+              const Tensor& up_bias, const Tensor& gate_buf, const Tensor& up_buf) override {
+    const int64_t in = gate.shape[1], f = gate.shape[0], n = in > 0 ? x.numel() / in : 0;
+    const bool one_pass = !batch_invariant_ && gate_bias.empty() && up_bias.empty() && x.dtype == DType::BF16 &&
+                          gate.dtype == DType::BF16 && up.dtype == DType::BF16 && up.shape == gate.shape &&
+                          x.numel() == n * in && out.numel() == n * f;
+    if (!one_pass || !cuda::swiglu_gemv(st_->stream, out.data, out.dtype, x.data, gate.data, up.data, n, f, in))
+      Backend::swiglu(out, x, gate, gate_bias, up, up_bias, gate_buf, up_buf);
   }
 
   void rope(const Tensor& x, int head_dim, const Tensor& positions, const Tensor& inv_freq, const Tensor& rope_row,
@@ -330,6 +370,7 @@ class CudaBackend final : public Backend {
 
  private:
   static constexpr int64_t kGemmWorkspace = 32 << 20;
+
 
   static cuda::AttentionArgs attention_args(const Tensor& out, const Tensor& q, const KvLayer& kv,
                                             const AttentionBatch& batch, int num_heads, float scale,

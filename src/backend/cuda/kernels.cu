@@ -164,18 +164,33 @@ __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
   return s;
 }
 
-// out[r, o] = x[r, :] · w[o, :] for N (<= 8) rows: the decode-time matrix-vector product. One warp per output
-// feature streams its weight row once, 8 loads of 16 bytes in flight per lane, and dots it with every row of x
-// (which stays in L1). Each output's sum runs in a fixed order whatever N is, so a row's result does not depend
-// on the other rows.
+// out[r, o] = x[r, :] · w[o, :] for N (<= 8) rows: the decode-time matrix-vector product, over up to three
+// weight matrices that share x (q, k and v; gate and up) in one launch. One warp per output feature streams
+// its weight row once, 8 loads of 16 bytes in flight per lane, and dots it with every row of x (which stays
+// in L1). Each output's sum runs in a fixed order whatever N is, so a row's result does not depend on the
+// other rows.
 template <int N, typename TO>
-__global__ void __launch_bounds__(256) gemv_kernel(TO* out, const bf16* __restrict__ x, const bf16* __restrict__ w,
-                                                   int64_t o_count, int64_t k) {
+__global__ void __launch_bounds__(256) gemv_kernel(GemvGroup g, const bf16* __restrict__ x, int64_t k) {
   constexpr int kUnroll = 8, kStep = 32 * 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t o = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
-  if (o >= o_count) return;
-  const bf16* wr = w + o * k;
+  int64_t o = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  // Which matrix this warp's feature is in (static indices keep the group in parameter memory).
+  const void* w;
+  void* o_ptr;
+  int64_t o_count;
+  if (o < g.rows[0]) {
+    w = g.w[0], o_ptr = g.out[0], o_count = g.rows[0];
+  } else if (o - g.rows[0] < g.rows[1]) {
+    o -= g.rows[0];
+    w = g.w[1], o_ptr = g.out[1], o_count = g.rows[1];
+  } else if (o - g.rows[0] - g.rows[1] < g.rows[2]) {
+    o -= g.rows[0] + g.rows[1];
+    w = g.w[2], o_ptr = g.out[2], o_count = g.rows[2];
+  } else {
+    return;
+  }
+  const bf16* wr = as_bf16(w) + o * k;
+  TO* out = static_cast<TO*>(o_ptr);
   float acc[N];
 #pragma unroll
   for (int r = 0; r < N; ++r) acc[r] = 0.f;
@@ -199,6 +214,52 @@ __global__ void __launch_bounds__(256) gemv_kernel(TO* out, const bf16* __restri
   for (int r = 0; r < N; ++r) {
     const float v = warp_sum(acc[r]);
     if (lane == 0) out[r * o_count + o] = from_f<TO>(v);
+  }
+}
+
+// out[r, o] = silu(x[r, :] · gate[o, :]) * (x[r, :] · up[o, :]) for N (<= 8) rows: the SwiGLU half of a decode
+// step's feed-forward in one pass. One warp per feature streams both weight rows (4 + 4 loads in flight per
+// lane), so neither product is stored before the activation.
+template <int N, typename TO>
+__global__ void __launch_bounds__(256) swiglu_gemv_kernel(TO* out, const bf16* __restrict__ x,
+                                                          const bf16* __restrict__ gate, const bf16* __restrict__ up,
+                                                          int64_t o_count, int64_t k) {
+  constexpr int kUnroll = 4, kStep = 32 * 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t o = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (o >= o_count) return;
+  const bf16* gr = gate + o * k;
+  const bf16* ur = up + o * k;
+  float ag[N], au[N];
+#pragma unroll
+  for (int r = 0; r < N; ++r) ag[r] = au[r] = 0.f;
+  int64_t j = int64_t(lane) * 8;
+  for (; j + (kUnroll - 1) * kStep < k; j += kUnroll * kStep) {
+    uint4 gv[kUnroll], uv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) gv[u] = load_stream(gr + j + u * kStep), uv[u] = load_stream(ur + j + u * kStep);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < N; ++r) {
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j + u * kStep));
+        ag[r] += dot8(gv[u], xv);
+        au[r] += dot8(uv[u], xv);
+      }
+  }
+  for (; j < k; j += kStep) {
+    const uint4 gv = load_stream(gr + j), uv = load_stream(ur + j);
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j));
+      ag[r] += dot8(gv, xv);
+      au[r] += dot8(uv, xv);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < N; ++r) {
+    const float g = warp_sum(ag[r]), u = warp_sum(au[r]);
+    if (lane == 0) out[r * o_count + o] = from_f<TO>(g / (1.f + expf(-g)) * u);
   }
 }
 
@@ -276,12 +337,33 @@ __global__ void argmax_kernel(int32_t* out, const float* logits, int64_t vocab) 
   const float* row = logits + blockIdx.x * vocab;
   float bv = -INFINITY;
   int bi = 0x7fffffff;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float v = row[j];
+  auto take = [&](float v, int64_t j) {
     if (v > bv) {
       bv = v;
       bi = int(j);
     }
+  };
+  if (vocab % 4 == 0) {
+    // 16-byte loads, four in flight per thread: one SM reads a 128k-entry row without waiting on each load.
+    const float4* row4 = reinterpret_cast<const float4*>(row);
+    const int64_t n4 = vocab / 4, step = blockDim.x;
+    int64_t q = threadIdx.x;
+    for (; q + 3 * step < n4; q += 4 * step) {
+      float4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = row4[q + u * step];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int64_t j = (q + u * step) * 4;
+        take(v[u].x, j), take(v[u].y, j + 1), take(v[u].z, j + 2), take(v[u].w, j + 3);
+      }
+    }
+    for (; q < n4; q += step) {
+      const float4 v = row4[q];
+      take(v.x, q * 4), take(v.y, q * 4 + 1), take(v.z, q * 4 + 2), take(v.w, q * 4 + 3);
+    }
+  } else {
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) take(row[j], j);
   }
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
@@ -391,15 +473,15 @@ void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, vo
   check_launch("rope_kv_write");
 }
 
-bool gemv(cudaStream_t st, void* out, DType out_t, const void* x, const void* w, int64_t n, int64_t o, int64_t k) {
-  if (n < 1 || n > kGemvMaxRows || k % 8 != 0 || ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w)) & 15))
-    return false;
-  const unsigned blocks = unsigned((o + 7) / 8);
+bool gemv(cudaStream_t st, const GemvGroup& g, DType out_t, const void* x, int64_t n, int64_t k) {
+  uintptr_t addr = reinterpret_cast<uintptr_t>(x);
+  int64_t rows = 0;
+  for (int m = 0; m < g.count; ++m) addr |= reinterpret_cast<uintptr_t>(g.w[m]), rows += g.rows[m];
+  if (n < 1 || n > kGemvMaxRows || k % 8 != 0 || (addr & 15) || g.count < 1 || g.count > 3) return false;
+  const unsigned blocks = unsigned((rows + 7) / 8);
   dispatch1(out_t, [&](auto y) {
     using TO = decltype(y);
-    auto launch = [&](auto rows) {
-      gemv_kernel<decltype(rows)::value, TO><<<blocks, 256, 0, st>>>(static_cast<TO*>(out), as_bf16(x), as_bf16(w), o, k);
-    };
+    auto launch = [&](auto r) { gemv_kernel<decltype(r)::value, TO><<<blocks, 256, 0, st>>>(g, as_bf16(x), k); };
     switch (n) {
       case 1: launch(std::integral_constant<int, 1>{}); break;
       case 2: launch(std::integral_constant<int, 2>{}); break;
@@ -412,6 +494,33 @@ bool gemv(cudaStream_t st, void* out, DType out_t, const void* x, const void* w,
     }
   });
   check_launch("gemv");
+  return true;
+}
+
+bool swiglu_gemv(cudaStream_t st, void* out, DType out_t, const void* x, const void* gate, const void* up, int64_t n,
+                 int64_t f, int64_t k) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(gate) |
+                         reinterpret_cast<uintptr_t>(up);
+  if (n < 1 || n > kGemvMaxRows || k % 8 != 0 || (addr & 15)) return false;
+  const unsigned blocks = unsigned((f + 7) / 8);
+  dispatch1(out_t, [&](auto y) {
+    using TO = decltype(y);
+    auto launch = [&](auto r) {
+      swiglu_gemv_kernel<decltype(r)::value, TO>
+          <<<blocks, 256, 0, st>>>(static_cast<TO*>(out), as_bf16(x), as_bf16(gate), as_bf16(up), f, k);
+    };
+    switch (n) {
+      case 1: launch(std::integral_constant<int, 1>{}); break;
+      case 2: launch(std::integral_constant<int, 2>{}); break;
+      case 3: launch(std::integral_constant<int, 3>{}); break;
+      case 4: launch(std::integral_constant<int, 4>{}); break;
+      case 5: launch(std::integral_constant<int, 5>{}); break;
+      case 6: launch(std::integral_constant<int, 6>{}); break;
+      case 7: launch(std::integral_constant<int, 7>{}); break;
+      default: launch(std::integral_constant<int, 8>{}); break;
+    }
+  });
+  check_launch("swiglu_gemv");
   return true;
 }
 

@@ -29,10 +29,21 @@ void kv_write(cudaStream_t st, void* k_cache, void* v_cache, const void* k, cons
 void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, void* k_cache, void* v_cache, int64_t n,
                    int H, int KV, int head_dim, const int32_t* positions, const double* inv_freq,
                    const int32_t* rope_row, float attention_factor, const int32_t* slots, int64_t num_slots);
-// out[n, o] = x[n, k] · w[o, k]^T (x, w bf16) for n <= kGemvMaxRows; returns false (and does nothing) for shapes
-// it does not take: more rows, k not a multiple of 8, pointers not 16-byte aligned.
+// Up to three weight matrices w[m] (bf16 [rows[m], k]) applied to the same x, each into its out[m].
+struct GemvGroup {
+  const void* w[3] = {};
+  void* out[3] = {};
+  int64_t rows[3] = {};
+  int count = 0;
+};
+// out[m][n, rows[m]] = x[n, k] · w[m]^T (x bf16) for n <= kGemvMaxRows, in one launch; returns false (and does
+// nothing) for shapes it does not take: more rows, k not a multiple of 8, pointers not 16-byte aligned.
 constexpr int64_t kGemvMaxRows = 8;
-bool gemv(cudaStream_t st, void* out, DType out_t, const void* x, const void* w, int64_t n, int64_t o, int64_t k);
+bool gemv(cudaStream_t st, const GemvGroup& g, DType out_t, const void* x, int64_t n, int64_t k);
+// out[n, f] = silu(x · gate^T) * (x · up^T) (x, gate, up bf16; k inner) for n <= kGemvMaxRows, in one launch;
+// false (nothing done) for shapes gemv does not take either.
+bool swiglu_gemv(cudaStream_t st, void* out, DType out_t, const void* x, const void* gate, const void* up, int64_t n,
+                 int64_t f, int64_t k);
 void silu_mul(cudaStream_t st, void* out, const void* gate, const void* up, DType t, int64_t n);
 // out[i, :] += bias (bf16 [o]).
 void add_bias(cudaStream_t st, void* out, DType t, const void* bias, int64_t rows, int64_t o);
