@@ -520,6 +520,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_prefill_kernel(Params p)
 // second kernel merges the splits. K and V are read once for all the heads of the group.
 template <typename TO, int HD>
 __global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
+  pdl_wait();
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const TileBuffers<HD> buf(tc_smem);
   const AttentionArgs& a = p.a;
@@ -632,6 +633,7 @@ __global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
 
 template <typename TO>
 __global__ void attention_decode_combine_kernel(Params p) {
+  pdl_wait();
   const AttentionArgs& a = p.a;
   const int s = blockIdx.x / p.dec_maxq, t = blockIdx.x % p.dec_maxq, head = blockIdx.y;
   if (route_dev(a, s) != kTcDecode) return;
@@ -678,7 +680,8 @@ Plan plan_of(const AttentionArgs& a) {
 }
 
 // Launches a tensor-core kernel with its dynamic shared memory (raising the kernel's limit the first time).
-void launch_tc(void (*kernel)(Params), int smem, dim3 grid, cudaStream_t st, const Params& p, int threads = 128) {
+void launch_tc(void (*kernel)(Params), int smem, dim3 grid, cudaStream_t st, const Params& p, int threads = 128,
+               bool pdl = false) {
   static std::mutex mu;
   static std::set<void (*)(Params)> raised;
   {
@@ -686,7 +689,8 @@ void launch_tc(void (*kernel)(Params), int smem, dim3 grid, cudaStream_t st, con
     if (raised.insert(kernel).second)
       check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "attention smem");
   }
-  kernel<<<grid, threads, size_t(smem), st>>>(p);
+  if (pdl) launch_pdl(kernel, grid, threads, size_t(smem), st, p);
+  else kernel<<<grid, threads, size_t(smem), st>>>(p);
 }
 
 template <typename TO, int LPK>
@@ -706,10 +710,11 @@ void launch(cudaStream_t st, const Params& p, const Plan& pl) {
   }
   if (pl.decode && p.dec_maxq > 0) {
     const dim3 grid(unsigned(p.a.num_seqs), unsigned(p.a.KV), unsigned(kDecodeMaxSplits));
-    if (p.a.hd == 64) launch_tc(attention_decode_tc_kernel<TO, 64>, tc_smem_bytes<64>(), grid, st, p);
-    else launch_tc(attention_decode_tc_kernel<TO, 128>, tc_smem_bytes<128>(), grid, st, p);
+    if (p.a.hd == 64) launch_tc(attention_decode_tc_kernel<TO, 64>, tc_smem_bytes<64>(), grid, st, p, 128, true);
+    else launch_tc(attention_decode_tc_kernel<TO, 128>, tc_smem_bytes<128>(), grid, st, p, 128, true);
     check_launch("attention (decode)");
-    attention_decode_combine_kernel<TO><<<dim3(unsigned(p.a.num_seqs * p.dec_maxq), unsigned(p.a.H)), 128, 0, st>>>(p);
+    launch_pdl(attention_decode_combine_kernel<TO>, dim3(unsigned(p.a.num_seqs * p.dec_maxq), unsigned(p.a.H)), 128, 0,
+               st, p);
     check_launch("attention (decode combine)");
   }
   if (!pl.split) return;

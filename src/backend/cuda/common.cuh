@@ -37,6 +37,37 @@ inline void check_cuda(cudaError_t e, const char* what) {
 // Reports a failed launch (bad configuration) at the op that made it.
 inline void check_launch(const char* op) { check_cuda(cudaGetLastError(), op); }
 
+// Programmatic dependent launch (Hopper): a kernel launched with launch_pdl may be scheduled while the kernel
+// before it on the stream is finishing, so its launch and whatever it does first overlap that kernel's tail.
+// It must call pdl_wait() before it reads anything an earlier kernel wrote, and before it writes anything
+// (so that no earlier kernel still reads what it overwrites). Weights may be touched before. pdl_wait() also
+// lets the next kernel launch (its blocks then wait in their own pdl_wait() for this one to finish). Off with
+// RILL_CUDA_PDL=0 (then pdl_wait() returns at once).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Starts the L2 fetch of a line of read-only data (a weight) that the kernel reads soon.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+bool pdl_enabled();
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, Args... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  check_cuda(cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...), "kernel launch");
+}
+
 // Calls f with a value of the C++ type for an activation dtype (f32 or bf16).
 template <typename F>
 void dispatch1(DType t, F&& f) {

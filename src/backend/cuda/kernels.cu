@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstdint>
 #include <type_traits>
 
@@ -11,6 +12,14 @@
 #include "backend/cuda/kernels.h"
 
 namespace rill::cuda {
+
+bool pdl_enabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("RILL_CUDA_PDL");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
 
 namespace {
 
@@ -40,6 +49,7 @@ __global__ void embedding_kernel(TO* out, const bf16* table, const int32_t* ids,
 
 template <typename TO, typename TX>
 __global__ void rmsnorm_kernel(TO* out, const TX* x, const bf16* w, int64_t d, float eps) {
+  pdl_wait();
   __shared__ float scratch[33];
   const int64_t r = blockIdx.x;
   const TX* xr = x + r * d;
@@ -54,6 +64,7 @@ __global__ void rmsnorm_kernel(TO* out, const TX* x, const bf16* w, int64_t d, f
 
 template <typename TO, typename TD>
 __global__ void add_rmsnorm_kernel(float* residual, TO* out, const TD* delta, const bf16* w, int64_t d, float eps) {
+  pdl_wait();
   __shared__ float scratch[33];
   const int64_t r = blockIdx.x;
   float* xr = residual + r * d;
@@ -114,6 +125,7 @@ template <typename T>
 __global__ void rope_kv_write_kernel(T* q, T* k, const T* v, bf16* kc, bf16* vc, int H, int KV, int head_dim,
                                      const int32_t* pos, const double* inv_freq, const int32_t* rope_row, float af,
                                      const int32_t* slots, int64_t num_slots) {
+  pdl_wait();
   const int64_t t = blockIdx.x;
   const int head = blockIdx.y, half = head_dim / 2;
   const bool is_q = head < H;
@@ -191,6 +203,11 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvGroup g, const bf16* __re
   }
   const bf16* wr = as_bf16(w) + o * k;
   TO* out = static_cast<TO*>(o_ptr);
+  // The weights do not depend on the kernel before: start their first lines towards L2, then wait for it.
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (int64_t(lane) * 8 + u * kStep < k) prefetch_l2(wr + int64_t(lane) * 8 + u * kStep);
+  pdl_wait();
   float acc[N];
 #pragma unroll
   for (int r = 0; r < N; ++r) acc[r] = 0.f;
@@ -230,6 +247,13 @@ __global__ void __launch_bounds__(256) swiglu_gemv_kernel(TO* out, const bf16* _
   if (o >= o_count) return;
   const bf16* gr = gate + o * k;
   const bf16* ur = up + o * k;
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (int64_t(lane) * 8 + u * kStep < k) {
+      prefetch_l2(gr + int64_t(lane) * 8 + u * kStep);
+      prefetch_l2(ur + int64_t(lane) * 8 + u * kStep);
+    }
+  pdl_wait();
   float ag[N], au[N];
 #pragma unroll
   for (int r = 0; r < N; ++r) ag[r] = au[r] = 0.f;
@@ -332,6 +356,7 @@ __global__ void scatter_add_kernel(float* acc, const T* y, const int32_t* token,
 }
 
 __global__ void argmax_kernel(int32_t* out, const float* logits, int64_t vocab) {
+  pdl_wait();
   __shared__ float best_v[32];
   __shared__ int best_i[32];
   const float* row = logits + blockIdx.x * vocab;
@@ -414,7 +439,8 @@ void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, 
   dispatch2(out_t, x_t, [&](auto o, auto i) {
     using TO = decltype(o);
     using TX = decltype(i);
-    rmsnorm_kernel<<<rows, th, 0, st>>>(static_cast<TO*>(out), static_cast<const TX*>(x), as_bf16(w), d, eps);
+    launch_pdl(rmsnorm_kernel<TO, TX>, rows, th, 0, st, static_cast<TO*>(out), static_cast<const TX*>(x), as_bf16(w), d,
+               eps);
   });
   check_launch("rmsnorm");
 }
@@ -426,8 +452,8 @@ void add_rmsnorm(cudaStream_t st, float* residual, void* out, DType out_t, const
   dispatch2(out_t, delta_t, [&](auto o, auto i) {
     using TO = decltype(o);
     using TD = decltype(i);
-    add_rmsnorm_kernel<<<rows, th, 0, st>>>(residual, static_cast<TO*>(out), static_cast<const TD*>(delta), as_bf16(w),
-                                            d, eps);
+    launch_pdl(add_rmsnorm_kernel<TO, TD>, rows, th, 0, st, residual, static_cast<TO*>(out), static_cast<const TD*>(delta),
+               as_bf16(w), d, eps);
   });
   check_launch("add_rmsnorm");
 }
@@ -465,10 +491,9 @@ void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, vo
   const int th = std::max(32, std::min(256, head_dim / 2));
   dispatch1(t, [&](auto x) {
     using T = decltype(x);
-    rope_kv_write_kernel<<<dim3(unsigned(n), unsigned(H + KV)), th, 0, st>>>(
-        static_cast<T*>(q), static_cast<T*>(k), static_cast<const T*>(v), static_cast<bf16*>(k_cache),
-        static_cast<bf16*>(v_cache), H, KV, head_dim, positions, inv_freq, rope_row, attention_factor, slots,
-        num_slots);
+    launch_pdl(rope_kv_write_kernel<T>, dim3(unsigned(n), unsigned(H + KV)), th, 0, st, static_cast<T*>(q),
+               static_cast<T*>(k), static_cast<const T*>(v), static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache), H,
+               KV, head_dim, positions, inv_freq, rope_row, attention_factor, slots, num_slots);
   });
   check_launch("rope_kv_write");
 }
@@ -481,7 +506,7 @@ bool gemv(cudaStream_t st, const GemvGroup& g, DType out_t, const void* x, int64
   const unsigned blocks = unsigned((rows + 7) / 8);
   dispatch1(out_t, [&](auto y) {
     using TO = decltype(y);
-    auto launch = [&](auto r) { gemv_kernel<decltype(r)::value, TO><<<blocks, 256, 0, st>>>(g, as_bf16(x), k); };
+    auto launch = [&](auto r) { launch_pdl(gemv_kernel<decltype(r)::value, TO>, blocks, 256, 0, st, g, as_bf16(x), k); };
     switch (n) {
       case 1: launch(std::integral_constant<int, 1>{}); break;
       case 2: launch(std::integral_constant<int, 2>{}); break;
@@ -506,8 +531,8 @@ bool swiglu_gemv(cudaStream_t st, void* out, DType out_t, const void* x, const v
   dispatch1(out_t, [&](auto y) {
     using TO = decltype(y);
     auto launch = [&](auto r) {
-      swiglu_gemv_kernel<decltype(r)::value, TO>
-          <<<blocks, 256, 0, st>>>(static_cast<TO*>(out), as_bf16(x), as_bf16(gate), as_bf16(up), f, k);
+      launch_pdl(swiglu_gemv_kernel<decltype(r)::value, TO>, blocks, 256, 0, st, static_cast<TO*>(out), as_bf16(x),
+                 as_bf16(gate), as_bf16(up), f, k);
     };
     switch (n) {
       case 1: launch(std::integral_constant<int, 1>{}); break;
@@ -583,7 +608,7 @@ void scatter_add(cudaStream_t st, float* acc, const void* y, DType t, const int3
 
 void argmax_rows(cudaStream_t st, int32_t* out, const float* logits, int64_t rows, int64_t vocab) {
   if (rows == 0) return;
-  argmax_kernel<<<rows, 1024, 0, st>>>(out, logits, vocab);
+  launch_pdl(argmax_kernel, unsigned(rows), 1024, 0, st, out, logits, vocab);
   check_launch("argmax_rows");
 }
 
