@@ -10,6 +10,7 @@ rm -rf "$out" && mkdir -p "$out/lib"
 tar cJf "$out/bins.tar.xz" build/rill build/make_random_model build/tests/cuda_test build/tests/golden_test \
   build/tests/engine_test build/tests/streaming_test $(ls build/bench/gpu_bench 2>/dev/null)
 fixtures=${FIXTURES:-$(ls ../shared/fixtures/models)}
+[ "$fixtures" = none ] && fixtures=""
 (cd ../shared && tar cJf "$OLDPWD/$out/shared.tar.xz" data/models/stories260K data/models/stories260K-hf \
   $(for f in $fixtures; do echo fixtures/models/$f; done))
 for l in libpcre2-8.so.0 libutf8proc.so.2; do cp -L /usr/lib/x86_64-linux-gnu/$l "$out/lib/"; done
