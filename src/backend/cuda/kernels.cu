@@ -421,6 +421,21 @@ unsigned grid_for(int64_t n, int threads) {
   return unsigned(std::min<int64_t>((n + threads - 1) / threads, 65536));
 }
 
+// Calls f with std::integral_constant<int, n> for 1 <= n <= kGemvMaxRows (the matrix-vector kernels' row count).
+template <typename F>
+void dispatch_rows(int64_t n, F&& f) {
+  switch (n) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
+  }
+}
+
 }  // namespace
 
 void embedding(cudaStream_t st, void* out, DType out_t, const void* table, const int32_t* ids, int64_t n, int64_t d,
@@ -507,16 +522,7 @@ bool gemv(cudaStream_t st, const GemvGroup& g, DType out_t, const void* x, int64
   dispatch1(out_t, [&](auto y) {
     using TO = decltype(y);
     auto launch = [&](auto r) { launch_pdl(gemv_kernel<decltype(r)::value, TO>, blocks, 256, 0, st, g, as_bf16(x), k); };
-    switch (n) {
-      case 1: launch(std::integral_constant<int, 1>{}); break;
-      case 2: launch(std::integral_constant<int, 2>{}); break;
-      case 3: launch(std::integral_constant<int, 3>{}); break;
-      case 4: launch(std::integral_constant<int, 4>{}); break;
-      case 5: launch(std::integral_constant<int, 5>{}); break;
-      case 6: launch(std::integral_constant<int, 6>{}); break;
-      case 7: launch(std::integral_constant<int, 7>{}); break;
-      default: launch(std::integral_constant<int, 8>{}); break;
-    }
+    dispatch_rows(n, launch);
   });
   check_launch("gemv");
   return true;
@@ -534,16 +540,7 @@ bool swiglu_gemv(cudaStream_t st, void* out, DType out_t, const void* x, const v
       launch_pdl(swiglu_gemv_kernel<decltype(r)::value, TO>, blocks, 256, 0, st, static_cast<TO*>(out), as_bf16(x),
                  as_bf16(gate), as_bf16(up), f, k);
     };
-    switch (n) {
-      case 1: launch(std::integral_constant<int, 1>{}); break;
-      case 2: launch(std::integral_constant<int, 2>{}); break;
-      case 3: launch(std::integral_constant<int, 3>{}); break;
-      case 4: launch(std::integral_constant<int, 4>{}); break;
-      case 5: launch(std::integral_constant<int, 5>{}); break;
-      case 6: launch(std::integral_constant<int, 6>{}); break;
-      case 7: launch(std::integral_constant<int, 7>{}); break;
-      default: launch(std::integral_constant<int, 8>{}); break;
-    }
+    dispatch_rows(n, launch);
   });
   check_launch("swiglu_gemv");
   return true;
