@@ -478,7 +478,6 @@ bool Model::forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* l
     auto graph = backend_.end_capture();
     graph->replay();
     ++graph_replays_;
-    ++graphs_recorded_;
     g.graphs.emplace(key, std::move(graph));
   }
 

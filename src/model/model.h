@@ -64,9 +64,8 @@ class Model {
   // or 0 when the environment sets RILL_CUDA_GRAPHS=0.
   void set_graph_max_batch(int max_batch) { graph_max_batch_ = max_batch; }
   int graph_max_batch() const { return graph_max_batch_; }
-  // Steps that replayed a recorded graph, and graphs recorded, since load.
+  // Steps that replayed a recorded graph since load.
   uint64_t graph_replays() const { return graph_replays_; }
-  uint64_t graphs_recorded() const { return graphs_recorded_; }
 
  private:
   struct Workspace;
@@ -88,7 +87,7 @@ class Model {
   std::shared_ptr<Workspace> ws_;
   std::unique_ptr<GraphState> graphs_;
   int graph_max_batch_ = 256;
-  uint64_t graph_replays_ = 0, graphs_recorded_ = 0;
+  uint64_t graph_replays_ = 0;
   std::vector<double> inv_freq_;  // for non-dynamic RoPE, computed once
   Tensor inv_freq_dev_;
   float attention_factor_ = 1.f;
