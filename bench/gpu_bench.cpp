@@ -3,7 +3,8 @@
 //   copy bandwidth (device-to-device cudaMemcpy, read + write bytes / time) and the cuBLASLt bf16 GEMM rate
 //   (8192^3); batch-1 decode at 1k context, batch-64 generation (128-token prompts, 128 new tokens, through
 //   the serving engine), prefill of a 4096-token prompt, and each attention kernel alone (decode at
-//   64 x 4096 keys, causal prefill of 4096 tokens).
+//   64 x 4096 keys, causal prefill of 4096 tokens), and token sampling on the device against reading the
+//   logits back (--what sampling).
 // Timings use CUDA events on the backend's stream or host clocks around whole generate() calls, after warm-up,
 // median of repeats. Writes JSON (--out) and prints a table. See bench/run_cuda.sh for the full device run.
 #include <cuda_runtime.h>
@@ -99,10 +100,10 @@ std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
 int main(int argc, char** argv) {
   CLI::App app{"rill CUDA benchmarks on a Llama-3-8B-shaped model with random bf16 weights"};
   int layers = 32, repeats = 5;
-  std::string out, what = "bandwidth,gemm,decode1,batch64,prefill,attention";
+  std::string out, what = "bandwidth,gemm,decode1,batch64,prefill,attention,sampling";
   app.add_option("--layers", layers, "Transformer layers (32 for Llama-3-8B; fewer for a quick run)");
   app.add_option("--repeats", repeats, "Timed repeats per figure (median)");
-  app.add_option("--what", what, "Comma-separated: bandwidth,gemm,decode1,batch64,prefill,attention");
+  app.add_option("--what", what, "Comma-separated: bandwidth,gemm,decode1,batch64,prefill,attention,sampling");
   app.add_option("--out", out, "Write the figures as JSON here");
   CLI11_PARSE(app, argc, argv);
   auto want = [&](const char* k) { return ("," + what + ",").find("," + std::string(k) + ",") != std::string::npos; };
@@ -204,13 +205,25 @@ int main(int argc, char** argv) {
         if (r > 0) per_token.push_back(res.decode_seconds / res.decode_steps);
       }
       const double t = median(per_token);
+      // The same with sampling (temperature, top-k, top-p, seeded), which runs on the device too.
+      opt.sampling.temperature = 0.8f;
+      opt.sampling.top_k = 50;
+      opt.sampling.top_p = 0.95f;
+      opt.sampling.has_seed = true;
+      per_token.clear();
+      for (int r = 0; r < repeats; ++r) {
+        const auto res = rill::generate(*model, kv, random_tokens(ctx, int(vocab), uint32_t(r)), opt);
+        per_token.push_back(res.decode_seconds / res.decode_steps);
+      }
+      const double ts = median(per_token);
       const double bytes = weight_bytes + kv_bytes_per_token * (ctx + steps / 2);
       const double limit = bw / bytes;
       j["decode1"] = {{"context", ctx}, {"tokens_per_s", 1.0 / t}, {"ms_per_token", t * 1e3},
                       {"bytes_per_token_GB", bytes / 1e9}, {"bandwidth_limit_tokens_per_s", limit},
-                      {"fraction_of_limit", (1.0 / t) / limit}};
+                      {"fraction_of_limit", (1.0 / t) / limit}, {"sampled_tokens_per_s", 1.0 / ts}};
       std::printf("decode batch 1 @1k               %8.1f tok/s  (%.2f ms; limit %.1f tok/s: %.1f%%)\n", 1.0 / t,
                   t * 1e3, limit, 100.0 * (1.0 / t) / limit);
+      std::printf("  sampled (T 0.8, top-k 50, top-p 0.95) %6.1f tok/s\n", 1.0 / ts);
     }
 
     if (want("batch64")) {
@@ -221,6 +234,7 @@ int main(int argc, char** argv) {
       ec.max_num_seqs = batch;
       ec.max_waiting = 4 * batch;
       rill::Engine engine(*model, ec);
+      bool sampled = false;
       auto run = [&](int new_tokens, uint32_t seed, double* first_all) {
         std::vector<std::shared_ptr<rill::RequestStream>> streams;
         const auto t0 = Clock::now();
@@ -229,7 +243,11 @@ int main(int argc, char** argv) {
           r.prompt = random_tokens(prompt, int(vocab), seed + uint32_t(i));
           r.max_tokens = new_tokens;
           r.ignore_eos = true;
-          r.sampling.temperature = 0;
+          r.sampling.temperature = sampled ? 0.8f : 0.f;
+          r.sampling.top_p = sampled ? 0.95f : 1.f;
+          r.sampling.top_k = sampled ? 50 : 0;
+          r.sampling.seed = i;
+          r.sampling.has_seed = true;
           streams.push_back(engine.submit(r));
         }
         Clock::time_point last_first = t0;
@@ -259,15 +277,22 @@ int main(int argc, char** argv) {
       }
       const double t = median(totals);
       const double tps = double(batch) * gen / t;
+      sampled = true;  // the same runs with sampling (temperature, top-k, top-p) on the device
+      std::vector<double> sampled_totals;
+      for (int r = 0; r < std::max(1, repeats / 2); ++r)  // new prompts: the greedy runs' are in the prefix cache
+        sampled_totals.push_back(run(gen, uint32_t(100000 + 100 * r), nullptr));
+      const double tps_sampled = double(batch) * gen / median(sampled_totals);
       // One decode step reads every weight once and each sequence's KV (~prompt + gen/2 tokens).
       const double step_bytes = weight_bytes + kv_bytes_per_token * batch * (prompt + gen / 2);
       const double limit = bw / step_bytes * batch;
       const double dr = median(decode_rates);
       j["batch64"] = {{"batch", batch}, {"prompt", prompt}, {"new_tokens", gen}, {"seconds", t},
                       {"output_tokens_per_s", tps}, {"decode_phase_tokens_per_s", dr},
-                      {"bandwidth_limit_decode_tokens_per_s", limit}, {"decode_fraction_of_limit", dr / limit}};
+                      {"bandwidth_limit_decode_tokens_per_s", limit}, {"decode_fraction_of_limit", dr / limit},
+                      {"sampled_output_tokens_per_s", tps_sampled}};
       std::printf("batch 64 x (128 + 128)           %8.0f tok/s  (%.2f s; decode phase %.0f tok/s, %.1f%% of %.0f)\n",
                   tps, t, dr, 100.0 * dr / limit, limit);
+      std::printf("  sampled (T 0.8, top-k 50, top-p 0.95) %6.0f tok/s\n", tps_sampled);
     }
 
     if (want("prefill")) {
@@ -343,6 +368,52 @@ int main(int argc, char** argv) {
                         {"prefill_4096_ms", tp * 1e3}, {"prefill_TFLOPs", pf / tp / 1e12}};
       std::printf("attention decode 64 x 4096       %8.1f us   (%.0f GB/s of K+V)\n", td * 1e6, kv_read / td / 1e9);
       std::printf("attention prefill 4096 causal    %8.2f ms   (%.0f TFLOP/s)\n", tp * 1e3, pf / tp / 1e12);
+    }
+    if (want("sampling")) {
+      // Picking tokens from 128256-entry logits rows: on the device (argmax; the sampler with its filters) and
+      // the way it went before, reading the logits back and sampling each row on the host.
+      nlohmann::ordered_json js;
+      for (int rows : {1, 64}) {
+        std::vector<float> host(size_t(rows) * size_t(vocab));
+        std::mt19937 rng{uint32_t(rows)};
+        std::normal_distribution<float> nd(0.f, 3.f);
+        for (float& x : host) x = nd(rng);
+        const rill::Tensor logits = backend->alloc(rill::DType::F32, {rows, vocab});
+        const rill::Tensor ids = backend->alloc(rill::DType::I32, {rows});
+        backend->write(logits, host.data(), host.size() * 4);
+        auto params = [&](float t, int k, float p, float mp) {
+          std::vector<rill::SampleRow> v(static_cast<size_t>(rows));
+          for (auto& r : v) r.temperature = t, r.top_k = k, r.top_p = p, r.min_p = mp, r.uniform = 0.37;
+          rill::Tensor dev = backend->alloc(rill::DType::U8, {rows * int64_t(sizeof(rill::SampleRow))});
+          backend->write(dev, v.data(), dev.nbytes());
+          return std::make_pair(v, dev);
+        };
+        const auto filtered = params(0.8f, 50, 0.95f, 0.f), full = params(1.f, 0, 1.f, 0.f);
+        const auto nucleus = params(0.7f, 0, 0.9f, 0.05f);
+        const double t_arg = time_events(stream, 3, repeats * 4, [&] { backend->argmax_rows(ids, logits); });
+        auto dev_time = [&](const rill::Tensor& p) {
+          return time_events(stream, 3, repeats * 4, [&] { backend->sample_rows(ids, logits, p, rill::Tensor{}); });
+        };
+        const double t_f = dev_time(filtered.second), t_full = dev_time(full.second), t_n = dev_time(nucleus.second);
+        std::vector<double> host_t;
+        std::vector<float> back(host.size());
+        for (int r = 0; r < repeats; ++r) {
+          const auto t0 = Clock::now();
+          backend->read(back.data(), logits, back.size() * 4);
+          for (int i = 0; i < rows; ++i)
+            rill::sample_row(back.data() + size_t(i) * size_t(vocab), int(vocab), filtered.first[size_t(i)], nullptr);
+          host_t.push_back(seconds(t0, Clock::now()));
+        }
+        const double t_host = median(host_t);
+        js["rows_" + std::to_string(rows)] = {{"argmax_us", t_arg * 1e6}, {"top_k50_top_p95_us", t_f * 1e6},
+                                              {"full_distribution_us", t_full * 1e6},
+                                              {"top_p90_min_p05_us", t_n * 1e6},
+                                              {"host_readback_and_sample_us", t_host * 1e6}};
+        std::printf("sampling %2d x %lld: argmax %.0f us; device top-k/top-p %.0f us, full %.0f us, top-p/min-p %.0f us;"
+                    " host read-back + sample %.0f us\n",
+                    rows, (long long)vocab, t_arg * 1e6, t_f * 1e6, t_full * 1e6, t_n * 1e6, t_host * 1e6);
+      }
+      j["sampling"] = js;
     }
     if (!out.empty()) std::ofstream(out) << j.dump(2) << "\n";
   } catch (const std::exception& e) {

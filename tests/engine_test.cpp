@@ -65,6 +65,14 @@ class EngineTest : public testing::TestWithParam<std::string> {
         r.sampling.temperature = 0.8f;
         r.sampling.seed = 1000 + uint64_t(i);
         r.sampling.has_seed = true;
+        if (i % 4 == 3) {  // and a quarter with every filter and penalty
+          r.sampling.top_k = 20;
+          r.sampling.top_p = 0.9f;
+          r.sampling.min_p = 0.01f;
+          r.sampling.repetition_penalty = 1.1f;
+          r.sampling.presence_penalty = 0.2f;
+          r.sampling.frequency_penalty = 0.1f;
+        }
       } else {
         r.sampling.temperature = 0;
       }
@@ -234,29 +242,29 @@ TEST_P(EngineBasics, SessionsExpireAndAreBounded) {
   EngineConfig cfg;
   cfg.num_blocks = 64;
   cfg.max_sessions = 2;
-  cfg.session_ttl_seconds = 0.3;
+  cfg.session_ttl_seconds = 1.0;
   Engine engine(*model_, cfg);
   const uint64_t a = engine.create_session(KvPolicy::parse("sink", 4, 32));
   const uint64_t b = engine.create_session(KvPolicy{});
   EXPECT_THROW(engine.create_session(KvPolicy{}), EngineFull);
-  engine.append_session(a, {1, 2, 3});
   Request g;
-  g.max_tokens = 100000;
+  g.max_tokens = 3;
   g.ignore_eos = true;
+  try {  // first, before a loaded machine lets b expire
+    engine.generate_session(b, g);
+    ADD_FAILURE() << "an empty session generated";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("empty"), std::string::npos) << e.what();
+  }
+  engine.append_session(a, {1, 2, 3});
+  g.max_tokens = 100000;
   const auto stream = engine.generate_session(a, g);
   EXPECT_THROW(engine.append_session(a, {4}), SessionBusy);
   EXPECT_THROW(engine.generate_session(a, g), SessionBusy);
   stream->cancel();  // a client going away ends the generation; the session stays
   EXPECT_EQ(drain(*stream).end.finish, FinishReason::Cancelled);
   EXPECT_NO_THROW(engine.append_session(a, {4}));
-  g.max_tokens = 3;
-  try {
-    engine.generate_session(b, g);
-    ADD_FAILURE() << "an empty session generated";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("empty"), std::string::npos) << e.what();
-  }
-  // Both expire 0.3 s after their last use; allow a loaded machine (parallel CI) up to 20 s to get there.
+  // Both expire 1 s after their last use; allow a loaded machine (parallel CI) up to 20 s to get there.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   while (engine.metrics().sessions_expired < 2 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(50));

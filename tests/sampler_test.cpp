@@ -1,6 +1,8 @@
 // Sampler: each filter and penalty does what it says, and a seed fixes the draw.
 #include <map>
+#include <random>
 
+#include "backend/backend.h"
 #include "core/error.h"
 #include "engine/sampler.h"
 #include "test_util.h"
@@ -111,6 +113,54 @@ TEST(Sampler, PresenceAndFrequencyPenaltiesApplyToOutput) {
     got.push_back(s2.sample(m.data(), 2));
   }
   EXPECT_EQ(got, (std::vector<int32_t>{0, 0, 0, 1}));  // 2, 1.6, 1.2, then 0.8 < 1
+}
+
+// The pieces a backend samples through (next_row, Backend::sample_rows, record) give the tokens sample() gives,
+// step after step, with penalties that depend on the output so far and the same seed.
+TEST(Sampler, BackendSampleRowsEqualsSample) {
+  SamplingParams p = seeded(42);
+  p.temperature = 0.9f;
+  p.top_k = 20;
+  p.top_p = 0.95f;
+  p.min_p = 0.01f;
+  p.repetition_penalty = 1.2f;
+  p.presence_penalty = 0.3f;
+  p.frequency_penalty = 0.1f;
+  Sampler a(p), b(p);
+  a.add_prompt({1, 2, 3, 50});
+  b.add_prompt({1, 2, 3, 50});
+  auto cpu = make_cpu_backend(1);
+  const int vocab = 64;
+  std::mt19937 rng{7};
+  for (int step = 0; step < 200; ++step) {
+    std::vector<float> logits(vocab);
+    for (float& x : logits) x = std::normal_distribution<float>(0.f, 1.f)(rng);
+    std::vector<float> copy = logits;
+    const int32_t want = a.sample(copy.data(), vocab);
+    std::vector<PenaltyEntry> pen;
+    const SampleRow row = b.next_row(&pen);
+    Tensor l = cpu->alloc(DType::F32, {1, vocab}), ids = cpu->alloc(DType::I32, {1});
+    Tensor rows = cpu->alloc(DType::U8, {int64_t(sizeof(SampleRow))}), pt;
+    cpu->write(l, logits.data(), logits.size() * 4);
+    cpu->write(rows, &row, sizeof row);
+    if (!pen.empty()) {
+      pt = cpu->alloc(DType::I32, {2 * int64_t(pen.size())});
+      cpu->write(pt, pen.data(), pt.nbytes());
+    }
+    cpu->sample_rows(ids, l, rows, pt);
+    int32_t got = -2;
+    cpu->read(&got, ids, 4);
+    b.record(got);
+    ASSERT_EQ(got, want) << "step " << step;
+  }
+}
+
+TEST(Sampler, EveryLogitNaNIsAnError) {
+  SamplingParams p = seeded(1);
+  std::vector<float> l(5, NAN);
+  EXPECT_EQ(sample_row(l.data(), 5, SampleRow{}, nullptr), -1);
+  Sampler s(p);
+  EXPECT_THROW(s.sample(l.data(), 5), Error);
 }
 
 TEST(Sampler, RejectsOutOfRangeParameters) {

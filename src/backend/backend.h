@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/sampling.h"
 #include "core/tensor.h"
 
 namespace rill {
@@ -158,6 +159,10 @@ class Backend {
   // ids[i] = argmax of logits row i (f32 [m, vocab]); ties go to the lower id. Greedy decoding on the
   // device, so only token ids come back to the host.
   virtual void argmax_rows(const Tensor& ids, const Tensor& logits) = 0;
+  // ids[i] = the token sample_row (backend/sampling.h) picks from logits row i (f32 [m, vocab], modified in
+  // place: penalties) under rows[i]: the whole sampler on the device, so only token ids come back. rows: U8,
+  // m SampleRow structs as bytes; penalties: I32 [2 * entries], PenaltyEntry pairs (may be empty).
+  virtual void sample_rows(const Tensor& ids, const Tensor& logits, const Tensor& rows, const Tensor& penalties) = 0;
 };
 
 // Creates the CPU backend (num_threads 0: all cores).

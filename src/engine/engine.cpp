@@ -180,9 +180,10 @@ void Engine::park(Sequence* s) {
   sl.last_used = std::chrono::steady_clock::now();
 }
 
-void Engine::end_generation(Sequence* s, FinishReason reason) {
+void Engine::end_generation(Sequence* s, FinishReason reason, const std::string& error) {
   Event e;
   e.finish = reason;
+  e.error = error;
   e.prompt_tokens = s->prompt_len;
   e.completion_tokens = s->generated();
   s->stream->push(std::move(e));
@@ -394,17 +395,24 @@ void Engine::step() {
                          c.start, index, s->blocks, config_.block_size, c.sample ? Logits::Last : Logits::None, view);
       if (c.sample) sampled.push_back(&c);
     }
-    // When every row is plain greedy without logprobs, the argmax runs on the device.
-    bool device_greedy = !sampled.empty();
-    for (const ScheduledChunk* c : sampled)
-      device_greedy = device_greedy && c->seq->request.sampling.plain_greedy() && c->seq->request.logprobs < 0;
-    std::vector<int32_t> greedy_ids;
-    model_.forward(batch, kv_, &logits_, device_greedy ? &greedy_ids : nullptr);
+    // Tokens are picked on the device (the argmax when every row is plain greedy, else the whole sampler), so
+    // only their ids come back, unless a row asks for logprobs: those need the logits on the host.
+    bool on_device = !sampled.empty(), all_greedy = true;
+    for (const ScheduledChunk* c : sampled) {
+      on_device = on_device && c->seq->request.logprobs < 0;
+      all_greedy = all_greedy && c->seq->request.sampling.plain_greedy();
+    }
+    DeviceSampling sampling;
+    if (on_device && !all_greedy)
+      for (const ScheduledChunk* c : sampled) sampling.rows.push_back(c->seq->sampler.next_row(&sampling.penalties));
+    std::vector<int32_t> picked;
+    model_.forward(batch, kv_, &logits_, on_device ? &picked : nullptr, all_greedy ? nullptr : &sampling);
     ++counters_.steps;
     const size_t vocab = size_t(model_.config().vocab_size);
     const auto& eos = model_.config().eos_token_ids;
     std::vector<Sequence*> done;
     std::vector<FinishReason> reasons;
+    std::vector<std::string> errors;
     for (const auto& c : chunks) {
       Sequence* s = c.seq;
       if (c.start < s->prompt_len) counters_.prompt_tokens += std::min(c.start + c.count, s->prompt_len) - c.start;
@@ -416,13 +424,22 @@ void Engine::step() {
       Sequence* s = sampled[k]->seq;
       std::vector<float> logprobs;
       int32_t tok;
-      if (device_greedy) {
-        tok = greedy_ids[k];
+      if (on_device) {
+        tok = picked[k];
       } else {
         float* row = logits_.data() + k * vocab;
         if (s->request.logprobs >= 0) logprobs = log_softmax(row, vocab);  // before the sampler edits the row
-        tok = s->sampler.sample(row, int(vocab));
+        penalties_.clear();
+        const SampleRow r = s->sampler.next_row(&penalties_);
+        tok = sample_row(row, int(vocab), r, penalties_.data());
       }
+      if (tok < 0) {  // every logit NaN: this request ends, the others go on
+        done.push_back(s);
+        reasons.push_back(FinishReason::Error);
+        errors.push_back("the model's logits are all NaN: nothing can be sampled");
+        continue;
+      }
+      s->sampler.record(tok);
       s->tokens.push_back(tok);
       ++counters_.generated_tokens;
       Event e;
@@ -438,6 +455,7 @@ void Engine::step() {
       if (is_eos || s->generated() >= s->request.max_tokens) {
         done.push_back(s);
         reasons.push_back(is_eos ? FinishReason::Stop : FinishReason::Length);
+        errors.emplace_back();
       }
     }
     // Sessions of this step (collected first: finish() frees the ordinary sequences the chunks point to).
@@ -445,8 +463,8 @@ void Engine::step() {
     for (const auto& c : chunks)
       if (c.seq->session) sessions.push_back(c.seq);
     for (size_t k = 0; k < done.size(); ++k) {
-      if (done[k]->session) end_generation(done[k], reasons[k]);
-      else finish(done[k], reasons[k]);
+      if (done[k]->session) end_generation(done[k], reasons[k], errors[k]);
+      else finish(done[k], reasons[k], errors[k]);
     }
     // Sessions with nothing left to run are parked with their KV.
     for (Sequence* s : sessions)

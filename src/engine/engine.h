@@ -109,7 +109,7 @@ class Engine {
   void park(Sequence* s);
   void wake_session(SessionSlot& slot);
   void expire_sessions();
-  void end_generation(Sequence* s, FinishReason reason);
+  void end_generation(Sequence* s, FinishReason reason, const std::string& error = {});
   void finish(Sequence* s, FinishReason reason, const std::string& error = "");
 
   Model& model_;
@@ -129,6 +129,7 @@ class Engine {
   EngineMetrics metrics_;                             // published by the loop, guarded by mu_
   EngineMetrics counters_;                            // the loop's own
   std::vector<float> logits_;
+  std::vector<PenaltyEntry> penalties_;
 };
 
 class EngineFull : public Error {

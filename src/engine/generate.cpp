@@ -91,18 +91,30 @@ GenerateResult generate(Model& model, KvCache& kv, const std::vector<int32_t>& p
   std::vector<float> next(logits.end() - long(vocab), logits.end());
   t0 = std::chrono::steady_clock::now();
   int pos = int(prompt.size());
-  // Plain greedy decoding takes the argmax on the device: only the token id comes back.
-  const bool device_greedy = opt.sampling.plain_greedy();
+  // Decode steps pick the token on the device (the argmax, or the whole sampler): only its id comes back.
+  const bool plain_greedy = opt.sampling.plain_greedy();
+  DeviceSampling sampling;
   std::vector<int32_t> picked;
   for (int i = 0; i < opt.max_new_tokens; ++i) {
-    const int32_t tok = picked.empty() ? sampler.sample(next.data(), int(vocab)) : picked[0];
+    int32_t tok;
+    if (picked.empty()) {
+      tok = sampler.sample(next.data(), int(vocab));
+    } else {
+      tok = picked[0];
+      sampler.record(tok);
+    }
     r.ids.push_back(tok);
     const bool eos = is_stop(c, opt, tok);
     if (on_token && !on_token(tok)) break;
     if (eos || i + 1 == opt.max_new_tokens) break;
     Batch b;
     b.add_sequence({tok}, pos, pos, table, kv.block_size(), Logits::Last);
-    model.forward(b, kv, &next, device_greedy ? &picked : nullptr);
+    if (!plain_greedy) {
+      sampling.rows.clear();
+      sampling.penalties.clear();
+      sampling.rows.push_back(sampler.next_row(&sampling.penalties));
+    }
+    model.forward(b, kv, &next, &picked, plain_greedy ? nullptr : &sampling);
     ++pos;
     ++r.decode_steps;
   }

@@ -11,6 +11,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "backend/sampling.h"
+
 namespace rill {
 
 struct SamplingParams {
@@ -41,13 +43,19 @@ class Sampler {
   // Picks the next token from logits [vocab] (modified in place) and records it as output.
   int32_t sample(float* logits, int vocab);
 
+  // The same pick, made by a backend (Backend::sample_rows): next_row() draws this step's uniform and appends
+  // the row's penalty entries to `penalties`; record() then takes the token the backend picked (-1, every
+  // logit NaN, throws). sample() is next_row(), sample_row() and record().
+  SampleRow next_row(std::vector<PenaltyEntry>* penalties);
+  void record(int32_t token);
+
  private:
   SamplingParams p_;
   std::mt19937_64 rng_;
   std::unordered_map<int32_t, int> output_counts_;
   std::vector<int32_t> seen_;  // prompt and output tokens, unique
   std::vector<char> seen_mask_;
-  std::vector<std::pair<float, int32_t>> cand_;
+  std::vector<PenaltyEntry> penalties_;
 
   void mark_seen(int32_t t);
   double uniform();

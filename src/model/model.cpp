@@ -214,14 +214,33 @@ Tensor Model::upload_i32(const std::vector<int32_t>& v) {
   return t.slice_rows(0, int64_t(v.size()));
 }
 
-void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* greedy) {
+void Model::pick(const Tensor& ids_dev, const Tensor& logits, const DeviceSampling* sampling) {
+  if (!sampling) {
+    backend_.argmax_rows(ids_dev, logits);
+    return;
+  }
+  const int64_t m = logits.rows();
+  RILL_CHECK(int64_t(sampling->rows.size()) == m, "forward: " + std::to_string(sampling->rows.size()) +
+                                                     " sampling rows for " + std::to_string(m) + " logits rows");
+  const Tensor rows = backend_.alloc(DType::U8, {m * int64_t(sizeof(SampleRow))});
+  backend_.write(rows, sampling->rows.data(), rows.nbytes());
+  Tensor pen;
+  if (!sampling->penalties.empty()) {
+    pen = backend_.alloc(DType::I32, {2 * int64_t(sampling->penalties.size())});
+    backend_.write(pen, sampling->penalties.data(), pen.nbytes());
+  }
+  backend_.sample_rows(ids_dev, logits, rows, pen);
+}
+
+void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* ids,
+                    const DeviceSampling* sampling) {
   const ModelConfig& c = config_;
   const int64_t n = batch.num_tokens(), d = c.hidden_size, hd = c.head_dim;
   RILL_CHECK(n > 0, "forward: empty batch");
   for (int32_t id : batch.tokens)
     RILL_CHECK(id >= 0 && id < c.vocab_size, "token id " + std::to_string(id) + " is outside the vocabulary (" +
                                                  std::to_string(c.vocab_size) + " tokens)");
-  if (forward_graph(batch, kv, logits, greedy)) return;
+  if (forward_graph(batch, kv, logits, ids, sampling)) return;
 
   // Workspace: grown to the largest batch seen, never shrunk.
   if (!ws_ || ws_->capacity < n) ws_ = make_workspace(n);
@@ -284,17 +303,17 @@ void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits,
   // Logits only for the rows the caller asked for.
   const Tensor h = ws.h.slice_rows(0, n);
   const int64_t m = int64_t(batch.logit_rows.size());
-  logits->resize(greedy ? 0 : size_t(m * c.vocab_size));
-  if (greedy) greedy->resize(size_t(m));
+  logits->resize(ids ? 0 : size_t(m * c.vocab_size));
+  if (ids) ids->resize(size_t(m));
   if (m == 0) return;
   const Tensor sel = backend_.alloc(h.dtype, {m, d});
   backend_.gather_rows(sel, h, upload_i32(batch.logit_rows));
   const Tensor out = backend_.alloc(DType::F32, {m, c.vocab_size});
   backend_.linear(out, sel, w_.lm_head, Tensor{});
-  if (greedy) {
+  if (ids) {
     const Tensor ids_out = backend_.alloc(DType::I32, {m});
-    backend_.argmax_rows(ids_out, out);
-    backend_.read(greedy->data(), ids_out, size_t(m) * sizeof(int32_t));
+    pick(ids_out, out, sampling);
+    backend_.read(ids->data(), ids_out, size_t(m) * sizeof(int32_t));
     return;
   }
   backend_.read(logits->data(), out, out.nbytes());
@@ -371,8 +390,8 @@ int pow2_at_least(int n, int lo) {
 // write no KV (slot -1); their outputs are never read. Steps a graph cannot replay exactly return false:
 // prompts, rolling KV (host-sized sink kernels), dynamic RoPE (per-step frequencies), MoE (routing read
 // back), and attention shapes whose kernel grid depends on the context length (the split kernel).
-bool Model::forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits,
-                          std::vector<int32_t>* greedy) {
+bool Model::forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* ids,
+                          const DeviceSampling* sampling) {
   const ModelConfig& c = config_;
   const int n = batch.num_tokens();
   if (graph_max_batch_ <= 0 || n > graph_max_batch_ || batch.num_seqs() != n || batch.any_rolling()) return false;
@@ -481,10 +500,12 @@ bool Model::forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* l
     g.graphs.emplace(key, std::move(graph));
   }
 
-  if (greedy) {
+  if (ids) {
+    // The graph took the argmax; other sampling runs after it, on the graph's logits.
+    if (sampling) pick(g.ids_out.slice_rows(0, n), g.logits.slice_rows(0, n), sampling);
     logits->clear();
-    greedy->resize(size_t(n));
-    backend_.read(greedy->data(), g.ids_out, size_t(n) * sizeof(int32_t));
+    ids->resize(size_t(n));
+    backend_.read(ids->data(), g.ids_out, size_t(n) * sizeof(int32_t));
   } else {
     logits->resize(size_t(n) * size_t(c.vocab_size));
     backend_.read(logits->data(), g.logits, logits->size() * sizeof(float));

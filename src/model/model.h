@@ -44,6 +44,12 @@ struct Checkpoint {
 // Reads a Hugging Face model directory (config.json + safetensors) or a llama2.c .bin file.
 Checkpoint read_checkpoint(const std::string& path);
 
+// The sampling of one step's logits rows on the device (see Model::forward).
+struct DeviceSampling {
+  std::vector<SampleRow> rows;
+  std::vector<PenaltyEntry> penalties;
+};
+
 class Model {
  public:
   // Binds and uploads every weight, checking names and shapes. Throws rill::Error naming the tensor.
@@ -54,10 +60,12 @@ class Model {
   Backend& backend() { return backend_; }
   size_t weight_bytes() const { return weight_bytes_; }
 
-  // Runs the batch; returns logits [batch.logit_rows.size(), vocab] row-major. With `greedy` set, returns
-  // instead the argmax of each of those rows (ties to the lower id), computed on the device: only the ids
-  // come back to the host, and `logits` is left empty.
-  void forward(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* greedy = nullptr);
+  // Runs the batch; returns logits [batch.logit_rows.size(), vocab] row-major. With `ids` set, returns instead
+  // one token id per such row, picked on the device: the argmax (ties to the lower id) without `sampling`,
+  // else what Backend::sample_rows picks under sampling->rows (one per row). Only the ids come back to the
+  // host, and `logits` is left empty.
+  void forward(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* ids = nullptr,
+               const DeviceSampling* sampling = nullptr);
 
   // Decode steps of up to `max_batch` sequences replay recorded graphs on backends that can record them
   // (CUDA graphs), so that a step costs one launch instead of one per op. 0 turns that off. Default: 256,
@@ -77,7 +85,10 @@ class Model {
   void bind(const Checkpoint& ck);
   std::shared_ptr<Workspace> make_workspace(int64_t n);
   void run_layers(Workspace& ws, int64_t n, const StepInputs& in, const AttentionBatch& ab, KvCache& kv);
-  bool forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* greedy);
+  bool forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* ids,
+                     const DeviceSampling* sampling);
+  // Picks the ids of logits [m, vocab] on the device into ids_dev, as forward() says.
+  void pick(const Tensor& ids_dev, const Tensor& logits, const DeviceSampling* sampling);
   Tensor upload_i32(const std::vector<int32_t>& v);
 
   ModelConfig config_;

@@ -349,4 +349,19 @@ void CpuBackend::argmax_rows(const Tensor& ids, const Tensor& logits) {
   }
 }
 
+void CpuBackend::sample_rows(const Tensor& ids, const Tensor& logits, const Tensor& rows, const Tensor& penalties) {
+  const int64_t m = logits.rows(), vocab = logits.row_size();
+  expect(ids.numel() == m && logits.dtype == DType::F32, "sample_rows", "ids must be [rows], logits f32");
+  expect(rows.nbytes() == size_t(m) * sizeof(SampleRow), "sample_rows", "rows must hold one SampleRow per logits row");
+  const auto* pen = penalties.empty() ? nullptr : reinterpret_cast<const PenaltyEntry*>(penalties.data);
+  const size_t entries = penalties.nbytes() / sizeof(PenaltyEntry);
+  for (int64_t i = 0; i < m; ++i) {
+    SampleRow r;
+    std::memcpy(&r, static_cast<const char*>(rows.data) + size_t(i) * sizeof(SampleRow), sizeof(SampleRow));
+    expect(r.penalty_begin >= 0 && r.penalty_begin <= r.penalty_end && size_t(r.penalty_end) <= entries,
+           "sample_rows", "a row's penalty range is outside the penalty list");
+    ids.ptr<int32_t>()[i] = sample_row(logits.ptr<float>() + i * vocab, int(vocab), r, pen);
+  }
+}
+
 }  // namespace rill

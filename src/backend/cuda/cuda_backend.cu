@@ -362,6 +362,15 @@ class CudaBackend final : public Backend {
     expect(ids.numel() == logits.rows() && logits.dtype == DType::F32, "argmax_rows", "ids must be [rows], logits f32");
     cuda::argmax_rows(st_->stream, ids.ptr<int32_t>(), logits.ptr<float>(), logits.rows(), logits.row_size());
   }
+  void sample_rows(const Tensor& ids, const Tensor& logits, const Tensor& rows, const Tensor& penalties) override {
+    expect(ids.numel() == logits.rows() && logits.dtype == DType::F32, "sample_rows", "ids must be [rows], logits f32");
+    expect(rows.nbytes() == size_t(logits.rows()) * sizeof(SampleRow), "sample_rows",
+           "rows must hold one SampleRow per logits row");
+    cuda::sample_rows(st_->stream, ids.ptr<int32_t>(), logits.ptr<float>(), logits.rows(), logits.row_size(),
+                      static_cast<const SampleRow*>(rows.data),
+                      penalties.empty() ? nullptr : static_cast<const PenaltyEntry*>(penalties.data),
+                      int64_t(penalties.nbytes() / sizeof(PenaltyEntry)));
+  }
   void gather_rows(const Tensor& out, const Tensor& x, const Tensor& rows) override {
     const int64_t m = rows.numel(), w = x.row_size();
     expect(out.numel() == m * w && out.dtype == x.dtype, "gather_rows", "output shape mismatch");

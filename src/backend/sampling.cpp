@@ -1,0 +1,70 @@
+#include "backend/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+#include <utility>
+#include <vector>
+
+namespace rill {
+
+int32_t sample_row(float* logits, int vocab, const SampleRow& p, const PenaltyEntry* pen) {
+  for (int32_t e = p.penalty_begin; e < p.penalty_end; ++e) {
+    const int32_t t = pen[e].token;
+    if (t < 0 || t >= vocab) continue;
+    float& l = logits[t];
+    if (p.repetition_penalty != 1.f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+    if (pen[e].output_count > 0) l -= p.presence_penalty + p.frequency_penalty * float(pen[e].output_count);
+  }
+  if (p.temperature == 0.f) {
+    int32_t best = -1;
+    for (int i = 0; i < vocab; ++i)
+      if (!std::isnan(logits[i]) && (best < 0 || logits[i] > logits[best])) best = i;  // first maximum on ties
+    return best;
+  }
+  // Candidates sorted by logit (descending; ties by id), then filtered.
+  std::vector<std::pair<float, int32_t>> cand;
+  cand.reserve(size_t(vocab));
+  for (int i = 0; i < vocab; ++i)
+    if (!std::isnan(logits[i])) cand.push_back({logits[i] / p.temperature, i});
+  if (cand.empty()) return -1;
+  auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+  if (p.top_k > 0 && size_t(p.top_k) < cand.size()) {
+    std::partial_sort(cand.begin(), cand.begin() + p.top_k, cand.end(), by_logit);
+    cand.resize(size_t(p.top_k));
+  } else {
+    std::sort(cand.begin(), cand.end(), by_logit);
+  }
+  const float mx = cand[0].first;
+  std::vector<double> prob(cand.size());
+  double sum = 0;
+  for (size_t i = 0; i < cand.size(); ++i) sum += (prob[i] = std::exp(double(cand[i].first - mx)));
+  for (double& v : prob) v /= sum;
+  // top-p: the smallest prefix whose mass reaches top_p (at least one token).
+  if (p.top_p < 1.f) {
+    double cum = 0;
+    size_t n = 0;
+    while (n < prob.size()) {
+      cum += prob[n++];
+      if (cum >= double(p.top_p)) break;
+    }
+    prob.resize(n);
+  }
+  // min-p: drop tokens below min_p times the top probability.
+  if (p.min_p > 0.f) {
+    const double floor = prob[0] * p.min_p;
+    size_t n = 1;
+    while (n < prob.size() && prob[n] >= floor) ++n;
+    prob.resize(n);
+  }
+  double total = 0;
+  for (double v : prob) total += v;
+  double r = p.uniform * total;
+  size_t i = 0;
+  for (; i + 1 < prob.size(); ++i) {
+    r -= prob[i];
+    if (r < 0) break;
+  }
+  return cand[i].second;
+}
+
+}  // namespace rill

@@ -1,0 +1,40 @@
+// Sampling one token from a row of logits: the rule every backend's sample_rows keeps, and its reference
+// implementation on the host.
+//
+// Penalties first: for each entry of the row's penalty list (unique tokens), the repetition penalty as in HF
+// transformers (divide a positive logit, multiply a negative one) when it is not 1, then, for tokens the
+// output holds, presence + frequency * count subtracted as in OpenAI's API. Then greedy (the first maximum)
+// when temperature is 0. Otherwise the logits are divided by the temperature and ranked (descending, ties
+// by lower id); top-k keeps the first k; top-p keeps the shortest prefix whose probability reaches top_p;
+// min-p keeps tokens of at least min_p times the top probability; and the token is the one at which the
+// kept tokens' cumulative probability, in rank order, first exceeds uniform * their total. The uniform draw
+// comes from the caller (the request's seeded generator), so a seed gives the same tokens on every backend.
+#pragma once
+
+#include <cstdint>
+
+namespace rill {
+
+// One row's parameters, as sample_rows reads them (plain data, copied to the device as bytes).
+struct SampleRow {
+  float temperature = 0.f;  // 0: greedy
+  int32_t top_k = 0;        // 0: off
+  float top_p = 1.f;        // 1: off
+  float min_p = 0.f;        // 0: off
+  float repetition_penalty = 1.f;
+  float presence_penalty = 0.f;
+  float frequency_penalty = 0.f;
+  int32_t penalty_begin = 0, penalty_end = 0;  // the row's entries in the penalty list
+  double uniform = 0.0;                        // in [0, 1); unused when greedy
+};
+
+// A token the sequence has seen (prompt or output) and how many times the output holds it.
+struct PenaltyEntry {
+  int32_t token = 0;
+  int32_t output_count = 0;
+};
+
+// Applies the penalties to logits [vocab] in place and returns the token, or -1 when every logit is NaN.
+int32_t sample_row(float* logits, int vocab, const SampleRow& row, const PenaltyEntry* penalties);
+
+}  // namespace rill
