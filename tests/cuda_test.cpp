@@ -292,6 +292,55 @@ TEST_F(CudaOps, ArgmaxRowsTakesTheFirstMaximum) {
   }
 }
 
+// The q/k/v projections fused with RoPE and the KV write give, to the bit, what linears and rope_kv_write give
+// one after the other (q rotated; k and v in the caches; nothing for a negative slot), for 1 to 8 rows (the
+// fused kernel) and 9 (the fallback), at head sizes 64 and 128.
+TEST_F(CudaOps, QkvRopeKvWriteEqualsItsParts) {
+  for (int64_t hd : {int64_t(64), int64_t(128)})
+    for (int64_t n : {int64_t(1), int64_t(3), int64_t(8), int64_t(9)}) {
+      const int64_t d = 256, H = 4, KV = 2, blocks = 6, bs = 4;
+      const auto x = random_bf16(size_t(n * d), 21);
+      HostWeight wq(random_bf16(size_t(H * hd * d), 22, 0.1f), {H * hd, d});
+      HostWeight wk(random_bf16(size_t(KV * hd * d), 23, 0.1f), {KV * hd, d});
+      HostWeight wv(random_bf16(size_t(KV * hd * d), 24, 0.1f), {KV * hd, d});
+      std::vector<int32_t> pos, slots;
+      for (int64_t i = 0; i < n; ++i) {
+        pos.push_back(int32_t(i * 7919 % 100003));
+        slots.push_back(i == 1 ? -1 : int32_t((i * 5) % (blocks * bs)));
+      }
+      std::vector<double> inv(static_cast<size_t>(hd / 2));
+      for (int64_t i = 0; i < hd / 2; ++i) inv[size_t(i)] = std::pow(500000.0, -2.0 * double(i) / double(hd));
+      const Tensor Wq = gpu_->upload_weight(wq.host), Wk = gpu_->upload_weight(wk.host), Wv = gpu_->upload_weight(wv.host);
+      auto run = [&](bool fused) {
+        KvLayer kv;
+        kv.k = gpu_->alloc(DType::BF16, {blocks, bs, KV, hd});
+        kv.v = gpu_->alloc(DType::BF16, {blocks, bs, KV, hd});
+        gpu_->fill_zero(kv.k);
+        gpu_->fill_zero(kv.v);
+        Tensor f = gpu_->alloc(DType::F64, {1, hd / 2});
+        gpu_->write(f, inv.data(), inv.size() * 8);
+        const Tensor xg = put(*gpu_, x, {n, d}), p = put_i32(*gpu_, pos), sl = put_i32(*gpu_, slots);
+        const Tensor q = gpu_->alloc(DType::BF16, {n, H * hd}), k = gpu_->alloc(DType::BF16, {n, KV * hd}),
+                     v = gpu_->alloc(DType::BF16, {n, KV * hd});
+        const Backend::LinearOut qkv[] = {{q, Wq, {}}, {k, Wk, {}}, {v, Wv, {}}};
+        if (fused) {
+          gpu_->qkv_rope_kv_write(xg, qkv, kv, sl, int(hd), p, f, Tensor{}, 0.9f);
+        } else {
+          gpu_->linears(xg, qkv, 3);
+          gpu_->rope_kv_write(q, k, v, kv, sl, int(hd), p, f, Tensor{}, 0.9f);
+        }
+        return std::vector<std::vector<float>>{get(*gpu_, q), get(*gpu_, kv.k), get(*gpu_, kv.v)};
+      };
+      const auto want = run(false), got = run(true);
+      const char* names[] = {"q", "k cache", "v cache"};
+      for (int t = 0; t < 3; ++t) {
+        size_t diff = 0;
+        for (size_t i = 0; i < want[size_t(t)].size(); ++i) diff += want[size_t(t)][i] != got[size_t(t)][i];
+        EXPECT_EQ(diff, 0u) << names[t] << ": head_dim " << hd << ", " << n << " rows";
+      }
+    }
+}
+
 // Runs sample_rows on `b` over a copy of `logits` ([rows.size(), vocab]).
 std::vector<int32_t> sample_on(Backend& b, const std::vector<float>& logits, int64_t vocab,
                                const std::vector<SampleRow>& rows, const std::vector<PenaltyEntry>& pen) {

@@ -125,6 +125,16 @@ class Backend {
     rope(k, head_dim, positions, inv_freq, rope_row, attention_factor);
     kv_write(kv, k, v, slot_mapping);
   }
+  // linears(x, qkv, 3) and then rope_kv_write(qkv[0].out, qkv[1].out, qkv[2].out, ...): the projections and the
+  // step after them, which a backend may run as one pass; then k and v may be stored only in the cache, not in
+  // qkv[1].out and qkv[2].out.
+  virtual void qkv_rope_kv_write(const Tensor& x, const LinearOut* qkv, const KvLayer& kv, const Tensor& slot_mapping,
+                                 int head_dim, const Tensor& positions, const Tensor& inv_freq, const Tensor& rope_row,
+                                 float attention_factor) {
+    linears(x, qkv, 3);
+    rope_kv_write(qkv[0].out, qkv[1].out, qkv[2].out, kv, slot_mapping, head_dim, positions, inv_freq, rope_row,
+                  attention_factor);
+  }
   // Causal GQA attention over the paged cache. q, out: [n, heads * head_dim]. sliding_window > 0 limits each
   // query to the last sliding_window keys (itself included).
   // q_sink ([n, heads * head_dim], the query rotated at its cache position) is used only for the sink entries

@@ -334,19 +334,24 @@ void Model::run_layers(Workspace& ws, int64_t n, const StepInputs& in, const Att
     if (l == 0) backend_.rmsnorm(h, residual, L.input_norm, c.rms_norm_eps);
     else backend_.add_rmsnorm(residual, h, mlp, L.input_norm, c.rms_norm_eps);
     const Backend::LinearOut qkv[] = {{q, L.q, L.q_bias}, {k, L.k, L.k_bias}, {v, L.v, L.v_bias}};
-    backend_.linears(h, qkv, 3);
-    if (c.qk_norm) {
-      backend_.rmsnorm(q, q, L.q_norm, c.rms_norm_eps);
-      backend_.rmsnorm(k, k, L.k_norm, c.rms_norm_eps);
-    }
     Tensor q_sink;
-    if (sinks) {
-      q_sink = rows(ws.q_sink);
-      backend_.gather_rows(q_sink, q, in.identity);  // a copy, before q is rotated
-      backend_.rope(q_sink, int(hd), in.sink_positions, in.inv_freq, in.rope_row, attention_factor_);
+    if (!c.qk_norm && !sinks) {  // nothing between the projections and RoPE: one call, which a backend may fuse
+      backend_.qkv_rope_kv_write(h, qkv, kv.layer(l), in.slots, int(hd), in.positions, in.inv_freq, in.rope_row,
+                                 attention_factor_);
+    } else {
+      backend_.linears(h, qkv, 3);
+      if (c.qk_norm) {
+        backend_.rmsnorm(q, q, L.q_norm, c.rms_norm_eps);
+        backend_.rmsnorm(k, k, L.k_norm, c.rms_norm_eps);
+      }
+      if (sinks) {
+        q_sink = rows(ws.q_sink);
+        backend_.gather_rows(q_sink, q, in.identity);  // a copy, before q is rotated
+        backend_.rope(q_sink, int(hd), in.sink_positions, in.inv_freq, in.rope_row, attention_factor_);
+      }
+      backend_.rope_kv_write(q, k, v, kv.layer(l), in.slots, int(hd), in.positions, in.inv_freq, in.rope_row,
+                             attention_factor_);
     }
-    backend_.rope_kv_write(q, k, v, kv.layer(l), in.slots, int(hd), in.positions, in.inv_freq, in.rope_row,
-                           attention_factor_);
     backend_.attention(attn, q, kv.layer(l), ab, int(H), scale, c.sliding_window, q_sink);
     backend_.linear(o, attn, L.o, L.o_bias);
     // Feed-forward block.

@@ -287,6 +287,31 @@ class CudaBackend final : public Backend {
                         inv_freq.ptr<double>(), rope_row.empty() ? nullptr : rope_row.ptr<int32_t>(),
                         attention_factor, slot_mapping.ptr<int32_t>(), kv.k.shape[0] * kv.k.shape[1]);
   }
+  void qkv_rope_kv_write(const Tensor& x, const LinearOut* qkv, const KvLayer& kv, const Tensor& slot_mapping,
+                         int head_dim, const Tensor& positions, const Tensor& inv_freq, const Tensor& rope_row,
+                         float attention_factor) override {
+    const Tensor &wq = qkv[0].w, &wk = qkv[1].w, &wv = qkv[2].w;
+    const int64_t in = wq.shape.rank == 2 ? wq.shape[1] : 0, n = positions.numel();
+    const int64_t kv_heads = kv.k.shape[2];
+    bool fused = !batch_invariant_ && rope_row.empty() && x.dtype == DType::BF16 && in > 0 && x.numel() == n * in &&
+                 head_dim > 0 && kv.k.dtype == DType::BF16 && kv.v.dtype == DType::BF16 && kv.k.shape[3] == head_dim &&
+                 inv_freq.dtype == DType::F64 && inv_freq.row_size() == head_dim / 2 && slot_mapping.numel() == n;
+    for (int i = 0; fused && i < 3; ++i)
+      fused = qkv[i].bias.empty() && qkv[i].w.dtype == DType::BF16 && qkv[i].w.shape.rank == 2 &&
+              qkv[i].w.shape[1] == in && qkv[i].out.dtype == DType::BF16 && qkv[i].out.numel() == n * qkv[i].w.shape[0];
+    fused = fused && wq.shape[0] % head_dim == 0 && wk.shape[0] == kv_heads * head_dim && wv.shape == wk.shape;
+    if (fused) {
+      cuda::QkvRope a;
+      a.wq = wq.data, a.wk = wk.data, a.wv = wv.data;
+      a.q = qkv[0].out.data, a.k_cache = kv.k.data, a.v_cache = kv.v.data;
+      a.H = int(wq.shape[0] / head_dim), a.KV = int(kv_heads), a.head_dim = head_dim;
+      a.positions = positions.ptr<int32_t>(), a.inv_freq = inv_freq.ptr<double>();
+      a.attention_factor = attention_factor;
+      a.slots = slot_mapping.ptr<int32_t>(), a.num_slots = kv.k.shape[0] * kv.k.shape[1];
+      if (cuda::qkv_rope(st_->stream, a, x.data, n, in)) return;
+    }
+    Backend::qkv_rope_kv_write(x, qkv, kv, slot_mapping, head_dim, positions, inv_freq, rope_row, attention_factor);
+  }
   void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch, int num_heads,
                  float scale, int sliding_window, const Tensor& q_sink) override {
     expect(q.dtype == DType::BF16 && q.numel() == int64_t(batch.num_tokens) * num_heads * kv.k.shape[3] &&

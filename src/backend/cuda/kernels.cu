@@ -287,6 +287,86 @@ __global__ void __launch_bounds__(256) swiglu_gemv_kernel(TO* out, const bf16* _
   }
 }
 
+// q, k and v = x · w^T for N (<= 8) rows with RoPE and the KV write in the epilogue: what gemv_kernel and then
+// rope_kv_write_kernel give, bit for bit, in one launch. Each warp computes one rotate-half pair of features
+// (i and i + head_dim/2 of one head; the same pair of v), so it can rotate them itself; q is stored rotated, and
+// k (rotated) and v go straight into the caches at the token's slot (none for slot < 0).
+template <int N>
+__global__ void __launch_bounds__(256) qkv_rope_kernel(QkvRope a, const bf16* __restrict__ x, int64_t k) {
+  constexpr int kUnroll = 4, kStep = 32 * 8;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, hd = a.head_dim, half = hd / 2;
+  const int64_t p = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  const int64_t q_pairs = int64_t(a.H) * half, kv_pairs = int64_t(a.KV) * half;
+  int which;  // 0 q, 1 k, 2 v
+  int64_t pair;
+  if (p < q_pairs) which = 0, pair = p;
+  else if (p < q_pairs + kv_pairs) which = 1, pair = p - q_pairs;
+  else if (p < q_pairs + 2 * kv_pairs) which = 2, pair = p - q_pairs - kv_pairs;
+  else return;
+  const int head = int(pair / half), i = int(pair % half);
+  const bf16* w = as_bf16(which == 0 ? a.wq : which == 1 ? a.wk : a.wv);
+  const bf16* r1 = w + (int64_t(head) * hd + i) * k;
+  const bf16* r2 = r1 + int64_t(half) * k;
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (int64_t(lane) * 8 + u * kStep < k) {
+      prefetch_l2(r1 + int64_t(lane) * 8 + u * kStep);
+      prefetch_l2(r2 + int64_t(lane) * 8 + u * kStep);
+    }
+  pdl_wait();
+  float a1[N], a2[N];
+#pragma unroll
+  for (int r = 0; r < N; ++r) a1[r] = a2[r] = 0.f;
+  int64_t j = int64_t(lane) * 8;
+  // Each sum adds its terms in the order gemv_kernel does (by j), so it is the same float.
+  for (; j + (kUnroll - 1) * kStep < k; j += kUnroll * kStep) {
+    uint4 v1[kUnroll], v2[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v1[u] = load_stream(r1 + j + u * kStep), v2[u] = load_stream(r2 + j + u * kStep);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < N; ++r) {
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j + u * kStep));
+        a1[r] += dot8(v1[u], xv);
+        a2[r] += dot8(v2[u], xv);
+      }
+  }
+  for (; j < k; j += kStep) {
+    const uint4 v1 = load_stream(r1 + j), v2 = load_stream(r2 + j);
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j));
+      a1[r] += dot8(v1, xv);
+      a2[r] += dot8(v2, xv);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < N; ++r) {
+    const float s1 = warp_sum(a1[r]), s2 = warp_sum(a2[r]);
+    if (lane != r) continue;  // lane r finishes row r
+    const bf16 y1 = __float2bfloat16(s1), y2 = __float2bfloat16(s2);  // as gemv_kernel stores them
+    const int64_t slot = a.slots[r];
+    const bool store = slot >= 0 && slot < a.num_slots;
+    const int64_t kv_off = slot * int64_t(a.KV) * hd + int64_t(head) * hd + i;
+    if (which == 2) {
+      if (store) static_cast<bf16*>(a.v_cache)[kv_off] = y1, static_cast<bf16*>(a.v_cache)[kv_off + half] = y2;
+      continue;
+    }
+    double sn, cs;
+    sincos(double(a.positions[r]) * a.inv_freq[i], &sn, &cs);
+    const float c = float(cs * a.attention_factor), s = float(sn * a.attention_factor);
+    const float x1 = __bfloat162float(y1), x2 = __bfloat162float(y2);
+    const bf16 z1 = __float2bfloat16(x1 * c - x2 * s), z2 = __float2bfloat16(x2 * c + x1 * s);
+    if (which == 0) {
+      bf16* q = static_cast<bf16*>(a.q) + int64_t(r) * a.H * hd + int64_t(head) * hd + i;
+      q[0] = z1, q[half] = z2;
+    } else if (store) {
+      static_cast<bf16*>(a.k_cache)[kv_off] = z1, static_cast<bf16*>(a.k_cache)[kv_off + half] = z2;
+    }
+  }
+}
+
 template <typename T>
 __global__ void silu_mul_kernel(T* out, const T* gate, const T* up, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
@@ -525,6 +605,18 @@ bool gemv(cudaStream_t st, const GemvGroup& g, DType out_t, const void* x, int64
     dispatch_rows(n, launch);
   });
   check_launch("gemv");
+  return true;
+}
+
+bool qkv_rope(cudaStream_t st, const QkvRope& a, const void* x, int64_t n, int64_t k) {
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(a.wq) |
+                         reinterpret_cast<uintptr_t>(a.wk) | reinterpret_cast<uintptr_t>(a.wv);
+  if (n < 1 || n > kGemvMaxRows || k % 8 != 0 || (addr & 15) || a.head_dim % 2 != 0 || a.head_dim < 2) return false;
+  const int64_t pairs = int64_t(a.H + 2 * a.KV) * (a.head_dim / 2);
+  const unsigned blocks = unsigned((pairs + 7) / 8);
+  auto launch = [&](auto r) { launch_pdl(qkv_rope_kernel<decltype(r)::value>, blocks, 256, 0, st, a, as_bf16(x), k); };
+  dispatch_rows(n, launch);
+  check_launch("qkv_rope");
   return true;
 }
 

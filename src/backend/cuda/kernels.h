@@ -41,6 +41,21 @@ struct GemvGroup {
 // nothing) for shapes it does not take: more rows, k not a multiple of 8, pointers not 16-byte aligned.
 constexpr int64_t kGemvMaxRows = 8;
 bool gemv(cudaStream_t st, const GemvGroup& g, DType out_t, const void* x, int64_t n, int64_t k);
+// q = x · wq^T, k = x · wk^T, v = x · wv^T (all bf16; wq [H * head_dim, k], wk and wv [KV * head_dim, k]) for
+// n <= kGemvMaxRows, then rope_kv_write's work (inv_freq row 0), in one launch: q is stored rotated, k (rotated)
+// and v only in the caches. False (nothing done) for shapes it does not take.
+struct QkvRope {
+  const void *wq = nullptr, *wk = nullptr, *wv = nullptr;
+  void* q = nullptr;                            // bf16 [n, H * head_dim]
+  void *k_cache = nullptr, *v_cache = nullptr;  // bf16 [num_slots, KV * head_dim]
+  int H = 0, KV = 0, head_dim = 0;
+  const int32_t* positions = nullptr;
+  const double* inv_freq = nullptr;
+  float attention_factor = 1.f;
+  const int32_t* slots = nullptr;
+  int64_t num_slots = 0;
+};
+bool qkv_rope(cudaStream_t st, const QkvRope& a, const void* x, int64_t n, int64_t k);
 // out[n, f] = silu(x · gate^T) * (x · up^T) (x, gate, up bf16; k inner) for n <= kGemvMaxRows, in one launch;
 // false (nothing done) for shapes gemv does not take either.
 bool swiglu_gemv(cudaStream_t st, void* out, DType out_t, const void* x, const void* gate, const void* up, int64_t n,
