@@ -274,6 +274,35 @@ TEST_P(EngineBasics, SessionsExpireAndAreBounded) {
   EXPECT_EQ(m.blocks_free, cfg.num_blocks);
 }
 
+// A model whose logits are all NaN: a sampled request ends with an error naming the cause (it is not sampled
+// from garbage, and the engine loop does not stop), and the engine goes on serving the next request.
+TEST(EngineErrors, NaNLogitsEndTheRequestNotTheEngine) {
+  const std::string dir = shared("fixtures/models/llama");
+  if (!std::filesystem::exists(dir)) GTEST_SKIP() << "missing: " << dir;
+  std::unique_ptr<Backend> backend;
+  RILL_TEST_BACKEND(backend, 0);
+  Checkpoint ck = read_checkpoint(dir);
+  Tensor& norm = ck.weights.tensors.at("model.norm.weight");
+  std::vector<float> nans(size_t(norm.numel()), NAN);
+  norm.data = nans.data();
+  norm.dtype = DType::F32;
+  Model model(ck, *backend);
+  EngineConfig cfg;
+  cfg.num_blocks = 32;
+  Engine engine(model, cfg);
+  Request r;
+  r.prompt = {1, 2, 3};
+  r.max_tokens = 4;
+  r.sampling.temperature = 0.8f;
+  Result got = drain(*engine.submit(r));
+  EXPECT_TRUE(got.tokens.empty());
+  EXPECT_EQ(got.end.finish, FinishReason::Error);
+  EXPECT_NE(got.end.error.find("NaN"), std::string::npos) << got.end.error;
+  r.sampling.temperature = 0;  // greedy takes the argmax of what there is: the engine still answers
+  got = drain(*engine.submit(r));
+  EXPECT_EQ(got.end.finish, FinishReason::Length);
+}
+
 TEST_P(EngineBasics, CancelFreesBlocks) {
   EngineConfig cfg;
   cfg.num_blocks = 64;
