@@ -100,10 +100,10 @@ std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
 int main(int argc, char** argv) {
   CLI::App app{"rill CUDA benchmarks on a Llama-3-8B-shaped model with random bf16 weights"};
   int layers = 32, repeats = 5;
-  std::string out, what = "bandwidth,gemm,decode1,batch64,prefill,attention,sampling";
+  std::string out, what = "bandwidth,gemm,gemv,decode1,batch64,prefill,attention,sampling";
   app.add_option("--layers", layers, "Transformer layers (32 for Llama-3-8B; fewer for a quick run)");
   app.add_option("--repeats", repeats, "Timed repeats per figure (median)");
-  app.add_option("--what", what, "Comma-separated: bandwidth,gemm,decode1,batch64,prefill,attention,sampling");
+  app.add_option("--what", what, "Comma-separated: bandwidth,gemm,gemv,decode1,batch64,prefill,attention,sampling");
   app.add_option("--out", out, "Write the figures as JSON here");
   CLI11_PARSE(app, argc, argv);
   auto want = [&](const char* k) { return ("," + what + ",").find("," + std::string(k) + ",") != std::string::npos; };
@@ -141,6 +141,53 @@ int main(int argc, char** argv) {
       gemm_rate = 2.0 * double(n) * double(n) * double(n) / t;
       j["cublaslt_bf16_TFLOPs_8192"] = gemm_rate / 1e12;
       std::printf("cuBLASLt bf16 GEMM 8192^3        %8.1f TFLOP/s\n", gemm_rate / 1e12);
+    }
+
+    if (want("gemv")) {
+      // The decode-time products alone (one row, one launch each), in weight bytes read per second: what a
+      // batch-1 step spends most of its time on. Each matrix is its own copy, so nothing is warm in L2.
+      nlohmann::ordered_json jg;
+      auto weights = [&](int64_t rows, int64_t cols) {
+        auto buf = random_bf16(size_t(rows * cols), 9, 0.02f);
+        return backend->upload_weight(host_view(buf, {rows, cols}));
+      };
+      auto row_of = [&](int64_t cols) {
+        auto buf = random_bf16(size_t(cols), 10, 1.f);
+        return backend->upload_weight(host_view(buf, {1, cols}));
+      };
+      auto report = [&](const char* name, double bytes, double t) {
+        jg[name] = {{"us", t * 1e6}, {"GBps", bytes / t / 1e9}};
+        std::printf("gemv %-22s %8.1f us   (%.0f GB/s)\n", name, t * 1e6, bytes / t / 1e9);
+      };
+      const rill::Tensor xd = row_of(d), xf = row_of(ffn);
+      {
+        const rill::Tensor wq = weights(heads * hd, d), wk = weights(kv_heads * hd, d), wv = weights(kv_heads * hd, d);
+        const rill::Tensor q = backend->alloc(rill::DType::BF16, {1, heads * hd}),
+                           k = backend->alloc(rill::DType::BF16, {1, kv_heads * hd}),
+                           v = backend->alloc(rill::DType::BF16, {1, kv_heads * hd});
+        const rill::Backend::LinearOut outs[] = {{q, wq, {}}, {k, wk, {}}, {v, wv, {}}};
+        report("qkv 6144x4096", 2.0 * double(wq.numel() + wk.numel() + wv.numel()),
+               time_events(stream, 5, 50, [&] { backend->linears(xd, outs, 3); }));
+        const rill::Tensor o = backend->alloc(rill::DType::BF16, {1, d});
+        report("o_proj 4096x4096", 2.0 * double(wq.numel()), time_events(stream, 5, 50, [&] {
+                 backend->linear(o, q, wq, {});
+               }));
+      }
+      {
+        const rill::Tensor gate = weights(ffn, d), up = weights(ffn, d), down = weights(d, ffn);
+        const rill::Tensor g = backend->alloc(rill::DType::BF16, {1, ffn}), u = backend->alloc(rill::DType::BF16, {1, ffn});
+        report("gate+up 2x14336x4096", 4.0 * double(gate.numel()),
+               time_events(stream, 5, 50, [&] { backend->swiglu(g, xd, gate, {}, up, {}, g, u); }));
+        const rill::Tensor o = backend->alloc(rill::DType::BF16, {1, d});
+        report("down 4096x14336", 2.0 * double(down.numel()),
+               time_events(stream, 5, 50, [&] { backend->linear(o, xf, down, {}); }));
+      }
+      {
+        const rill::Tensor head = weights(vocab, d), logits = backend->alloc(rill::DType::F32, {1, vocab});
+        report("lm_head 128256x4096", 2.0 * double(head.numel()),
+               time_events(stream, 5, 50, [&] { backend->linear(logits, xd, head, {}); }));
+      }
+      j["gemv"] = jg;
     }
 
     const bool need_model = want("decode1") || want("batch64") || want("prefill");
