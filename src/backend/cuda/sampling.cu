@@ -327,7 +327,11 @@ __device__ Cut select(const Src& src, const Weight& weight, const Target& target
   const u64 cross_above = sm.cross_above;
   const unsigned in_bin = sm.bin_count[cb < 0 ? 0 : cb], up_to_bin = sm.n_keep;
   __syncthreads();
-  if (cb < 0) return Cut{};  // nothing takes part
+  if (cb < 0) {  // nothing takes part
+    if (threadIdx.x == 0) sm.n_keep = kCand + 1;
+    __syncthreads();
+    return Cut{};
+  }
   auto in_cross_bin = [&](int i, float& x, int& id) { return src.get(i, x, id) && bin_of(x) == cb; };
   Cut cut;
   if (src_shared || in_bin > unsigned(kCand)) {
