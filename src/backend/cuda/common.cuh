@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 
 #include "core/dtype.h"
@@ -51,6 +52,34 @@ __device__ __forceinline__ void pdl_wait() {
 }
 // Starts the L2 fetch of a line of read-only data (a weight) that the kernel reads soon.
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
+
+// f(value, index) for each entry of an f32 row of n, split over the block's threads: 16-byte loads, four in
+// flight per thread, when the row allows it (then one SM reads a 128k-entry row without waiting on each load).
+template <class F>
+__device__ __forceinline__ void for_each_in_row(const float* row, int n, const F& f) {
+  const int step = int(blockDim.x);
+  if (n % 4 == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
+    const float4* row4 = reinterpret_cast<const float4*>(row);
+    const int n4 = n / 4;
+    int q = threadIdx.x;
+    for (; q + 3 * step < n4; q += 4 * step) {
+      float4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) v[u] = row4[q + u * step];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int j = (q + u * step) * 4;
+        f(v[u].x, j), f(v[u].y, j + 1), f(v[u].z, j + 2), f(v[u].w, j + 3);
+      }
+    }
+    for (; q < n4; q += step) {
+      const float4 v = row4[q];
+      f(v.x, q * 4), f(v.y, q * 4 + 1), f(v.z, q * 4 + 2), f(v.w, q * 4 + 3);
+    }
+  } else {
+    for (int i = threadIdx.x; i < n; i += step) f(row[i], i);
+  }
+}
 
 bool pdl_enabled();
 template <typename... KArgs, typename... Args>

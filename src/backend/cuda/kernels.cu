@@ -234,6 +234,49 @@ __global__ void __launch_bounds__(256) gemv_kernel(GemvGroup g, const bf16* __re
   }
 }
 
+// a1[r] = x[r, :] · w1 and a2[r] = x[r, :] · w2 for N rows (x [N, k]): one warp streams two weight rows
+// together, 4 + 4 loads of 16 bytes in flight per lane, after starting their first lines towards L2 and
+// waiting for the kernel before (pdl_wait). Each lane adds its terms in order of j, as gemv_kernel does, so
+// after warp_sum a sum is the same float gemv_kernel gives.
+template <int N>
+__device__ __forceinline__ void dot_two_rows(const bf16* w1, const bf16* w2, const bf16* __restrict__ x, int64_t k,
+                                             float (&a1)[N], float (&a2)[N]) {
+  constexpr int kUnroll = 4, kStep = 32 * 8;
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u)
+    if (int64_t(lane) * 8 + u * kStep < k) {
+      prefetch_l2(w1 + int64_t(lane) * 8 + u * kStep);
+      prefetch_l2(w2 + int64_t(lane) * 8 + u * kStep);
+    }
+  pdl_wait();
+#pragma unroll
+  for (int r = 0; r < N; ++r) a1[r] = a2[r] = 0.f;
+  int64_t j = int64_t(lane) * 8;
+  for (; j + (kUnroll - 1) * kStep < k; j += kUnroll * kStep) {
+    uint4 v1[kUnroll], v2[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v1[u] = load_stream(w1 + j + u * kStep), v2[u] = load_stream(w2 + j + u * kStep);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u)
+#pragma unroll
+      for (int r = 0; r < N; ++r) {
+        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j + u * kStep));
+        a1[r] += dot8(v1[u], xv);
+        a2[r] += dot8(v2[u], xv);
+      }
+  }
+  for (; j < k; j += kStep) {
+    const uint4 v1 = load_stream(w1 + j), v2 = load_stream(w2 + j);
+#pragma unroll
+    for (int r = 0; r < N; ++r) {
+      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j));
+      a1[r] += dot8(v1, xv);
+      a2[r] += dot8(v2, xv);
+    }
+  }
+}
+
 // out[r, o] = silu(x[r, :] · gate[o, :]) * (x[r, :] · up[o, :]) for N (<= 8) rows: the SwiGLU half of a decode
 // step's feed-forward in one pass. One warp per feature streams both weight rows (4 + 4 loads in flight per
 // lane), so neither product is stored before the activation.
@@ -241,45 +284,11 @@ template <int N, typename TO>
 __global__ void __launch_bounds__(256) swiglu_gemv_kernel(TO* out, const bf16* __restrict__ x,
                                                           const bf16* __restrict__ gate, const bf16* __restrict__ up,
                                                           int64_t o_count, int64_t k) {
-  constexpr int kUnroll = 4, kStep = 32 * 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t o = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
   if (o >= o_count) return;
-  const bf16* gr = gate + o * k;
-  const bf16* ur = up + o * k;
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u)
-    if (int64_t(lane) * 8 + u * kStep < k) {
-      prefetch_l2(gr + int64_t(lane) * 8 + u * kStep);
-      prefetch_l2(ur + int64_t(lane) * 8 + u * kStep);
-    }
-  pdl_wait();
   float ag[N], au[N];
-#pragma unroll
-  for (int r = 0; r < N; ++r) ag[r] = au[r] = 0.f;
-  int64_t j = int64_t(lane) * 8;
-  for (; j + (kUnroll - 1) * kStep < k; j += kUnroll * kStep) {
-    uint4 gv[kUnroll], uv[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) gv[u] = load_stream(gr + j + u * kStep), uv[u] = load_stream(ur + j + u * kStep);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-      for (int r = 0; r < N; ++r) {
-        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j + u * kStep));
-        ag[r] += dot8(gv[u], xv);
-        au[r] += dot8(uv[u], xv);
-      }
-  }
-  for (; j < k; j += kStep) {
-    const uint4 gv = load_stream(gr + j), uv = load_stream(ur + j);
-#pragma unroll
-    for (int r = 0; r < N; ++r) {
-      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j));
-      ag[r] += dot8(gv, xv);
-      au[r] += dot8(uv, xv);
-    }
-  }
+  dot_two_rows<N>(gate + o * k, up + o * k, x, k, ag, au);
 #pragma unroll
   for (int r = 0; r < N; ++r) {
     const float g = warp_sum(ag[r]), u = warp_sum(au[r]);
@@ -293,7 +302,6 @@ __global__ void __launch_bounds__(256) swiglu_gemv_kernel(TO* out, const bf16* _
 // k (rotated) and v go straight into the caches at the token's slot (none for slot < 0).
 template <int N>
 __global__ void __launch_bounds__(256) qkv_rope_kernel(QkvRope a, const bf16* __restrict__ x, int64_t k) {
-  constexpr int kUnroll = 4, kStep = 32 * 8;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, hd = a.head_dim, half = hd / 2;
   const int64_t p = int64_t(blockIdx.x) * (blockDim.x / 32) + warp;
   const int64_t q_pairs = int64_t(a.H) * half, kv_pairs = int64_t(a.KV) * half;
@@ -306,41 +314,8 @@ __global__ void __launch_bounds__(256) qkv_rope_kernel(QkvRope a, const bf16* __
   const int head = int(pair / half), i = int(pair % half);
   const bf16* w = as_bf16(which == 0 ? a.wq : which == 1 ? a.wk : a.wv);
   const bf16* r1 = w + (int64_t(head) * hd + i) * k;
-  const bf16* r2 = r1 + int64_t(half) * k;
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u)
-    if (int64_t(lane) * 8 + u * kStep < k) {
-      prefetch_l2(r1 + int64_t(lane) * 8 + u * kStep);
-      prefetch_l2(r2 + int64_t(lane) * 8 + u * kStep);
-    }
-  pdl_wait();
   float a1[N], a2[N];
-#pragma unroll
-  for (int r = 0; r < N; ++r) a1[r] = a2[r] = 0.f;
-  int64_t j = int64_t(lane) * 8;
-  // Each sum adds its terms in the order gemv_kernel does (by j), so it is the same float.
-  for (; j + (kUnroll - 1) * kStep < k; j += kUnroll * kStep) {
-    uint4 v1[kUnroll], v2[kUnroll];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) v1[u] = load_stream(r1 + j + u * kStep), v2[u] = load_stream(r2 + j + u * kStep);
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u)
-#pragma unroll
-      for (int r = 0; r < N; ++r) {
-        const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j + u * kStep));
-        a1[r] += dot8(v1[u], xv);
-        a2[r] += dot8(v2[u], xv);
-      }
-  }
-  for (; j < k; j += kStep) {
-    const uint4 v1 = load_stream(r1 + j), v2 = load_stream(r2 + j);
-#pragma unroll
-    for (int r = 0; r < N; ++r) {
-      const uint4 xv = __ldg(reinterpret_cast<const uint4*>(x + r * k + j));
-      a1[r] += dot8(v1, xv);
-      a2[r] += dot8(v2, xv);
-    }
-  }
+  dot_two_rows<N>(r1, r1 + int64_t(half) * k, x, k, a1, a2);
 #pragma unroll
   for (int r = 0; r < N; ++r) {
     const float s1 = warp_sum(a1[r]), s2 = warp_sum(a2[r]);
@@ -442,34 +417,9 @@ __global__ void argmax_kernel(int32_t* out, const float* logits, int64_t vocab) 
   const float* row = logits + blockIdx.x * vocab;
   float bv = -INFINITY;
   int bi = 0x7fffffff;
-  auto take = [&](float v, int64_t j) {
-    if (v > bv) {
-      bv = v;
-      bi = int(j);
-    }
-  };
-  if (vocab % 4 == 0) {
-    // 16-byte loads, four in flight per thread: one SM reads a 128k-entry row without waiting on each load.
-    const float4* row4 = reinterpret_cast<const float4*>(row);
-    const int64_t n4 = vocab / 4, step = blockDim.x;
-    int64_t q = threadIdx.x;
-    for (; q + 3 * step < n4; q += 4 * step) {
-      float4 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) v[u] = row4[q + u * step];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int64_t j = (q + u * step) * 4;
-        take(v[u].x, j), take(v[u].y, j + 1), take(v[u].z, j + 2), take(v[u].w, j + 3);
-      }
-    }
-    for (; q < n4; q += step) {
-      const float4 v = row4[q];
-      take(v.x, q * 4), take(v.y, q * 4 + 1), take(v.z, q * 4 + 2), take(v.w, q * 4 + 3);
-    }
-  } else {
-    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) take(row[j], j);
-  }
+  for_each_in_row(row, int(vocab), [&](float v, int j) {
+    if (v > bv) bv = v, bi = j;
+  });
   for (int o = 16; o > 0; o >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
     const int oi = __shfl_xor_sync(0xffffffffu, bi, o);

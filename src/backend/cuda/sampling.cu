@@ -198,33 +198,6 @@ __device__ Cut exact_cut(int n, const Tok& tok, const Weight& weight, u64 above0
   return cut;
 }
 
-// f(logit, id) for each entry of a row, split over the block's threads: 16-byte loads, four in flight per thread,
-// when the row allows it (one SM then reads a 128k-entry row without waiting on each load).
-template <class F>
-__device__ __forceinline__ void visit_logits(const float* row, int V, const F& f) {
-  if (V % 4 == 0 && (reinterpret_cast<uintptr_t>(row) & 15) == 0) {
-    const float4* row4 = reinterpret_cast<const float4*>(row);
-    const int n4 = V / 4;
-    int q = threadIdx.x;
-    for (; q + 3 * kThreads < n4; q += 4 * kThreads) {
-      float4 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) v[u] = row4[q + u * kThreads];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int j = (q + u * kThreads) * 4;
-        f(v[u].x, j), f(v[u].y, j + 1), f(v[u].z, j + 2), f(v[u].w, j + 3);
-      }
-    }
-    for (; q < n4; q += kThreads) {
-      const float4 v = row4[q];
-      f(v.x, q * 4), f(v.y, q * 4 + 1), f(v.z, q * 4 + 2), f(v.w, q * 4 + 3);
-    }
-  } else {
-    for (int i = threadIdx.x; i < V; i += kThreads) f(row[i], i);
-  }
-}
-
 // The tokens a step looks at: x = logit / temperature and id, for those `extra` admits. get() reads token i of
 // n; visit() calls f(x, id) for each, split over the block's threads.
 template <class Extra>
@@ -240,7 +213,7 @@ struct RowTokens {  // the whole row, in global memory
   }
   template <class F>
   __device__ void visit(const F& f) const {
-    visit_logits(row, n, [&](float l, int i) {
+    for_each_in_row(row, n, [&](float l, int i) {
       const float x = l / temp;
       if (!isnan(x) && extra(x, i)) f(x, i);
     });
@@ -412,7 +385,7 @@ __global__ void __launch_bounds__(kThreads)
   float best = -INFINITY;
   int best_i = INT_MAX;
   u64 valid = 0;
-  visit_logits(row, V, [&](float l, int i) {
+  for_each_in_row(row, V, [&](float l, int i) {
     const float x = greedy ? l : l / p.temperature;
     if (isnan(x)) return;
     ++valid;
