@@ -86,6 +86,24 @@ struct HostWeight {
   }
 };
 
+// A bf16 KV cache layer [blocks, bs, kv_heads, hd] of zeros on `b`.
+KvLayer zeroed_kv(Backend& b, int64_t blocks, int64_t bs, int64_t kv_heads, int64_t hd) {
+  KvLayer kv;
+  kv.k = b.alloc(DType::BF16, {blocks, bs, kv_heads, hd});
+  kv.v = b.alloc(DType::BF16, {blocks, bs, kv_heads, hd});
+  b.fill_zero(kv.k);
+  b.fill_zero(kv.v);
+  return kv;
+}
+// RoPE inverse frequencies theta^(-2i/hd) as the f64 [1, hd/2] tensor rope() takes.
+Tensor rope_frequencies(Backend& b, int64_t hd, double theta) {
+  std::vector<double> inv(static_cast<size_t>(hd / 2));
+  for (int64_t i = 0; i < hd / 2; ++i) inv[size_t(i)] = std::pow(theta, -2.0 * double(i) / double(hd));
+  Tensor f = b.alloc(DType::F64, {1, hd / 2});
+  b.write(f, inv.data(), inv.size() * 8);
+  return f;
+}
+
 class CudaOps : public testing::Test {
  protected:
   void SetUp() override {
@@ -308,17 +326,10 @@ TEST_F(CudaOps, QkvRopeKvWriteEqualsItsParts) {
         pos.push_back(int32_t(i * 7919 % 100003));
         slots.push_back(i == 1 ? -1 : int32_t((i * 5) % (blocks * bs)));
       }
-      std::vector<double> inv(static_cast<size_t>(hd / 2));
-      for (int64_t i = 0; i < hd / 2; ++i) inv[size_t(i)] = std::pow(500000.0, -2.0 * double(i) / double(hd));
       const Tensor Wq = gpu_->upload_weight(wq.host), Wk = gpu_->upload_weight(wk.host), Wv = gpu_->upload_weight(wv.host);
       auto run = [&](bool fused) {
-        KvLayer kv;
-        kv.k = gpu_->alloc(DType::BF16, {blocks, bs, KV, hd});
-        kv.v = gpu_->alloc(DType::BF16, {blocks, bs, KV, hd});
-        gpu_->fill_zero(kv.k);
-        gpu_->fill_zero(kv.v);
-        Tensor f = gpu_->alloc(DType::F64, {1, hd / 2});
-        gpu_->write(f, inv.data(), inv.size() * 8);
+        const KvLayer kv = zeroed_kv(*gpu_, blocks, bs, KV, hd);
+        const Tensor f = rope_frequencies(*gpu_, hd, 500000.0);
         const Tensor xg = put(*gpu_, x, {n, d}), p = put_i32(*gpu_, pos), sl = put_i32(*gpu_, slots);
         const Tensor q = gpu_->alloc(DType::BF16, {n, H * hd}), k = gpu_->alloc(DType::BF16, {n, KV * hd}),
                      v = gpu_->alloc(DType::BF16, {n, KV * hd});
@@ -439,16 +450,9 @@ TEST_F(CudaOps, RopeKvWriteEqualsItsParts) {
   const auto q = random_bf16(size_t(n * H * hd), 13), k = random_bf16(size_t(n * KV * hd), 14);
   const auto v = random_bf16(size_t(n * KV * hd), 15);
   const std::vector<int32_t> pos = {0, 7, 123456, 3, 2000000}, slots = {4, -1, 15, 0, 9};
-  std::vector<double> inv(static_cast<size_t>(hd / 2));
-  for (int64_t i = 0; i < hd / 2; ++i) inv[size_t(i)] = std::pow(10000.0, -2.0 * double(i) / double(hd));
   auto run = [&](bool fused) {
-    KvLayer kv;
-    kv.k = gpu_->alloc(DType::BF16, {blocks, bs, KV, hd});
-    kv.v = gpu_->alloc(DType::BF16, {blocks, bs, KV, hd});
-    gpu_->fill_zero(kv.k);
-    gpu_->fill_zero(kv.v);
-    Tensor f = gpu_->alloc(DType::F64, {1, hd / 2});
-    gpu_->write(f, inv.data(), inv.size() * 8);
+    const KvLayer kv = zeroed_kv(*gpu_, blocks, bs, KV, hd);
+    const Tensor f = rope_frequencies(*gpu_, hd, 10000.0);
     Tensor qg = put(*gpu_, q, {n, H * hd}), kg = put(*gpu_, k, {n, KV * hd}), vg = put(*gpu_, v, {n, KV * hd});
     const Tensor p = put_i32(*gpu_, pos), sl = put_i32(*gpu_, slots);
     if (fused) {
