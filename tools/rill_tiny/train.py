@@ -68,6 +68,14 @@ def train_tokenizer(texts, vocab_size, out_dir):
     return tok
 
 
+def load_tokenizer(src_dir, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        with open(f"{src_dir}/{f}", "rb") as src, open(f"{out_dir}/{f}", "wb") as dst:
+            dst.write(src.read())
+    return Tokenizer.from_file(f"{out_dir}/tokenizer.json")
+
+
 def write_tokenizer_reference(tok_dir, val_texts, path):
     """What transformers makes of the exported tokenizer: ids with and without special tokens, decodes, and
     chat-template renderings, for rill's tests."""
@@ -129,6 +137,30 @@ def evaluate(model, windows, batch=32):
     return total / count
 
 
+@torch.no_grad()
+def first_token_attention(model, windows, tok):
+    """tools/rill_tiny/sink_probe.py's per-layer attention on position 0, on windows that start with <|bos|>."""
+    from sink_probe import probe
+    bos = torch.full_like(windows[:, :1], tok.token_to_id("<|bos|>"))
+    was = model.config._attn_implementation
+    model.config._attn_implementation = "eager"  # the only one that returns attention weights
+    model.eval()
+    try:
+        return probe(model, torch.cat([bos, windows[:, :-1]], dim=1))
+    finally:
+        model.config._attn_implementation = was
+        model.train()
+
+
+def batch_at(data, offsets, arange, bos):
+    """One step's [batch, CONTEXT + 1] windows: crops of the token stream, or with --bos-first, <|bos|> and then a
+    crop of CONTEXT tokens (so position 0 is always the same token, as when every document starts a window)."""
+    if bos is None:
+        return data[offsets[:, None] + arange]
+    x = data[offsets[:, None] + arange[:-1]]
+    return torch.cat([torch.full_like(x[:, :1], bos), x], dim=1)
+
+
 def train(name, train_ids, val_windows, tok, args, out_dir):
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -138,19 +170,31 @@ def train(name, train_ids, val_windows, tok, args, out_dir):
     log(f"{name}: {params / 1e6:.2f}M parameters")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    peak = SHAPES[name][5]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+    peak = args.peak_lr or SHAPES[name][5]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}],
                             lr=peak, betas=(0.9, 0.95), eps=1e-8, fused=True)
     data = torch.from_numpy(train_ids).cuda()
     offsets_all = rng.integers(0, len(train_ids) - CONTEXT - 1, size=(args.steps, args.batch))
     arange = torch.arange(CONTEXT + 1, device="cuda")
+    bos = tok.token_to_id("<|bos|>") if args.bos_first else None
+    steps = args.steps
     curve = []
     t0 = time.time()
     model.train()
-    for step in range(args.steps):
+    step = 0
+    while step < steps:
+        if args.time_budget and step == 20:
+            t20 = time.time()
+        if args.time_budget and step == 220:
+            # The whole cosine schedule fits the budget: steps from the speed of steps 20..220 (the first ones
+            # are slower while kernels are chosen).
+            left = args.time_budget - (time.time() - t0)
+            steps = max(step + 1, min(args.steps, step + int(left * 200 / (time.time() - t20))))
+            log(f"{name}: {steps} steps fit {args.time_budget:.0f} s")
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, args.steps, peak)
-        x = data[torch.from_numpy(offsets_all[step]).cuda()[:, None] + arange]
+            g["lr"] = lr_at(step, steps, peak)
+        x = batch_at(data, torch.from_numpy(offsets_all[step]).cuda(), arange, bos)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(input_ids=x[:, :-1]).logits
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
@@ -158,16 +202,19 @@ def train(name, train_ids, val_windows, tok, args, out_dir):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 100 == 0 or step == args.steps - 1:
+        if step % 100 == 0 or step == steps - 1:
             entry = {"step": step, "train_loss": round(loss.item(), 4), "seconds": round(time.time() - t0, 1)}
-            if step % 500 == 0 or step == args.steps - 1:
+            if step % 500 == 0 or step == steps - 1:
                 model.eval()
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     entry["val_loss"] = round(evaluate(model, val_windows[:64]), 4)
                 model.train()
+            if args.probe_every and step % args.probe_every == 0:
+                entry["first_token_attention"] = first_token_attention(model, val_windows[:8, 1:] if bos is not None else val_windows[:8, :-1], tok)
             curve.append(entry)
             tokens = (step + 1) * args.batch * CONTEXT
             log(f"{name} step {step}: {entry} ({tokens / (time.time() - t0) / 1e3:.0f}k tokens/s)")
+        step += 1
     seconds = time.time() - t0
     model.eval()
     model.to(torch.bfloat16)
@@ -177,8 +224,9 @@ def train(name, train_ids, val_windows, tok, args, out_dir):
     for f in ("tokenizer.json", "tokenizer_config.json"):
         with open(f"{tok_dir}/{f}", "rb") as src, open(f"{out_dir}/{f}", "wb") as dst:
             dst.write(src.read())
-    return {"parameters": params, "steps": args.steps, "batch": args.batch, "context": CONTEXT,
-            "tokens_seen": args.steps * args.batch * CONTEXT, "peak_lr": peak, "train_seconds": round(seconds, 1),
+    return {"parameters": params, "steps": steps, "batch": args.batch, "context": CONTEXT,
+            "tokens_seen": steps * args.batch * CONTEXT, "peak_lr": peak, "weight_decay": args.weight_decay,
+            "bos_first": args.bos_first, "train_seconds": round(seconds, 1),
             "curve": curve}
 
 
@@ -196,13 +244,24 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--models", default="rill-tiny,rill-tiny-draft")
+    ap.add_argument("--tokenizer", help="reuse this folder's tokenizer.json and tokenizer_config.json instead of "
+                    "training one (to retrain one model so that it still shares the other's tokenizer)")
+    ap.add_argument("--bos-first", action="store_true", help="start every training window with <|bos|>")
+    ap.add_argument("--peak-lr", type=float, help="peak learning rate (default: per model, see SHAPES)")
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--probe-every", type=int, default=0, help="log the first-token attention every N steps")
+    ap.add_argument("--time-budget", type=float, help="seconds of training: fewer steps than --steps if needed, "
+                    "with the learning-rate schedule fitted to them")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
     t0 = time.time()
     train_texts, val_texts = read_corpus(args.corpus)
-    tok = train_tokenizer(train_texts, args.vocab, f"{args.out}/tokenizer")
+    if args.tokenizer:
+        tok = load_tokenizer(args.tokenizer, f"{args.out}/tokenizer")
+    else:
+        tok = train_tokenizer(train_texts, args.vocab, f"{args.out}/tokenizer")
     train_ids, val_ids = encode_stream(tok, train_texts), encode_stream(tok, val_texts)
     corpus_bytes = sum(len(t.encode()) for t in train_texts)
     log(f"tokenizer: vocab {tok.get_vocab_size()}, train {len(train_ids)} tokens ({corpus_bytes / len(train_ids):.2f} "
@@ -210,6 +269,9 @@ def main():
     write_tokenizer_reference(f"{args.out}/tokenizer", val_texts, f"{args.out}/tokenizer-reference.json")
     n_val = min(256, (len(val_ids) - 1) // (CONTEXT + 1))
     val_windows = torch.from_numpy(val_ids[:n_val * (CONTEXT + 1)].reshape(n_val, CONTEXT + 1)).cuda()
+    if args.bos_first:  # validate as trained: <|bos|> then CONTEXT tokens
+        val_windows = batch_at(val_windows.reshape(-1), torch.arange(n_val, device="cuda") * (CONTEXT + 1),
+                               torch.arange(CONTEXT + 1, device="cuda"), tok.token_to_id("<|bos|>"))
     report = {"tokenizer": {"vocab": tok.get_vocab_size(), "train_tokens": int(len(train_ids)),
                             "val_tokens": int(len(val_ids)), "train_bytes": corpus_bytes,
                             "bytes_per_token": round(corpus_bytes / len(train_ids), 3)},
