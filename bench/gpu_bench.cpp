@@ -282,6 +282,7 @@ int main(int argc, char** argv) {
       ec.max_waiting = 4 * batch;
       rill::Engine engine(*model, ec);
       bool sampled = false;
+      int logprobs = -1;
       auto run = [&](int new_tokens, uint32_t seed, double* first_all) {
         std::vector<std::shared_ptr<rill::RequestStream>> streams;
         const auto t0 = Clock::now();
@@ -295,6 +296,7 @@ int main(int argc, char** argv) {
           r.sampling.top_k = sampled ? 50 : 0;
           r.sampling.seed = i;
           r.sampling.has_seed = true;
+          r.logprobs = logprobs;
           streams.push_back(engine.submit(r));
         }
         Clock::time_point last_first = t0;
@@ -329,6 +331,11 @@ int main(int argc, char** argv) {
       for (int r = 0; r < std::max(1, repeats / 2); ++r)  // new prompts: the greedy runs' are in the prefix cache
         sampled_totals.push_back(run(gen, uint32_t(100000 + 100 * r), nullptr));
       const double tps_sampled = double(batch) * gen / median(sampled_totals);
+      logprobs = 5;  // and with the log-probabilities of each token and its top 5 alternatives
+      std::vector<double> logprob_totals;
+      for (int r = 0; r < std::max(1, repeats / 2); ++r)
+        logprob_totals.push_back(run(gen, uint32_t(200000 + 100 * r), nullptr));
+      const double tps_logprobs = double(batch) * gen / median(logprob_totals);
       // One decode step reads every weight once and each sequence's KV (~prompt + gen/2 tokens).
       const double step_bytes = weight_bytes + kv_bytes_per_token * batch * (prompt + gen / 2);
       const double limit = bw / step_bytes * batch;
@@ -336,10 +343,12 @@ int main(int argc, char** argv) {
       j["batch64"] = {{"batch", batch}, {"prompt", prompt}, {"new_tokens", gen}, {"seconds", t},
                       {"output_tokens_per_s", tps}, {"decode_phase_tokens_per_s", dr},
                       {"bandwidth_limit_decode_tokens_per_s", limit}, {"decode_fraction_of_limit", dr / limit},
-                      {"sampled_output_tokens_per_s", tps_sampled}};
+                      {"sampled_output_tokens_per_s", tps_sampled},
+                      {"sampled_logprobs5_output_tokens_per_s", tps_logprobs}};
       std::printf("batch 64 x (128 + 128)           %8.0f tok/s  (%.2f s; decode phase %.0f tok/s, %.1f%% of %.0f)\n",
                   tps, t, dr, 100.0 * dr / limit, limit);
       std::printf("  sampled (T 0.8, top-k 50, top-p 0.95) %6.0f tok/s\n", tps_sampled);
+      std::printf("  sampled, logprobs 5                   %6.0f tok/s\n", tps_logprobs);
     }
 
     if (want("prefill")) {

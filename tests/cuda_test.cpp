@@ -443,6 +443,50 @@ TEST_F(CudaOps, SampleRowsMatchTheHostSampler) {
   }
 }
 
+// The device's log-probabilities are the host's: the same ids in the same order (ties by id, NaN never
+// listed, -1 past the listable tokens) and the same values within f32 rounding of the log-sum-exp.
+TEST_F(CudaOps, TopLogprobsMatchTheHost) {
+  for (int64_t vocab : {int64_t(3), int64_t(1000), int64_t(128256)}) {
+    const int m = 7, k = kMaxTopLogprobs;
+    std::mt19937 rng{uint32_t(vocab) + 1};
+    std::vector<float> logits;
+    std::vector<int32_t> ids;
+    for (int row = 0; row < m; ++row) {
+      std::normal_distribution<float> nd(0.f, 3.f);
+      for (int64_t i = 0; i < vocab; ++i) {
+        float x = nd(rng);
+        if (row % 3 == 1) x = std::round(x);  // ties
+        if (row % 3 == 2 && i % 31 == 4) x = i % 2 ? NAN : -INFINITY;
+        if (row == m - 1) x = 2.f;  // all tied
+        logits.push_back(x);
+      }
+      ids.push_back(row == 3 ? -1 : int32_t((row * 7919) % vocab));
+    }
+    const Tensor l = put(*gpu_, logits, {m, vocab}, DType::F32), t = gpu_->alloc(DType::I32, {m});
+    gpu_->write(t, ids.data(), ids.size() * 4);
+    const Tensor out = gpu_->alloc(DType::F32, {m, 1 + 2 * k});
+    gpu_->top_logprobs(out, l, t, k);
+    std::vector<float> got(size_t(m * (1 + 2 * k))), want(got.size());
+    gpu_->read(got.data(), out, got.size() * 4);
+    for (int i = 0; i < m; ++i)
+      top_logprobs_row(logits.data() + size_t(i) * size_t(vocab), int(vocab), ids[size_t(i)], k,
+                       want.data() + i * (1 + 2 * k));
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < 1 + 2 * k; ++j) {
+        const float g = got[size_t(i * (1 + 2 * k) + j)], w = want[size_t(i * (1 + 2 * k) + j)];
+        const std::string where = "vocab " + std::to_string(vocab) + ", row " + std::to_string(i) + ", entry " +
+                                  std::to_string(j);
+        if (std::isnan(w)) {
+          EXPECT_TRUE(std::isnan(g)) << where;
+        } else if (j % 2 == 1 || std::isinf(w)) {
+          EXPECT_EQ(g, w) << where << (j % 2 == 1 ? " (an id)" : "");
+        } else {
+          EXPECT_NEAR(g, w, 2e-6 * std::max(1.f, std::fabs(w))) << where;
+        }
+      }
+  }
+}
+
 // The fused RoPE + KV write gives, to the bit, what rope(q), rope(k) and kv_write give one after another, and
 // writes nothing for a negative slot.
 TEST_F(CudaOps, RopeKvWriteEqualsItsParts) {

@@ -156,6 +156,77 @@ TEST_P(EngineTest, PrefixReuseGivesSameTokens) {
   EXPECT_EQ(second.end.cached_tokens, 64);
 }
 
+// Requests asking for logprobs (computed on the device) get the tokens they get without, and the
+// log-probabilities of the model's own distribution at each step: the token's, and the top alternatives in
+// rank order, as a host log-softmax of the same position's logits gives them (penalised rows included: the
+// penalties change the pick, not the distribution reported).
+TEST_P(EngineTest, LogprobsComeWithTheTokens) {
+  auto reqs = mixed_requests(8, 5);
+  for (size_t i = 0; i < reqs.size(); ++i) reqs[i].logprobs = int(i % 3) * 3;  // 0, 3 or 6 alternatives
+  std::vector<std::vector<int32_t>> expected;
+  for (const auto& r : reqs) expected.push_back(alone(r));
+  std::vector<std::vector<Event>> got(reqs.size());
+  {  // the engine's thread uses the model: the references below run after it is gone
+    EngineConfig cfg;
+    cfg.num_blocks = 128;
+    cfg.max_batch_tokens = 32;
+    Engine engine(*model_, cfg);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (const auto& r : reqs) streams.push_back(engine.submit(r));
+    for (size_t i = 0; i < reqs.size(); ++i)
+      for (;;) {
+        auto e = streams[i]->next(60.0);
+        ASSERT_TRUE(e) << "stream stalled";
+        if (e->token < 0) break;
+        got[i].push_back(*e);
+      }
+  }
+  const int vocab = model_->config().vocab_size;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const Request& r = reqs[i];
+    const std::vector<Event>& events = got[i];
+    std::vector<int32_t> tokens;
+    for (const Event& e : events) tokens.push_back(e.token);
+    ASSERT_EQ(tokens, expected[i]) << "request " << i << ": logprobs changed the tokens";
+    // The reference: every position's logits from one prefill of prompt + output.
+    std::vector<int32_t> seq = r.prompt;
+    seq.insert(seq.end(), tokens.begin(), tokens.end() - 1);
+    KvCache kv(*backend_, model_->config(), 64, 16);
+    GenerateOptions opt;
+    opt.max_new_tokens = 0;
+    opt.keep_prompt_logits = true;
+    const auto logits = generate(*model_, kv, seq, opt).prompt_logits;
+    for (size_t j = 0; j < events.size(); ++j) {
+      SCOPED_TRACE("request " + std::to_string(i) + ", token " + std::to_string(j));
+      const float* row = logits.data() + (r.prompt.size() - 1 + j) * size_t(vocab);
+      std::vector<float> want(size_t(1 + 2 * r.logprobs));
+      top_logprobs_row(row, vocab, events[j].token, r.logprobs, want.data());
+      float mx = 1.f;
+      for (int v = 0; v < vocab; ++v) mx = std::max(mx, std::fabs(row[v]));
+      const double tol = test_on_gpu() ? 0.1 * mx : 1e-3;  // bf16 on the GPU; else summation order
+      EXPECT_NEAR(events[j].logprob, want[0], tol);
+      EXPECT_LE(events[j].logprob, 1e-6);
+      ASSERT_EQ(events[j].top_logprobs.size(), size_t(r.logprobs));
+      for (int a = 0; a < r.logprobs; ++a) {
+        const auto [id, lp] = events[j].top_logprobs[size_t(a)];
+        if (a > 0) {
+          EXPECT_GE(events[j].top_logprobs[size_t(a - 1)].second, lp) << "alternatives in rank order";
+        }
+        if (id == events[j].token) {
+          EXPECT_EQ(lp, events[j].logprob);
+        }
+        EXPECT_NEAR(lp, want[size_t(2 + 2 * a)], tol);
+        if (!test_on_gpu()) {
+          EXPECT_EQ(id, int32_t(want[size_t(1 + 2 * a)]));  // bf16 may swap near-ties
+        }
+      }
+      if (r.sampling.temperature == 0 && r.logprobs > 0) {
+        EXPECT_EQ(events[j].top_logprobs[0].first, events[j].token);
+      }
+    }
+  }
+}
+
 TEST_P(EngineTest, PreemptionLosesNothing) {
   EngineConfig cfg;
   cfg.num_blocks = 14;  // 224 token slots for ~12 requests of up to ~110 tokens

@@ -163,6 +163,82 @@ TEST(Sampler, EveryLogitNaNIsAnError) {
   EXPECT_THROW(s.sample(l.data(), 5), Error);
 }
 
+// top_logprobs_row against a plain computation: log-softmax in double, a full sort by (value, id).
+TEST(Sampler, TopLogprobsRowIsTheLogSoftmaxRanked) {
+  std::mt19937 rng{11};
+  for (int vocab : {1, 5, 300}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      std::vector<float> l(static_cast<size_t>(vocab));
+      for (int i = 0; i < vocab; ++i) {
+        l[size_t(i)] = std::normal_distribution<float>(0.f, 3.f)(rng);
+        if (variant == 1) l[size_t(i)] = std::round(l[size_t(i)]);  // ties: the lower id first
+        if (variant == 2 && i % 7 == 3) l[size_t(i)] = i % 2 ? NAN : -INFINITY;
+      }
+      std::vector<std::pair<int, double>> ref;
+      double mx = -INFINITY, sum = 0;
+      for (float x : l) if (!std::isnan(x)) mx = std::max(mx, double(x));
+      for (float x : l) if (!std::isnan(x)) sum += std::exp(double(x) - mx);
+      for (int i = 0; i < vocab; ++i)
+        if (!std::isnan(l[size_t(i)])) ref.push_back({i, double(l[size_t(i)]) - mx - std::log(sum)});
+      std::stable_sort(ref.begin(), ref.end(), [&](auto& a, auto& b) {
+        return l[size_t(a.first)] > l[size_t(b.first)];  // stable: ties stay in id order
+      });
+      for (int k : {0, 1, 3, kMaxTopLogprobs}) {
+        const int32_t token = vocab > 2 ? 2 : 0;
+        std::vector<float> out(size_t(1 + 2 * k));
+        top_logprobs_row(l.data(), vocab, token, k, out.data());
+        const float want0 = std::isnan(l[size_t(token)]) ? NAN : float(double(l[size_t(token)]) - mx - std::log(sum));
+        if (std::isnan(want0)) {
+          EXPECT_TRUE(std::isnan(out[0]));
+        } else {
+          EXPECT_NEAR(out[0], want0, 1e-5);
+        }
+        for (int j = 0; j < k; ++j) {
+          SCOPED_TRACE("vocab " + std::to_string(vocab) + ", variant " + std::to_string(variant) + ", k " +
+                       std::to_string(k) + ", entry " + std::to_string(j));
+          if (size_t(j) < ref.size()) {
+            EXPECT_EQ(int(out[size_t(1 + 2 * j)]), ref[size_t(j)].first);
+            EXPECT_NEAR(out[size_t(2 + 2 * j)], ref[size_t(j)].second, 1e-5);
+          } else {
+            EXPECT_EQ(out[size_t(1 + 2 * j)], -1.f);
+            EXPECT_EQ(out[size_t(2 + 2 * j)], -INFINITY);
+          }
+        }
+      }
+    }
+  }
+  float out[3];
+  top_logprobs_row(std::vector<float>{0.f, 0.f}.data(), 2, -1, 1, out);
+  EXPECT_TRUE(std::isnan(out[0])) << "no token: NaN";
+  EXPECT_EQ(out[1], 0.f);
+  EXPECT_NEAR(out[2], -std::log(2.f), 1e-7);
+}
+
+TEST(Sampler, BackendTopLogprobsEqualsTheRow) {
+  auto cpu = make_cpu_backend(1);
+  const int vocab = 50, m = 3, k = 4;
+  std::vector<float> logits(size_t(m * vocab));
+  std::mt19937 rng{3};
+  for (float& x : logits) x = std::normal_distribution<float>(0.f, 1.f)(rng);
+  const std::vector<int32_t> ids = {7, -1, 49};
+  Tensor l = cpu->alloc(DType::F32, {m, vocab}), t = cpu->alloc(DType::I32, {m}), out = cpu->alloc(DType::F32, {m, 1 + 2 * k});
+  cpu->write(l, logits.data(), logits.size() * 4);
+  cpu->write(t, ids.data(), ids.size() * 4);
+  cpu->top_logprobs(out, l, t, k);
+  std::vector<float> got(size_t(m * (1 + 2 * k))), want(got.size());
+  cpu->read(got.data(), out, got.size() * 4);
+  for (int i = 0; i < m; ++i) top_logprobs_row(logits.data() + i * vocab, vocab, ids[size_t(i)], k, want.data() + i * (1 + 2 * k));
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::isnan(want[i])) {
+      EXPECT_TRUE(std::isnan(got[i]));
+    } else {
+      EXPECT_EQ(got[i], want[i]) << i;
+    }
+  }
+  EXPECT_THROW(cpu->top_logprobs(cpu->alloc(DType::F32, {m, 1 + 2 * 21}), l, t, 21), Error) << "k > 20";
+  EXPECT_THROW(cpu->top_logprobs(out, l, t, 3), Error) << "out of the wrong size";
+}
+
 TEST(Sampler, RejectsOutOfRangeParameters) {
   for (auto mutate : std::vector<std::function<void(SamplingParams&)>>{
            [](SamplingParams& p) { p.temperature = -1; }, [](SamplingParams& p) { p.top_p = 0; },

@@ -173,6 +173,10 @@ class Backend {
   // place: penalties) under rows[i]: the whole sampler on the device, so only token ids come back. rows: U8,
   // m SampleRow structs as bytes; penalties: I32 [2 * entries], PenaltyEntry pairs (may be empty).
   virtual void sample_rows(const Tensor& ids, const Tensor& logits, const Tensor& rows, const Tensor& penalties) = 0;
+  // out row i = top_logprobs_row(logits row i, ids[i], k) (backend/sampling.h): the token's log-probability and
+  // the k most likely tokens, so that a request asking for logprobs reads back 1 + 2k floats, not the row.
+  // out: f32 [m, 1 + 2k]; logits: f32 [m, vocab] (not modified); ids: i32 [m]; 0 <= k <= kMaxTopLogprobs.
+  virtual void top_logprobs(const Tensor& out, const Tensor& logits, const Tensor& ids, int k) = 0;
 };
 
 // Creates the CPU backend (num_threads 0: all cores).

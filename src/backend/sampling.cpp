@@ -67,4 +67,28 @@ int32_t sample_row(float* logits, int vocab, const SampleRow& p, const PenaltyEn
   return cand[i].second;
 }
 
+void top_logprobs_row(const float* logits, int vocab, int32_t token, int k, float* out) {
+  float mx = -INFINITY;
+  for (int i = 0; i < vocab; ++i)
+    if (logits[i] > mx) mx = logits[i];
+  double sum = 0;
+  for (int i = 0; i < vocab; ++i)
+    if (!std::isnan(logits[i])) sum += std::exp(double(logits[i] - mx));
+  const float lse = mx + float(std::log(sum));
+  out[0] = token >= 0 && token < vocab ? logits[token] - lse : NAN;
+  std::vector<int32_t> idx;
+  idx.reserve(size_t(vocab));
+  for (int i = 0; i < vocab; ++i)
+    if (!std::isnan(logits[i])) idx.push_back(i);
+  const size_t n = std::min(idx.size(), size_t(std::max(k, 0)));
+  // Ranked by log-probability as stored (x - lse in f32, where two logits can meet), then by id.
+  auto lp = [&](int32_t i) { return logits[i] - lse; };
+  std::partial_sort(idx.begin(), idx.begin() + long(n), idx.end(),
+                    [&](int32_t a, int32_t b) { return lp(a) > lp(b) || (lp(a) == lp(b) && a < b); });
+  for (int j = 0; j < k; ++j) {
+    out[1 + 2 * j] = size_t(j) < n ? float(idx[size_t(j)]) : -1.f;
+    out[2 + 2 * j] = size_t(j) < n ? lp(idx[size_t(j)]) : -INFINITY;
+  }
+}
+
 }  // namespace rill

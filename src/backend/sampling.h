@@ -37,4 +37,14 @@ struct PenaltyEntry {
 // Applies the penalties to logits [vocab] in place and returns the token, or -1 when every logit is NaN.
 int32_t sample_row(float* logits, int vocab, const SampleRow& row, const PenaltyEntry* penalties);
 
+// The most log-probabilities any request may ask for (OpenAI's top_logprobs limit).
+constexpr int kMaxTopLogprobs = 20;
+
+// Log-probabilities under the model's distribution (the log-softmax of the raw logits, before penalties and
+// temperature), the rule of every backend's top_logprobs: lse = max + log(sum exp(double(x - max))) over the
+// non-NaN logits, and a token's log-probability is its logit minus lse (f32). out[0] is that of `token` (NaN
+// for token < 0), then k (id, log-probability) pairs, ids stored as floats, most likely first, ties by lower
+// id, NaN logits never listed (pairs past the last listable token are (-1, -inf)). out holds 1 + 2k floats.
+void top_logprobs_row(const float* logits, int vocab, int32_t token, int k, float* out);
+
 }  // namespace rill

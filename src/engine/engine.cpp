@@ -6,31 +6,6 @@
 
 namespace rill {
 
-namespace {
-
-std::vector<float> log_softmax(const float* x, size_t n) {
-  const float mx = *std::max_element(x, x + n);
-  double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += std::exp(double(x[i] - mx));
-  const float lse = mx + float(std::log(sum));
-  std::vector<float> out(x, x + n);
-  for (float& v : out) v -= lse;
-  return out;
-}
-
-std::vector<std::pair<int32_t, float>> top_k(const std::vector<float>& lp, int k) {
-  std::vector<int32_t> idx(lp.size());
-  for (size_t i = 0; i < idx.size(); ++i) idx[i] = int32_t(i);
-  k = std::min<int>(k, int(idx.size()));
-  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                    [&](int32_t a, int32_t b) { return lp[size_t(a)] > lp[size_t(b)] || (lp[size_t(a)] == lp[size_t(b)] && a < b); });
-  std::vector<std::pair<int32_t, float>> out;
-  for (int i = 0; i < k; ++i) out.emplace_back(idx[size_t(i)], lp[size_t(idx[size_t(i)])]);
-  return out;
-}
-
-}  // namespace
-
 Engine::Engine(Model& model, EngineConfig config)
     : model_(model),
       config_([&] {
@@ -66,7 +41,7 @@ std::shared_ptr<RequestStream> Engine::submit(Request r) {
     RILL_CHECK(t >= 0 && t < vocab, "prompt: token " + std::to_string(t) + " is outside the vocabulary (" +
                                         std::to_string(vocab) + " tokens)");
   RILL_CHECK(r.max_tokens >= 1, "max_tokens: must be at least 1");
-  RILL_CHECK(r.logprobs <= 20, "logprobs: at most 20 alternatives");
+  RILL_CHECK(r.logprobs <= kMaxTopLogprobs, "logprobs: at most " + std::to_string(kMaxTopLogprobs) + " alternatives");
   r.sampling.validate();
   if (r.kv_policy.rolling()) {
     r.kv_policy.validate(config_.block_size, config_.max_model_len);
@@ -259,7 +234,7 @@ SessionStatus Engine::append_session(uint64_t id, const std::vector<int32_t>& to
 
 std::shared_ptr<RequestStream> Engine::generate_session(uint64_t id, Request r) {
   RILL_CHECK(r.max_tokens >= 1, "max_tokens: must be at least 1");
-  RILL_CHECK(r.logprobs <= 20, "logprobs: at most 20 alternatives");
+  RILL_CHECK(r.logprobs <= kMaxTopLogprobs, "logprobs: at most " + std::to_string(kMaxTopLogprobs) + " alternatives");
   r.sampling.validate();
   return on_loop([&] {
     SessionSlot& sl = slot(id);
@@ -395,20 +370,19 @@ void Engine::step() {
                          c.start, index, s->blocks, config_.block_size, c.sample ? Logits::Last : Logits::None, view);
       if (c.sample) sampled.push_back(&c);
     }
-    // Tokens are picked on the device (the argmax when every row is plain greedy, else the whole sampler), so
-    // only their ids come back, unless a row asks for logprobs: those need the logits on the host.
-    bool on_device = !sampled.empty(), all_greedy = true;
-    for (const ScheduledChunk* c : sampled) {
-      on_device = on_device && c->seq->request.logprobs < 0;
-      all_greedy = all_greedy && c->seq->request.sampling.plain_greedy();
-    }
+    // Tokens are picked on the device (the argmax when every row is plain greedy, else the whole sampler), and
+    // so are the log-probabilities rows ask for: only ids and those come back.
+    bool all_greedy = true;
     DeviceSampling sampling;
-    if (on_device && !all_greedy)
+    for (const ScheduledChunk* c : sampled) {
+      all_greedy = all_greedy && c->seq->request.sampling.plain_greedy();
+      sampling.logprobs = std::max(sampling.logprobs, c->seq->request.logprobs);
+    }
+    if (!all_greedy)
       for (const ScheduledChunk* c : sampled) sampling.rows.push_back(c->seq->sampler.next_row(&sampling.penalties));
     std::vector<int32_t> picked;
-    model_.forward(batch, kv_, &logits_, on_device ? &picked : nullptr, all_greedy ? nullptr : &sampling);
+    model_.forward(batch, kv_, &logits_, &picked, all_greedy && sampling.logprobs < 0 ? nullptr : &sampling);
     ++counters_.steps;
-    const size_t vocab = size_t(model_.config().vocab_size);
     const auto& eos = model_.config().eos_token_ids;
     std::vector<Sequence*> done;
     std::vector<FinishReason> reasons;
@@ -422,17 +396,7 @@ void Engine::step() {
     }
     for (size_t k = 0; k < sampled.size(); ++k) {
       Sequence* s = sampled[k]->seq;
-      std::vector<float> logprobs;
-      int32_t tok;
-      if (on_device) {
-        tok = picked[k];
-      } else {
-        float* row = logits_.data() + k * vocab;
-        if (s->request.logprobs >= 0) logprobs = log_softmax(row, vocab);  // before the sampler edits the row
-        penalties_.clear();
-        const SampleRow r = s->sampler.next_row(&penalties_);
-        tok = sample_row(row, int(vocab), r, penalties_.data());
-      }
+      const int32_t tok = picked[k];
       if (tok < 0) {  // every logit NaN: this request ends, the others go on
         done.push_back(s);
         reasons.push_back(FinishReason::Error);
@@ -444,9 +408,11 @@ void Engine::step() {
       ++counters_.generated_tokens;
       Event e;
       e.token = tok;
-      if (!logprobs.empty()) {
-        e.logprob = logprobs[size_t(tok)];
-        e.top_logprobs = top_k(logprobs, s->request.logprobs);
+      if (s->request.logprobs >= 0) {
+        const float* lp = sampling.logprobs_out.data() + k * size_t(1 + 2 * sampling.logprobs);
+        e.logprob = lp[0];
+        for (int j = 0; j < s->request.logprobs && lp[1 + 2 * j] >= 0; ++j)
+          e.top_logprobs.emplace_back(int32_t(lp[1 + 2 * j]), lp[2 + 2 * j]);
       }
       s->stream->push(e);
       const bool is_eos = !s->request.ignore_eos &&

@@ -129,7 +129,6 @@ class Engine {
   EngineMetrics metrics_;                             // published by the loop, guarded by mu_
   EngineMetrics counters_;                            // the loop's own
   std::vector<float> logits_;
-  std::vector<PenaltyEntry> penalties_;
 };
 
 class EngineFull : public Error {

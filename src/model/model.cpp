@@ -214,26 +214,45 @@ Tensor Model::upload_i32(const std::vector<int32_t>& v) {
   return t.slice_rows(0, int64_t(v.size()));
 }
 
-void Model::pick(const Tensor& ids_dev, const Tensor& logits, const DeviceSampling* sampling) {
-  if (!sampling) {
-    backend_.argmax_rows(ids_dev, logits);
-    return;
-  }
+void Model::pick(const Tensor& ids_dev, const Tensor& logits, DeviceSampling* sampling, bool argmax_done) {
   const int64_t m = logits.rows();
-  RILL_CHECK(int64_t(sampling->rows.size()) == m, "forward: " + std::to_string(sampling->rows.size()) +
-                                                     " sampling rows for " + std::to_string(m) + " logits rows");
-  const Tensor rows = backend_.alloc(DType::U8, {m * int64_t(sizeof(SampleRow))});
-  backend_.write(rows, sampling->rows.data(), rows.nbytes());
-  Tensor pen;
-  if (!sampling->penalties.empty()) {
-    pen = backend_.alloc(DType::I32, {2 * int64_t(sampling->penalties.size())});
-    backend_.write(pen, sampling->penalties.data(), pen.nbytes());
+  const bool sample = sampling && !sampling->rows.empty();
+  const int k = sampling ? sampling->logprobs : -1;
+  if (!sample) {
+    if (!argmax_done) backend_.argmax_rows(ids_dev, logits);
+  } else {
+    RILL_CHECK(int64_t(sampling->rows.size()) == m, "forward: " + std::to_string(sampling->rows.size()) +
+                                                       " sampling rows for " + std::to_string(m) + " logits rows");
   }
-  backend_.sample_rows(ids_dev, logits, rows, pen);
+  // The log-probabilities are of the model's logits: when penalties will change the rows, of a copy.
+  Tensor lp_logits = logits;
+  if (k >= 0 && sample && !sampling->penalties.empty()) {
+    std::vector<int32_t> all(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; ++i) all[size_t(i)] = int32_t(i);
+    lp_logits = backend_.alloc(DType::F32, {m, logits.row_size()});
+    backend_.gather_rows(lp_logits, logits, upload_i32(all));
+  }
+  if (sample) {
+    const Tensor rows = backend_.alloc(DType::U8, {m * int64_t(sizeof(SampleRow))});
+    backend_.write(rows, sampling->rows.data(), rows.nbytes());
+    Tensor pen;
+    if (!sampling->penalties.empty()) {
+      pen = backend_.alloc(DType::I32, {2 * int64_t(sampling->penalties.size())});
+      backend_.write(pen, sampling->penalties.data(), pen.nbytes());
+    }
+    backend_.sample_rows(ids_dev, logits, rows, pen);
+  }
+  if (k >= 0) {
+    RILL_CHECK(k <= kMaxTopLogprobs, "forward: at most " + std::to_string(kMaxTopLogprobs) + " top logprobs");
+    const Tensor out = backend_.alloc(DType::F32, {m, 1 + 2 * int64_t(k)});
+    backend_.top_logprobs(out, lp_logits, ids_dev, k);
+    sampling->logprobs_out.resize(size_t(out.numel()));
+    backend_.read(sampling->logprobs_out.data(), out, out.nbytes());
+  }
 }
 
 void Model::forward(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* ids,
-                    const DeviceSampling* sampling) {
+                    DeviceSampling* sampling) {
   const ModelConfig& c = config_;
   const int64_t n = batch.num_tokens(), d = c.hidden_size, hd = c.head_dim;
   RILL_CHECK(n > 0, "forward: empty batch");
@@ -396,7 +415,7 @@ int pow2_at_least(int n, int lo) {
 // prompts, rolling KV (host-sized sink kernels), dynamic RoPE (per-step frequencies), MoE (routing read
 // back), and attention shapes whose kernel grid depends on the context length (the split kernel).
 bool Model::forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* ids,
-                          const DeviceSampling* sampling) {
+                          DeviceSampling* sampling) {
   const ModelConfig& c = config_;
   const int n = batch.num_tokens();
   if (graph_max_batch_ <= 0 || n > graph_max_batch_ || batch.num_seqs() != n || batch.any_rolling()) return false;
@@ -506,8 +525,8 @@ bool Model::forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* l
   }
 
   if (ids) {
-    // The graph took the argmax; other sampling runs after it, on the graph's logits.
-    if (sampling) pick(g.ids_out.slice_rows(0, n), g.logits.slice_rows(0, n), sampling);
+    // The graph took the argmax; other sampling (and log-probabilities) run after it, on the graph's logits.
+    if (sampling) pick(g.ids_out.slice_rows(0, n), g.logits.slice_rows(0, n), sampling, true);
     logits->clear();
     ids->resize(size_t(n));
     backend_.read(ids->data(), g.ids_out, size_t(n) * sizeof(int32_t));

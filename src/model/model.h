@@ -46,8 +46,13 @@ Checkpoint read_checkpoint(const std::string& path);
 
 // The sampling of one step's logits rows on the device (see Model::forward).
 struct DeviceSampling {
-  std::vector<SampleRow> rows;
+  std::vector<SampleRow> rows;  // empty: the argmax of every row
   std::vector<PenaltyEntry> penalties;
+  // >= 0: forward() also fills logprobs_out with Backend::top_logprobs of every row (the picked token's
+  // log-probability and this many top alternatives, 1 + 2 * logprobs floats a row) under the model's own
+  // distribution, computed before penalties change the row.
+  int logprobs = -1;
+  std::vector<float> logprobs_out;
 };
 
 class Model {
@@ -62,10 +67,11 @@ class Model {
 
   // Runs the batch; returns logits [batch.logit_rows.size(), vocab] row-major. With `ids` set, returns instead
   // one token id per such row, picked on the device: the argmax (ties to the lower id) without `sampling`,
-  // else what Backend::sample_rows picks under sampling->rows (one per row). Only the ids come back to the
-  // host, and `logits` is left empty.
+  // or with sampling->rows empty, else what Backend::sample_rows picks under sampling->rows (one per row), and
+  // log-probabilities when sampling->logprobs >= 0. Only those come back to the host, and `logits` is left
+  // empty.
   void forward(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* ids = nullptr,
-               const DeviceSampling* sampling = nullptr);
+               DeviceSampling* sampling = nullptr);
 
   // Decode steps of up to `max_batch` sequences replay recorded graphs on backends that can record them
   // (CUDA graphs), so that a step costs one launch instead of one per op. 0 turns that off. Default: 256,
@@ -86,9 +92,10 @@ class Model {
   std::shared_ptr<Workspace> make_workspace(int64_t n);
   void run_layers(Workspace& ws, int64_t n, const StepInputs& in, const AttentionBatch& ab, KvCache& kv);
   bool forward_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits, std::vector<int32_t>* ids,
-                     const DeviceSampling* sampling);
-  // Picks the ids of logits [m, vocab] on the device into ids_dev, as forward() says.
-  void pick(const Tensor& ids_dev, const Tensor& logits, const DeviceSampling* sampling);
+                     DeviceSampling* sampling);
+  // Picks the ids of logits [m, vocab] on the device into ids_dev, as forward() says (argmax_done: ids_dev
+  // already holds the argmax), and reads back the log-probabilities asked for.
+  void pick(const Tensor& ids_dev, const Tensor& logits, DeviceSampling* sampling, bool argmax_done = false);
   Tensor upload_i32(const std::vector<int32_t>& v);
 
   ModelConfig config_;

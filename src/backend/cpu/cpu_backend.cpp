@@ -364,4 +364,15 @@ void CpuBackend::sample_rows(const Tensor& ids, const Tensor& logits, const Tens
   }
 }
 
+void CpuBackend::top_logprobs(const Tensor& out, const Tensor& logits, const Tensor& ids, int k) {
+  const int64_t m = logits.rows(), vocab = logits.row_size();
+  expect(logits.dtype == DType::F32 && ids.dtype == DType::I32 && ids.numel() == m, "top_logprobs",
+         "logits must be f32 [rows, vocab] and ids i32 [rows]");
+  expect(k >= 0 && k <= kMaxTopLogprobs, "top_logprobs", "k must be in [0, " + std::to_string(kMaxTopLogprobs) + "]");
+  expect(out.dtype == DType::F32 && out.numel() == m * (1 + 2 * k), "top_logprobs", "out must be f32 [rows, 1 + 2k]");
+  for (int64_t i = 0; i < m; ++i)
+    top_logprobs_row(logits.ptr<float>() + i * vocab, int(vocab), ids.ptr<int32_t>()[i], k,
+                     out.ptr<float>() + i * (1 + 2 * k));
+}
+
 }  // namespace rill

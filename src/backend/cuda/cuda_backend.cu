@@ -396,6 +396,14 @@ class CudaBackend final : public Backend {
                       penalties.empty() ? nullptr : static_cast<const PenaltyEntry*>(penalties.data),
                       int64_t(penalties.nbytes() / sizeof(PenaltyEntry)));
   }
+  void top_logprobs(const Tensor& out, const Tensor& logits, const Tensor& ids, int k) override {
+    const int64_t m = logits.rows();
+    expect(logits.dtype == DType::F32 && ids.dtype == DType::I32 && ids.numel() == m, "top_logprobs",
+           "logits must be f32 [rows, vocab] and ids i32 [rows]");
+    expect(k >= 0 && k <= kMaxTopLogprobs, "top_logprobs", "k must be in [0, " + std::to_string(kMaxTopLogprobs) + "]");
+    expect(out.dtype == DType::F32 && out.numel() == m * (1 + 2 * k), "top_logprobs", "out must be f32 [rows, 1 + 2k]");
+    cuda::top_logprobs(st_->stream, out.ptr<float>(), logits.ptr<float>(), ids.ptr<int32_t>(), m, logits.row_size(), k);
+  }
   void gather_rows(const Tensor& out, const Tensor& x, const Tensor& rows) override {
     const int64_t m = rows.numel(), w = x.row_size();
     expect(out.numel() == m * w && out.dtype == x.dtype, "gather_rows", "output shape mismatch");

@@ -75,6 +75,9 @@ void argmax_rows(cudaStream_t st, int32_t* out, const float* logits, int64_t row
 // ids[i] = sample_row(logits row i, params[i], penalties) (backend/sampling.h); penalties applied in place.
 void sample_rows(cudaStream_t st, int32_t* ids, float* logits, int64_t rows, int64_t vocab, const SampleRow* params,
                  const PenaltyEntry* penalties, int64_t entries);
+// out row i = top_logprobs_row(logits row i, ids[i], k) (backend/sampling.h); out f32 [rows, 1 + 2k].
+void top_logprobs(cudaStream_t st, float* out, const float* logits, const int32_t* ids, int64_t rows, int64_t vocab,
+                  int k);
 
 struct AttentionArgs {
   const void* q = nullptr;       // [n, H * hd] bf16

@@ -451,7 +451,84 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) ids[blockIdx.x] = pick.id == INT_MAX ? -1 : pick.id;
 }
 
+
+// top_logprobs: one block per row. A pass gives the max, a second the log-sum-exp (f64 terms, as the host
+// adds them), then each of the k entries is one more pass over the row (in L2 by then), taking the best entry
+// ranked after the one before (log-probability descending, then id): no sort and no list of taken ids.
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
+  return a > b || (a == b && ia < ib);
+}
+
+// The block's best (v, i) by ranks_before, returned to every thread.
+__device__ void block_best(float& v, int& i, float* sv, int* si) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (ranks_before(ov, oi, v, i)) v = ov, i = oi;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // sv and si are free again
+  if (lane == 0) sv[warp] = v, si[warp] = i;
+  __syncthreads();
+  v = sv[0], i = si[0];
+  for (int w = 1; w < int(blockDim.x / 32); ++w)
+    if (ranks_before(sv[w], si[w], v, i)) v = sv[w], i = si[w];
+}
+
+__global__ void __launch_bounds__(kThreads) top_logprobs_kernel(float* out, const float* logits, const int32_t* ids,
+                                                                int V, int k) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  __shared__ double sd[32];
+  const float* row = logits + int64_t(blockIdx.x) * V;
+  float* o = out + int64_t(blockIdx.x) * (1 + 2 * k);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = int(blockDim.x / 32);
+  float mx = -INFINITY;
+  for_each_in_row(row, V, [&](float v, int) { mx = fmaxf(mx, v); });  // NaN never wins, as on the host
+  for (int d = 16; d > 0; d >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, d));
+  if (lane == 0) sv[warp] = mx;
+  __syncthreads();
+  for (int w = 0; w < warps; ++w) mx = fmaxf(mx, sv[w]);
+  double sum = 0;
+  for_each_in_row(row, V, [&](float v, int) {
+    if (!isnan(v)) sum += exp(double(v - mx));
+  });
+  for (int d = 16; d > 0; d >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, d);
+  if (lane == 0) sd[warp] = sum;
+  __syncthreads();
+  sum = 0;
+  for (int w = 0; w < warps; ++w) sum += sd[w];
+  const float lse = mx + float(log(sum));
+  if (threadIdx.x == 0) {
+    const int32_t t = ids[blockIdx.x];
+    o[0] = t >= 0 && t < V ? row[t] - lse : NAN;
+  }
+  float prev = INFINITY;
+  int prev_id = -1;
+  for (int j = 0; j < k; ++j) {
+    float bv = -INFINITY;
+    int bi = INT_MAX;
+    for_each_in_row(row, V, [&](float v, int id) {
+      const float lp = v - lse;
+      if (!isnan(v) && ranks_before(prev, prev_id, lp, id) && ranks_before(lp, id, bv, bi)) bv = lp, bi = id;
+    });
+    block_best(bv, bi, sv, si);
+    if (threadIdx.x == 0) {
+      o[1 + 2 * j] = bi == INT_MAX ? -1.f : float(bi);
+      o[2 + 2 * j] = bi == INT_MAX ? -INFINITY : bv;
+    }
+    prev = bv, prev_id = bi;
+  }
+}
+
 }  // namespace
+
+void top_logprobs(cudaStream_t st, float* out, const float* logits, const int32_t* ids, int64_t rows, int64_t vocab,
+                  int k) {
+  if (rows == 0) return;
+  top_logprobs_kernel<<<unsigned(rows), kThreads, 0, st>>>(out, logits, ids, int(vocab), k);
+  check_launch("top_logprobs");
+}
 
 void sample_rows(cudaStream_t st, int32_t* ids, float* logits, int64_t rows, int64_t vocab, const SampleRow* params,
                  const PenaltyEntry* penalties, int64_t entries) {
