@@ -7,8 +7,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=.device/bundle
 rm -rf "$out" && mkdir -p "$out/lib"
-tar cJf "$out/bins.tar.xz" build/rill build/make_random_model build/tests/cuda_test build/tests/golden_test \
-  build/tests/engine_test build/tests/streaming_test $(ls build/bench/gpu_bench 2>/dev/null)
+# Stripped copies (a third smaller once compressed): the carry limit is tight beside the tracked files.
+bins=$(mktemp -d)
+for f in build/rill build/make_random_model build/tests/cuda_test build/tests/golden_test build/tests/engine_test \
+  build/tests/streaming_test $(ls build/bench/gpu_bench 2>/dev/null); do
+  mkdir -p "$bins/$(dirname "$f")" && strip -o "$bins/$f" "$f"
+done
+tar cJf "$out/bins.tar.xz" -C "$bins" build
+rm -rf "$bins"
 fixtures=${FIXTURES:-$(ls ../shared/fixtures/models)}
 [ "$fixtures" = none ] && fixtures=""
 (cd ../shared && tar cJf "$OLDPWD/$out/shared.tar.xz" data/models/stories260K data/models/stories260K-hf \
