@@ -81,6 +81,27 @@ __device__ __forceinline__ void for_each_in_row(const float* row, int n, const F
   }
 }
 
+// The order of an argmax: the larger value first, the lower id on ties.
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
+  return a > b || (a == b && ia < ib);
+}
+
+// The block's best (v, i) by ranks_before, returned to every thread; sv and si are 32-entry shared arrays.
+__device__ inline void block_best(float& v, int& i, float* sv, int* si) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (ranks_before(ov, oi, v, i)) v = ov, i = oi;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // sv and si are free again
+  if (lane == 0) sv[warp] = v, si[warp] = i;
+  __syncthreads();
+  v = sv[0], i = si[0];
+  for (int w = 1; w < int(blockDim.x / 32); ++w)
+    if (ranks_before(sv[w], si[w], v, i)) v = sv[w], i = si[w];
+}
+
 bool pdl_enabled();
 template <typename... KArgs, typename... Args>
 void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, Args... args) {

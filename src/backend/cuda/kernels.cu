@@ -420,28 +420,8 @@ __global__ void argmax_kernel(int32_t* out, const float* logits, int64_t vocab) 
   for_each_in_row(row, int(vocab), [&](float v, int j) {
     if (v > bv) bv = v, bi = j;
   });
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (ov > bv || (ov == bv && oi < bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) {
-    best_v[warp] = bv;
-    best_i[warp] = bi;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < int(blockDim.x / 32); ++w)
-      if (best_v[w] > bv || (best_v[w] == bv && best_i[w] < bi)) {
-        bv = best_v[w];
-        bi = best_i[w];
-      }
-    out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
-  }
+  block_best(bv, bi, best_v, best_i);
+  if (threadIdx.x == 0) out[blockIdx.x] = bi == 0x7fffffff ? 0 : bi;
 }
 
 // Row kernels run one block per row: wide rows get many threads, so that a decode step's few rows are not

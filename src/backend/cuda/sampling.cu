@@ -451,30 +451,9 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) ids[blockIdx.x] = pick.id == INT_MAX ? -1 : pick.id;
 }
 
-
 // top_logprobs: one block per row. A pass gives the max, a second the log-sum-exp (f64 terms, as the host
 // adds them), then each of the k entries is one more pass over the row (in L2 by then), taking the best entry
 // ranked after the one before (log-probability descending, then id): no sort and no list of taken ids.
-__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
-  return a > b || (a == b && ia < ib);
-}
-
-// The block's best (v, i) by ranks_before, returned to every thread.
-__device__ void block_best(float& v, int& i, float* sv, int* si) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
-    if (ranks_before(ov, oi, v, i)) v = ov, i = oi;
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // sv and si are free again
-  if (lane == 0) sv[warp] = v, si[warp] = i;
-  __syncthreads();
-  v = sv[0], i = si[0];
-  for (int w = 1; w < int(blockDim.x / 32); ++w)
-    if (ranks_before(sv[w], si[w], v, i)) v = sv[w], i = si[w];
-}
-
 __global__ void __launch_bounds__(kThreads) top_logprobs_kernel(float* out, const float* logits, const int32_t* ids,
                                                                 int V, int k) {
   __shared__ float sv[32];
