@@ -10,6 +10,7 @@
 
 #include <array>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "test_util.h"
@@ -274,6 +275,53 @@ TEST(Cli, PerplexityComparesPolicies) {
   const Result bad = run("perplexity --text-file " + text + " --policy dense,rolling");
   EXPECT_EQ(bad.status, 1);
   EXPECT_NE(bad.out.find("--policy"), std::string::npos) << bad.out;
+}
+
+// recompute's baseline is a fresh prompt of the last sinks + window tokens, as a new request for them would be:
+// the tokenizer's BOS first (the text starts with it), then the latest tokens. Each checked value is the NLL
+// that `generate --dump-logits` gives for that prompt.
+TEST(Cli, PerplexityRecomputeIsAFreshPromptWithBos) {
+  const std::string text = shared("data/text/tinyshakespeare.txt");
+  if (!std::filesystem::exists(text)) GTEST_SKIP();
+  TempDir dir;
+  const int span = 33;  // --sinks 1 --window 32
+  const Result r = run("perplexity --text-file " + text + " --max-tokens 100 --sinks 1 --window 32 --policy recompute "
+                       "--recompute-stride 1 --device cpu --csv " + (dir / "ppl.csv"), true);
+  ASSERT_EQ(r.status, 0) << r.out;
+  std::vector<std::string> rows;
+  {
+    std::ifstream csv(dir / "ppl.csv");
+    for (std::string row; std::getline(csv, row);) rows.push_back(row);
+  }
+  ASSERT_EQ(rows.size(), 100u);  // header + 99 targets
+  const Result tokens = run("tokenize --text-file " + text, true);
+  ASSERT_EQ(tokens.status, 0);
+  std::vector<int32_t> ids;
+  std::stringstream in(tokens.out);
+  for (int32_t id; ids.size() < 100 && in >> id;) ids.push_back(id);
+  ASSERT_EQ(ids.size(), 100u);
+  for (int position : {20, 33, 57, 90}) {  // before the window fills, just after, and well past it
+    std::vector<int32_t> prompt;
+    if (position > span) prompt.push_back(ids[0]);
+    for (int i = std::max(0, position - (span - int(prompt.size()))); i < position; ++i) prompt.push_back(ids[size_t(i)]);
+    ASSERT_EQ(prompt.size(), size_t(std::min(position, span)));
+    std::string list;
+    for (int32_t id : prompt) list += (list.empty() ? "" : ",") + std::to_string(id);
+    const Result g = run("generate --device cpu --prompt-ids " + list + " -n 0 --dump-logits " + (dir / "l.safetensors"));
+    ASSERT_EQ(g.status, 0) << g.out;
+    WeightMap m;
+    read_safetensors(dir / "l.safetensors", &m);
+    const Tensor& logits = m.get("logits");
+    const int64_t vocab = logits.shape[1];
+    const float* last = logits.ptr<float>() + (logits.shape[0] - 1) * vocab;
+    double mx = last[0], sum = 0;
+    for (int64_t v = 0; v < vocab; ++v) mx = std::max(mx, double(last[v]));
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(double(last[v]) - mx);
+    const double want = mx + std::log(sum) - last[ids[size_t(position)]];
+    const std::string& row = rows[size_t(position)];  // row p is position p (the header is row 0)
+    ASSERT_EQ(row.substr(0, row.find(',')), std::to_string(position));
+    EXPECT_NEAR(std::stod(row.substr(row.rfind(',') + 1)), want, 1e-4 * std::max(1.0, want)) << "position " << position;
+  }
 }
 
 TEST(Cli, HelpListsEveryCommand) {

@@ -1,7 +1,8 @@
 // rill perplexity: streams a text through the model under one or more KV policies and measures the negative
 // log-likelihood of every next token: dense (the whole history), window (a rolling window, no sinks), sink
 // (attention sinks + rolling window) and recompute (for each token, a fresh forward over the last sinks + window
-// tokens: the baseline of the StreamingLLM paper). Prints running and final perplexities and speeds, and writes
+// tokens, as a new prompt of them would be: the tokenizer's BOS first, then the latest tokens; the baseline of the
+// StreamingLLM paper). Prints running and final perplexities and speeds, and writes
 // per-token CSV and a PNG of log-perplexity against position (through gnuplot).
 #include <chrono>
 #include <algorithm>
@@ -81,8 +82,11 @@ int run_perplexity(const PerplexityArgs& a) {
   KvPolicy window = sink;
   window.sinks = 0;
   const int span = sink.sinks + sink.window;  // tokens the rolling policies and recompute see at most
-  std::fprintf(stderr, "rill: %zu tokens of %s; sinks %d, window %d (recompute: the last %d tokens); training context %d\n",
-               ids.size(), a.text_file.c_str(), sink.sinks, sink.window, span, ctx);
+  // The special tokens a fresh prompt starts with (BOS, for most tokenizers), when the text starts with them.
+  const std::vector<int32_t> first = tok->encode("", true);
+  const size_t prefix = first.size() < size_t(span) && std::equal(first.begin(), first.end(), ids.begin()) ? first.size() : 0;
+  std::fprintf(stderr, "rill: %zu tokens of %s; sinks %d, window %d (recompute: %sthe last %zu tokens); training context %d\n",
+               ids.size(), a.text_file.c_str(), sink.sinks, sink.window, prefix ? "BOS and " : "", span - prefix, ctx);
 
   std::vector<PolicyRun> runs;
   std::vector<std::string> policy_names;
@@ -107,10 +111,16 @@ int run_perplexity(const PerplexityArgs& a) {
     };
     if (name == "recompute") {
       KvCache kv(*backend, model.config(), (span + bs - 1) / bs + 1, bs);
+      std::vector<int32_t> prompt;
       for (size_t t = 0; t < targets; t += size_t(a.recompute_stride)) {
-        const size_t lo = t + 1 > size_t(span) ? t + 1 - size_t(span) : 0;
+        // The last `span` tokens as a fresh prompt: what a new request for them would be, so it starts with the
+        // special tokens the tokenizer puts first (BOS), as the text did, and the rest are the latest tokens.
+        const size_t head = t + 1 > size_t(span) ? prefix : 0;
+        const size_t lo = t + 1 > size_t(span) - head ? t + 1 - (size_t(span) - head) : 0;
+        prompt.assign(ids.begin(), ids.begin() + long(head));
+        prompt.insert(prompt.end(), ids.begin() + long(std::max(lo, head)), ids.begin() + long(t) + 1);
         KvStream fresh(model, kv, KvPolicy{}, 512);
-        fresh.feed({ids.begin() + long(lo), ids.begin() + long(t) + 1}, Logits::Last, &logits);
+        fresh.feed(prompt, Logits::Last, &logits);
         run.nll[t] = nll_of(logits.data(), vocab, ids[t + 1]);
         ++run.evaluated;
         run.max_blocks = std::max(run.max_blocks, fresh.blocks_held());
@@ -182,18 +192,37 @@ int run_perplexity(const PerplexityArgs& a) {
         }
         d << "\n\n";
       }
+      // Lower panel: perplexity so far, over the positions every policy was evaluated at (the text's own ups
+      // and downs cancel between policies, so where one leaves another shows), from position `smooth` on.
+      for (size_t k = 0; k < runs.size(); ++k) {
+        double sum = 0;
+        size_t n = 0;
+        for (size_t t = 0; t < targets; ++t) {
+          bool common = true;
+          for (const auto& r : runs) common = common && std::isfinite(r.nll[t]);
+          if (!common) continue;
+          sum += runs[k].nll[t];
+          ++n;
+          if (t + 1 >= size_t(a.smooth)) d << t + 1 << " " << std::exp(sum / double(n)) << "\n";
+        }
+        d << "\n\n";
+      }
     }
     std::ofstream g(gp);
-    g << "set terminal pngcairo size 1200,700 noenhanced\nset output '" << a.plot << "'\n"
-      << "set title '" << fs_name(a.model) << " on " << fs_name(a.text_file) << ": sinks " << sink.sinks << ", window "
-      << sink.window << ", training context " << ctx << "'\n"
+    g << "set terminal pngcairo size 1200,1100 noenhanced\nset output '" << a.plot << "'\n"
+      << "set multiplot layout 2,1 title '" << fs_name(a.model) << " on " << fs_name(a.text_file) << ": sinks "
+      << sink.sinks << ", window " << sink.window << ", training context " << ctx << "'\n"
       << "set xlabel 'token position'\nset ylabel 'log perplexity (mean NLL over " << a.smooth << " tokens)'\n"
       << "set key top left\nset grid\nset yrange [0:*]\n"
-      << "set arrow from " << ctx << ", graph 0 to " << ctx << ", graph 1 nohead dt 2 lc rgb 'gray'\n"
+      << "set arrow 1 from " << ctx << ", graph 0 to " << ctx << ", graph 1 nohead dt 2 lc rgb 'gray'\n"
       << "plot ";
     for (size_t k = 0; k < runs.size(); ++k)
       g << (k ? ", " : "") << "'" << dat << "' index " << k << " using 1:2 with lines lw 2 title '" << runs[k].name << "'";
-    g << "\n";
+    g << "\nset ylabel 'perplexity so far (positions every policy evaluated)'\nset logscale y\nset yrange [*:*]\nplot ";
+    for (size_t k = 0; k < runs.size(); ++k)
+      g << (k ? ", " : "") << "'" << dat << "' index " << runs.size() + k << " using 1:2 with lines lw 2 title '"
+        << runs[k].name << "'";
+    g << "\nunset multiplot\n";
     g.close();
     const int rc = std::system(("gnuplot '" + gp + "' 2>&1").c_str());
     if (rc != 0) std::fprintf(stderr, "rill: gnuplot failed (is it installed?); data in %s, script in %s\n", dat.c_str(), gp.c_str());
@@ -210,8 +239,8 @@ Run add_perplexity(CLI::App& app) {
   app.add_option("--text-file", a->text_file, "Text to stream through the model")->required();
   app.add_option("--policy", a->policies,
                  "Comma-separated KV policies to compare: dense, window (rolling window, no sinks), sink (attention "
-                 "sinks + rolling window), recompute (a fresh forward over the last sinks + window tokens for every "
-                 "token)");
+                 "sinks + rolling window), recompute (for every token, a fresh forward over the last sinks + window "
+                 "tokens as a new prompt: BOS first, if the tokenizer adds one, then the latest tokens)");
   app.add_option("--sinks", a->sinks, "Attention-sink tokens (sink policy)")->check(CLI::NonNegativeNumber);
   app.add_option("--window", a->window, "Rolling window (0: 1024 or the model's context minus the sinks)")
       ->check(CLI::NonNegativeNumber);
