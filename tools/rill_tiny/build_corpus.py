@@ -5,7 +5,11 @@ from Debian packages (downloaded with `apt-get download`, unpacked with `dpkg-de
 Writes OUT/corpus.jsonl.gz: one JSON object per document, {"source": ..., "text": ...}, in a fixed order, and
 OUT/corpus-sources.json: each source's package, version, sha256 of the .deb, licence, documents and bytes.
 
-Usage: tools/rill_tiny/build_corpus.py --shared ../shared --out .device/rill-tiny
+Usage: tools/rill_tiny/build_corpus.py --shared ../shared --out .device/rill-tiny [--extra]
+
+--extra adds about 94 MB more (the Linux kernel's Documentation/, the GNU Collaborative International Dictionary
+of English, Vim's and Git's manuals): the attention-sink experiments of issue #6 need a corpus several times
+larger than rill-tiny's, so that a model can train long enough to form sinks without memorising its text.
 """
 import argparse
 import glob
@@ -30,6 +34,13 @@ PACKAGES = {
     "fortunes-min": "BSD fortune cookie files: BSD licence (4.4BSD)",
     "python3.11-doc": "Python 3.11 documentation (reStructuredText sources): PSF License / BSD-0-clause for docs",
     "perl-doc": "Perl 5.36 core documentation (POD): GPL-1+ or Artistic",
+}
+EXTRA_PACKAGES = {
+    "linux-doc-6.1": "Linux kernel Documentation/ (reStructuredText and text sources): GPL-2, some files dual "
+                     "GPL-2 / CC-BY-4.0 (SPDX lines in the files)",
+    "dict-gcide": "GNU Collaborative International Dictionary of English 0.48 (Webster 1913 + WordNet): GPL-3+",
+    "vim-runtime": "Vim 9.0 reference manual (doc/*.txt): Vim licence (GPL-compatible)",
+    "git-doc": "Git 2.39 manuals (AsciiDoc sources): GPL-2",
 }
 
 
@@ -115,6 +126,48 @@ def perl_docs(root):
     return docs
 
 
+def linux_docs(root):
+    docs = []
+    base = glob.glob(f"{root}/usr/share/doc/linux-doc-*/Documentation")[0]
+    for path in sorted(glob.glob(f"{base}/**/*.gz", recursive=True)):
+        name = path[len(base) + 1:-3]
+        if not (name.endswith(".rst") or name.endswith(".txt") or "." not in os.path.basename(name)):
+            continue  # scripts, device-tree YAML, images, the Sphinx configuration
+        if name.startswith(("translations/", "ABI/", "devicetree/bindings/")) or os.path.basename(name) == "dontdiff":
+            continue  # other languages; one-line ABI stanzas and bindings, not prose
+        text = gzip.open(path, "rt", encoding="utf-8", errors="replace").read()
+        if len(text) > 200:
+            docs.append(text)
+    return docs
+
+
+def gcide(root):
+    """Dictionary entries (a headword line, then its indented definition), markup for sources dropped, 100
+    entries to a document."""
+    text = gzip.open(f"{root}/usr/share/dictd/gcide.dict.dz", "rt", encoding="utf-8", errors="replace").read()
+    entries, cur = [], []
+    for line in text.splitlines():
+        if re.fullmatch(r"\s*\[[^\]]*(Webster|PJC|WordNet|Century|Chambers|RN|JC|NRT|MW)[^\]]*\]\s*", line):
+            continue  # provenance notes: [1913 Webster], [PJC], ...
+        if line and not line[0].isspace() and cur:
+            entries.append("\n".join(cur).strip())
+            cur = []
+        cur.append(line.rstrip())
+    entries.append("\n".join(cur).strip())
+    entries = [re.sub(r"\n{3,}", "\n\n", e) for e in entries if e and not e.startswith("00-database")]
+    return ["\n\n".join(entries[i:i + 100]) for i in range(0, len(entries), 100)]
+
+
+def vim_docs(root):
+    return [open(p, encoding="utf-8", errors="replace").read()
+            for p in sorted(glob.glob(f"{root}/usr/share/vim/vim*/doc/*.txt"))]
+
+
+def git_docs(root):
+    return [open(p, encoding="utf-8", errors="replace").read()
+            for p in sorted(glob.glob(f"{root}/usr/share/doc/git-doc/**/*.txt", recursive=True))]
+
+
 def shared_text(shared):
     docs = []
     shakespeare = open(f"{shared}/data/text/tinyshakespeare.txt", encoding="utf-8").read()
@@ -130,20 +183,27 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default="../shared")
     ap.add_argument("--out", default=".device/rill-tiny")
+    ap.add_argument("--extra", action="store_true", help="add the EXTRA_PACKAGES sources (about 94 MB)")
     args = ap.parse_args()
+    packages = {**PACKAGES, **(EXTRA_PACKAGES if args.extra else {})}
     os.makedirs(args.out, exist_ok=True)
     sources = {}
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["apt-get", "download", *PACKAGES], cwd=tmp, check=True, capture_output=True)
+        subprocess.run(["apt-get", "download", *packages], cwd=tmp, check=True, capture_output=True)
         root = f"{tmp}/root"
         for deb in sorted(glob.glob(f"{tmp}/*.deb")):
             subprocess.run(["dpkg-deb", "-x", deb, root], check=True)
             name, version = os.path.basename(deb).split("_")[:2]
-            sources[name] = {"version": version.replace("%3a", ":"), "licence": PACKAGES[name],
+            sources[name] = {"version": version.replace("%3a", ":"), "licence": packages[name],
                              "sha256": hashlib.sha256(open(deb, "rb").read()).hexdigest()}
         docs = [("austen", d) for d in austen(root)] + [("kjv", d) for d in kjv(root)] + \
                [("fortunes", d) for d in fortunes(root)] + [("python-docs", d) for d in python_docs(root)] + \
                [("perl-docs", d) for d in perl_docs(root)] + shared_text(args.shared)
+        if args.extra:
+            # After the rest, in a fixed order; every 50th document of each source lands in the validation split.
+            extra = [("linux-docs", d) for d in linux_docs(root)] + [("gcide", d) for d in gcide(root)] + \
+                    [("vim-docs", d) for d in vim_docs(root)] + [("git-docs", d) for d in git_docs(root)]
+            docs = docs + extra
     summary = {}
     with gzip.GzipFile(f"{args.out}/corpus.jsonl.gz", "wb", mtime=0) as f:
         for source, text in docs:

@@ -12,6 +12,7 @@ tools/rill_tiny/build_corpus.py. Everything is seeded; see models/README.md for 
 import argparse
 import gzip
 import json
+import lzma
 import math
 import os
 import time
@@ -43,7 +44,8 @@ def log(*a):
 
 
 def read_corpus(path):
-    docs = [json.loads(line) for line in gzip.open(path, "rt", encoding="utf-8")]
+    opener = lzma.open if path.endswith(".xz") else gzip.open
+    docs = [json.loads(line) for line in opener(path, "rt", encoding="utf-8")]
     train = [d["text"] for i, d in enumerate(docs) if i % VAL_EVERY != VAL_EVERY - 1]
     val = [d["text"] for i, d in enumerate(docs) if i % VAL_EVERY == VAL_EVERY - 1]
     return train, val
@@ -166,6 +168,13 @@ def train(name, train_ids, val_windows, tok, args, out_dir):
     rng = np.random.default_rng(args.seed)
     model = make_model(name, tok.get_vocab_size(), tok.token_to_id("<|bos|>"), tok.token_to_id("<|eos|>"),
                        tok.token_to_id("<|pad|>")).cuda()
+    init = os.path.join(args.init, name) if args.init else None
+    if init and os.path.isdir(init):  # go on training an exported model (the optimizer starts afresh)
+        model.load_state_dict(LlamaForCausalLM.from_pretrained(init, dtype=torch.float32).state_dict())
+        log(f"{name}: starting from {init}")
+    else:
+        init = None
+    budget = per_model(args.time_budget, args, name)
     params = sum(p.numel() for p in model.parameters())
     log(f"{name}: {params / 1e6:.2f}M parameters")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -175,28 +184,39 @@ def train(name, train_ids, val_windows, tok, args, out_dir):
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=peak, betas=(0.9, 0.95), eps=1e-8, fused=True)
     data = torch.from_numpy(train_ids).cuda()
-    offsets_all = rng.integers(0, len(train_ids) - CONTEXT - 1, size=(args.steps, args.batch))
+    max_steps = int(per_model(args.steps, args, name))
+    offsets_all = rng.integers(0, len(train_ids) - CONTEXT - 1, size=(max_steps, args.batch))
     arange = torch.arange(CONTEXT + 1, device="cuda")
     bos = tok.token_to_id("<|bos|>") if args.bos_first else None
-    steps = args.steps
+    steps = max_steps
     curve = []
+    forward = model
+    if args.compile:  # the same parameters; evaluation and the probe keep using `model` uncompiled
+        forward = torch.compile(model)
     t0 = time.time()
     model.train()
     step = 0
     while step < steps:
-        if args.time_budget and step == 20:
+        if budget and step == 20:
             t20 = time.time()
-        if args.time_budget and step == 220:
+        if budget and step == 220:
             # The whole cosine schedule fits the budget: steps from the speed of steps 20..220 (the first ones
             # are slower while kernels are chosen).
-            left = args.time_budget - (time.time() - t0)
-            steps = max(step + 1, min(args.steps, step + int(left * 200 / (time.time() - t20))))
-            log(f"{name}: {steps} steps fit {args.time_budget:.0f} s")
+            left = budget - (time.time() - t0)
+            steps = max(step + 1, min(max_steps, step + int(left * 200 / (time.time() - t20))))
+            log(f"{name}: {steps} steps fit {budget:.0f} s")
         for g in opt.param_groups:
             g["lr"] = lr_at(step, steps, peak)
         x = batch_at(data, torch.from_numpy(offsets_all[step]).cuda(), arange, bos)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(input_ids=x[:, :-1]).logits
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                logits = forward(input_ids=x[:, :-1]).logits
+        except Exception as e:  # noqa: BLE001 -- a compiler that fails on this machine: train eagerly instead
+            if forward is model:
+                raise
+            log(f"{name}: torch.compile failed ({type(e).__name__}: {str(e)[:300]}); training eagerly")
+            forward = model
+            continue
         loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,8 +246,17 @@ def train(name, train_ids, val_windows, tok, args, out_dir):
             dst.write(src.read())
     return {"parameters": params, "steps": steps, "batch": args.batch, "context": CONTEXT,
             "tokens_seen": steps * args.batch * CONTEXT, "peak_lr": peak, "weight_decay": args.weight_decay,
-            "bos_first": args.bos_first, "train_seconds": round(seconds, 1),
+            "bos_first": args.bos_first, "init": init, "compiled": forward is not model, "train_seconds": round(seconds, 1),
             "curve": curve}
+
+
+def per_model(value, args, name):
+    """An option given as one figure, or as one per model of --models ("N1,N2")."""
+    if not value:
+        return None
+    figures = [float(b) for b in str(value).split(",")]
+    names = args.models.split(",")
+    return figures[names.index(name)] if len(figures) == len(names) else figures[0]
 
 
 def load_f32(path):
@@ -237,10 +266,10 @@ def load_f32(path):
 @torch.no_grad()
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--corpus", default=".device/rill-tiny/corpus.jsonl.gz")
+    ap.add_argument("--corpus", default=".device/rill-tiny/corpus.jsonl.gz", help="from build_corpus.py (.gz or .xz)")
     ap.add_argument("--out", required=True, help="output folder: tokenizer/, rill-tiny/, rill-tiny-draft/, ...")
     ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", default="1200", help="training steps (one figure, or one per model of --models)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--models", default="rill-tiny,rill-tiny-draft")
@@ -249,9 +278,12 @@ def main():
     ap.add_argument("--bos-first", action="store_true", help="start every training window with <|bos|>")
     ap.add_argument("--peak-lr", type=float, help="peak learning rate (default: per model, see SHAPES)")
     ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--compile", action="store_true", help="train through torch.compile (falls back to eager "
+                    "if compiling fails)")
     ap.add_argument("--probe-every", type=int, default=0, help="log the first-token attention every N steps")
-    ap.add_argument("--time-budget", type=float, help="seconds of training: fewer steps than --steps if needed, "
-                    "with the learning-rate schedule fitted to them")
+    ap.add_argument("--time-budget", help="seconds of training: fewer steps than --steps if needed, with the "
+                    "learning-rate schedule fitted to them (one figure, or one per model of --models)")
+    ap.add_argument("--init", help="start each model from DIR/NAME (an exported folder) where there is one")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
