@@ -84,7 +84,10 @@ int run_perplexity(const PerplexityArgs& a) {
   const int span = sink.sinks + sink.window;  // tokens the rolling policies and recompute see at most
   // The special tokens a fresh prompt starts with (BOS, for most tokenizers), when the text starts with them.
   const std::vector<int32_t> first = tok->encode("", true);
-  const size_t prefix = first.size() < size_t(span) && std::equal(first.begin(), first.end(), ids.begin()) ? first.size() : 0;
+  const size_t prefix = first.size() < size_t(span) && first.size() <= ids.size() &&
+                                std::equal(first.begin(), first.end(), ids.begin())
+                            ? first.size()
+                            : 0;
   std::fprintf(stderr, "rill: %zu tokens of %s; sinks %d, window %d (recompute: %sthe last %zu tokens); training context %d\n",
                ids.size(), a.text_file.c_str(), sink.sinks, sink.window, prefix ? "BOS and " : "", span - prefix, ctx);
 
