@@ -49,7 +49,7 @@ enum Route { kSplit = 0, kTcPrefill = 1, kTcDecode = 2 };
 // The prefill kernel runs 8 warps (128 query rows) per block: each K/V tile then serves twice the rows of 4
 // warps (measured on the H100: 125 vs 109 TFLOP/s at 4096 causal tokens).
 constexpr int kPrefillWarps = 8;
-// and takes K/V tiles of 128 keys (the decode kernel's are 64): half the synchronisations and softmax
+// It takes K/V tiles of 128 keys (the decode kernel's are 64): half the synchronisations and softmax
 // rescales per key; 139 KB of shared memory, at the one block per SM its registers allow anyway. With the
 // longest-first launch order: 128 -> 159 TFLOP/s at 4096 causal tokens on the H100 (each alone: 140, 145).
 constexpr int kPrefillKeys = 128;
@@ -353,8 +353,8 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) 
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
 }
-// Starts copying one tile of 64 keys (keys [kb, kb + 64) of the sequence's block table; those at or past `end`
-// are zero-filled) of K and V into shared memory, as one cp.async group.
+// Starts copying one tile of KEYS keys (keys [kb, kb + KEYS) of the sequence's block table; those at or past
+// `end` are zero-filled) of K and V into shared memory, as one cp.async group.
 template <int HD, int KEYS = kTcKeys>
 __device__ __forceinline__ void load_tile_async(bf16 (*Ks)[HD + 8], bf16 (*Vs)[HD + 8], const AttentionArgs& a,
                                                 const int32_t* table, int kvh, int kb, int end) {
@@ -456,7 +456,7 @@ __global__ void __launch_bounds__(WARPS * 32) attention_prefill_kernel(Params p)
     bf16 (*Ks)[HD + 8] = buf.k[it & 1];
     bf16 (*Vs)[HD + 8] = buf.v[it & 1];
     advance_tiles<HD, KEYS>(buf, it, ntiles, a, table, kvh, kb + KEYS, hi);
-    // S = Q K^T for 16 rows x 64 keys.
+    // S = Q K^T for 16 rows x KEYS keys.
     float sc[KEYS / 8][4];
 #pragma unroll
     for (int nt = 0; nt < KEYS / 8; ++nt) {
