@@ -10,8 +10,10 @@ bash scripts/build.sh
 (cd build && ctest --output-on-failure -j "$jobs")
 if [ "${RILL_SKIP_SANITIZERS:-0}" != 1 ]; then
   echo "== the same tests under ASan + UBSan =="
-  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRILL_SANITIZE=ON -DRILL_CUDA=OFF \
-    -DRILL_BENCH=OFF >/dev/null
+  # -O1 with line tables only: ASan's reports keep file:line, and the build takes about half the time of -O2 -g
+  # (http_server.cpp alone: 33 s against 76 s on the 2-core VM), which was over half of a CI run.
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
+    -DRILL_SANITIZE=ON -DRILL_CUDA=OFF -DRILL_BENCH=OFF >/dev/null
   ninja -C build-asan
   (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
     ctest --output-on-failure -j "$jobs")
