@@ -7,7 +7,7 @@ OUT/corpus-sources.json: each source's package, version, sha256 of the .deb, lic
 
 Usage: tools/rill_tiny/build_corpus.py --shared ../shared --out .device/rill-tiny [--extra]
 
---extra adds about 94 MB more (the Linux kernel's Documentation/, the GNU Collaborative International Dictionary
+--extra adds 70 MB more (the Linux kernel's Documentation/, the GNU Collaborative International Dictionary
 of English, Vim's and Git's manuals): the attention-sink experiments of issue #6 need a corpus several times
 larger than rill-tiny's, so that a model can train long enough to form sinks without memorising its text.
 """
@@ -158,14 +158,9 @@ def gcide(root):
     return ["\n\n".join(entries[i:i + 100]) for i in range(0, len(entries), 100)]
 
 
-def vim_docs(root):
-    return [open(p, encoding="utf-8", errors="replace").read()
-            for p in sorted(glob.glob(f"{root}/usr/share/vim/vim*/doc/*.txt"))]
-
-
-def git_docs(root):
-    return [open(p, encoding="utf-8", errors="replace").read()
-            for p in sorted(glob.glob(f"{root}/usr/share/doc/git-doc/**/*.txt", recursive=True))]
+def text_files(pattern):
+    """Each file matching the glob pattern (in sorted order) as one document."""
+    return [open(p, encoding="utf-8", errors="replace").read() for p in sorted(glob.glob(pattern, recursive=True))]
 
 
 def shared_text(shared):
@@ -183,7 +178,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default="../shared")
     ap.add_argument("--out", default=".device/rill-tiny")
-    ap.add_argument("--extra", action="store_true", help="add the EXTRA_PACKAGES sources (about 94 MB)")
+    ap.add_argument("--extra", action="store_true", help="add the EXTRA_PACKAGES sources (70 MB)")
     args = ap.parse_args()
     packages = {**PACKAGES, **(EXTRA_PACKAGES if args.extra else {})}
     os.makedirs(args.out, exist_ok=True)
@@ -200,9 +195,11 @@ def main():
                [("fortunes", d) for d in fortunes(root)] + [("python-docs", d) for d in python_docs(root)] + \
                [("perl-docs", d) for d in perl_docs(root)] + shared_text(args.shared)
         if args.extra:
-            # After the rest, in a fixed order; every 50th document of each source lands in the validation split.
+            # After the rest, in a fixed order (every 50th document overall is held out, so each source gives
+            # about 2% of its documents to the validation split).
             extra = [("linux-docs", d) for d in linux_docs(root)] + [("gcide", d) for d in gcide(root)] + \
-                    [("vim-docs", d) for d in vim_docs(root)] + [("git-docs", d) for d in git_docs(root)]
+                    [("vim-docs", d) for d in text_files(f"{root}/usr/share/vim/vim*/doc/*.txt")] + \
+                    [("git-docs", d) for d in text_files(f"{root}/usr/share/doc/git-doc/**/*.txt")]
             docs = docs + extra
     summary = {}
     with gzip.GzipFile(f"{args.out}/corpus.jsonl.gz", "wb", mtime=0) as f:
