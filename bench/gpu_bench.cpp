@@ -100,20 +100,22 @@ std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
 int main(int argc, char** argv) {
   CLI::App app{"rill CUDA benchmarks on a Llama-3-8B-shaped model with random bf16 weights"};
   int layers = 32, repeats = 5;
-  std::string out, what = "bandwidth,gemm,gemv,decode1,batch64,prefill,attention,sampling";
+  std::string out, what = "bandwidth,gemm,gemv,decode1,batch64,prefill,attention,sampling", dtype = "auto";
   app.add_option("--layers", layers, "Transformer layers (32 for Llama-3-8B; fewer for a quick run)");
   app.add_option("--repeats", repeats, "Timed repeats per figure (median)");
   app.add_option("--what", what, "Comma-separated: bandwidth,gemm,gemv,decode1,batch64,prefill,attention,sampling");
   app.add_option("--out", out, "Write the figures as JSON here");
+  app.add_option("--dtype", dtype, "The backend's --dtype: auto (bf16) or float32 (for decode1, batch64, prefill)");
   CLI11_PARSE(app, argc, argv);
   auto want = [&](const char* k) { return ("," + what + ",").find("," + std::string(k) + ",") != std::string::npos; };
 
   try {
-    auto backend = rill::make_backend("cuda");
+    auto backend = rill::make_backend("cuda", 0, dtype);
     auto stream = static_cast<cudaStream_t>(rill::cuda_stream(*backend));
     nlohmann::ordered_json j;
     j["device"] = backend->name();
-    j["command"] = "gpu_bench --layers " + std::to_string(layers) + " --repeats " + std::to_string(repeats);
+    j["command"] = "gpu_bench --layers " + std::to_string(layers) + " --repeats " + std::to_string(repeats) +
+                   (dtype == "auto" ? "" : " --dtype " + dtype);
 
     // Llama-3-8B's shape.
     const int64_t d = 4096, heads = 32, kv_heads = 8, hd = 128, ffn = 14336, vocab = 128256;
@@ -235,8 +237,10 @@ int main(int argc, char** argv) {
       j["layers"] = layers;
     }
     const rill::ModelConfig* cfg = model ? &model->config() : nullptr;
-    const double kv_bytes_per_token = double(2 * layers * kv_heads * hd * 2);
-    const double weight_bytes = 2.0 * double(matmul_params + vocab * d) + 2.0 * double(d) * (2 * layers + 1);
+    // Bytes per weight and KV entry: 2 (bf16), or 4 in float32 mode.
+    const double elt = double(rill::dtype_size(backend->kv_dtype()));
+    const double kv_bytes_per_token = double(2 * layers * kv_heads * hd) * elt;
+    const double weight_bytes = elt * double(matmul_params + vocab * d) + elt * double(d) * (2 * layers + 1);
 
     if (want("decode1")) {
       const int ctx = 1024, steps = 128;

@@ -255,6 +255,27 @@ TEST(BackendFactory, DeviceErrorsNameTheFlag) {
   }
 }
 
+// --dtype values: the CPU computes in f32 (auto, float32) and refuses bfloat16 naming the flag; unknown
+// values are refused; on CUDA float32 mode keeps activations and the KV cache in f32.
+TEST(BackendFactory, DtypeChoosesComputeOrNamesTheFlag) {
+  EXPECT_EQ(make_backend("cpu", 1, "float32")->activation_dtype(), DType::F32);
+  EXPECT_EQ(make_backend("cpu", 1, "auto")->kv_dtype(), DType::F32);
+  for (const char* bad : {"bfloat16", "int4"}) {
+    try {
+      make_backend("cpu", 1, bad);
+      FAIL() << bad << " accepted on the CPU";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--dtype"), std::string::npos) << e.what();
+    }
+  }
+  if (cuda_available()) {
+    EXPECT_EQ(make_backend("cuda", 1)->kv_dtype(), DType::BF16);
+    auto f32 = make_backend("cuda", 1, "float32");
+    EXPECT_EQ(f32->activation_dtype(), DType::F32);
+    EXPECT_EQ(f32->kv_dtype(), DType::F32);
+  }
+}
+
 // Greedy on the device: argmax per row, ties to the lower id (what the sampler's greedy picks).
 TEST(BackendFactory, CpuArgmaxRowsTiesToLowerId) {
   auto b = make_cpu_backend(1);

@@ -522,9 +522,9 @@ class CudaAttention : public CudaOps, public testing::WithParamInterface<AttnCas
 
 // Four sequences in one flat batch: a 37-token prefill, a 1-token decode at 700 keys (several splits), a
 // 5-token chunk after 290 cached tokens and a 150-token chunk after 250 (prompts of 16+ tokens take the
-// tensor-core kernel at head_dim 64 and 128); paged over shuffled blocks.
-TEST_P(CudaAttention, MatchesCpu) {
-  const AttnCase c = GetParam();
+// tensor-core kernel at head_dim 64 and 128); paged over shuffled blocks. The GPU in bf16 (its tensor-core
+// and split kernels), and in float32 mode (f32 q and cache: the split kernel for every route).
+void check_attention(Backend& cpu, Backend& gpu, DType gpu_dtype, const AttnCase& c, double tol) {
   const int bs = 16, num_blocks = 160;
   const std::vector<int> q_len = {37, 1, 5, 150}, ctx = {37, 700, 295, 400};
   const int n = 193, S = 4;
@@ -568,15 +568,23 @@ TEST_P(CudaAttention, MatchesCpu) {
       ab.hole_end = put_i32(b, hole_end);
     }
     KvLayer kv;
-    kv.k = put(b, kcache, {num_blocks, bs, c.kv_heads, c.hd});
-    kv.v = put(b, vcache, {num_blocks, bs, c.kv_heads, c.hd});
-    Tensor out = b.alloc(b.device() == Device::CPU ? DType::F32 : DType::BF16, {n, qw});
-    b.attention(out, put(b, q, {n, qw}), kv, ab, c.heads, 1.f / std::sqrt(float(c.hd)), c.sliding_window,
-                c.sinks ? put(b, q_sink, {n, qw}) : Tensor{});
+    kv.k = put(b, kcache, {num_blocks, bs, c.kv_heads, c.hd}, gpu_dtype);
+    kv.v = put(b, vcache, {num_blocks, bs, c.kv_heads, c.hd}, gpu_dtype);
+    Tensor out = b.alloc(b.device() == Device::CPU ? DType::F32 : gpu_dtype, {n, qw});
+    b.attention(out, put(b, q, {n, qw}, gpu_dtype), kv, ab, c.heads, 1.f / std::sqrt(float(c.hd)), c.sliding_window,
+                c.sinks ? put(b, q_sink, {n, qw}, gpu_dtype) : Tensor{});
     return get(b, out);
   };
-  const auto a = run(*cpu_), g = run(*gpu_);
-  EXPECT_LE(rel_max_diff(g.data(), a.data(), a.size()), 1e-2);
+  const auto a = run(cpu), g = run(gpu);
+  EXPECT_LE(rel_max_diff(g.data(), a.data(), a.size()), tol);
+}
+
+TEST_P(CudaAttention, MatchesCpu) { check_attention(*cpu_, *gpu_, DType::BF16, GetParam(), 1e-2); }
+
+TEST_P(CudaAttention, Float32ModeMatchesCpu) {
+  auto gpu32 = make_backend("cuda", 0, "float32");
+  ASSERT_EQ(gpu32->kv_dtype(), DType::F32);
+  check_attention(*cpu_, *gpu32, DType::F32, GetParam(), 1e-5);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
@@ -705,7 +713,36 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
 
 // The TinyStories model (f32 weights, which the GPU stores as bf16) gives the CPU's greedy tokens for 200
 // steps when the CPU runs the same bf16-rounded weights.
+// 200 greedy tokens of the real TinyStories model from BOS.
+std::vector<int32_t> stories_greedy(const Checkpoint& ck, Backend& b, const std::vector<int32_t>& prompt, int n) {
+  Model model(ck, b);
+  KvCache kv(b, model.config(), 32, 16);
+  GenerateOptions opt;
+  opt.max_new_tokens = n;
+  opt.sampling.temperature = 0;
+  opt.stop_at_eos = false;
+  return generate(model, kv, prompt, opt).ids;
+}
+
+// In float32 mode the GPU keeps the f32 checkpoint in f32, and must choose what the CPU chooses, token for token.
 TEST(CudaModel, StoriesGreedyMatchesCpuFor200Tokens) {
+  RILL_NEED_GPU();
+  const std::string path = shared("data/models/stories260K/stories260K.bin");
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "missing: " << path;
+  const Checkpoint ck = read_checkpoint(path);
+  auto cpu = make_cpu_backend(2);
+  auto gpu = make_backend("cuda", 0, "float32");
+  const auto a = stories_greedy(ck, *cpu, {1}, 200), g = stories_greedy(ck, *gpu, {1}, 200);
+  ASSERT_EQ(a.size(), 200u);
+  EXPECT_EQ(a, g);
+}
+
+// In bf16 (the default) the GPU rounds activations and the KV cache to bf16, so where the model's two best
+// tokens are close it may choose the other one, and the texts then differ. On the same bf16 weights it must
+// follow the CPU until such a point, and there the difference must be one the bf16 error explains: the GPU's
+// logits for that prefix within the bf16 bound of the CPU's (golden_test StoriesTest: 0.13 of the largest
+// |logit|), and the CPU's preference for its token over the GPU's no more than twice their measured distance.
+TEST(CudaModel, StoriesGreedyBf16FollowsCpuUntilANearTie) {
   RILL_NEED_GPU();
   const std::string path = shared("data/models/stories260K/stories260K.bin");
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "missing: " << path;
@@ -719,37 +756,39 @@ TEST(CudaModel, StoriesGreedyMatchesCpuFor200Tokens) {
     t.storage = rounded;
     keep.push_back(rounded);
   }
-  auto greedy = [&](Backend& b) {
-    Model model(ck, b);
-    KvCache kv(b, model.config(), 32, 16);
-    GenerateOptions opt;
-    opt.max_new_tokens = 200;
-    opt.sampling.temperature = 0;
-    opt.stop_at_eos = false;
-    return generate(model, kv, {1}, opt).ids;
-  };
   auto cpu = make_cpu_backend(2);
   auto gpu = make_backend("cuda");
-  const auto a = greedy(*cpu), g = greedy(*gpu);
+  const auto a = stories_greedy(ck, *cpu, {1}, 200), g = stories_greedy(ck, *gpu, {1}, 200);
   ASSERT_EQ(a.size(), 200u);
   ASSERT_EQ(g.size(), 200u);
   size_t first = 0;
   while (first < a.size() && a[first] == g[first]) ++first;
-  if (first < a.size()) {
-    // How close the CPU's choice was there: the gap between its two best logits.
-    Model model(ck, *cpu);
-    KvCache kv(*cpu, model.config(), 32, 16);
-    std::vector<int32_t> prefix = {1};
-    prefix.insert(prefix.end(), a.begin(), a.begin() + long(first));
+  std::printf("bf16 GPU and CPU agree on the first %zu of 200 tokens\n", first);
+  if (first == a.size()) return;
+  // Both backends' logits for the prefix where the two part.
+  std::vector<int32_t> prefix = {1};
+  prefix.insert(prefix.end(), a.begin(), a.begin() + long(first));
+  auto last_logits = [&](Backend& b) {
+    Model model(ck, b);
+    KvCache kv(b, model.config(), 32, 16);
     GenerateOptions opt;
     opt.max_new_tokens = 0;
     opt.keep_prompt_logits = true;
-    const auto logits = generate(model, kv, prefix, opt).prompt_logits;
-    std::vector<float> last(logits.end() - model.config().vocab_size, logits.end());
-    std::partial_sort(last.begin(), last.begin() + 2, last.end(), std::greater<float>());
-    ADD_FAILURE() << "first difference at token " << first << " (cpu " << a[first] << ", gpu " << g[first]
-                  << "); the CPU's top-2 logit margin there: " << last[0] - last[1];
+    const auto all = generate(model, kv, prefix, opt).prompt_logits;
+    return std::vector<float>(all.end() - model.config().vocab_size, all.end());
+  };
+  const auto lc = last_logits(*cpu), lg = last_logits(*gpu);
+  float max_abs = 0, dist = 0;
+  for (size_t i = 0; i < lc.size(); ++i) {
+    max_abs = std::max(max_abs, std::fabs(lc[i]));
+    dist = std::max(dist, std::fabs(lc[i] - lg[i]));
   }
+  const float pref = lc[size_t(a[first])] - lc[size_t(g[first])];
+  std::printf("first difference at token %zu (cpu %d, gpu %d): the CPU prefers its token by %.4f; the logits are "
+              "%.4f apart (largest |logit| %.3f)\n",
+              first, a[first], g[first], pref, dist, max_abs);
+  EXPECT_LE(dist, 0.13f * max_abs) << "the GPU's logits are further from the CPU's than bf16 explains";
+  EXPECT_LE(pref, 2 * dist) << "the GPU chose a token the CPU ranks lower by more than their logits differ";
 }
 
 }  // namespace

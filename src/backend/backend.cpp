@@ -17,9 +17,28 @@ bool cuda_available() {
 #endif
 }
 
-std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads) {
-  if (device == "cpu") return make_cpu_backend(cpu_threads);
-  if (device == "auto") return cuda_available() ? make_backend("cuda", cpu_threads) : make_cpu_backend(cpu_threads);
+namespace {
+
+// --dtype's values: what the model computes in. "auto" is the device's default (the CPU: f32; CUDA: bf16).
+DType compute_dtype(const std::string& dtype) {
+  if (dtype == "auto") return DType::U8;  // not chosen
+  if (dtype == "bfloat16" || dtype == "bf16") return DType::BF16;
+  if (dtype == "float32" || dtype == "f32" || dtype == "float") return DType::F32;
+  throw Error("--dtype: '" + dtype + "' is not one of auto, bfloat16, float32");
+}
+
+}  // namespace
+
+std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads, const std::string& dtype) {
+  const DType dt = compute_dtype(dtype);
+  if (device == "auto")
+    return make_backend(cuda_available() ? "cuda" : "cpu", cpu_threads, dtype);
+  if (device == "cpu") {
+    RILL_CHECK(dt != DType::BF16, "--dtype " + dtype +
+                                      ": the CPU backend computes in float32 (bf16 weights stay bf16 in memory); "
+                                      "use --dtype auto or float32, or --device cuda");
+    return make_cpu_backend(cpu_threads);
+  }
   if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
 #ifdef RILL_HAVE_CUDA
     int index = 0;
@@ -31,7 +50,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads
     }
     RILL_CHECK(cuda::device_count() > index, "--device " + device + ": no such CUDA device (" +
                                                  std::to_string(cuda::device_count()) + " visible)");
-    return make_cuda_backend(index);
+    return make_cuda_backend(index, dt == DType::F32 ? DType::F32 : DType::BF16);
 #else
     throw Error("--device " + device + ": this rill was built without CUDA (nvcc was not found at build time)");
 #endif

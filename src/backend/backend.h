@@ -5,8 +5,9 @@
 //  - Ops are ordered and may run asynchronously (a CUDA stream). `write` and `read` are ordered with them;
 //    `read` and `synchronize` block until everything before them has finished.
 //  - Compute is f32 on the CPU backend; weights may stay in their checkpoint dtype (f32, bf16, f16).
-//    The CUDA backend keeps weights, activations and KV in bf16 and accumulates in f32; the residual
-//    stream (the `residual` of add_rmsnorm, the output of embedding) is f32 on every backend.
+//    The CUDA backend keeps weights, activations and KV in bf16 and accumulates in f32 (or all in f32 in its
+//    float32 mode, --dtype float32); the residual stream (the `residual` of add_rmsnorm, the output of
+//    embedding) is f32 on every backend.
 //  - A Backend is used by one thread at a time (the engine loop).
 #pragma once
 
@@ -183,8 +184,11 @@ class Backend {
 std::unique_ptr<Backend> make_cpu_backend(int num_threads = 0);
 // True when rill was built with CUDA and a CUDA device is usable.
 bool cuda_available();
-// The backend for `device`: "cpu", "cuda" (or "cuda:N"), or "auto" (CUDA when available, else the CPU).
-// Throws rill::Error naming the device when it cannot be used.
-std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads = 0);
+// The backend for `device`: "cpu", "cuda" (or "cuda:N"), or "auto" (CUDA when available, else the CPU),
+// computing in `dtype` (--dtype): "auto" (the CPU: float32; CUDA: bfloat16), "bfloat16" (CUDA only) or
+// "float32" (on CUDA: weights, activations and KV in f32). Throws rill::Error naming the device or dtype
+// when it cannot be used.
+std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads = 0,
+                                      const std::string& dtype = "auto");
 
 }  // namespace rill

@@ -22,7 +22,7 @@ namespace rill::cli {
 
 Run add_chat(CLI::App& app) {
   struct Args {
-    std::string model, tokenizer, chat_template, system, device = "auto";
+    std::string model, tokenizer, chat_template, system, device = "auto", dtype = "auto";
     int n = 512, threads = 0, context = 0;
     SamplingArgs sampling;
     KvPolicyArgs kv;
@@ -35,7 +35,7 @@ Run add_chat(CLI::App& app) {
   app.add_option("--system", a->system, "System prompt");
   app.add_option("-n,--max-tokens", a->n, "Most tokens per answer")->check(CLI::PositiveNumber);
   app.add_option("--context", a->context, "KV cache size in tokens (default: the model's maximum)")->check(CLI::PositiveNumber);
-  add_device_option(app, a->device);
+  add_device_option(app, a->device, a->dtype);
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   add_sampling_options(app, a->sampling);
   a->kv.policy = "sink";
@@ -44,7 +44,7 @@ Run add_chat(CLI::App& app) {
     a->model = model_or_default(a->model);
     const SamplingParams sampling = a->sampling.finish();
     Checkpoint ck = read_checkpoint(a->model);
-    auto backend = make_backend(a->device, a->threads);
+    auto backend = make_backend(a->device, a->threads, a->dtype);
     Model model(ck, *backend);
     auto tok = open_tokenizer(a->model, a->tokenizer, &model.config());
     RILL_CHECK(tok, a->model + ": chat needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");

@@ -17,7 +17,7 @@ namespace rill::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, prompt_ids, output = "text", dump_logits, device = "auto";
+  std::string model, tokenizer, prompt, prompt_ids, output = "text", dump_logits, device = "auto", dtype = "auto";
   int n = 128, threads = 0, prefill_chunk = 512;
   bool ignore_eos = false, no_bos = false;
   SamplingArgs sampling;
@@ -33,7 +33,7 @@ int run_generate(const GenerateArgs& a) {
   opt.keep_prompt_logits = !a.dump_logits.empty();
 
   Checkpoint ck = read_checkpoint(a.model);
-  auto backend = make_backend(a.device, a.threads);
+  auto backend = make_backend(a.device, a.threads, a.dtype);
   Model model(ck, *backend);
   auto tok = open_tokenizer(a.model, a.tokenizer, &model.config());
 
@@ -161,7 +161,7 @@ Run add_generate(CLI::App& app) {
       ->check(CLI::IsMember({"text", "json"}));
   app.add_option("--dump-logits", a->dump_logits,
                  "Write the logits at every prompt position to FILE (safetensors, F32 'logits' [prompt_len, vocab])");
-  add_device_option(app, a->device);
+  add_device_option(app, a->device, a->dtype);
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward step")->check(CLI::PositiveNumber);
   return [a, prompt, ids] {

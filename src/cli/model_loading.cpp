@@ -41,12 +41,19 @@ void add_model_option(CLI::App& app, std::string& target, const std::string& wha
   app.add_option("-m,--model", target, what + " (default: rill-tiny, the small model shipped in models/)");
 }
 
-void add_device_option(CLI::App& app, std::string& target) {
-  app.add_option("--device", target,
+void add_device_option(CLI::App& app, std::string& device, std::string& dtype) {
+  app.add_option("--device", device,
                  "Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N "
                  "(also RILL_DEVICE)")
       ->default_val("auto")
       ->envname("RILL_DEVICE");
+  app.add_option("--dtype", dtype,
+                 "What the model computes in: auto (the GPU: bfloat16; the CPU: float32), bfloat16 (GPU only), or "
+                 "float32 (on the GPU: weights, activations and KV cache in f32, twice the memory and several "
+                 "times slower, to match f32 references; also RILL_DTYPE)")
+      ->default_val("auto")
+      ->check(CLI::IsMember({"auto", "bfloat16", "bf16", "float32", "f32", "float"}))
+      ->envname("RILL_DTYPE");
 }
 
 std::string model_dir(const std::string& model_path) {

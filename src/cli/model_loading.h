@@ -21,8 +21,9 @@ std::string default_model();
 std::string model_or_default(const std::string& given);
 // Adds -m,--model to a command, optional, defaulting to default_model() when the command runs.
 void add_model_option(CLI::App& app, std::string& target, const std::string& what);
-// Adds --device (auto, cpu, cuda, cuda:N; default RILL_DEVICE, else auto: the GPU when there is one).
-void add_device_option(CLI::App& app, std::string& target);
+// Adds --device (auto, cpu, cuda, cuda:N; default RILL_DEVICE, else auto: the GPU when there is one) and
+// --dtype (auto, bfloat16, float32; default RILL_DTYPE, else auto), for make_backend.
+void add_device_option(CLI::App& app, std::string& device, std::string& dtype);
 
 // The chat side of a model: its template (tokenizer_config.json beside the model, or `override_path`) and
 // special-token strings. Throws when neither has a template.

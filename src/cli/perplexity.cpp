@@ -25,7 +25,7 @@ namespace rill::cli {
 namespace {
 
 struct PerplexityArgs {
-  std::string model, tokenizer, text_file, policies = "dense,window,sink,recompute", csv, plot, device = "auto";
+  std::string model, tokenizer, text_file, policies = "dense,window,sink,recompute", csv, plot, device = "auto", dtype = "auto";
   int sinks = 4, window = 0, max_tokens = 0, chunk = 1, recompute_stride = 1, threads = 0, smooth = 256;
 };
 
@@ -60,7 +60,7 @@ double mean_finite(const std::vector<double>& v, const std::vector<double>* mask
 
 int run_perplexity(const PerplexityArgs& a) {
   Checkpoint ck = read_checkpoint(a.model);
-  auto backend = make_backend(a.device, a.threads);
+  auto backend = make_backend(a.device, a.threads, a.dtype);
   Model model(ck, *backend);
   auto tok = open_tokenizer(a.model, a.tokenizer, &model.config());
   RILL_CHECK(tok, a.model + ": perplexity needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
@@ -256,7 +256,7 @@ Run add_perplexity(CLI::App& app) {
   app.add_option("--csv", a->csv, "Write per-token NLL of every policy to this CSV file");
   app.add_option("--plot", a->plot, "Draw log-perplexity against position to this PNG (needs gnuplot)");
   app.add_option("--smooth", a->smooth, "Moving-average width of the plot, in tokens")->check(CLI::PositiveNumber);
-  add_device_option(app, a->device);
+  add_device_option(app, a->device, a->dtype);
   app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
   return [a] {
     a->model = model_or_default(a->model);

@@ -23,7 +23,7 @@ namespace rill::cli {
 
 Run add_serve(CLI::App& app) {
   struct Args {
-    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory, device = "auto";
+    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory, device = "auto", dtype = "auto";
     double gpu_memory_fraction = 0.9;
     int port = 8000, block_size = 16, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
     int max_model_len = 0, threads = 0, max_sessions = 64;
@@ -40,7 +40,7 @@ Run add_serve(CLI::App& app) {
   app.add_option("--port", a->port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
   app.add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (also RILL_API_KEY)");
   app.add_option("--served-model-name", a->served_name, "Model name in the API (default: the model path's last part)");
-  add_device_option(app, a->device);
+  add_device_option(app, a->device, a->dtype);
   app.add_option("--kv-cache-memory", a->kv_memory,
                  "Memory for the KV cache: a size (2GiB, 512MiB) or a share of the memory available at start (40%). "
                  "Default: 2GiB on the CPU; on a GPU, what --gpu-memory-fraction leaves");
@@ -77,7 +77,7 @@ Run add_serve(CLI::App& app) {
     std::signal(SIGPIPE, SIG_IGN);
 
     Checkpoint ck = read_checkpoint(a->model);
-    auto backend = make_backend(a->device, a->threads);
+    auto backend = make_backend(a->device, a->threads, a->dtype);
     Model model(ck, *backend);
     size_t free_bytes = 0, total_bytes = 0;
     const bool device_memory = backend->memory_info(&free_bytes, &total_bytes);

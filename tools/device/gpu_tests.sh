@@ -26,6 +26,7 @@ tests=$unpacked/build/tests
 run cuda_test "$tests/cuda_test" --gtest_filter="$filter"
 export RILL_BATCH_INVARIANT=1  # the engine tests compare batched runs with single ones token for token
 RILL_TEST_DEVICE=cuda run gpu.golden_test "$tests/golden_test" --gtest_filter="$filter"
+RILL_TEST_DEVICE=cuda RILL_TEST_DTYPE=float32 run gpu_f32.golden_test "$tests/golden_test" --gtest_filter="$filter"
 RILL_TEST_DEVICE=cuda run gpu.engine_test "$tests/engine_test" --gtest_filter="$filter"
 RILL_TEST_DEVICE=cuda run gpu.streaming_test "$tests/streaming_test" --gtest_filter="$filter"
 if [ "${SANITIZE:-0}" = 1 ]; then

@@ -4,8 +4,8 @@
 //  - decode (new tokens x query heads per KV head fit one 16-row MMA tile): a tensor-core kernel with the
 //    group's heads packed into the tile, so K/V are read once per group, and the keys split across blocks
 //    (at most 16 splits, decided by the sequence's own length), merged by log-sum-exp;
-//  - the rest (rolling KV with attention sinks, head sizes other than 64/128, mid-size chunks): the split
-//    kernel, flash-decoding style on CUDA cores. One block handles one query token, the query heads of one KV
+//  - the rest (rolling KV with attention sinks, head sizes other than 64/128, mid-size chunks, and everything
+//    in float32 mode, where q and the cache are f32): the split kernel, flash-decoding style on CUDA cores. One block handles one query token, the query heads of one KV
 //    head (up to 8 at a time) and one split of at most kSplitKeys keys; a key row of head_dim bf16 is read by
 //    LPK lanes with one 16-byte load each, scores are reduced across them with shuffles and folded into an
 //    online softmax per lane group, then groups and warps merge through shared memory.
@@ -18,6 +18,7 @@
 #include <cmath>
 #include <mutex>
 #include <set>
+#include <type_traits>
 
 #include "backend/cuda/common.cuh"
 #include "backend/cuda/kernels.h"
@@ -44,7 +45,7 @@ struct Params {
 
 // Which kernel a sequence's tokens take: the tensor-core prefill kernel (16+ new tokens), the tensor-core
 // decode kernel (new tokens x query heads per KV head fit one 16-row MMA tile), or the split kernel (rolling
-// KV, other head sizes, the rest). Host and device decide alike.
+// KV, other head sizes, an f32 cache, the rest). Host and device decide alike.
 enum Route { kSplit = 0, kTcPrefill = 1, kTcDecode = 2 };
 // The prefill kernel runs 8 warps (128 query rows) per block: each K/V tile then serves twice the rows of 4
 // warps (measured on the H100: 125 vs 109 TFLOP/s at 4096 causal tokens).
@@ -55,14 +56,14 @@ constexpr int kPrefillWarps = 8;
 constexpr int kPrefillKeys = 128;
 constexpr int kTcKeys = 64, kTcMinRows = 16, kDecodeMaxSplits = 16, kDecodeOneSplitTiles = 8;
 
-__host__ __device__ __forceinline__ int route_of(int q_len, int sinks, int G, int hd) {
-  if (sinks > 0 || (hd != 64 && hd != 128)) return kSplit;
+__host__ __device__ __forceinline__ int route_of(int q_len, int sinks, int G, int hd, bool f32) {
+  if (f32 || sinks > 0 || (hd != 64 && hd != 128)) return kSplit;
   if (q_len >= kTcMinRows) return kTcPrefill;
   if (q_len * G <= 16) return kTcDecode;
   return kSplit;
 }
 __device__ __forceinline__ int route_dev(const AttentionArgs& a, int s) {
-  return route_of(a.q_start[s + 1] - a.q_start[s], a.sinks ? a.sinks[s] : 0, a.H / a.KV, a.hd);
+  return route_of(a.q_start[s + 1] - a.q_start[s], a.sinks ? a.sinks[s] : 0, a.H / a.KV, a.hd, a.kv_t == DType::F32);
 }
 
 // The decode kernel's key splits for one sequence: tiles of 64 keys from kbeg (aligned), at most 16 splits,
@@ -112,8 +113,12 @@ __device__ __forceinline__ void load8(const bf16* p, float* f) {
     f[2 * i + 1] = v.y;
   }
 }
+__device__ __forceinline__ void load8(const float* p, float* f) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0], b = reinterpret_cast<const float4*>(p)[1];
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
 
-template <typename TO, int LPK>
+template <typename TO, typename TK, int LPK>
 __global__ void __launch_bounds__(kWarps * 32) attention_split_kernel(Params p) {
   constexpr int KPW = 32 / LPK;  // keys per warp per step
   const AttentionArgs& a = p.a;
@@ -132,8 +137,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_split_kernel(Params p) 
   const int d0 = sub * 8;
   const bool dims = d0 < a.hd;
 
-  const bf16* q = as_bf16(a.q);
-  const bf16* q_sink = as_bf16(a.q_sink);
+  const TK* q = static_cast<const TK*>(a.q);
+  const TK* q_sink = static_cast<const TK*>(a.q_sink);
   const int64_t qbase = int64_t(t) * a.H * a.hd + int64_t(kvh * G + g0) * a.hd + d0;
   float qr[kMaxG][8];
 #pragma unroll
@@ -156,8 +161,8 @@ __global__ void __launch_bounds__(kWarps * 32) attention_split_kernel(Params p) 
     for (int i = 0; i < 8; ++i) acc[g][i] = 0.f;
   }
 
-  const bf16* kc = as_bf16(a.k_cache);
-  const bf16* vc = as_bf16(a.v_cache);
+  const TK* kc = static_cast<const TK*>(a.k_cache);
+  const TK* vc = static_cast<const TK*>(a.v_cache);
   const int32_t* table = a.tables + int64_t(r.s) * a.max_blocks;
   const int64_t slot_stride = int64_t(a.KV) * a.hd, head_off = int64_t(kvh) * a.hd + d0;
   for (int j0 = jb + warp * KPW; j0 < je; j0 += kWarps * KPW) {
@@ -679,7 +684,7 @@ Plan plan_of(const AttentionArgs& a) {
   pl.split = pl.prefill = pl.decode = false;
   pl.dec_maxq = 0;
   for (int s = 0; s < a.num_seqs; ++s) {
-    const int r = route_of(a.host_q_len[s], a.host_sinks ? a.host_sinks[s] : 0, a.H / a.KV, a.hd);
+    const int r = route_of(a.host_q_len[s], a.host_sinks ? a.host_sinks[s] : 0, a.H / a.KV, a.hd, a.kv_t == DType::F32);
     pl.split |= r == kSplit;
     pl.prefill |= r == kTcPrefill;
     if (r == kTcDecode) pl.decode = true, pl.dec_maxq = std::max(pl.dec_maxq, a.host_q_len[s]);
@@ -704,7 +709,13 @@ void launch_tc(void (*kernel)(Params), int smem, dim3 grid, cudaStream_t st, con
 template <typename TO, int LPK>
 void launch_split(cudaStream_t st, const Params& p) {
   const dim3 grid(unsigned(p.a.num_tokens), unsigned(p.a.KV * p.gchunks), unsigned(p.max_splits));
-  attention_split_kernel<TO, LPK><<<grid, kWarps * 32, 0, st>>>(p);
+  // float32 mode writes f32 only (the backend's activations are f32 there).
+  if constexpr (std::is_same_v<TO, float>)
+    if (p.a.kv_t == DType::F32) {
+      attention_split_kernel<float, float, LPK><<<grid, kWarps * 32, 0, st>>>(p);
+      return;
+    }
+  attention_split_kernel<TO, bf16, LPK><<<grid, kWarps * 32, 0, st>>>(p);
 }
 
 template <typename TO>
@@ -746,7 +757,7 @@ size_t split_bytes(const AttentionArgs& a, const Plan& pl) {
   return size_t(a.num_tokens) * size_t(a.H) * size_t(splits) * (size_t(a.hd) + 1) * sizeof(float);
 }
 size_t decode_bytes(const AttentionArgs& a, const Plan& pl) {
-  if (!pl.decode || (a.hd != 64 && a.hd != 128)) return 0;
+  if (!pl.decode || (a.hd != 64 && a.hd != 128) || a.kv_t != DType::BF16) return 0;
   return size_t(a.num_seqs) * size_t(pl.dec_maxq) * size_t(a.H) * kDecodeMaxSplits * (size_t(a.hd) + 1) * sizeof(float);
 }
 
@@ -762,6 +773,8 @@ void attention(cudaStream_t st, const AttentionArgs& a, void* workspace) {
   if (a.hd % 8 != 0 || a.hd > 256)
     throw Error("cuda backend: attention: head_dim " + std::to_string(a.hd) + " is not a multiple of 8 up to 256");
   if (a.H % a.KV != 0) throw Error("cuda backend: attention: heads not a multiple of kv heads");
+  if (a.kv_t != DType::BF16 && !(a.kv_t == DType::F32 && a.out_t == DType::F32))
+    throw Error("cuda backend: attention: the cache must be bf16, or f32 with an f32 output");
   const Plan pl = plan_of(a);
   Params p;
   p.a = a;
@@ -776,7 +789,7 @@ void attention(cudaStream_t st, const AttentionArgs& a, void* workspace) {
     p.part_lse = p.part_o + size_t(a.num_tokens) * size_t(a.H) * size_t(p.max_splits) * size_t(a.hd);
     ws += split_bytes(a, pl);
   }
-  if (a.hd == 64 || a.hd == 128) {
+  if ((a.hd == 64 || a.hd == 128) && a.kv_t == DType::BF16) {
     if (pl.prefill && a.max_q_len >= kTcMinRows) p.tc_tiles = (a.max_q_len + 16 * kPrefillWarps - 1) / (16 * kPrefillWarps);
     if (pl.decode && G <= 16) {
       p.dec_maxq = pl.dec_maxq;

@@ -59,7 +59,9 @@ struct GemmPlan {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : st_(std::make_shared<StreamState>()) {
+  CudaBackend(int device, DType dtype) : st_(std::make_shared<StreamState>()), dt_(dtype) {
+    expect(dtype == DType::BF16 || dtype == DType::F32, "dtype",
+           std::string(dtype_name(dtype)) + " is not one of bf16, f32");
     int count = 0;
     check_cuda(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
     expect(device >= 0 && device < count, "device",
@@ -87,11 +89,12 @@ class CudaBackend final : public Backend {
   Device device() const override { return Device::CUDA; }
   std::string name() const override {
     return "cuda:" + std::to_string(st_->device) + " (" + props_.name + ", sm_" + std::to_string(props_.major) +
-           std::to_string(props_.minor) + ")";
+           std::to_string(props_.minor) + (dt_ == DType::F32 ? ", float32" : "") + ")";
   }
-  DType activation_dtype() const override { return DType::BF16; }
+  // bf16 by default; float32 mode keeps weights, activations and the KV cache in f32.
+  DType activation_dtype() const override { return dt_; }
   void* stream() const { return st_->stream; }
-  DType kv_dtype() const override { return DType::BF16; }
+  DType kv_dtype() const override { return dt_; }
   bool memory_info(size_t* free_bytes, size_t* total_bytes) override {
     return cudaMemGetInfo(free_bytes, total_bytes) == cudaSuccess;
   }
@@ -121,20 +124,29 @@ class CudaBackend final : public Backend {
   Tensor upload_weight(const Tensor& host) override {
     expect(host.dtype == DType::F32 || host.dtype == DType::BF16 || host.dtype == DType::F16, "upload_weight",
            "weights of dtype " + std::string(dtype_name(host.dtype)) + " are not supported");
-    Tensor t = alloc(DType::BF16, host.shape);
+    Tensor t = alloc(dt_, host.shape);
     if (host.device == Device::CUDA) {
-      cuda::convert(st_->stream, t.data, DType::BF16, host.data, host.dtype, host.numel());
+      expect(host.dtype != DType::F16, "upload_weight", "f16 weights already on the device are not supported");
+      cuda::convert(st_->stream, t.data, dt_, host.data, host.dtype, host.numel());
       return t;
     }
-    if (host.dtype == DType::BF16) {
+    if (host.dtype == dt_) {
       write(t, host.data, host.nbytes());
       return t;
     }
-    std::vector<uint16_t> tmp(static_cast<size_t>(host.numel()));
-    for (int64_t i = 0; i < host.numel(); ++i) {
-      const float f = host.dtype == DType::F32 ? host.ptr<float>()[i] : f16_to_f32(host.ptr<uint16_t>()[i]);
-      tmp[size_t(i)] = f32_to_bf16(f);
+    auto value = [&](int64_t i) {
+      return host.dtype == DType::F32    ? host.ptr<float>()[i]
+             : host.dtype == DType::BF16 ? bf16_to_f32(host.ptr<uint16_t>()[i])
+                                         : f16_to_f32(host.ptr<uint16_t>()[i]);
+    };
+    if (dt_ == DType::F32) {
+      std::vector<float> tmp(static_cast<size_t>(host.numel()));
+      for (int64_t i = 0; i < host.numel(); ++i) tmp[size_t(i)] = value(i);
+      write(t, tmp.data(), tmp.size() * 4);
+      return t;
     }
+    std::vector<uint16_t> tmp(static_cast<size_t>(host.numel()));
+    for (int64_t i = 0; i < host.numel(); ++i) tmp[size_t(i)] = f32_to_bf16(value(i));
     write(t, tmp.data(), tmp.size() * 2);
     return t;
   }
@@ -168,27 +180,29 @@ class CudaBackend final : public Backend {
   void embedding(const Tensor& out, const Tensor& table, const Tensor& ids) override {
     const int64_t n = ids.numel(), d = table.row_size();
     expect(is_act(out.dtype) && out.numel() == n * d, "embedding", "bad output shape");
-    expect(table.dtype == DType::BF16, "embedding", "table must be an uploaded weight");
-    cuda::embedding(st_->stream, out.data, out.dtype, table.data, ids.ptr<int32_t>(), n, d, table.rows());
+    expect(table.dtype == dt_, "embedding", "table must be an uploaded weight");
+    cuda::embedding(st_->stream, out.data, out.dtype, table.data, table.dtype, ids.ptr<int32_t>(), n, d, table.rows());
   }
   void rmsnorm(const Tensor& out, const Tensor& x, const Tensor& weight, float eps) override {
     const int64_t d = weight.numel(), rows = x.numel() / d;
     expect(x.numel() % d == 0 && out.numel() == x.numel(), "rmsnorm", "shape mismatch");
-    cuda::rmsnorm(st_->stream, out.data, out.dtype, x.data, x.dtype, weight.data, rows, d, eps);
+    expect(weight.dtype == dt_, "rmsnorm", "weight must be an uploaded weight");
+    cuda::rmsnorm(st_->stream, out.data, out.dtype, x.data, x.dtype, weight.data, weight.dtype, rows, d, eps);
   }
   void add_rmsnorm(const Tensor& residual, const Tensor& out, const Tensor& delta, const Tensor& weight,
                    float eps) override {
     const int64_t d = weight.numel(), rows = residual.numel() / d;
     expect(residual.dtype == DType::F32, "add_rmsnorm", "the residual stream must be f32");
     expect(out.numel() == residual.numel() && delta.numel() == residual.numel(), "add_rmsnorm", "shape mismatch");
+    expect(weight.dtype == dt_, "add_rmsnorm", "weight must be an uploaded weight");
     cuda::add_rmsnorm(st_->stream, residual.ptr<float>(), out.data, out.dtype, delta.data, delta.dtype, weight.data,
-                      rows, d, eps);
+                      weight.dtype, rows, d, eps);
   }
 
   void linear(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override {
     const int64_t in = w.shape[1], o = w.shape[0], n = x.numel() / in;
-    expect(w.shape.rank == 2 && w.dtype == DType::BF16, "linear", "weight must be an uploaded 2-D matrix");
-    expect(x.dtype == DType::BF16 && x.numel() == n * in, "linear",
+    expect(w.shape.rank == 2 && w.dtype == dt_, "linear", "weight must be an uploaded 2-D matrix");
+    expect(x.dtype == dt_ && x.numel() == n * in, "linear",
            "input " + x.shape.str() + " (" + std::string(dtype_name(x.dtype)) + ") does not match weight " +
                w.shape.str());
     expect(is_act(out.dtype) && out.numel() == n * o, "linear", "output " + out.shape.str() + " does not match");
@@ -200,7 +214,7 @@ class CudaBackend final : public Backend {
     g.out[0] = out.data;
     g.rows[0] = o;
     g.count = 1;
-    if (batch_invariant_ || !cuda::gemv(st_->stream, g, out.dtype, x.data, n, in)) {
+    if (batch_invariant_ || dt_ != DType::BF16 || !cuda::gemv(st_->stream, g, out.dtype, x.data, n, in)) {
       const GemmPlan& plan = gemm_plan(o, n, in, out.dtype);
       const float alpha = 1.f, beta = 0.f;
       check_lt(cublasLtMatmul(lt_, plan.op, &alpha, w.data, plan.a, x.data, plan.b, &beta, out.data, plan.c,
@@ -209,7 +223,8 @@ class CudaBackend final : public Backend {
     }
     if (!bias.empty()) {
       expect(bias.numel() == o, "linear", "bias size does not match the output features");
-      cuda::add_bias(st_->stream, out.data, out.dtype, bias.data, n, o);
+      expect(bias.dtype == dt_, "linear", "bias must be an uploaded weight");
+      cuda::add_bias(st_->stream, out.data, out.dtype, bias.data, bias.dtype, n, o);
     }
   }
 
@@ -234,7 +249,9 @@ class CudaBackend final : public Backend {
     for (int i = 0; i < count; ++i)
       if (!outs[i].bias.empty()) {
         expect(outs[i].bias.numel() == g.rows[i], "linear", "bias size does not match the output features");
-        cuda::add_bias(st_->stream, outs[i].out.data, outs[i].out.dtype, outs[i].bias.data, n, g.rows[i]);
+        expect(outs[i].bias.dtype == dt_, "linear", "bias must be an uploaded weight");
+        cuda::add_bias(st_->stream, outs[i].out.data, outs[i].out.dtype, outs[i].bias.data, outs[i].bias.dtype, n,
+                       g.rows[i]);
       }
   }
 
@@ -259,10 +276,11 @@ class CudaBackend final : public Backend {
   }
   void kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) override {
     const int64_t n = slot_mapping.numel(), width = kv.k.numel() / (kv.k.shape[0] * kv.k.shape[1]);
-    expect(kv.k.dtype == DType::BF16 && kv.v.dtype == DType::BF16, "kv_write", "the KV cache must be bf16");
+    expect(kv.k.dtype == dt_ && kv.v.dtype == dt_, "kv_write",
+           "the KV cache must be " + std::string(dtype_name(dt_)));
     expect(k.numel() == n * width && v.numel() == n * width && k.dtype == v.dtype, "kv_write",
            "k/v width does not match the cache");
-    cuda::kv_write(st_->stream, kv.k.data, kv.v.data, k.data, v.data, k.dtype, slot_mapping.ptr<int32_t>(), n, width,
+    cuda::kv_write(st_->stream, kv.k.data, kv.v.data, dt_, k.data, v.data, k.dtype, slot_mapping.ptr<int32_t>(), n, width,
                    kv.k.shape[0] * kv.k.shape[1]);
   }
   size_t attention_workspace(const KvLayer& kv, const AttentionBatch& batch, int num_heads,
@@ -275,14 +293,14 @@ class CudaBackend final : public Backend {
                      int head_dim, const Tensor& positions, const Tensor& inv_freq, const Tensor& rope_row,
                      float attention_factor) override {
     const int64_t n = positions.numel(), kv_heads = kv.k.shape[2];
-    expect(kv.k.dtype == DType::BF16 && kv.v.dtype == DType::BF16 && kv.k.shape[3] == head_dim, "rope_kv_write",
-           "the KV cache must be bf16 with head_dim " + std::to_string(head_dim));
+    expect(kv.k.dtype == dt_ && kv.v.dtype == dt_ && kv.k.shape[3] == head_dim, "rope_kv_write",
+           "the KV cache must be " + std::string(dtype_name(dt_)) + " with head_dim " + std::to_string(head_dim));
     expect(q.rows() == n && k.rows() == n && q.row_size() % head_dim == 0 && k.row_size() == kv_heads * head_dim &&
                v.numel() == k.numel() && slot_mapping.numel() == n && q.dtype == k.dtype && k.dtype == v.dtype,
            "rope_kv_write", "q, k, v must be [tokens, heads * head_dim] with one slot per token");
     expect(inv_freq.dtype == DType::F64 && inv_freq.row_size() == head_dim / 2, "rope_kv_write",
            "inv_freq must be f64 [rows, head_dim/2]");
-    cuda::rope_kv_write(st_->stream, q.data, k.data, v.data, q.dtype, kv.k.data, kv.v.data, n,
+    cuda::rope_kv_write(st_->stream, q.data, k.data, v.data, q.dtype, kv.k.data, kv.v.data, dt_, n,
                         int(q.row_size() / head_dim), int(kv_heads), head_dim, positions.ptr<int32_t>(),
                         inv_freq.ptr<double>(), rope_row.empty() ? nullptr : rope_row.ptr<int32_t>(),
                         attention_factor, slot_mapping.ptr<int32_t>(), kv.k.shape[0] * kv.k.shape[1]);
@@ -314,12 +332,13 @@ class CudaBackend final : public Backend {
   }
   void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch, int num_heads,
                  float scale, int sliding_window, const Tensor& q_sink) override {
-    expect(q.dtype == DType::BF16 && q.numel() == int64_t(batch.num_tokens) * num_heads * kv.k.shape[3] &&
+    expect(q.dtype == dt_ && q.numel() == int64_t(batch.num_tokens) * num_heads * kv.k.shape[3] &&
                out.numel() == q.numel(),
            "attention", "q/out shape mismatch");
-    expect(kv.k.dtype == DType::BF16, "attention", "the KV cache must be bf16");
+    expect(kv.k.dtype == dt_ && kv.v.dtype == dt_, "attention", "the KV cache must be " + std::string(dtype_name(dt_)));
+    expect(dt_ == DType::BF16 || out.dtype == DType::F32, "attention", "float32 mode writes an f32 output");
     expect(batch.sinks.empty() || (!batch.hole_end.empty() && q_sink.numel() == q.numel() &&
-                                   q_sink.dtype == DType::BF16),
+                                   q_sink.dtype == dt_),
            "attention", "sinks need hole_end and q_sink");
     expect(batch.max_ctx_len > 0 || batch.num_tokens == 0, "attention", "batch.max_ctx_len is not set");
     const cuda::AttentionArgs a = attention_args(out, q, kv, batch, num_heads, scale, sliding_window, q_sink);
@@ -424,6 +443,7 @@ class CudaBackend final : public Backend {
     a.KV = int(kv.k.shape[2]);
     a.hd = int(kv.k.shape[3]);
     a.bs = int(kv.k.shape[1]);
+    a.kv_t = kv.k.dtype;
     a.q = q.data;
     a.q_sink = batch.sinks.empty() ? nullptr : q_sink.data;
     a.out = out.data;
@@ -449,7 +469,7 @@ class CudaBackend final : public Backend {
   // cuBLASLt is column-major: the row-major out[n, o] = x[n, i] · w[o, i]^T is, column-major,
   // out(o x n) = w^T(o x i) · x(i x n), with w stored i x o (transposed) and x stored i x n.
   const GemmPlan& gemm_plan(int64_t o, int64_t n, int64_t in, DType out_t) {
-    const auto key = std::make_tuple(o, n, in, int(out_t));
+    const auto key = std::make_tuple(o, n, in, int(out_t) * 16 + int(dt_));
     auto it = plans_.find(key);
     if (it != plans_.end()) return *it->second;
     auto plan = std::make_unique<GemmPlan>();
@@ -457,9 +477,11 @@ class CudaBackend final : public Backend {
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
     check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
+    // float32 mode: f32 in and CUBLAS_COMPUTE_32F, which is true f32 (TF32 would need _FAST_TF32).
     const cudaDataType_t ct = out_t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
-    check_lt(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_16BF, uint64_t(in), uint64_t(o), in), "layout a");
-    check_lt(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_16BF, uint64_t(in), uint64_t(n), in), "layout b");
+    const cudaDataType_t in_t = dt_ == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+    check_lt(cublasLtMatrixLayoutCreate(&plan->a, in_t, uint64_t(in), uint64_t(o), in), "layout a");
+    check_lt(cublasLtMatrixLayoutCreate(&plan->b, in_t, uint64_t(in), uint64_t(n), in), "layout b");
     check_lt(cublasLtMatrixLayoutCreate(&plan->c, ct, uint64_t(o), uint64_t(n), o), "layout c");
     cublasLtMatmulPreference_t pref;
     check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
@@ -495,6 +517,7 @@ class CudaBackend final : public Backend {
   }
 
   std::shared_ptr<StreamState> st_;
+  DType dt_;  // weights, activations and KV: bf16, or f32 (float32 mode)
   cudaDeviceProp props_{};
   cublasLtHandle_t lt_ = nullptr;
   bool batch_invariant_ = false;
@@ -533,7 +556,9 @@ std::unique_ptr<Graph> CudaBackend::end_capture() {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+std::unique_ptr<Backend> make_cuda_backend(int device, DType dtype) {
+  return std::make_unique<CudaBackend>(device, dtype);
+}
 
 void* cuda_stream(Backend& backend) {
   auto* cuda = dynamic_cast<CudaBackend*>(&backend);

@@ -38,8 +38,8 @@ __device__ float block_sum(float v, float* scratch) {
   return scratch[32];
 }
 
-template <typename TO>
-__global__ void embedding_kernel(TO* out, const bf16* table, const int32_t* ids, int64_t d, int64_t vocab) {
+template <typename TO, typename TW>
+__global__ void embedding_kernel(TO* out, const TW* table, const int32_t* ids, int64_t d, int64_t vocab) {
   const int64_t i = blockIdx.x;
   const int32_t id = ids[i];
   const bool ok = id >= 0 && id < vocab;
@@ -47,8 +47,8 @@ __global__ void embedding_kernel(TO* out, const bf16* table, const int32_t* ids,
     out[i * d + j] = from_f<TO>(ok ? to_f(table[int64_t(id) * d + j]) : 0.f);
 }
 
-template <typename TO, typename TX>
-__global__ void rmsnorm_kernel(TO* out, const TX* x, const bf16* w, int64_t d, float eps) {
+template <typename TO, typename TX, typename TW>
+__global__ void rmsnorm_kernel(TO* out, const TX* x, const TW* w, int64_t d, float eps) {
   pdl_wait();
   __shared__ float scratch[33];
   const int64_t r = blockIdx.x;
@@ -62,8 +62,8 @@ __global__ void rmsnorm_kernel(TO* out, const TX* x, const bf16* w, int64_t d, f
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = from_f<TO>(to_f(w[j]) * (to_f(xr[j]) * inv));
 }
 
-template <typename TO, typename TD>
-__global__ void add_rmsnorm_kernel(float* residual, TO* out, const TD* delta, const bf16* w, int64_t d, float eps) {
+template <typename TO, typename TD, typename TW>
+__global__ void add_rmsnorm_kernel(float* residual, TO* out, const TD* delta, const TW* w, int64_t d, float eps) {
   pdl_wait();
   __shared__ float scratch[33];
   const int64_t r = blockIdx.x;
@@ -105,15 +105,15 @@ __global__ void rope_kernel(T* x, int64_t width, int head_dim, const int32_t* po
   }
 }
 
-template <typename T>
-__global__ void kv_write_kernel(bf16* kc, bf16* vc, const T* k, const T* v, const int32_t* slots, int64_t width,
+template <typename T, typename TC>
+__global__ void kv_write_kernel(TC* kc, TC* vc, const T* k, const T* v, const int32_t* slots, int64_t width,
                                 int64_t num_slots) {
   const int64_t t = blockIdx.x;
   const int64_t slot = slots[t];
   if (slot < 0 || slot >= num_slots) return;  // the host checked; never write outside the cache
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
-    kc[slot * width + j] = __float2bfloat16(to_f(k[t * width + j]));
-    vc[slot * width + j] = __float2bfloat16(to_f(v[t * width + j]));
+    kc[slot * width + j] = from_f<TC>(to_f(k[t * width + j]));
+    vc[slot * width + j] = from_f<TC>(to_f(v[t * width + j]));
   }
 }
 
@@ -121,8 +121,8 @@ __global__ void kv_write_kernel(bf16* kc, bf16* vc, const T* k, const T* v, cons
 // query heads, then the KV heads. Each thread forms its frequency's angle in double as rope_kernel does (so
 // the result is the same to the bit) and rotates one pair; KV-head blocks then store the rotated k and the v
 // head at the token's slot (none for slot < 0).
-template <typename T>
-__global__ void rope_kv_write_kernel(T* q, T* k, const T* v, bf16* kc, bf16* vc, int H, int KV, int head_dim,
+template <typename T, typename TC>
+__global__ void rope_kv_write_kernel(T* q, T* k, const T* v, TC* kc, TC* vc, int H, int KV, int head_dim,
                                      const int32_t* pos, const double* inv_freq, const int32_t* rope_row, float af,
                                      const int32_t* slots, int64_t num_slots) {
   pdl_wait();
@@ -144,13 +144,13 @@ __global__ void rope_kv_write_kernel(T* q, T* k, const T* v, bf16* kc, bf16* vc,
     x[i] = y1;
     x[i + half] = y2;
     if (store) {
-      kc[kv_off + i] = __float2bfloat16(to_f(y1));
-      kc[kv_off + i + half] = __float2bfloat16(to_f(y2));
+      kc[kv_off + i] = from_f<TC>(to_f(y1));
+      kc[kv_off + i + half] = from_f<TC>(to_f(y2));
     }
   }
   if (store) {
     const T* vr = v + t * width + int64_t(head - H) * head_dim;
-    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) vc[kv_off + i] = __float2bfloat16(to_f(vr[i]));
+    for (int i = threadIdx.x; i < head_dim; i += blockDim.x) vc[kv_off + i] = from_f<TC>(to_f(vr[i]));
   }
 }
 
@@ -350,8 +350,8 @@ __global__ void silu_mul_kernel(T* out, const T* gate, const T* up, int64_t n) {
   }
 }
 
-template <typename T>
-__global__ void add_bias_kernel(T* out, const bf16* bias, int64_t rows, int64_t o) {
+template <typename T, typename TW>
+__global__ void add_bias_kernel(T* out, const TW* bias, int64_t rows, int64_t o) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < rows * o; i += int64_t(gridDim.x) * blockDim.x)
     out[i] = from_f<T>(to_f(out[i]) + to_f(bias[i % o]));
 }
@@ -448,37 +448,46 @@ void dispatch_rows(int64_t n, F&& f) {
 
 }  // namespace
 
-void embedding(cudaStream_t st, void* out, DType out_t, const void* table, const int32_t* ids, int64_t n, int64_t d,
-               int64_t vocab) {
+void embedding(cudaStream_t st, void* out, DType out_t, const void* table, DType w_t, const int32_t* ids, int64_t n,
+               int64_t d, int64_t vocab) {
   if (n == 0) return;
   const int th = threads_for(d);
-  if (out_t == DType::F32) embedding_kernel<<<n, th, 0, st>>>(static_cast<float*>(out), as_bf16(table), ids, d, vocab);
-  else embedding_kernel<<<n, th, 0, st>>>(static_cast<bf16*>(out), as_bf16(table), ids, d, vocab);
+  dispatch2(out_t, w_t, [&](auto o, auto w) {
+    using TO = decltype(o);
+    using TW = decltype(w);
+    embedding_kernel<<<n, th, 0, st>>>(static_cast<TO*>(out), static_cast<const TW*>(table), ids, d, vocab);
+  });
   check_launch("embedding");
 }
 
-void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, int64_t rows, int64_t d,
-             float eps) {
+void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, DType w_t, int64_t rows,
+             int64_t d, float eps) {
   if (rows == 0) return;
   const int th = threads_for(d);
   dispatch2(out_t, x_t, [&](auto o, auto i) {
     using TO = decltype(o);
     using TX = decltype(i);
-    launch_pdl(rmsnorm_kernel<TO, TX>, rows, th, 0, st, static_cast<TO*>(out), static_cast<const TX*>(x), as_bf16(w), d,
-               eps);
+    dispatch1(w_t, [&](auto wt) {
+      using TW = decltype(wt);
+      launch_pdl(rmsnorm_kernel<TO, TX, TW>, rows, th, 0, st, static_cast<TO*>(out), static_cast<const TX*>(x),
+                 static_cast<const TW*>(w), d, eps);
+    });
   });
   check_launch("rmsnorm");
 }
 
 void add_rmsnorm(cudaStream_t st, float* residual, void* out, DType out_t, const void* delta, DType delta_t,
-                 const void* w, int64_t rows, int64_t d, float eps) {
+                 const void* w, DType w_t, int64_t rows, int64_t d, float eps) {
   if (rows == 0) return;
   const int th = threads_for(d);
   dispatch2(out_t, delta_t, [&](auto o, auto i) {
     using TO = decltype(o);
     using TD = decltype(i);
-    launch_pdl(add_rmsnorm_kernel<TO, TD>, rows, th, 0, st, residual, static_cast<TO*>(out), static_cast<const TD*>(delta),
-               as_bf16(w), d, eps);
+    dispatch1(w_t, [&](auto wt) {
+      using TW = decltype(wt);
+      launch_pdl(add_rmsnorm_kernel<TO, TD, TW>, rows, th, 0, st, residual, static_cast<TO*>(out),
+                 static_cast<const TD*>(delta), static_cast<const TW*>(w), d, eps);
+    });
   });
   check_launch("add_rmsnorm");
 }
@@ -496,28 +505,30 @@ void rope(cudaStream_t st, void* x, DType t, int64_t n, int64_t width, int head_
   check_launch("rope");
 }
 
-void kv_write(cudaStream_t st, void* k_cache, void* v_cache, const void* k, const void* v, DType t,
+void kv_write(cudaStream_t st, void* k_cache, void* v_cache, DType cache_t, const void* k, const void* v, DType t,
               const int32_t* slots, int64_t n, int64_t width, int64_t num_slots) {
   if (n == 0) return;
-  dispatch1(t, [&](auto x) {
+  dispatch2(t, cache_t, [&](auto x, auto c) {
     using T = decltype(x);
-    kv_write_kernel<<<n, threads_for(width), 0, st>>>(static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache),
+    using TC = decltype(c);
+    kv_write_kernel<<<n, threads_for(width), 0, st>>>(static_cast<TC*>(k_cache), static_cast<TC*>(v_cache),
                                                       static_cast<const T*>(k), static_cast<const T*>(v), slots,
                                                       width, num_slots);
   });
   check_launch("kv_write");
 }
 
-void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, void* k_cache, void* v_cache, int64_t n,
-                   int H, int KV, int head_dim, const int32_t* positions, const double* inv_freq,
+void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, void* k_cache, void* v_cache,
+                   DType cache_t, int64_t n, int H, int KV, int head_dim, const int32_t* positions, const double* inv_freq,
                    const int32_t* rope_row, float attention_factor, const int32_t* slots, int64_t num_slots) {
   if (n == 0) return;
   if (head_dim / 2 > 256) throw Error("cuda backend: rope: head_dim above 512");
   const int th = std::max(32, std::min(256, head_dim / 2));
-  dispatch1(t, [&](auto x) {
+  dispatch2(t, cache_t, [&](auto x, auto c) {
     using T = decltype(x);
-    launch_pdl(rope_kv_write_kernel<T>, dim3(unsigned(n), unsigned(H + KV)), th, 0, st, static_cast<T*>(q),
-               static_cast<T*>(k), static_cast<const T*>(v), static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache), H,
+    using TC = decltype(c);
+    launch_pdl(rope_kv_write_kernel<T, TC>, dim3(unsigned(n), unsigned(H + KV)), th, 0, st, static_cast<T*>(q),
+               static_cast<T*>(k), static_cast<const T*>(v), static_cast<TC*>(k_cache), static_cast<TC*>(v_cache), H,
                KV, head_dim, positions, inv_freq, rope_row, attention_factor, slots, num_slots);
   });
   check_launch("rope_kv_write");
@@ -578,11 +589,13 @@ void silu_mul(cudaStream_t st, void* out, const void* gate, const void* up, DTyp
   check_launch("silu_mul");
 }
 
-void add_bias(cudaStream_t st, void* out, DType t, const void* bias, int64_t rows, int64_t o) {
+void add_bias(cudaStream_t st, void* out, DType t, const void* bias, DType bias_t, int64_t rows, int64_t o) {
   if (rows == 0) return;
-  dispatch1(t, [&](auto x) {
+  dispatch2(t, bias_t, [&](auto x, auto b) {
     using T = decltype(x);
-    add_bias_kernel<<<grid_for(rows * o, 256), 256, 0, st>>>(static_cast<T*>(out), as_bf16(bias), rows, o);
+    using TW = decltype(b);
+    add_bias_kernel<<<grid_for(rows * o, 256), 256, 0, st>>>(static_cast<T*>(out), static_cast<const TW*>(bias),
+                                                            rows, o);
   });
   check_launch("add_bias");
 }

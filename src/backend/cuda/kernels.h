@@ -1,6 +1,7 @@
 // Launchers for the CUDA backend's hand-written kernels (kernels.cu, attention.cu). Internal to
 // backend/cuda: callers pass raw device pointers and have checked shapes. Activation pointers are f32
-// or bf16 as `DType` says; weights are bf16.
+// or bf16 as `DType` says. Weights and the KV cache are bf16, or f32 where a dtype argument says so (the
+// backend's float32 mode); the matrix-vector kernels take bf16 only.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,23 +13,23 @@
 
 namespace rill::cuda {
 
-void embedding(cudaStream_t st, void* out, DType out_t, const void* table, const int32_t* ids, int64_t n, int64_t d,
-               int64_t vocab);
+void embedding(cudaStream_t st, void* out, DType out_t, const void* table, DType w_t, const int32_t* ids, int64_t n,
+               int64_t d, int64_t vocab);
 // rows = n / d; weight has d entries. out may alias x.
-void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, int64_t rows, int64_t d,
-             float eps);
+void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, DType w_t, int64_t rows,
+             int64_t d, float eps);
 // residual (f32) += delta; out = rmsnorm(residual) * w.
 void add_rmsnorm(cudaStream_t st, float* residual, void* out, DType out_t, const void* delta, DType delta_t,
-                 const void* w, int64_t rows, int64_t d, float eps);
+                 const void* w, DType w_t, int64_t rows, int64_t d, float eps);
 void rope(cudaStream_t st, void* x, DType t, int64_t n, int64_t width, int head_dim, const int32_t* positions,
           const double* inv_freq, const int32_t* rope_row, float attention_factor);
-// k, v: [n, width] in `t`; caches bf16 [slots, width].
-void kv_write(cudaStream_t st, void* k_cache, void* v_cache, const void* k, const void* v, DType t,
+// k, v: [n, width] in `t`; caches [slots, width] in cache_t.
+void kv_write(cudaStream_t st, void* k_cache, void* v_cache, DType cache_t, const void* k, const void* v, DType t,
               const int32_t* slots, int64_t n, int64_t width, int64_t num_slots);
-// rope on q [n, H * head_dim] and k [n, KV * head_dim] in place, then k and v stored at slots[i] of the bf16
-// caches [num_slots, KV * head_dim] (none for a negative slot).
-void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, void* k_cache, void* v_cache, int64_t n,
-                   int H, int KV, int head_dim, const int32_t* positions, const double* inv_freq,
+// rope on q [n, H * head_dim] and k [n, KV * head_dim] in place, then k and v stored at slots[i] of the
+// caches [num_slots, KV * head_dim] in cache_t (none for a negative slot).
+void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, void* k_cache, void* v_cache,
+                   DType cache_t, int64_t n, int H, int KV, int head_dim, const int32_t* positions, const double* inv_freq,
                    const int32_t* rope_row, float attention_factor, const int32_t* slots, int64_t num_slots);
 // Up to three weight matrices w[m] (bf16 [rows[m], k]) applied to the same x, each into its out[m].
 struct GemvGroup {
@@ -61,8 +62,8 @@ bool qkv_rope(cudaStream_t st, const QkvRope& a, const void* x, int64_t n, int64
 bool swiglu_gemv(cudaStream_t st, void* out, DType out_t, const void* x, const void* gate, const void* up, int64_t n,
                  int64_t f, int64_t k);
 void silu_mul(cudaStream_t st, void* out, const void* gate, const void* up, DType t, int64_t n);
-// out[i, :] += bias (bf16 [o]).
-void add_bias(cudaStream_t st, void* out, DType t, const void* bias, int64_t rows, int64_t o);
+// out[i, :] += bias ([o] in bias_t).
+void add_bias(cudaStream_t st, void* out, DType t, const void* bias, DType bias_t, int64_t rows, int64_t o);
 void gather_rows(cudaStream_t st, void* out, const void* x, size_t row_bytes, const int32_t* rows, int64_t m);
 void convert(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, int64_t n);
 void moe_route(cudaStream_t st, int32_t* ids, float* weights, const float* logits, int64_t n, int E, int k,
@@ -80,11 +81,13 @@ void top_logprobs(cudaStream_t st, float* out, const float* logits, const int32_
                   int k);
 
 struct AttentionArgs {
-  const void* q = nullptr;       // [n, H * hd] bf16
+  // q, q_sink and the caches are bf16, or all f32 (float32 mode: then only the CUDA-core split kernel runs).
+  DType kv_t = DType::BF16;
+  const void* q = nullptr;       // [n, H * hd]
   const void* q_sink = nullptr;  // same, or null
   void* out = nullptr;           // [n, H * hd]
   DType out_t = DType::BF16;
-  const void* k_cache = nullptr;  // [blocks, bs, KV, hd] bf16
+  const void* k_cache = nullptr;  // [blocks, bs, KV, hd]
   const void* v_cache = nullptr;
   const int32_t *q_start = nullptr, *ctx_len = nullptr, *tables = nullptr, *token_seq = nullptr;
   const int32_t *sinks = nullptr, *hole_end = nullptr;
