@@ -655,17 +655,29 @@ __global__ void attention_decode_combine_kernel(Params p) {
   const DecodeSplit ds = decode_split(a.ctx_len[s], q_len, a.sliding_window);
   if (ds.nsplit == 1) return;
   const int64_t row = ((int64_t(s) * p.dec_maxq + t) * a.H + head) * kDecodeMaxSplits;
+  // Every split's log-sum-exp and partial output loaded at once (unrolled to the 16-split bound), rather
+  // than one dependent load after another.
+  float lse[kDecodeMaxSplits];
   float M = -INFINITY;
-  for (int z = 0; z < ds.nsplit; ++z) M = fmaxf(M, p.dec_lse[row + z]);
+#pragma unroll
+  for (int z = 0; z < kDecodeMaxSplits; ++z) {
+    lse[z] = z < ds.nsplit ? p.dec_lse[row + z] : -INFINITY;
+    M = fmaxf(M, lse[z]);
+  }
   for (int d = threadIdx.x; d < a.hd; d += blockDim.x) {
+    float o[kDecodeMaxSplits];
+#pragma unroll
+    for (int z = 0; z < kDecodeMaxSplits; ++z) o[z] = z < ds.nsplit ? p.dec_o[(row + z) * a.hd + d] : 0.f;
     float L = 0.f, A = 0.f;
     if (M > -INFINITY)
-      for (int z = 0; z < ds.nsplit; ++z) {
-        const float w = exp2f(p.dec_lse[row + z] - M);
+#pragma unroll
+      for (int z = 0; z < kDecodeMaxSplits; ++z) {
+        const float w = z < ds.nsplit ? exp2f(lse[z] - M) : 0.f;
         L += w;
-        A += w * p.dec_o[(row + z) * a.hd + d];
+        A += w * o[z];
       }
-    static_cast<TO*>(a.out)[(int64_t(q0) + t) * a.H * a.hd + int64_t(head) * a.hd + d] = from_f<TO>(L > 0.f ? A / L : 0.f);
+    static_cast<TO*>(a.out)[(int64_t(q0) + t) * a.H * a.hd + int64_t(head) * a.hd + d] =
+        from_f<TO>(L > 0.f ? A / L : 0.f);
   }
 }
 
