@@ -50,10 +50,13 @@ enum Route { kSplit = 0, kTcPrefill = 1, kTcDecode = 2 };
 // The prefill kernel runs 8 warps (128 query rows) per block: each K/V tile then serves twice the rows of 4
 // warps (measured on the H100: 125 vs 109 TFLOP/s at 4096 causal tokens).
 constexpr int kPrefillWarps = 8;
-// It takes K/V tiles of 128 keys (the decode kernel's are 64): half the synchronisations and softmax
-// rescales per key; 139 KB of shared memory, at the one block per SM its registers allow anyway. With the
-// longest-first launch order: 128 -> 159 TFLOP/s at 4096 causal tokens on the H100 (each alone: 140, 145).
-constexpr int kPrefillKeys = 128;
+// K/V tiles of 64 keys, with Q in shared memory rather than registers, so that the kernel fits 128 registers
+// and two blocks share an SM (16 warps, where 128-key tiles with Q in registers took 255 registers, spilled,
+// and left one block of 8 warps per SM, latency-bound): 158 -> 195 TFLOP/s at 4096 causal tokens on the H100
+// (bench/results/cuda-attention-prefill-variants-h100-2026-11-23.txt); then masks only on the tiles that need
+// them and the score scale folded into the exponent's FFMA (online_softmax_raw): 193 -> 213 TFLOP/s. Blocks
+// launch longest first.
+constexpr int kPrefillKeys = 64, kPrefillBlocksPerSm = 2;
 constexpr int kTcKeys = 64, kTcMinRows = 16, kDecodeMaxSplits = 16, kDecodeOneSplitTiles = 8;
 
 __host__ __device__ __forceinline__ int route_of(int q_len, int sinks, int G, int hd, bool f32) {
@@ -271,11 +274,11 @@ __global__ void attention_combine_kernel(Params p) {
 }
 
 // ---- Prefill on tensor cores (FlashAttention-2 style) ------------------------------------------------------
-// One block: 16 query rows per warp (kPrefillWarps warps) of one sequence and one query head; K/V tiles of
-// kPrefillKeys keys stream from the paged cache into shared memory (double-buffered cp.async); S = Q K^T and
-// O += P V run on mma.sync m16n8k16 (bf16 in, f32 accumulate; K and V fragments by ldmatrix) with the online
-// softmax in registers. Rows are independent: a row's result does not depend on which rows share its tile, and
-// key tiles are aligned to multiples of kPrefillKeys.
+// One block: 16 query rows per warp (kPrefillWarps warps) of one sequence and one query head, its Q rows copied
+// once into shared memory; K/V tiles of kPrefillKeys keys stream from the paged cache into shared memory
+// (double-buffered cp.async); S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, f32 accumulate; Q, K and
+// V fragments by ldmatrix) with the online softmax in registers. Rows are independent: a row's result does not
+// depend on which rows share its tile, and key tiles are aligned to multiples of kPrefillKeys.
 __device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -354,6 +357,43 @@ __device__ __forceinline__ void online_softmax_step(float (&sc)[NT][4], float (&
   }
 }
 
+// online_softmax_step for raw scores (not yet scaled): maxima are kept in raw units and the scale folds into
+// one FFMA per probability, exp2(s * sl2 - m * sl2).
+template <int NT, int ND>
+__device__ __forceinline__ void online_softmax_raw(float (&sc)[NT][4], float (&o)[ND][4], float mxA, float mxB,
+                                                   float& mA, float& mB, float& lA, float& lB, float sl2) {
+#pragma unroll
+  for (int off = 1; off <= 2; off <<= 1) {
+    mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, off));
+    mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, off));
+  }
+  const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
+  const float baseA = nA == -INFINITY ? 0.f : nA, baseB = nB == -INFINITY ? 0.f : nB;
+  const float cA = exp2f((mA - baseA) * sl2), cB = exp2f((mB - baseB) * sl2);
+  const float nbA = -baseA * sl2, nbB = -baseB * sl2;
+  mA = nA;
+  mB = nB;
+  float sumA = 0.f, sumB = 0.f;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    sc[nt][0] = exp2f(fmaf(sc[nt][0], sl2, nbA));
+    sc[nt][1] = exp2f(fmaf(sc[nt][1], sl2, nbA));
+    sc[nt][2] = exp2f(fmaf(sc[nt][2], sl2, nbB));
+    sc[nt][3] = exp2f(fmaf(sc[nt][3], sl2, nbB));
+    sumA += sc[nt][0] + sc[nt][1];
+    sumB += sc[nt][2] + sc[nt][3];
+  }
+  lA = lA * cA + sumA;
+  lB = lB * cB + sumB;
+#pragma unroll
+  for (int i = 0; i < ND; ++i) {
+    o[i][0] *= cA;
+    o[i][1] *= cA;
+    o[i][2] *= cB;
+    o[i][3] *= cB;
+  }
+}
+
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
   const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
@@ -376,7 +416,7 @@ __device__ __forceinline__ void load_tile_async(bf16 (*Ks)[HD + 8], bf16 (*Vs)[H
 }
 // Shared memory of the tensor-core kernels: two K/V tile buffers (double buffering).
 template <int HD, int KEYS = kTcKeys>
-constexpr int tc_smem_bytes() { return 2 * 2 * KEYS * (HD + 8) * int(sizeof(bf16)); }
+__host__ __device__ constexpr int tc_smem_bytes() { return 2 * 2 * KEYS * (HD + 8) * int(sizeof(bf16)); }
 template <int HD, int KEYS = kTcKeys>
 struct TileBuffers {
   bf16 (*k[2])[HD + 8];
@@ -417,15 +457,22 @@ __device__ __forceinline__ void advance_tiles(const TileBuffers<HD, KEYS>& buf, 
   __syncthreads();
 }
 
-template <typename TO, int HD, int WARPS, int KEYS>
-__global__ void __launch_bounds__(WARPS * 32) attention_prefill_kernel(Params p) {
+// Q is staged in shared memory (one coalesced copy per block) rather than held in registers, and S = Q K^T runs
+// with the head dimension outermost: each 16-dim step loads the warp's Q fragment once by ldmatrix and feeds it
+// to every key column tile, whose accumulators are then independent (no chain of dependent MMAs). That frees
+// the 32 Q registers, so that with 64-key tiles MINB = 2 blocks of 8 warps fit one SM. A warp skips the MMAs
+// of a tile whose keys all lie past its last row, and masks only tiles that cross its own rows' diagonal,
+// window edge or end.
+template <int HD, int KEYS>
+constexpr int prefill_smem_bytes(int rows) { return tc_smem_bytes<HD, KEYS>() + rows * (HD + 8) * int(sizeof(bf16)); }
+
+template <typename TO, int HD, int WARPS, int KEYS, int MINB>
+__global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Params p) {
   constexpr int kTcRows = WARPS * 16;
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const TileBuffers<HD, KEYS> buf(tc_smem);
+  bf16 (*Qs)[HD + 8] = reinterpret_cast<bf16 (*)[HD + 8]>(tc_smem + tc_smem_bytes<HD, KEYS>());
   const AttentionArgs& a = p.a;
-  // Longest first: heads vary fastest, then sequences, then query tiles from the last (the most keys under
-  // the causal mask) to the first, so the long blocks start in the first waves and the short ones fill in the
-  // last (in launch order the other way round, the last wave was the longest blocks alone).
   const int r = int(blockIdx.x) / a.H, h = int(blockIdx.x) % a.H;
   const int s = r % a.num_seqs, tile = p.tc_tiles - 1 - r / a.num_seqs;
   if (route_dev(a, s) != kTcPrefill) return;
@@ -433,75 +480,91 @@ __global__ void __launch_bounds__(WARPS * 32) attention_prefill_kernel(Params p)
   const int row0 = tile * kTcRows;
   if (row0 >= q_len) return;
   const int G = a.H / a.KV, kvh = h / G;
-  const int first_self = a.ctx_len[s] - q_len;  // cache index of the sequence's first new token
+  const int first_self = a.ctx_len[s] - q_len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-  const int rA = row0 + warp * 16 + g, rB = rA + 8;  // this thread's two rows
-  const int selfA = first_self + rA, selfB = first_self + rB;
+  const int wrow0 = row0 + warp * 16;
+  const int rA = wrow0 + g, rB = rA + 8;
+  const int selfA = first_self + rA, selfB = selfA + 8;
   const int loA = a.sliding_window > 0 ? selfA - a.sliding_window + 1 : 0;
   const int loB = a.sliding_window > 0 ? selfB - a.sliding_window + 1 : 0;
   const bf16* Q = as_bf16(a.q);
-  // Q fragments for the warp's 16 rows, all of head_dim.
-  uint32_t qa[HD / 16][4];
-  load_q_fragments<HD>(qa, Q + (int64_t(q0) + rA) * a.H * HD + int64_t(h) * HD,
-                       Q + (int64_t(q0) + rB) * a.H * HD + int64_t(h) * HD, rA < q_len, rB < q_len, tq);
+  // The block's Q rows into shared memory (zeros past the sequence), in the first cp.async group.
+  for (int i = threadIdx.x; i < kTcRows * HD / 8; i += blockDim.x) {
+    const int row = i / (HD / 8), c = (i % (HD / 8)) * 8;
+    const bool ok = row0 + row < q_len;
+    cp_async16(&Qs[row][c], Q + (ok ? (int64_t(q0) + row0 + row) * a.H * HD + int64_t(h) * HD + c : 0), ok);
+  }
   float o[HD / 8][4];
 #pragma unroll
   for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float mA = -INFINITY, mB = -INFINITY, lA = 0.f, lB = 0.f;
-  const float sl2 = a.scale * 1.4426950408889634f;  // scores in log2 units
+  const float sl2 = a.scale * 1.4426950408889634f;
 
   const int last_row = min(row0 + kTcRows, q_len) - 1;
-  const int hi = first_self + last_row + 1;  // keys [.., hi) for the tile
+  const int hi = first_self + last_row + 1;
   const int lo = a.sliding_window > 0 ? max(0, first_self + row0 - a.sliding_window + 1) : 0;
   const int32_t* table = a.tables + int64_t(s) * a.max_blocks;
   const int kfirst = (lo / KEYS) * KEYS, ntiles = (hi - kfirst + KEYS - 1) / KEYS;
-  load_tile_async<HD, KEYS>(buf.k[0], buf.v[0], a, table, kvh, kfirst, hi);
+  const int wself_last = first_self + min(wrow0 + 16, q_len) - 1;
+  const bool warp_live = wrow0 < q_len;
+  load_tile_async<HD, KEYS>(buf.k[0], buf.v[0], a, table, kvh, kfirst, hi);  // commits Q's copies with it
   for (int it = 0; it < ntiles; ++it) {
     const int kb = kfirst + it * KEYS;
     bf16 (*Ks)[HD + 8] = buf.k[it & 1];
     bf16 (*Vs)[HD + 8] = buf.v[it & 1];
     advance_tiles<HD, KEYS>(buf, it, ntiles, a, table, kvh, kb + KEYS, hi);
-    // S = Q K^T for 16 rows x KEYS keys.
-    float sc[KEYS / 8][4];
+    if (warp_live && kb <= wself_last) {
+      float sc[KEYS / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < KEYS / 8; ++nt) {
-      sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+      for (int nt = 0; nt < KEYS / 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
 #pragma unroll
-      for (int k2 = 0; k2 < HD / 32; ++k2) {
-        uint32_t kb4[4];
-        ldmatrix_x4(kb4, &Ks[nt * 8 + lane % 8][k2 * 32 + (lane / 8) * 8]);
-        mma_bf16(sc[nt], qa[2 * k2], kb4[0], kb4[1]);
-        mma_bf16(sc[nt], qa[2 * k2 + 1], kb4[2], kb4[3]);
+      for (int ks = 0; ks < HD / 16; ++ks) {
+        uint32_t qf[4];  // A fragment: rows 0-15 of the warp, dims [16 ks, 16 ks + 16)
+        ldmatrix_x4(qf, &Qs[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+#pragma unroll
+        for (int np = 0; np < KEYS / 16; ++np) {
+          uint32_t kf[4];  // keys [16 np, 16 np + 16) x dims [16 ks, 16 ks + 16): two B fragments
+          ldmatrix_x4(kf, &Ks[np * 16 + (lane / 16) * 8 + lane % 8][ks * 16 + ((lane / 8) & 1) * 8]);
+          mma_bf16(sc[2 * np], qf, kf[0], kf[1]);
+          mma_bf16(sc[2 * np + 1], qf, kf[2], kf[3]);
+        }
+      }
+      const int wself0 = first_self + wrow0;
+      const bool interior = kb + KEYS - 1 <= wself0 && wrow0 + 16 <= q_len &&
+                            (a.sliding_window <= 0 || kb >= wself0 + 16 - a.sliding_window);
+      float mxA = -INFINITY, mxB = -INFINITY;
+      // Masks only where the tile crosses the warp's diagonal, window edge or end; scores stay raw (the scale
+      // folds into the exponent).
+      if (interior) {
+#pragma unroll
+        for (int nt = 0; nt < KEYS / 8; ++nt) {
+          mxA = fmaxf(mxA, fmaxf(sc[nt][0], sc[nt][1]));
+          mxB = fmaxf(mxB, fmaxf(sc[nt][2], sc[nt][3]));
+        }
+      } else {
+#pragma unroll
+        for (int nt = 0; nt < KEYS / 8; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int j = kb + nt * 8 + 2 * tq + (e & 1);
+            const bool rowB = e >= 2;
+            const int self = rowB ? selfB : selfA, low = rowB ? loB : loA;
+            const bool ok = (rowB ? rB : rA) < q_len && j <= self && j >= low;
+            if (!ok) sc[nt][e] = -INFINITY;
+            if (rowB) mxB = fmaxf(mxB, sc[nt][e]);
+            else mxA = fmaxf(mxA, sc[nt][e]);
+          }
+      }
+      online_softmax_raw(sc, o, mxA, mxB, mA, mB, lA, lB, sl2);
+#pragma unroll
+      for (int kt = 0; kt < KEYS / 16; ++kt) {
+        uint32_t pa[4] = {pack_bf16(sc[2 * kt][0], sc[2 * kt][1]), pack_bf16(sc[2 * kt][2], sc[2 * kt][3]),
+                          pack_bf16(sc[2 * kt + 1][0], sc[2 * kt + 1][1]),
+                          pack_bf16(sc[2 * kt + 1][2], sc[2 * kt + 1][3])};
+        pv_step<HD>(o, pa, Vs, kt * 16, lane);
       }
     }
-    // Masks (only on tiles that cross the diagonal, the window's edge or the last rows) and the online
-    // softmax (rows rA: elements 0,1; rB: elements 2,3).
-    const int block_self = first_self + row0;
-    const bool interior = kb + KEYS - 1 <= block_self && row0 + kTcRows <= q_len &&
-                          (a.sliding_window <= 0 || kb >= block_self + kTcRows - a.sliding_window);
-    float mxA = -INFINITY, mxB = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < KEYS / 8; ++nt)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int j = kb + nt * 8 + 2 * tq + (e & 1);
-        const bool rowB = e >= 2;
-        const int self = rowB ? selfB : selfA, low = rowB ? loB : loA;
-        const bool ok = interior || ((rowB ? rB : rA) < q_len && j <= self && j >= low);
-        const float v = ok ? sc[nt][e] * sl2 : -INFINITY;
-        sc[nt][e] = v;
-        if (rowB) mxB = fmaxf(mxB, v);
-        else mxA = fmaxf(mxA, v);
-      }
-    online_softmax_step(sc, o, mxA, mxB, mA, mB, lA, lB);
-    // O += P V: P's accumulator layout is the A operand's layout.
-#pragma unroll
-    for (int kt = 0; kt < KEYS / 16; ++kt) {
-      uint32_t pa[4] = {pack_bf16(sc[2 * kt][0], sc[2 * kt][1]), pack_bf16(sc[2 * kt][2], sc[2 * kt][3]),
-                        pack_bf16(sc[2 * kt + 1][0], sc[2 * kt + 1][1]), pack_bf16(sc[2 * kt + 1][2], sc[2 * kt + 1][3])};
-      pv_step<HD>(o, pa, Vs, kt * 16, lane);
-    }
-    __syncthreads();  // this buffer is refilled two tiles on
+    __syncthreads();
   }
 #pragma unroll
   for (int off = 1; off <= 2; off <<= 1) {
@@ -734,9 +797,11 @@ template <typename TO>
 void launch(cudaStream_t st, const Params& p, const Plan& pl) {
   if (pl.prefill && p.tc_tiles > 0) {
     const dim3 grid(unsigned(int64_t(p.a.num_seqs) * p.tc_tiles * p.a.H));
-    constexpr int W = kPrefillWarps, K = kPrefillKeys;
-    if (p.a.hd == 64) launch_tc(attention_prefill_kernel<TO, 64, W, K>, tc_smem_bytes<64, K>(), grid, st, p, W * 32);
-    else launch_tc(attention_prefill_kernel<TO, 128, W, K>, tc_smem_bytes<128, K>(), grid, st, p, W * 32);
+    constexpr int W = kPrefillWarps, K = kPrefillKeys, B = kPrefillBlocksPerSm;
+    if (p.a.hd == 64)
+      launch_tc(attention_prefill_kernel<TO, 64, W, K, B>, prefill_smem_bytes<64, K>(16 * W), grid, st, p, W * 32);
+    else
+      launch_tc(attention_prefill_kernel<TO, 128, W, K, B>, prefill_smem_bytes<128, K>(16 * W), grid, st, p, W * 32);
     check_launch("attention (prefill)");
   }
   if (pl.decode && p.dec_maxq > 0) {
