@@ -5,9 +5,10 @@
 //    group's heads packed into the tile, so K/V are read once per group, and the keys split across blocks
 //    (at most 16 splits, decided by the sequence's own length), merged by log-sum-exp;
 //  - the rest (rolling KV with attention sinks, head sizes other than 64/128, mid-size chunks, and everything
-//    in float32 mode, where q and the cache are f32): the split kernel, flash-decoding style on CUDA cores. One block handles one query token, the query heads of one KV
-//    head (up to 8 at a time) and one split of at most kSplitKeys keys; a key row of head_dim bf16 is read by
-//    LPK lanes with one 16-byte load each, scores are reduced across them with shuffles and folded into an
+//    in float32 mode, where q and the cache are f32): the split kernel, flash-decoding style on CUDA cores.
+//    One block handles one query token, the query heads of one KV head (up to 8 at a time) and one split of
+//    at most kSplitKeys keys; a key row of head_dim entries is read by LPK lanes with one 16-byte load each
+//    (two in f32), scores are reduced across them with shuffles and folded into an
 //    online softmax per lane group, then groups and warps merge through shared memory.
 //
 // A token's splits depend only on how many keys it attends to, never on the rest of the batch. Masks are the
@@ -474,15 +475,18 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Par
   bf16 (*Qs)[HD + 8] = reinterpret_cast<bf16 (*)[HD + 8]>(tc_smem + tc_smem_bytes<HD, KEYS>());
   const AttentionArgs& a = p.a;
   const int r = int(blockIdx.x) / a.H, h = int(blockIdx.x) % a.H;
+  // Longest first: heads vary fastest, then sequences, then query tiles from the last (the most keys under
+  // the causal mask) to the first, so the long blocks start in the first waves and the short ones fill in the
+  // last (in launch order the other way round, the last wave was the longest blocks alone).
   const int s = r % a.num_seqs, tile = p.tc_tiles - 1 - r / a.num_seqs;
   if (route_dev(a, s) != kTcPrefill) return;
   const int q0 = a.q_start[s], q_len = a.q_start[s + 1] - q0;
   const int row0 = tile * kTcRows;
   if (row0 >= q_len) return;
   const int G = a.H / a.KV, kvh = h / G;
-  const int first_self = a.ctx_len[s] - q_len;
+  const int first_self = a.ctx_len[s] - q_len;  // cache index of the sequence's first new token
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-  const int wrow0 = row0 + warp * 16;
+  const int wrow0 = row0 + warp * 16;  // the warp's first row; this thread's are rA and rB
   const int rA = wrow0 + g, rB = rA + 8;
   const int selfA = first_self + rA, selfB = selfA + 8;
   const int loA = a.sliding_window > 0 ? selfA - a.sliding_window + 1 : 0;
@@ -498,10 +502,10 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Par
 #pragma unroll
   for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
   float mA = -INFINITY, mB = -INFINITY, lA = 0.f, lB = 0.f;
-  const float sl2 = a.scale * 1.4426950408889634f;
+  const float sl2 = a.scale * 1.4426950408889634f;  // raw score to log2 units (the scale is positive)
 
   const int last_row = min(row0 + kTcRows, q_len) - 1;
-  const int hi = first_self + last_row + 1;
+  const int hi = first_self + last_row + 1;  // keys [.., hi) for the block
   const int lo = a.sliding_window > 0 ? max(0, first_self + row0 - a.sliding_window + 1) : 0;
   const int32_t* table = a.tables + int64_t(s) * a.max_blocks;
   const int kfirst = (lo / KEYS) * KEYS, ntiles = (hi - kfirst + KEYS - 1) / KEYS;
