@@ -105,7 +105,8 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats, "Timed repeats per figure (median)");
   app.add_option("--what", what, "Comma-separated: bandwidth,gemm,gemv,decode1,batch64,prefill,attention,sampling");
   app.add_option("--out", out, "Write the figures as JSON here");
-  app.add_option("--dtype", dtype, "The backend's --dtype: auto (bf16) or float32 (for decode1, batch64, prefill)");
+  app.add_option("--dtype", dtype,
+                 "The backend's --dtype: auto (bf16) or float32 (for decode1, batch64, prefill)");
   CLI11_PARSE(app, argc, argv);
   auto want = [&](const char* k) { return ("," + what + ",").find("," + std::string(k) + ",") != std::string::npos; };
 

@@ -571,15 +571,17 @@ void check_attention(Backend& cpu, Backend& gpu, DType gpu_dtype, const AttnCase
     kv.k = put(b, kcache, {num_blocks, bs, c.kv_heads, c.hd}, gpu_dtype);
     kv.v = put(b, vcache, {num_blocks, bs, c.kv_heads, c.hd}, gpu_dtype);
     Tensor out = b.alloc(b.device() == Device::CPU ? DType::F32 : gpu_dtype, {n, qw});
-    b.attention(out, put(b, q, {n, qw}, gpu_dtype), kv, ab, c.heads, 1.f / std::sqrt(float(c.hd)), c.sliding_window,
-                c.sinks ? put(b, q_sink, {n, qw}, gpu_dtype) : Tensor{});
+    b.attention(out, put(b, q, {n, qw}, gpu_dtype), kv, ab, c.heads, 1.f / std::sqrt(float(c.hd)),
+                c.sliding_window, c.sinks ? put(b, q_sink, {n, qw}, gpu_dtype) : Tensor{});
     return get(b, out);
   };
   const auto a = run(cpu), g = run(gpu);
   EXPECT_LE(rel_max_diff(g.data(), a.data(), a.size()), tol);
 }
 
-TEST_P(CudaAttention, MatchesCpu) { check_attention(*cpu_, *gpu_, DType::BF16, GetParam(), 1e-2); }
+TEST_P(CudaAttention, MatchesCpu) {
+  check_attention(*cpu_, *gpu_, DType::BF16, GetParam(), 1e-2);
+}
 
 TEST_P(CudaAttention, Float32ModeMatchesCpu) {
   auto gpu32 = make_backend("cuda", 0, "float32");
@@ -714,7 +716,8 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
 // The TinyStories model (f32 weights, which the GPU stores as bf16) gives the CPU's greedy tokens for 200
 // steps when the CPU runs the same bf16-rounded weights.
 // 200 greedy tokens of the real TinyStories model from BOS.
-std::vector<int32_t> stories_greedy(const Checkpoint& ck, Backend& b, const std::vector<int32_t>& prompt, int n) {
+std::vector<int32_t> stories_greedy(const Checkpoint& ck, Backend& b, const std::vector<int32_t>& prompt,
+                                    int n) {
   Model model(ck, b);
   KvCache kv(b, model.config(), 32, 16);
   GenerateOptions opt;
@@ -724,7 +727,8 @@ std::vector<int32_t> stories_greedy(const Checkpoint& ck, Backend& b, const std:
   return generate(model, kv, prompt, opt).ids;
 }
 
-// In float32 mode the GPU keeps the f32 checkpoint in f32, and must choose what the CPU chooses, token for token.
+// In float32 mode the GPU keeps the f32 checkpoint in f32, and must choose what the CPU chooses, token for
+// token.
 TEST(CudaModel, StoriesGreedyMatchesCpuFor200Tokens) {
   RILL_NEED_GPU();
   const std::string path = shared("data/models/stories260K/stories260K.bin");
@@ -784,9 +788,10 @@ TEST(CudaModel, StoriesGreedyBf16FollowsCpuUntilANearTie) {
     dist = std::max(dist, std::fabs(lc[i] - lg[i]));
   }
   const float pref = lc[size_t(a[first])] - lc[size_t(g[first])];
-  std::printf("first difference at token %zu (cpu %d, gpu %d): the CPU prefers its token by %.4f; the logits are "
-              "%.4f apart (largest |logit| %.3f)\n",
-              first, a[first], g[first], pref, dist, max_abs);
+  std::printf(
+      "first difference at token %zu (cpu %d, gpu %d): the CPU prefers its token by %.4f; the logits are "
+      "%.4f apart (largest |logit| %.3f)\n",
+      first, a[first], g[first], pref, dist, max_abs);
   EXPECT_LE(dist, 0.13f * max_abs) << "the GPU's logits are further from the CPU's than bf16 explains";
   EXPECT_LE(pref, 2 * dist) << "the GPU chose a token the CPU ranks lower by more than their logits differ";
 }

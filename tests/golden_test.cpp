@@ -41,13 +41,13 @@ class GoldenTest : public testing::TestWithParam<Case> {
     kv_ = std::make_unique<KvCache>(*backend_, model_->config(), 64, 16);
   }
   // On the GPU (in its default bf16 mode) every checkpoint runs in bf16: weights, activations between ops
-  // and the KV cache (f32 accumulation, f32 residual stream). On these random-weight fixtures the bf16 rounding of the weights
-  // alone moves the logits by up to 2.5e-2 (the CPU's bf16 cases); the bf16 roundings at the inputs of the
-  // GEMMs, which any bf16 tensor-core engine makes, add the rest: the CPU backend emulating exactly the
-  // GPU's rounding points gives llama 3.43e-2, llama31_rope_scaling 4.68e-2 (the GPU: 3.44e-2, 4.46e-2).
-  // So the GPU in bf16 is held to 5e-2. In float32 mode (--dtype float32, RILL_TEST_DTYPE=float32) the GPU
-  // keeps f32 weights in f32 and is held to the CPU's bounds: 1e-4 for the f32 checkpoints, 3e-2 for the
-  // bf16 copies (whose weights alone move the logits by up to 2.5e-2).
+  // and the KV cache (f32 accumulation, f32 residual stream). On these random-weight fixtures the bf16
+  // rounding of the weights alone moves the logits by up to 2.5e-2 (the CPU's bf16 cases); the bf16 roundings
+  // at the inputs of the GEMMs, which any bf16 tensor-core engine makes, add the rest: the CPU backend
+  // emulating exactly the GPU's rounding points gives llama 3.43e-2, llama31_rope_scaling 4.68e-2 (the
+  // GPU: 3.44e-2, 4.46e-2). So the GPU in bf16 is held to 5e-2. In float32 mode (--dtype float32,
+  // RILL_TEST_DTYPE=float32) the GPU keeps f32 weights in f32 and is held to the CPU's bounds: 1e-4 for the
+  // f32 checkpoints, 3e-2 for the bf16 copies (whose weights alone move the logits by up to 2.5e-2).
   bool bf16() const { return GetParam().bf16 || test_gpu_bf16(); }
   double tolerance() const { return test_gpu_bf16() ? 5e-2 : bf16() ? 3e-2 : 1e-4; }
   // MoE routing on these fixtures has near-ties that bf16 weights alone flip (the CPU, f32 compute on the
@@ -215,7 +215,8 @@ TEST_P(StoriesTest, ReproducesReference) {
   // This f32 model is the most sensitive to bf16: its weights rounded to bf16 alone move the logits by 8.8e-2
   // (CPU, f32 compute), the GPU's bf16 activations to 11.5e-2.
   EXPECT_LE(rel_max_diff(logits.data(), ref_logits.data(), ref_logits.size()), test_gpu_bf16() ? 0.13 : 1e-4);
-  if (test_gpu_bf16()) return;  // greedy on the GPU in bf16: cuda_test compares it with the CPU on the same weights
+  if (test_gpu_bf16())
+    return;  // greedy on the GPU in bf16: cuda_test compares it with the CPU on the same weights
 
   const auto greedy = ids_of(expected.get("greedy_from_bos"));  // starts with BOS
   opt = GenerateOptions{};
@@ -249,7 +250,8 @@ TEST_P(EmbeddedModelTest, MatchesTransformers) {
   const auto logits = generate(model, kv, prompt, opt).prompt_logits;
   ASSERT_EQ(logits.size(), prompt.size() * size_t(model.config().vocab_size));
   EXPECT_LE(rel_max_diff(logits.data() + logits.size() - ref.size(), ref.data(), ref.size()), logit_tolerance(1e-4));
-  if (test_gpu_bf16()) return;  // no margins are recorded for these greedy ids; cuda_test compares with the CPU
+  if (test_gpu_bf16())
+    return;  // no margins are recorded for these greedy ids; cuda_test compares with the CPU
 
   opt = GenerateOptions{};
   opt.max_new_tokens = 32;

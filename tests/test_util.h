@@ -45,7 +45,9 @@ inline bool test_gpu_f32() {
   return test_on_gpu() && d && std::string(d) == "float32";
 }
 // The GPU in its default bf16 mode, whose tolerances are bf16's.
-inline bool test_gpu_bf16() { return test_on_gpu() && !test_gpu_f32(); }
+inline bool test_gpu_bf16() {
+  return test_on_gpu() && !test_gpu_f32();
+}
 // The backend for the test's device; null when that device is absent (the caller skips, visibly).
 inline std::unique_ptr<Backend> test_backend(int cpu_threads) {
   if (!test_on_gpu()) return make_cpu_backend(cpu_threads);
@@ -58,7 +60,9 @@ inline std::unique_ptr<Backend> test_backend(int cpu_threads) {
                             "(or this build has no CUDA)"
 // Relative logit tolerance: `cpu` on the CPU and on the GPU in float32 mode (f32 compute); on the GPU in
 // bf16, where weights, activations and KV are bf16, 5e-2 (golden_test.cpp says why not the 3e-2).
-inline double logit_tolerance(double cpu) { return test_gpu_bf16() ? 5e-2 : cpu; }
+inline double logit_tolerance(double cpu) {
+  return test_gpu_bf16() ? 5e-2 : cpu;
+}
 
 inline std::vector<int32_t> ids_of(const Tensor& t) {
   std::vector<int32_t> v(static_cast<size_t>(t.numel()));

@@ -31,12 +31,12 @@ DType compute_dtype(const std::string& dtype) {
 
 std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads, const std::string& dtype) {
   const DType dt = compute_dtype(dtype);
-  if (device == "auto")
-    return make_backend(cuda_available() ? "cuda" : "cpu", cpu_threads, dtype);
+  if (device == "auto") return make_backend(cuda_available() ? "cuda" : "cpu", cpu_threads, dtype);
   if (device == "cpu") {
-    RILL_CHECK(dt != DType::BF16, "--dtype " + dtype +
-                                      ": the CPU backend computes in float32 (bf16 weights stay bf16 in memory); "
-                                      "use --dtype auto or float32, or --device cuda");
+    RILL_CHECK(dt != DType::BF16,
+               "--dtype " + dtype +
+                   ": the CPU backend computes in float32 (bf16 weights stay bf16 in memory); "
+                   "use --dtype auto or float32, or --device cuda");
     return make_cpu_backend(cpu_threads);
   }
   if (device == "cuda" || device.rfind("cuda:", 0) == 0) {

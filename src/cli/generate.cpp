@@ -17,7 +17,8 @@ namespace rill::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, prompt_ids, output = "text", dump_logits, device = "auto", dtype = "auto";
+  std::string model, tokenizer, prompt, prompt_ids, output = "text", dump_logits, device = "auto",
+                                                    dtype = "auto";
   int n = 128, threads = 0, prefill_chunk = 512;
   bool ignore_eos = false, no_bos = false;
   SamplingArgs sampling;

@@ -25,7 +25,8 @@ namespace rill::cli {
 namespace {
 
 struct PerplexityArgs {
-  std::string model, tokenizer, text_file, policies = "dense,window,sink,recompute", csv, plot, device = "auto", dtype = "auto";
+  std::string model, tokenizer, text_file, policies = "dense,window,sink,recompute", csv, plot,
+                                           device = "auto", dtype = "auto";
   int sinks = 4, window = 0, max_tokens = 0, chunk = 1, recompute_stride = 1, threads = 0, smooth = 256;
 };
 

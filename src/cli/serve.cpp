@@ -23,7 +23,8 @@ namespace rill::cli {
 
 Run add_serve(CLI::App& app) {
   struct Args {
-    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory, device = "auto", dtype = "auto";
+    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory,
+                                                 device = "auto", dtype = "auto";
     double gpu_memory_fraction = 0.9;
     int port = 8000, block_size = 16, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
     int max_model_len = 0, threads = 0, max_sessions = 64;

@@ -55,8 +55,8 @@ constexpr int kPrefillWarps = 8;
 // and two blocks share an SM (16 warps, where 128-key tiles with Q in registers took 255 registers, spilled,
 // and left one block of 8 warps per SM, latency-bound): 158 -> 195 TFLOP/s at 4096 causal tokens on the H100
 // (bench/results/cuda-attention-prefill-variants-h100-2026-11-23.txt); then masks only on the tiles that need
-// them and the score scale folded into the exponent's FFMA (online_softmax_raw): 193 -> 213 TFLOP/s. Blocks
-// launch longest first.
+// them and the score scale folded into the exponent's FFMA (online_softmax_step's sl2): 193 -> 213 TFLOP/s.
+// Blocks launch longest first.
 constexpr int kPrefillKeys = 64, kPrefillBlocksPerSm = 2;
 constexpr int kTcKeys = 64, kTcMinRows = 16, kDecodeMaxSplits = 16, kDecodeOneSplitTiles = 8;
 
@@ -67,7 +67,8 @@ __host__ __device__ __forceinline__ int route_of(int q_len, int sinks, int G, in
   return kSplit;
 }
 __device__ __forceinline__ int route_dev(const AttentionArgs& a, int s) {
-  return route_of(a.q_start[s + 1] - a.q_start[s], a.sinks ? a.sinks[s] : 0, a.H / a.KV, a.hd, a.kv_t == DType::F32);
+  return route_of(a.q_start[s + 1] - a.q_start[s], a.sinks ? a.sinks[s] : 0, a.H / a.KV, a.hd,
+                  a.kv_t == DType::F32);
 }
 
 // The decode kernel's key splits for one sequence: tiles of 64 keys from kbeg (aligned), at most 16 splits,
@@ -274,12 +275,12 @@ __global__ void attention_combine_kernel(Params p) {
   }
 }
 
-// ---- Prefill on tensor cores (FlashAttention-2 style) ------------------------------------------------------
+// ---- Prefill on tensor cores (FlashAttention-2 style) --------------------------------------------------
 // One block: 16 query rows per warp (kPrefillWarps warps) of one sequence and one query head, its Q rows copied
 // once into shared memory; K/V tiles of kPrefillKeys keys stream from the paged cache into shared memory
-// (double-buffered cp.async); S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, f32 accumulate; Q, K and
-// V fragments by ldmatrix) with the online softmax in registers. Rows are independent: a row's result does not
-// depend on which rows share its tile, and key tiles are aligned to multiples of kPrefillKeys.
+// (double-buffered cp.async); S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, f32 accumulate; Q, K
+// and V fragments by ldmatrix) with the online softmax in registers. Rows are independent: a row's result
+// does not depend on which rows share its tile, and key tiles are aligned to multiples of kPrefillKeys.
 __device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -321,11 +322,14 @@ __device__ __forceinline__ void load_q_fragments(uint32_t (&qa)[HD / 16][4], con
 }
 
 // One step of the online softmax for a warp's 16 rows (a thread holds rows A: elements 0,1 and B: 2,3 of
-// each 8-key accumulator) given the tile's masked scores in log2 units and the thread's row maxima over them:
-// the running maxima and sums move on, O is rescaled, and `sc` is left holding the tile's probabilities.
+// each 8-key accumulator) given the tile's masked scores and the thread's row maxima over them, in units that
+// sl2 (> 0) turns into log2 units (1 when they already are; the prefill kernel keeps raw scores and folds the
+// scale into one FFMA per probability): the running maxima and sums move on, O is rescaled, and `sc` is left
+// holding the tile's probabilities.
 template <int NT, int ND>
-__device__ __forceinline__ void online_softmax_step(float (&sc)[NT][4], float (&o)[ND][4], float mxA, float mxB,
-                                                    float& mA, float& mB, float& lA, float& lB) {
+__device__ __forceinline__ void online_softmax_step(float (&sc)[NT][4], float (&o)[ND][4], float mxA,
+                                                    float mxB, float& mA, float& mB, float& lA, float& lB,
+                                                    float sl2 = 1.f) {
 #pragma unroll
   for (int off = 1; off <= 2; off <<= 1) {
     mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, off));
@@ -333,42 +337,6 @@ __device__ __forceinline__ void online_softmax_step(float (&sc)[NT][4], float (&
   }
   const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
   // A row with nothing visible yet keeps exponent base 0, so exp2(-inf) = 0 and never NaN.
-  const float baseA = nA == -INFINITY ? 0.f : nA, baseB = nB == -INFINITY ? 0.f : nB;
-  const float cA = exp2f(mA - baseA), cB = exp2f(mB - baseB);
-  mA = nA;
-  mB = nB;
-  float sumA = 0.f, sumB = 0.f;
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    sc[nt][0] = exp2f(sc[nt][0] - baseA);
-    sc[nt][1] = exp2f(sc[nt][1] - baseA);
-    sc[nt][2] = exp2f(sc[nt][2] - baseB);
-    sc[nt][3] = exp2f(sc[nt][3] - baseB);
-    sumA += sc[nt][0] + sc[nt][1];
-    sumB += sc[nt][2] + sc[nt][3];
-  }
-  lA = lA * cA + sumA;
-  lB = lB * cB + sumB;
-#pragma unroll
-  for (int i = 0; i < ND; ++i) {
-    o[i][0] *= cA;
-    o[i][1] *= cA;
-    o[i][2] *= cB;
-    o[i][3] *= cB;
-  }
-}
-
-// online_softmax_step for raw scores (not yet scaled): maxima are kept in raw units and the scale folds into
-// one FFMA per probability, exp2(s * sl2 - m * sl2).
-template <int NT, int ND>
-__device__ __forceinline__ void online_softmax_raw(float (&sc)[NT][4], float (&o)[ND][4], float mxA, float mxB,
-                                                   float& mA, float& mB, float& lA, float& lB, float sl2) {
-#pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    mxA = fmaxf(mxA, __shfl_xor_sync(0xffffffffu, mxA, off));
-    mxB = fmaxf(mxB, __shfl_xor_sync(0xffffffffu, mxB, off));
-  }
-  const float nA = fmaxf(mA, mxA), nB = fmaxf(mB, mxB);
   const float baseA = nA == -INFINITY ? 0.f : nA, baseB = nB == -INFINITY ? 0.f : nB;
   const float cA = exp2f((mA - baseA) * sl2), cB = exp2f((mB - baseB) * sl2);
   const float nbA = -baseA * sl2, nbB = -baseB * sl2;
@@ -417,7 +385,9 @@ __device__ __forceinline__ void load_tile_async(bf16 (*Ks)[HD + 8], bf16 (*Vs)[H
 }
 // Shared memory of the tensor-core kernels: two K/V tile buffers (double buffering).
 template <int HD, int KEYS = kTcKeys>
-__host__ __device__ constexpr int tc_smem_bytes() { return 2 * 2 * KEYS * (HD + 8) * int(sizeof(bf16)); }
+__host__ __device__ constexpr int tc_smem_bytes() {
+  return 2 * 2 * KEYS * (HD + 8) * int(sizeof(bf16));
+}
 template <int HD, int KEYS = kTcKeys>
 struct TileBuffers {
   bf16 (*k[2])[HD + 8];
@@ -458,21 +428,23 @@ __device__ __forceinline__ void advance_tiles(const TileBuffers<HD, KEYS>& buf, 
   __syncthreads();
 }
 
-// Q is staged in shared memory (one coalesced copy per block) rather than held in registers, and S = Q K^T runs
-// with the head dimension outermost: each 16-dim step loads the warp's Q fragment once by ldmatrix and feeds it
-// to every key column tile, whose accumulators are then independent (no chain of dependent MMAs). That frees
-// the 32 Q registers, so that with 64-key tiles MINB = 2 blocks of 8 warps fit one SM. A warp skips the MMAs
-// of a tile whose keys all lie past its last row, and masks only tiles that cross its own rows' diagonal,
-// window edge or end.
+// Q is staged in shared memory (one coalesced copy per block) rather than held in registers, and S = Q K^T
+// runs with the head dimension outermost: each 16-dim step loads the warp's Q fragment once by ldmatrix and
+// feeds it to every key column tile, whose accumulators are then independent (no chain of dependent MMAs).
+// That frees the 32 Q registers, so that with 64-key tiles MINB = 2 blocks of 8 warps fit one SM. A warp
+// skips the MMAs of a tile whose keys all lie past its last row, and masks only tiles that cross its own
+// rows' diagonal, window edge or end.
 template <int HD, int KEYS>
-constexpr int prefill_smem_bytes(int rows) { return tc_smem_bytes<HD, KEYS>() + rows * (HD + 8) * int(sizeof(bf16)); }
+constexpr int prefill_smem_bytes(int rows) {
+  return tc_smem_bytes<HD, KEYS>() + rows * (HD + 8) * int(sizeof(bf16));
+}
 
 template <typename TO, int HD, int WARPS, int KEYS, int MINB>
 __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Params p) {
   constexpr int kTcRows = WARPS * 16;
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const TileBuffers<HD, KEYS> buf(tc_smem);
-  bf16 (*Qs)[HD + 8] = reinterpret_cast<bf16 (*)[HD + 8]>(tc_smem + tc_smem_bytes<HD, KEYS>());
+  bf16(*Qs)[HD + 8] = reinterpret_cast<bf16(*)[HD + 8]>(tc_smem + tc_smem_bytes<HD, KEYS>());
   const AttentionArgs& a = p.a;
   const int r = int(blockIdx.x) / a.H, h = int(blockIdx.x) % a.H;
   // Longest first: heads vary fastest, then sequences, then query tiles from the last (the most keys under
@@ -555,11 +527,13 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Par
             const int self = rowB ? selfB : selfA, low = rowB ? loB : loA;
             const bool ok = (rowB ? rB : rA) < q_len && j <= self && j >= low;
             if (!ok) sc[nt][e] = -INFINITY;
-            if (rowB) mxB = fmaxf(mxB, sc[nt][e]);
-            else mxA = fmaxf(mxA, sc[nt][e]);
+            if (rowB)
+              mxB = fmaxf(mxB, sc[nt][e]);
+            else
+              mxA = fmaxf(mxA, sc[nt][e]);
           }
       }
-      online_softmax_raw(sc, o, mxA, mxB, mA, mB, lA, lB, sl2);
+      online_softmax_step(sc, o, mxA, mxB, mA, mB, lA, lB, sl2);
 #pragma unroll
       for (int kt = 0; kt < KEYS / 16; ++kt) {
         uint32_t pa[4] = {pack_bf16(sc[2 * kt][0], sc[2 * kt][1]), pack_bf16(sc[2 * kt][2], sc[2 * kt][3]),
@@ -763,7 +737,8 @@ Plan plan_of(const AttentionArgs& a) {
   pl.split = pl.prefill = pl.decode = false;
   pl.dec_maxq = 0;
   for (int s = 0; s < a.num_seqs; ++s) {
-    const int r = route_of(a.host_q_len[s], a.host_sinks ? a.host_sinks[s] : 0, a.H / a.KV, a.hd, a.kv_t == DType::F32);
+    const int r =
+        route_of(a.host_q_len[s], a.host_sinks ? a.host_sinks[s] : 0, a.H / a.KV, a.hd, a.kv_t == DType::F32);
     pl.split |= r == kSplit;
     pl.prefill |= r == kTcPrefill;
     if (r == kTcDecode) pl.decode = true, pl.dec_maxq = std::max(pl.dec_maxq, a.host_q_len[s]);
@@ -803,9 +778,11 @@ void launch(cudaStream_t st, const Params& p, const Plan& pl) {
     const dim3 grid(unsigned(int64_t(p.a.num_seqs) * p.tc_tiles * p.a.H));
     constexpr int W = kPrefillWarps, K = kPrefillKeys, B = kPrefillBlocksPerSm;
     if (p.a.hd == 64)
-      launch_tc(attention_prefill_kernel<TO, 64, W, K, B>, prefill_smem_bytes<64, K>(16 * W), grid, st, p, W * 32);
+      launch_tc(attention_prefill_kernel<TO, 64, W, K, B>, prefill_smem_bytes<64, K>(16 * W), grid, st, p,
+                W * 32);
     else
-      launch_tc(attention_prefill_kernel<TO, 128, W, K, B>, prefill_smem_bytes<128, K>(16 * W), grid, st, p, W * 32);
+      launch_tc(attention_prefill_kernel<TO, 128, W, K, B>, prefill_smem_bytes<128, K>(16 * W), grid, st, p,
+                W * 32);
     check_launch("attention (prefill)");
   }
   if (pl.decode && p.dec_maxq > 0) {

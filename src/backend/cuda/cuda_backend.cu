@@ -88,8 +88,9 @@ class CudaBackend final : public Backend {
 
   Device device() const override { return Device::CUDA; }
   std::string name() const override {
-    return "cuda:" + std::to_string(st_->device) + " (" + props_.name + ", sm_" + std::to_string(props_.major) +
-           std::to_string(props_.minor) + (dt_ == DType::F32 ? ", float32" : "") + ")";
+    return "cuda:" + std::to_string(st_->device) + " (" + props_.name + ", sm_" +
+           std::to_string(props_.major) + std::to_string(props_.minor) +
+           (dt_ == DType::F32 ? ", float32" : "") + ")";
   }
   // bf16 by default; float32 mode keeps weights, activations and the KV cache in f32.
   DType activation_dtype() const override { return dt_; }
@@ -126,7 +127,8 @@ class CudaBackend final : public Backend {
            "weights of dtype " + std::string(dtype_name(host.dtype)) + " are not supported");
     Tensor t = alloc(dt_, host.shape);
     if (host.device == Device::CUDA) {
-      expect(host.dtype != DType::F16, "upload_weight", "f16 weights already on the device are not supported");
+      expect(host.dtype != DType::F16, "upload_weight",
+             "f16 weights already on the device are not supported");
       cuda::convert(st_->stream, t.data, dt_, host.data, host.dtype, host.numel());
       return t;
     }
@@ -181,7 +183,8 @@ class CudaBackend final : public Backend {
     const int64_t n = ids.numel(), d = table.row_size();
     expect(is_act(out.dtype) && out.numel() == n * d, "embedding", "bad output shape");
     expect(table.dtype == dt_, "embedding", "table must be an uploaded weight");
-    cuda::embedding(st_->stream, out.data, out.dtype, table.data, table.dtype, ids.ptr<int32_t>(), n, d, table.rows());
+    cuda::embedding(st_->stream, out.data, out.dtype, table.data, table.dtype, ids.ptr<int32_t>(), n, d,
+                    table.rows());
   }
   void rmsnorm(const Tensor& out, const Tensor& x, const Tensor& weight, float eps) override {
     const int64_t d = weight.numel(), rows = x.numel() / d;
@@ -195,8 +198,8 @@ class CudaBackend final : public Backend {
     expect(residual.dtype == DType::F32, "add_rmsnorm", "the residual stream must be f32");
     expect(out.numel() == residual.numel() && delta.numel() == residual.numel(), "add_rmsnorm", "shape mismatch");
     expect(weight.dtype == dt_, "add_rmsnorm", "weight must be an uploaded weight");
-    cuda::add_rmsnorm(st_->stream, residual.ptr<float>(), out.data, out.dtype, delta.data, delta.dtype, weight.data,
-                      weight.dtype, rows, d, eps);
+    cuda::add_rmsnorm(st_->stream, residual.ptr<float>(), out.data, out.dtype, delta.data, delta.dtype,
+                      weight.data, weight.dtype, rows, d, eps);
   }
 
   void linear(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) override {
@@ -250,8 +253,8 @@ class CudaBackend final : public Backend {
       if (!outs[i].bias.empty()) {
         expect(outs[i].bias.numel() == g.rows[i], "linear", "bias size does not match the output features");
         expect(outs[i].bias.dtype == dt_, "linear", "bias must be an uploaded weight");
-        cuda::add_bias(st_->stream, outs[i].out.data, outs[i].out.dtype, outs[i].bias.data, outs[i].bias.dtype, n,
-                       g.rows[i]);
+        cuda::add_bias(st_->stream, outs[i].out.data, outs[i].out.dtype, outs[i].bias.data,
+                       outs[i].bias.dtype, n, g.rows[i]);
       }
   }
 
@@ -280,8 +283,8 @@ class CudaBackend final : public Backend {
            "the KV cache must be " + std::string(dtype_name(dt_)));
     expect(k.numel() == n * width && v.numel() == n * width && k.dtype == v.dtype, "kv_write",
            "k/v width does not match the cache");
-    cuda::kv_write(st_->stream, kv.k.data, kv.v.data, dt_, k.data, v.data, k.dtype, slot_mapping.ptr<int32_t>(), n, width,
-                   kv.k.shape[0] * kv.k.shape[1]);
+    cuda::kv_write(st_->stream, kv.k.data, kv.v.data, dt_, k.data, v.data, k.dtype,
+                   slot_mapping.ptr<int32_t>(), n, width, kv.k.shape[0] * kv.k.shape[1]);
   }
   size_t attention_workspace(const KvLayer& kv, const AttentionBatch& batch, int num_heads,
                              int sliding_window) override {
@@ -294,7 +297,8 @@ class CudaBackend final : public Backend {
                      float attention_factor) override {
     const int64_t n = positions.numel(), kv_heads = kv.k.shape[2];
     expect(kv.k.dtype == dt_ && kv.v.dtype == dt_ && kv.k.shape[3] == head_dim, "rope_kv_write",
-           "the KV cache must be " + std::string(dtype_name(dt_)) + " with head_dim " + std::to_string(head_dim));
+           "the KV cache must be " + std::string(dtype_name(dt_)) + " with head_dim " +
+               std::to_string(head_dim));
     expect(q.rows() == n && k.rows() == n && q.row_size() % head_dim == 0 && k.row_size() == kv_heads * head_dim &&
                v.numel() == k.numel() && slot_mapping.numel() == n && q.dtype == k.dtype && k.dtype == v.dtype,
            "rope_kv_write", "q, k, v must be [tokens, heads * head_dim] with one slot per token");
@@ -335,10 +339,11 @@ class CudaBackend final : public Backend {
     expect(q.dtype == dt_ && q.numel() == int64_t(batch.num_tokens) * num_heads * kv.k.shape[3] &&
                out.numel() == q.numel(),
            "attention", "q/out shape mismatch");
-    expect(kv.k.dtype == dt_ && kv.v.dtype == dt_, "attention", "the KV cache must be " + std::string(dtype_name(dt_)));
+    expect(kv.k.dtype == dt_ && kv.v.dtype == dt_, "attention",
+           "the KV cache must be " + std::string(dtype_name(dt_)));
     expect(dt_ == DType::BF16 || out.dtype == DType::F32, "attention", "float32 mode writes an f32 output");
-    expect(batch.sinks.empty() || (!batch.hole_end.empty() && q_sink.numel() == q.numel() &&
-                                   q_sink.dtype == dt_),
+    expect(batch.sinks.empty() ||
+               (!batch.hole_end.empty() && q_sink.numel() == q.numel() && q_sink.dtype == dt_),
            "attention", "sinks need hole_end and q_sink");
     expect(batch.max_ctx_len > 0 || batch.num_tokens == 0, "attention", "batch.max_ctx_len is not set");
     const cuda::AttentionArgs a = attention_args(out, q, kv, batch, num_heads, scale, sliding_window, q_sink);

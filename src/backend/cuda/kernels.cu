@@ -65,7 +65,8 @@ __global__ void rmsnorm_kernel(TO* out, const TX* x, const TW* w, int64_t d, flo
 }
 
 template <typename TO, typename TD, typename TW>
-__global__ void add_rmsnorm_kernel(float* residual, TO* out, const TD* delta, const TW* w, int64_t d, float eps) {
+__global__ void add_rmsnorm_kernel(float* residual, TO* out, const TD* delta, const TW* w, int64_t d,
+                                   float eps) {
   pdl_wait();
   __shared__ float scratch[33];
   const int64_t r = blockIdx.x;
@@ -80,7 +81,8 @@ __global__ void add_rmsnorm_kernel(float* residual, TO* out, const TD* delta, co
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) out[r * d + j] = from_f<TO>(to_f(w[j]) * (xr[j] * inv));
 }
 
-// Four consecutive entries as floats, and back (16-byte f32 / 8-byte bf16 accesses; the caller checks alignment).
+// Four consecutive entries as floats, and back (16-byte f32 / 8-byte bf16 accesses; the caller checks
+// alignment).
 __device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
   const float4 x = *reinterpret_cast<const float4*>(p);
   v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
@@ -190,8 +192,8 @@ __global__ void kv_write_kernel(TC* kc, TC* vc, const T* k, const T* v, const in
 // head at the token's slot (none for slot < 0).
 template <typename T, typename TC>
 __global__ void rope_kv_write_kernel(T* q, T* k, const T* v, TC* kc, TC* vc, int H, int KV, int head_dim,
-                                     const int32_t* pos, const double* inv_freq, const int32_t* rope_row, float af,
-                                     const int32_t* slots, int64_t num_slots) {
+                                     const int32_t* pos, const double* inv_freq, const int32_t* rope_row,
+                                     float af, const int32_t* slots, int64_t num_slots) {
   pdl_wait();
   const int64_t t = blockIdx.x;
   const int head = blockIdx.y, half = head_dim / 2;
@@ -529,28 +531,33 @@ bool norm_rows(cudaStream_t st, void* out, DType out_t, void* x, DType x_t, cons
       if (delta) {  // x is the f32 residual
         dispatch1(delta_t, [&](auto dl) {
           using TD = decltype(dl);
-          launch_pdl(norm_rows_kernel<TO, float, TD, TW, C, true>, rows, threads, 0, st, static_cast<TO*>(out),
-                     static_cast<float*>(x), static_cast<const TD*>(delta), static_cast<const TW*>(w), d, eps);
+          launch_pdl(norm_rows_kernel<TO, float, TD, TW, C, true>, rows, threads, 0, st,
+                     static_cast<TO*>(out), static_cast<float*>(x), static_cast<const TD*>(delta),
+                     static_cast<const TW*>(w), d, eps);
         });
       } else {
         dispatch1(x_t, [&](auto xi) {
           using TX = decltype(xi);
-          launch_pdl(norm_rows_kernel<TO, TX, float, TW, C, false>, rows, threads, 0, st, static_cast<TO*>(out),
-                     static_cast<TX*>(x), static_cast<const float*>(nullptr), static_cast<const TW*>(w), d, eps);
+          launch_pdl(norm_rows_kernel<TO, TX, float, TW, C, false>, rows, threads, 0, st,
+                     static_cast<TO*>(out), static_cast<TX*>(x), static_cast<const float*>(nullptr),
+                     static_cast<const TW*>(w), d, eps);
         });
       }
     });
   };
-  if (per <= 1) go(std::integral_constant<int, 1>{});
-  else if (per == 2) go(std::integral_constant<int, 2>{});
-  else go(std::integral_constant<int, 4>{});
+  if (per <= 1)
+    go(std::integral_constant<int, 1>{});
+  else if (per == 2)
+    go(std::integral_constant<int, 2>{});
+  else
+    go(std::integral_constant<int, 4>{});
   return true;
 }
 
 }  // namespace
 
-void embedding(cudaStream_t st, void* out, DType out_t, const void* table, DType w_t, const int32_t* ids, int64_t n,
-               int64_t d, int64_t vocab) {
+void embedding(cudaStream_t st, void* out, DType out_t, const void* table, DType w_t, const int32_t* ids,
+               int64_t n, int64_t d, int64_t vocab) {
   if (n == 0) return;
   const int th = threads_for(d);
   dispatch2(out_t, w_t, [&](auto o, auto w) {
@@ -561,8 +568,8 @@ void embedding(cudaStream_t st, void* out, DType out_t, const void* table, DType
   check_launch("embedding");
 }
 
-void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, DType w_t, int64_t rows,
-             int64_t d, float eps) {
+void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, DType w_t,
+             int64_t rows, int64_t d, float eps) {
   if (rows == 0) return;
   const int th = threads_for(d);
   if (norm_rows(st, out, out_t, const_cast<void*>(x), x_t, nullptr, x_t, w, w_t, rows, d, eps, th)) return;
@@ -571,8 +578,8 @@ void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, 
     using TX = decltype(i);
     dispatch1(w_t, [&](auto wt) {
       using TW = decltype(wt);
-      launch_pdl(rmsnorm_kernel<TO, TX, TW>, rows, th, 0, st, static_cast<TO*>(out), static_cast<const TX*>(x),
-                 static_cast<const TW*>(w), d, eps);
+      launch_pdl(rmsnorm_kernel<TO, TX, TW>, rows, th, 0, st, static_cast<TO*>(out),
+                 static_cast<const TX*>(x), static_cast<const TW*>(w), d, eps);
     });
   });
   check_launch("rmsnorm");
@@ -608,31 +615,33 @@ void rope(cudaStream_t st, void* x, DType t, int64_t n, int64_t width, int head_
   check_launch("rope");
 }
 
-void kv_write(cudaStream_t st, void* k_cache, void* v_cache, DType cache_t, const void* k, const void* v, DType t,
-              const int32_t* slots, int64_t n, int64_t width, int64_t num_slots) {
+void kv_write(cudaStream_t st, void* k_cache, void* v_cache, DType cache_t, const void* k, const void* v,
+              DType t, const int32_t* slots, int64_t n, int64_t width, int64_t num_slots) {
   if (n == 0) return;
   dispatch2(t, cache_t, [&](auto x, auto c) {
     using T = decltype(x);
     using TC = decltype(c);
     kv_write_kernel<<<n, threads_for(width), 0, st>>>(static_cast<TC*>(k_cache), static_cast<TC*>(v_cache),
-                                                      static_cast<const T*>(k), static_cast<const T*>(v), slots,
-                                                      width, num_slots);
+                                                      static_cast<const T*>(k), static_cast<const T*>(v),
+                                                      slots, width, num_slots);
   });
   check_launch("kv_write");
 }
 
 void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, void* k_cache, void* v_cache,
-                   DType cache_t, int64_t n, int H, int KV, int head_dim, const int32_t* positions, const double* inv_freq,
-                   const int32_t* rope_row, float attention_factor, const int32_t* slots, int64_t num_slots) {
+                   DType cache_t, int64_t n, int H, int KV, int head_dim, const int32_t* positions,
+                   const double* inv_freq, const int32_t* rope_row, float attention_factor,
+                   const int32_t* slots, int64_t num_slots) {
   if (n == 0) return;
   if (head_dim / 2 > 256) throw Error("cuda backend: rope: head_dim above 512");
   const int th = std::max(32, std::min(256, head_dim / 2));
   dispatch2(t, cache_t, [&](auto x, auto c) {
     using T = decltype(x);
     using TC = decltype(c);
-    launch_pdl(rope_kv_write_kernel<T, TC>, dim3(unsigned(n), unsigned(H + KV)), th, 0, st, static_cast<T*>(q),
-               static_cast<T*>(k), static_cast<const T*>(v), static_cast<TC*>(k_cache), static_cast<TC*>(v_cache), H,
-               KV, head_dim, positions, inv_freq, rope_row, attention_factor, slots, num_slots);
+    launch_pdl(rope_kv_write_kernel<T, TC>, dim3(unsigned(n), unsigned(H + KV)), th, 0, st,
+               static_cast<T*>(q), static_cast<T*>(k), static_cast<const T*>(v), static_cast<TC*>(k_cache),
+               static_cast<TC*>(v_cache), H, KV, head_dim, positions, inv_freq, rope_row, attention_factor,
+               slots, num_slots);
   });
   check_launch("rope_kv_write");
 }
@@ -697,8 +706,8 @@ void add_bias(cudaStream_t st, void* out, DType t, const void* bias, DType bias_
   dispatch2(t, bias_t, [&](auto x, auto b) {
     using T = decltype(x);
     using TW = decltype(b);
-    add_bias_kernel<<<grid_for(rows * o, 256), 256, 0, st>>>(static_cast<T*>(out), static_cast<const TW*>(bias),
-                                                            rows, o);
+    add_bias_kernel<<<grid_for(rows * o, 256), 256, 0, st>>>(static_cast<T*>(out),
+                                                             static_cast<const TW*>(bias), rows, o);
   });
   check_launch("add_bias");
 }

@@ -13,24 +13,25 @@
 
 namespace rill::cuda {
 
-void embedding(cudaStream_t st, void* out, DType out_t, const void* table, DType w_t, const int32_t* ids, int64_t n,
-               int64_t d, int64_t vocab);
+void embedding(cudaStream_t st, void* out, DType out_t, const void* table, DType w_t, const int32_t* ids,
+               int64_t n, int64_t d, int64_t vocab);
 // rows = n / d; weight has d entries. out may alias x.
-void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, DType w_t, int64_t rows,
-             int64_t d, float eps);
+void rmsnorm(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, const void* w, DType w_t,
+             int64_t rows, int64_t d, float eps);
 // residual (f32) += delta; out = rmsnorm(residual) * w.
 void add_rmsnorm(cudaStream_t st, float* residual, void* out, DType out_t, const void* delta, DType delta_t,
                  const void* w, DType w_t, int64_t rows, int64_t d, float eps);
 void rope(cudaStream_t st, void* x, DType t, int64_t n, int64_t width, int head_dim, const int32_t* positions,
           const double* inv_freq, const int32_t* rope_row, float attention_factor);
 // k, v: [n, width] in `t`; caches [slots, width] in cache_t.
-void kv_write(cudaStream_t st, void* k_cache, void* v_cache, DType cache_t, const void* k, const void* v, DType t,
-              const int32_t* slots, int64_t n, int64_t width, int64_t num_slots);
+void kv_write(cudaStream_t st, void* k_cache, void* v_cache, DType cache_t, const void* k, const void* v,
+              DType t, const int32_t* slots, int64_t n, int64_t width, int64_t num_slots);
 // rope on q [n, H * head_dim] and k [n, KV * head_dim] in place, then k and v stored at slots[i] of the
 // caches [num_slots, KV * head_dim] in cache_t (none for a negative slot).
 void rope_kv_write(cudaStream_t st, void* q, void* k, const void* v, DType t, void* k_cache, void* v_cache,
-                   DType cache_t, int64_t n, int H, int KV, int head_dim, const int32_t* positions, const double* inv_freq,
-                   const int32_t* rope_row, float attention_factor, const int32_t* slots, int64_t num_slots);
+                   DType cache_t, int64_t n, int H, int KV, int head_dim, const int32_t* positions,
+                   const double* inv_freq, const int32_t* rope_row, float attention_factor,
+                   const int32_t* slots, int64_t num_slots);
 // Up to three weight matrices w[m] (bf16 [rows[m], k]) applied to the same x, each into its out[m].
 struct GemvGroup {
   const void* w[3] = {};
