@@ -14,8 +14,8 @@ namespace rill {
 
 // The backend on CUDA device `device`, computing in `dtype`: BF16 (the default, described above) or F32
 // (float32 mode: weights, activations and the KV cache in f32, true-f32 cuBLASLt GEMMs and CUDA-core
-// attention; several times slower, for checking results against f32 references). Throws rill::Error when
-// there is no usable device.
+// attention; batch-1 decode about 0.44x the speed of bf16 on an H100, for checking results against f32
+// references). Throws rill::Error when there is no usable device.
 std::unique_ptr<Backend> make_cuda_backend(int device = 0, DType dtype = DType::BF16);
 // The cudaStream_t a CUDA backend queues its ops on (for timing with CUDA events); null for other backends.
 void* cuda_stream(Backend& backend);
