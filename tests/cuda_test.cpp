@@ -272,6 +272,37 @@ TEST_F(CudaOps, NormRopeActivationsMatchCpu) {
   EXPECT_EQ(get(*cpu_, ec), get(*gpu_, eg)) << "embedding";
 }
 
+// rmsnorm and add_rmsnorm at widths that take each shape of the register-held kernel (4-entry chunks: one,
+// two or four per thread) and the fallback loop (a width not a multiple of 4), with bf16 and f32 outputs, and
+// with f32 weights in float32 mode.
+TEST_F(CudaOps, NormsMatchCpuAtEveryWidth) {
+  auto gpu32 = make_backend("cuda", 0, "float32");
+  const int64_t n = 5;
+  for (int64_t d : {64, 70, 896, 3584, 4096})
+    for (Backend* g : {gpu_.get(), gpu32.get()})
+      for (DType out_t : {DType::BF16, DType::F32}) {
+        if (g == gpu32.get() && out_t == DType::BF16) continue;
+        const auto x = random_bf16(size_t(n * d), 31), delta = random_bf16(size_t(n * d), 32);
+        HostWeight w(random_bf16(size_t(d), 33), {d});
+        const Tensor wc = cpu_->upload_weight(w.host), wg = g->upload_weight(w.host);
+        Tensor rc = put(*cpu_, x, {n, d}), rg = put(*g, x, {n, d}, DType::F32);
+        Tensor hc = cpu_->alloc(DType::F32, {n, d}), hg = g->alloc(out_t, {n, d});
+        const double tol = out_t == DType::F32 ? 1e-5 : 8e-3;
+        const std::string what = "d " + std::to_string(d) + (g == gpu32.get() ? " float32" : "") + " out " +
+                                 std::string(dtype_name(out_t));
+        cpu_->rmsnorm(hc, rc, wc, 1e-5f);
+        g->rmsnorm(hg, rg, wg, 1e-5f);
+        auto a = get(*cpu_, hc), b = get(*g, hg);
+        EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), tol) << "rmsnorm " << what;
+        cpu_->add_rmsnorm(rc, hc, put(*cpu_, delta, {n, d}), wc, 1e-5f);
+        g->add_rmsnorm(rg, hg, put(*g, delta, {n, d}, out_t), wg, 1e-5f);
+        a = get(*cpu_, rc), b = get(*g, rg);
+        EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), 1e-6) << "residual " << what;
+        a = get(*cpu_, hc), b = get(*g, hg);
+        EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), tol) << "add_rmsnorm " << what;
+      }
+}
+
 TEST_F(CudaOps, KvWriteStoresSlots) {
   const int64_t blocks = 4, bs = 8, kvh = 2, hd = 32, width = kvh * hd;
   KvLayer kv;

@@ -1,5 +1,7 @@
 #include "backend/backend.h"
 
+#include <optional>
+
 #include "core/error.h"
 
 #ifdef RILL_HAVE_CUDA
@@ -19,9 +21,10 @@ bool cuda_available() {
 
 namespace {
 
-// --dtype's values: what the model computes in. "auto" is the device's default (the CPU: f32; CUDA: bf16).
-DType compute_dtype(const std::string& dtype) {
-  if (dtype == "auto") return DType::U8;  // not chosen
+// --dtype's values: what the model computes in; none for "auto", the device's default (the CPU: f32;
+// CUDA: bf16).
+std::optional<DType> compute_dtype(const std::string& dtype) {
+  if (dtype == "auto") return std::nullopt;
   if (dtype == "bfloat16" || dtype == "bf16") return DType::BF16;
   if (dtype == "float32" || dtype == "f32" || dtype == "float") return DType::F32;
   throw Error("--dtype: '" + dtype + "' is not one of auto, bfloat16, float32");
@@ -30,7 +33,7 @@ DType compute_dtype(const std::string& dtype) {
 }  // namespace
 
 std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads, const std::string& dtype) {
-  const DType dt = compute_dtype(dtype);
+  const std::optional<DType> dt = compute_dtype(dtype);
   if (device == "auto") return make_backend(cuda_available() ? "cuda" : "cpu", cpu_threads, dtype);
   if (device == "cpu") {
     RILL_CHECK(dt != DType::BF16,
@@ -50,7 +53,7 @@ std::unique_ptr<Backend> make_backend(const std::string& device, int cpu_threads
     }
     RILL_CHECK(cuda::device_count() > index, "--device " + device + ": no such CUDA device (" +
                                                  std::to_string(cuda::device_count()) + " visible)");
-    return make_cuda_backend(index, dt == DType::F32 ? DType::F32 : DType::BF16);
+    return make_cuda_backend(index, dt.value_or(DType::BF16));
 #else
     throw Error("--device " + device + ": this rill was built without CUDA (nvcc was not found at build time)");
 #endif

@@ -474,7 +474,7 @@ class CudaBackend final : public Backend {
   // cuBLASLt is column-major: the row-major out[n, o] = x[n, i] · w[o, i]^T is, column-major,
   // out(o x n) = w^T(o x i) · x(i x n), with w stored i x o (transposed) and x stored i x n.
   const GemmPlan& gemm_plan(int64_t o, int64_t n, int64_t in, DType out_t) {
-    const auto key = std::make_tuple(o, n, in, int(out_t) * 16 + int(dt_));
+    const auto key = std::make_tuple(o, n, in, int(out_t));
     auto it = plans_.find(key);
     if (it != plans_.end()) return *it->second;
     auto plan = std::make_unique<GemmPlan>();
