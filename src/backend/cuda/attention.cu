@@ -281,13 +281,6 @@ __global__ void attention_combine_kernel(Params p) {
 // (double-buffered cp.async); S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, f32 accumulate; Q, K
 // and V fragments by ldmatrix) with the online softmax in registers. Rows are independent: a row's result
 // does not depend on which rows share its tile, and key tiles are aligned to multiples of kPrefillKeys.
-__device__ __forceinline__ void mma_bf16(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -363,10 +356,6 @@ __device__ __forceinline__ void online_softmax_step(float (&sc)[NT][4], float (&
   }
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
-}
 // Starts copying one tile of KEYS keys (keys [kb, kb + KEYS) of the sequence's block table; those at or past
 // `end` are zero-filled) of K and V into shared memory, as one cp.async group.
 template <int HD, int KEYS = kTcKeys>
@@ -578,7 +567,10 @@ __global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const TileBuffers<HD> buf(tc_smem);
   const AttentionArgs& a = p.a;
-  const int s = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z;
+  // KV heads vary fastest, then splits, then sequences: the blocks that run together read the same cache
+  // pages (each page slot holds every KV head's key), and a sequence's splits stream side by side.
+  const int kvh = int(blockIdx.x) % a.KV, z = (int(blockIdx.x) / a.KV) % kDecodeMaxSplits,
+            s = int(blockIdx.x) / (a.KV * kDecodeMaxSplits);
   if (route_dev(a, s) != kTcDecode) return;
   const int q0 = a.q_start[s], q_len = a.q_start[s + 1] - q0, G = a.H / a.KV, rows = q_len * G;
   const int ctx = a.ctx_len[s], first_self = ctx - q_len;
@@ -786,7 +778,7 @@ void launch(cudaStream_t st, const Params& p, const Plan& pl) {
     check_launch("attention (prefill)");
   }
   if (pl.decode && p.dec_maxq > 0) {
-    const dim3 grid(unsigned(p.a.num_seqs), unsigned(p.a.KV), unsigned(kDecodeMaxSplits));
+    const dim3 grid(unsigned(int64_t(p.a.num_seqs) * p.a.KV * kDecodeMaxSplits));
     if (p.a.hd == 64) launch_tc(attention_decode_tc_kernel<TO, 64>, tc_smem_bytes<64>(), grid, st, p, 128, true);
     else launch_tc(attention_decode_tc_kernel<TO, 128>, tc_smem_bytes<128>(), grid, st, p, 128, true);
     check_launch("attention (decode)");
