@@ -100,10 +100,12 @@ std::vector<int32_t> random_tokens(int n, int vocab, uint32_t seed) {
 int main(int argc, char** argv) {
   CLI::App app{"rill CUDA benchmarks on a Llama-3-8B-shaped model with random bf16 weights"};
   int layers = 32, repeats = 5;
-  std::string out, what = "bandwidth,gemm,gemv,decode1,batch64,prefill,attention,sampling", dtype = "auto";
+  std::vector<int64_t> row_counts{16, 32, 64, 128};
+  std::string out, what = "bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling", dtype = "auto";
   app.add_option("--layers", layers, "Transformer layers (32 for Llama-3-8B; fewer for a quick run)");
   app.add_option("--repeats", repeats, "Timed repeats per figure (median)");
-  app.add_option("--what", what, "Comma-separated: bandwidth,gemm,gemv,decode1,batch64,prefill,attention,sampling");
+  app.add_option("--what", what, "Comma-separated: bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling");
+  app.add_option("--rows", row_counts, "Row counts of x for --what rows")->delimiter(',');
   app.add_option("--out", out, "Write the figures as JSON here");
   app.add_option("--dtype", dtype,
                  "The backend's --dtype: auto (bf16) or float32 (for decode1, batch64, prefill)");
@@ -146,52 +148,58 @@ int main(int argc, char** argv) {
       std::printf("cuBLASLt bf16 GEMM 8192^3        %8.1f TFLOP/s\n", gemm_rate / 1e12);
     }
 
-    if (want("gemv")) {
-      // The decode-time products alone (one row, one launch each), in weight bytes read per second: what a
-      // batch-1 step spends most of its time on. Each matrix is its own copy, so nothing is warm in L2.
+    // The decode-time products alone (one launch each), in weight bytes read per second: what a decode step
+    // spends most of its time on. Each matrix is its own copy, so nothing is warm in L2. "gemv": one row
+    // (batch-1 decode); "rowsN": N rows (a batch of N decoding sequences).
+    auto products = [&](int64_t n) {
       nlohmann::ordered_json jg;
       auto weights = [&](int64_t rows, int64_t cols) {
         auto buf = random_bf16(size_t(rows * cols), 9, 0.02f);
         return backend->upload_weight(host_view(buf, {rows, cols}));
       };
-      auto row_of = [&](int64_t cols) {
-        auto buf = random_bf16(size_t(cols), 10, 1.f);
-        return backend->upload_weight(host_view(buf, {1, cols}));
+      auto rows_of = [&](int64_t cols) {
+        auto buf = random_bf16(size_t(n * cols), 10, 1.f);
+        return backend->upload_weight(host_view(buf, {n, cols}));
       };
+      const std::string tag = n == 1 ? "gemv" : "rows" + std::to_string(n);
       auto report = [&](const char* name, double bytes, double t) {
         jg[name] = {{"us", t * 1e6}, {"GBps", bytes / t / 1e9}};
-        std::printf("gemv %-22s %8.1f us   (%.0f GB/s)\n", name, t * 1e6, bytes / t / 1e9);
+        std::printf("%-6s %-25s %8.1f us   (%.0f GB/s)\n", tag.c_str(), name, t * 1e6, bytes / t / 1e9);
       };
-      const rill::Tensor xd = row_of(d), xf = row_of(ffn);
+      const rill::Tensor xd = rows_of(d), xf = rows_of(ffn);
       {
         const rill::Tensor wq = weights(heads * hd, d), wk = weights(kv_heads * hd, d), wv = weights(kv_heads * hd, d);
-        const rill::Tensor q = backend->alloc(rill::DType::BF16, {1, heads * hd}),
-                           k = backend->alloc(rill::DType::BF16, {1, kv_heads * hd}),
-                           v = backend->alloc(rill::DType::BF16, {1, kv_heads * hd});
+        const rill::Tensor q = backend->alloc(rill::DType::BF16, {n, heads * hd}),
+                           k = backend->alloc(rill::DType::BF16, {n, kv_heads * hd}),
+                           v = backend->alloc(rill::DType::BF16, {n, kv_heads * hd});
         const rill::Backend::LinearOut outs[] = {{q, wq, {}}, {k, wk, {}}, {v, wv, {}}};
         report("qkv 6144x4096", 2.0 * double(wq.numel() + wk.numel() + wv.numel()),
                time_events(stream, 5, 50, [&] { backend->linears(xd, outs, 3); }));
-        const rill::Tensor o = backend->alloc(rill::DType::BF16, {1, d});
+        const rill::Tensor o = backend->alloc(rill::DType::BF16, {n, d});
         report("o_proj 4096x4096", 2.0 * double(wq.numel()), time_events(stream, 5, 50, [&] {
                  backend->linear(o, q, wq, {});
                }));
       }
       {
         const rill::Tensor gate = weights(ffn, d), up = weights(ffn, d), down = weights(d, ffn);
-        const rill::Tensor g = backend->alloc(rill::DType::BF16, {1, ffn}), u = backend->alloc(rill::DType::BF16, {1, ffn});
+        const rill::Tensor g = backend->alloc(rill::DType::BF16, {n, ffn}), u = backend->alloc(rill::DType::BF16, {n, ffn});
+        const rill::Tensor act = backend->alloc(rill::DType::BF16, {n, ffn});
         report("gate+up 2x14336x4096", 4.0 * double(gate.numel()),
-               time_events(stream, 5, 50, [&] { backend->swiglu(g, xd, gate, {}, up, {}, g, u); }));
-        const rill::Tensor o = backend->alloc(rill::DType::BF16, {1, d});
+               time_events(stream, 5, 50, [&] { backend->swiglu(act, xd, gate, {}, up, {}, g, u); }));
+        const rill::Tensor o = backend->alloc(rill::DType::BF16, {n, d});
         report("down 4096x14336", 2.0 * double(down.numel()),
                time_events(stream, 5, 50, [&] { backend->linear(o, xf, down, {}); }));
       }
       {
-        const rill::Tensor head = weights(vocab, d), logits = backend->alloc(rill::DType::F32, {1, vocab});
+        const rill::Tensor head = weights(vocab, d), logits = backend->alloc(rill::DType::F32, {n, vocab});
         report("lm_head 128256x4096", 2.0 * double(head.numel()),
                time_events(stream, 5, 50, [&] { backend->linear(logits, xd, head, {}); }));
       }
-      j["gemv"] = jg;
-    }
+      j[tag] = jg;
+    };
+    if (want("gemv")) products(1);
+    if (want("rows"))
+      for (int64_t n : row_counts) products(n);
 
     const bool need_model = want("decode1") || want("batch64") || want("prefill");
     std::unique_ptr<rill::Model> model;

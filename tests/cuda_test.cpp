@@ -15,7 +15,9 @@
 #include "test_util.h"
 
 #ifdef RILL_HAVE_CUDA
+#include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/device_info.h"
+#include "backend/cuda/kernels.h"
 #endif
 
 namespace rill::test {
@@ -158,7 +160,8 @@ TEST_F(CudaOps, FewRowLinearIsRowInvariant) {
   }
 }
 
-// Projections of one input (q, k, v) in one pass give what three linear() calls give, biases included.
+// Projections of one input (q, k, v) in one pass give what three linear() calls give, biases included
+// (exactly up to 8 rows, where both take the matrix-vector kernel).
 TEST_F(CudaOps, LinearsEqualLinearOneByOne) {
   const int64_t in = 512;
   const int64_t rows[3] = {256, 64, 64};
@@ -178,7 +181,16 @@ TEST_F(CudaOps, LinearsEqualLinearOneByOne) {
       gpu_->linear(one[size_t(i)], x, outs[i].w, outs[i].bias);
     }
     gpu_->linears(x, outs, 3);
-    for (int i = 0; i < 3; ++i) EXPECT_EQ(get(*gpu_, outs[i].out), get(*gpu_, one[size_t(i)])) << n << " rows, output " << i;
+    for (int i = 0; i < 3; ++i) {
+      const auto grouped = get(*gpu_, outs[i].out), alone = get(*gpu_, one[size_t(i)]);
+      if (n <= 8) {
+        EXPECT_EQ(grouped, alone) << n << " rows, output " << i;  // the same matrix-vector kernel
+      } else {
+        // 9+ rows: the group takes gemm_rows.cu's kernel and a single matrix cuBLASLt; they round alike only
+        // up to the order of their sums.
+        EXPECT_LE(rel_max_diff(grouped.data(), alone.data(), alone.size()), 8e-3) << n << " rows, output " << i;
+      }
+    }
   }
 }
 
@@ -198,6 +210,114 @@ TEST_F(CudaOps, SwigluMatchesCpu) {
     EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), 2e-2) << n << " rows";
   }
 }
+
+#ifdef RILL_HAVE_CUDA
+// 9 to 64 rows (a batch of decoding sequences) take the tensor-core kernel of gemm_rows.cu: called directly
+// here, so that a shape it refuses fails the test rather than passing through cuBLASLt. Shapes cover every
+// n-tile count (up to 16, 32, 64 rows), a cluster of 1, 3 and 8 blocks along k (k of 256, 768 and 2048), a
+// last block of weight rows only partly used, three matrices at once, and f32 and bf16 outputs.
+TEST_F(CudaOps, RowsKernelsMatchCpu) {
+  auto st = static_cast<cudaStream_t>(cuda_stream(*gpu_));
+  struct Case {
+    int64_t k;
+    std::vector<int64_t> rows;
+  };
+  for (const Case& c : {Case{256, {144}}, Case{768, {400}}, Case{2048, {512}}, Case{512, {256, 64, 64}}}) {
+    std::vector<HostWeight> w;
+    std::vector<Tensor> wc, wg;
+    for (size_t m = 0; m < c.rows.size(); ++m) {
+      w.emplace_back(random_bf16(size_t(c.rows[m] * c.k), uint32_t(60 + m), 0.05f), Shape{c.rows[m], c.k});
+      wc.push_back(cpu_->upload_weight(w.back().host));
+      wg.push_back(gpu_->upload_weight(w.back().host));
+    }
+    for (int64_t n : {9, 16, 17, 40, 64})
+      for (DType out_t : {DType::F32, DType::BF16}) {
+        const auto x = random_bf16(size_t(n * c.k), uint32_t(n));
+        const Tensor xg = put(*gpu_, x, {n, c.k}), xc = put(*cpu_, x, {n, c.k});
+        cuda::GemvGroup g;
+        std::vector<Tensor> outs;
+        for (size_t m = 0; m < c.rows.size(); ++m) {
+          outs.push_back(gpu_->alloc(out_t, {n, c.rows[m]}));
+          g.w[m] = wg[m].data, g.out[m] = outs.back().data, g.rows[m] = c.rows[m];
+        }
+        g.count = int(c.rows.size());
+        ASSERT_TRUE(cuda::gemm_rows(st, g, out_t, xg.data, n, c.k)) << "k " << c.k << ", " << n << " rows";
+        for (size_t m = 0; m < c.rows.size(); ++m) {
+          Tensor ref = cpu_->alloc(DType::F32, {n, c.rows[m]});
+          cpu_->linear(ref, xc, wc[m], Tensor{});
+          const auto a = get(*cpu_, ref), b = get(*gpu_, outs[m]);
+          EXPECT_LE(rel_max_diff(b.data(), a.data(), a.size()), out_t == DType::F32 ? 1e-5 : 8e-3)
+              << "k " << c.k << ", " << n << " rows, matrix " << m << ", out " << dtype_name(out_t);
+        }
+      }
+  }
+  // Shapes it refuses: 8 rows or fewer, more than 64, k not a multiple of 256, rows not a multiple of 16.
+  const int64_t k = 1024, f = 208;
+  HostWeight w(random_bf16(size_t(f * k), 70, 0.05f), {f, k});
+  const Tensor wg = gpu_->upload_weight(w.host);
+  cuda::GemvGroup g;
+  g.w[0] = wg.data, g.rows[0] = f, g.count = 1;
+  Tensor big = gpu_->alloc(DType::F32, {65, f});
+  g.out[0] = big.data;
+  const Tensor x65 = put(*gpu_, random_bf16(size_t(65 * k), 90), {65, k});
+  EXPECT_FALSE(cuda::gemm_rows(st, g, DType::F32, x65.data, 8, k));
+  EXPECT_FALSE(cuda::gemm_rows(st, g, DType::F32, x65.data, 65, k));
+  EXPECT_FALSE(cuda::gemm_rows(st, g, DType::F32, x65.data, 32, 1000));
+  g.rows[0] = 200;
+  EXPECT_FALSE(cuda::gemm_rows(st, g, DType::F32, x65.data, 32, k));
+}
+
+// A row's result from the rows kernel (q, k and v through linears(), 9 to 64 rows) does not depend on how many
+// rows are beside it: the split of k follows the weights' shape alone, and each output is summed in the same
+// order.
+TEST_F(CudaOps, RowsKernelIsRowInvariant) {
+  const int64_t k = 4096, rows[3] = {512, 128, 128};
+  std::vector<HostWeight> w;
+  std::vector<Tensor> wg;
+  for (int m = 0; m < 3; ++m) {
+    w.emplace_back(random_bf16(size_t(rows[m] * k), uint32_t(91 + m), 0.05f), Shape{rows[m], k});
+    wg.push_back(gpu_->upload_weight(w.back().host));
+  }
+  const auto x = random_bf16(size_t(64 * k), 95);
+  auto project = [&](int64_t n) {
+    std::vector<Tensor> outs;
+    Backend::LinearOut lo[3];
+    for (int m = 0; m < 3; ++m) {
+      outs.push_back(gpu_->alloc(DType::F32, {n, rows[m]}));
+      lo[m] = {outs.back(), wg[size_t(m)], Tensor{}};
+    }
+    gpu_->linears(put(*gpu_, std::vector<float>(x.begin(), x.begin() + n * k), {n, k}), lo, 3);
+    std::vector<std::vector<float>> got;
+    for (const Tensor& t : outs) got.push_back(get(*gpu_, t));
+    return got;
+  };
+  const auto all = project(64);
+  {
+    // Recorded in a CUDA graph (as decode steps are: a cluster launch with programmatic dependent launch),
+    // replayed, it gives the same.
+    const Tensor xg = put(*gpu_, x, {64, k});
+    std::vector<Tensor> outs;
+    Backend::LinearOut lo[3];
+    for (int m = 0; m < 3; ++m) {
+      outs.push_back(gpu_->alloc(DType::F32, {64, rows[m]}));
+      gpu_->fill_zero(outs.back());
+      lo[m] = {outs.back(), wg[size_t(m)], Tensor{}};
+    }
+    ASSERT_TRUE(gpu_->begin_capture());
+    gpu_->linears(xg, lo, 3);
+    auto graph = gpu_->end_capture();
+    ASSERT_TRUE(graph);
+    graph->replay();
+    for (int m = 0; m < 3; ++m) EXPECT_EQ(get(*gpu_, outs[size_t(m)]), all[size_t(m)]) << "graph, matrix " << m;
+  }
+  for (int64_t n : {9, 16, 17, 33, 63}) {
+    const auto part = project(n);
+    for (int m = 0; m < 3; ++m)
+      EXPECT_TRUE(std::equal(part[size_t(m)].begin(), part[size_t(m)].end(), all[size_t(m)].begin()))
+          << "first " << n << " rows, matrix " << m;
+  }
+}
+#endif
 
 // With RILL_BATCH_INVARIANT=1, a row's result does not depend on how many rows are beside it (what the
 // engine's batch-invariance tests need); without it cuBLASLt may split skinny GEMMs' reduction.

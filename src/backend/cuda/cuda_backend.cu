@@ -217,7 +217,7 @@ class CudaBackend final : public Backend {
     g.out[0] = out.data;
     g.rows[0] = o;
     g.count = 1;
-    if (batch_invariant_ || dt_ != DType::BF16 || !cuda::gemv(st_->stream, g, out.dtype, x.data, n, in)) {
+    if (batch_invariant_ || dt_ != DType::BF16 || !few_rows(g, out.dtype, x.data, n, in)) {
       const GemmPlan& plan = gemm_plan(o, n, in, out.dtype);
       const float alpha = 1.f, beta = 0.f;
       check_lt(cublasLtMatmul(lt_, plan.op, &alpha, w.data, plan.a, x.data, plan.b, &beta, out.data, plan.c,
@@ -245,7 +245,7 @@ class CudaBackend final : public Backend {
       g.rows[i] = w.shape[0];
     }
     g.count = count;
-    if (!one_pass || !cuda::gemv(st_->stream, g, outs[0].out.dtype, x.data, n, in)) {
+    if (!one_pass || !few_rows(g, outs[0].out.dtype, x.data, n, in)) {
       Backend::linears(x, outs, count);
       return;
     }
@@ -470,6 +470,19 @@ class CudaBackend final : public Backend {
     a.scale = scale;
     return a;
   }
+
+  // Products of a few rows (decode): the matrix-vector kernel for up to 8 rows. For 9 to 64, the tensor-core
+  // kernel of gemm_rows.cu takes a group of small matrices that share x (q, k and v: one launch where
+  // cuBLASLt takes three, two of them short and slow); single matrices and large groups (gate and up) stream
+  // as fast or faster through cuBLASLt (bench/results/cuda-rows-gemm-h100-2026-11-23.txt). False where
+  // neither kernel takes the shape (then cuBLASLt does).
+  bool few_rows(const cuda::GemvGroup& g, DType out_t, const void* x, int64_t n, int64_t in) {
+    if (cuda::gemv(st_->stream, g, out_t, x, n, in)) return true;
+    int64_t rows = 0;
+    for (int m = 0; m < g.count; ++m) rows += g.rows[m];
+    return g.count > 1 && rows <= kRowsGroupMaxRows && cuda::gemm_rows(st_->stream, g, out_t, x, n, in);
+  }
+  static constexpr int64_t kRowsGroupMaxRows = 16384;
 
   // cuBLASLt is column-major: the row-major out[n, o] = x[n, i] · w[o, i]^T is, column-major,
   // out(o x n) = w^T(o x i) · x(i x n), with w stored i x o (transposed) and x stored i x n.

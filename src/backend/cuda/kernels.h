@@ -43,6 +43,11 @@ struct GemvGroup {
 // nothing) for shapes it does not take: more rows, k not a multiple of 8, pointers not 16-byte aligned.
 constexpr int64_t kGemvMaxRows = 8;
 bool gemv(cudaStream_t st, const GemvGroup& g, DType out_t, const void* x, int64_t n, int64_t k);
+// The same products for kGemvMaxRows < n <= kRowsMaxRows (a batch of decoding sequences), on tensor cores
+// (gemm_rows.cu); false (nothing done) for shapes it does not take: k not a multiple of 256, a matrix's rows
+// not a multiple of 16, pointers not 16-byte aligned.
+constexpr int64_t kRowsMaxRows = 64;
+bool gemm_rows(cudaStream_t st, const GemvGroup& g, DType out_t, const void* x, int64_t n, int64_t k);
 // q = x · wq^T, k = x · wk^T, v = x · wv^T (all bf16; wq [H * head_dim, k], wk and wv [KV * head_dim, k]) for
 // n <= kGemvMaxRows, then rope_kv_write's work (inv_freq row 0), in one launch: q is stored rotated, k (rotated)
 // and v only in the caches. False (nothing done) for shapes it does not take.
