@@ -101,10 +101,12 @@ int main(int argc, char** argv) {
   CLI::App app{"rill CUDA benchmarks on a Llama-3-8B-shaped model with random bf16 weights"};
   int layers = 32, repeats = 5;
   std::vector<int64_t> row_counts{16, 32, 64, 128};
-  std::string out, what = "bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling", dtype = "auto";
+  std::string out, what = "bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling",
+                   dtype = "auto";
   app.add_option("--layers", layers, "Transformer layers (32 for Llama-3-8B; fewer for a quick run)");
   app.add_option("--repeats", repeats, "Timed repeats per figure (median)");
-  app.add_option("--what", what, "Comma-separated: bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling");
+  app.add_option("--what", what,
+                 "Comma-separated: bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling");
   app.add_option("--rows", row_counts, "Row counts of x for --what rows")->delimiter(',');
   app.add_option("--out", out, "Write the figures as JSON here");
   app.add_option("--dtype", dtype,
@@ -182,7 +184,8 @@ int main(int argc, char** argv) {
       }
       {
         const rill::Tensor gate = weights(ffn, d), up = weights(ffn, d), down = weights(d, ffn);
-        const rill::Tensor g = backend->alloc(rill::DType::BF16, {n, ffn}), u = backend->alloc(rill::DType::BF16, {n, ffn});
+        const rill::Tensor g = backend->alloc(rill::DType::BF16, {n, ffn}),
+                           u = backend->alloc(rill::DType::BF16, {n, ffn});
         const rill::Tensor act = backend->alloc(rill::DType::BF16, {n, ffn});
         report("gate+up 2x14336x4096", 4.0 * double(gate.numel()),
                time_events(stream, 5, 50, [&] { backend->swiglu(act, xd, gate, {}, up, {}, g, u); }));

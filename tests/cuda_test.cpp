@@ -188,7 +188,8 @@ TEST_F(CudaOps, LinearsEqualLinearOneByOne) {
       } else {
         // 9+ rows: the group takes gemm_rows.cu's kernel and a single matrix cuBLASLt; they round alike only
         // up to the order of their sums.
-        EXPECT_LE(rel_max_diff(grouped.data(), alone.data(), alone.size()), 8e-3) << n << " rows, output " << i;
+        EXPECT_LE(rel_max_diff(grouped.data(), alone.data(), alone.size()), 8e-3)
+            << n << " rows, output " << i;
       }
     }
   }
@@ -267,9 +268,9 @@ TEST_F(CudaOps, RowsKernelsMatchCpu) {
   EXPECT_FALSE(cuda::gemm_rows(st, g, DType::F32, x65.data, 32, k));
 }
 
-// A row's result from the rows kernel (q, k and v through linears(), 9 to 64 rows) does not depend on how many
-// rows are beside it: the split of k follows the weights' shape alone, and each output is summed in the same
-// order.
+// A row's result from the rows kernel (q, k and v through linears(), 9 to 64 rows) does not depend on how
+// many rows are beside it: the split of k follows the weights' shape alone, and each output is summed in the
+// same order.
 TEST_F(CudaOps, RowsKernelIsRowInvariant) {
   const int64_t k = 4096, rows[3] = {512, 128, 128};
   std::vector<HostWeight> w;
@@ -308,7 +309,8 @@ TEST_F(CudaOps, RowsKernelIsRowInvariant) {
     auto graph = gpu_->end_capture();
     ASSERT_TRUE(graph);
     graph->replay();
-    for (int m = 0; m < 3; ++m) EXPECT_EQ(get(*gpu_, outs[size_t(m)]), all[size_t(m)]) << "graph, matrix " << m;
+    for (int m = 0; m < 3; ++m)
+      EXPECT_EQ(get(*gpu_, outs[size_t(m)]), all[size_t(m)]) << "graph, matrix " << m;
   }
   for (int64_t n : {9, 16, 17, 33, 63}) {
     const auto part = project(n);

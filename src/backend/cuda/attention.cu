@@ -276,11 +276,12 @@ __global__ void attention_combine_kernel(Params p) {
 }
 
 // ---- Prefill on tensor cores (FlashAttention-2 style) --------------------------------------------------
-// One block: 16 query rows per warp (kPrefillWarps warps) of one sequence and one query head, its Q rows copied
-// once into shared memory; K/V tiles of kPrefillKeys keys stream from the paged cache into shared memory
-// (double-buffered cp.async); S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, f32 accumulate; Q, K
-// and V fragments by ldmatrix) with the online softmax in registers. Rows are independent: a row's result
-// does not depend on which rows share its tile, and key tiles are aligned to multiples of kPrefillKeys.
+// One block: 16 query rows per warp (kPrefillWarps warps) of one sequence and one query head, its Q rows
+// copied once into shared memory; K/V tiles of kPrefillKeys keys stream from the paged cache into shared
+// memory (double-buffered cp.async); S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, f32
+// accumulate; Q, K and V fragments by ldmatrix) with the online softmax in registers. Rows are independent: a
+// row's result does not depend on which rows share its tile, and key tiles are aligned to multiples of
+// kPrefillKeys.
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);

@@ -3,11 +3,12 @@
 // for q, k and v, where cuBLASLt takes three launches, two of them short: at 64 rows of a Llama-3-8B layer,
 // 36 against 41-45 us, and at 16 rows 29 against 41-47 us. Single matrices and gate + up stream as fast or
 // faster through cuBLASLt, which this kernel does not beat there (it reaches 1.4-1.8 TB/s against the copy
-// bandwidth's 3.0: latency-bound, 2 blocks of 8 warps per SM; bench/results/cuda-rows-gemm-h100-2026-11-23.txt).
+// bandwidth's 3.0: latency-bound, 2 blocks of 8 warps per SM;
+// bench/results/cuda-rows-gemm-h100-2026-11-23.txt).
 //
-// out[r, o] = x[r, :] · w[o, :] is an MMA with the weights as the A operand (16 weight rows per m16n8k16 tile)
-// and x as the B operand (8 rows of x per n-tile). Neither needs a transpose: W rows and x rows are both
-// contiguous in k, as A's row-major and B's column-major fragments want. Since a dot product may add its
+// out[r, o] = x[r, :] · w[o, :] is an MMA with the weights as the A operand (16 weight rows per m16n8k16
+// tile) and x as the B operand (8 rows of x per n-tile). Neither needs a transpose: W rows and x rows are
+// both contiguous in k, as A's row-major and B's column-major fragments want. Since a dot product may add its
 // terms in any order, k is permuted alike in both operands:
 //   - each lane loads its two weight rows (g and g + 8 of the warp's 16) straight into registers, 16 bytes
 //     at k offsets 8·tq and 32 + 8·tq of each 64-wide step;
@@ -58,8 +59,8 @@ struct RowsArgs {
   const bf16* x = nullptr;
   int n = 0;
   int64_t k = 0;
-  int splits = 1;         // S: blocks per cluster, along k
-  int split_chunks = 1;   // x chunks per split
+  int splits = 1;        // S: blocks per cluster, along k
+  int split_chunks = 1;  // x chunks per split
 };
 
 template <int NT>
@@ -107,7 +108,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemm_rows_kernel(RowsArgs p) {
     for (int i = threadIdx.x; i < NT * 8 * kPerRow; i += blockDim.x) {
       const int r = i / kPerRow, c8 = (i % kPerRow) * 8;
       const bool ok = r < p.n;
-      cp_async16(dst + r * kXStride + c8, ok ? p.x + int64_t(r) * p.k + kbeg + int64_t(c) * kChunk + c8 : p.x, ok);
+      cp_async16(dst + r * kXStride + c8, ok ? p.x + int64_t(r) * p.k + kbeg + int64_t(c) * kChunk + c8 : p.x,
+                 ok);
     }
     asm volatile("cp.async.commit_group;\n" ::);
   };
@@ -214,7 +216,8 @@ void launch_rows(cudaStream_t st, const RowsArgs& p, int64_t tiles) {
   auto kernel = gemm_rows_kernel<NT, TO>;
   constexpr int smem = smem_bytes<NT>();
   static const bool raised = [&] {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem), "gemm_rows smem");
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem),
+               "gemm_rows smem");
     return true;
   }();
   (void)raised;
@@ -234,7 +237,9 @@ void launch_rows(cudaStream_t st, const RowsArgs& p, int64_t tiles) {
   check_cuda(cudaLaunchKernelEx(&cfg, kernel, p), "gemm_rows launch");
 }
 
-bool aligned(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+bool aligned(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
 
 }  // namespace
 
@@ -260,9 +265,12 @@ bool gemm_rows(cudaStream_t st, const GemvGroup& g, DType out_t, const void* x, 
   p.split_chunks = int(k / kChunk / p.splits);
   dispatch1(out_t, [&](auto y) {
     using TO = decltype(y);
-    if (n <= 16) launch_rows<2, TO>(st, p, tiles);
-    else if (n <= 32) launch_rows<4, TO>(st, p, tiles);
-    else launch_rows<8, TO>(st, p, tiles);
+    if (n <= 16)
+      launch_rows<2, TO>(st, p, tiles);
+    else if (n <= 32)
+      launch_rows<4, TO>(st, p, tiles);
+    else
+      launch_rows<8, TO>(st, p, tiles);
   });
   return true;
 }

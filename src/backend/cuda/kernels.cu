@@ -223,7 +223,6 @@ __global__ void rope_kv_write_kernel(T* q, T* k, const T* v, TC* kc, TC* vc, int
   }
 }
 
-
 __device__ __forceinline__ float dot8(const uint4& a, const uint4& b) {
   const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&a);
   const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
