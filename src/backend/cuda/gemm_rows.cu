@@ -70,6 +70,13 @@ constexpr int smem_bytes() {
   return x > red ? x : red;
 }
 
+// Which of the group's matrices holds weight row `row` (counted over all of them).
+__device__ __forceinline__ int matrix_of(const RowsArgs& p, int64_t row) {
+  int m = 0;
+  while (m + 1 < p.count && row >= p.first[m + 1]) ++m;
+  return m;
+}
+
 // NT n-tiles of x (n <= 8 NT); TO the output type.
 template <int NT, typename TO>
 __global__ void __launch_bounds__(kWarps * 32, 2) gemm_rows_kernel(RowsArgs p) {
@@ -83,8 +90,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemm_rows_kernel(RowsArgs p) {
 
   // This warp's 16 weight rows: of which matrix, from which row.
   const int64_t r0 = int64_t(tile) * kBlockRows + warp * 16;
-  int m = 0;
-  while (m + 1 < p.count && r0 >= p.first[m + 1]) ++m;
+  const int m = matrix_of(p, r0);
   const int64_t row0 = r0 - p.first[m];
   const bool live = r0 < p.total;
   const bf16* wa = p.w[m] + (live ? (row0 + g) * p.k : 0) + kbeg + 8 * tq;
@@ -131,22 +137,20 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemm_rows_kernel(RowsArgs p) {
 #pragma unroll
     for (int i = 0; i < kDepth; ++i) {
       if (!live) continue;
-      {
-        // A fragments of the four MMAs: rows g (a0, a1: k offsets 8 tq and 32 + 8 tq) and g + 8 (b0, b1).
-        const uint4 &a0 = ring[i][0], &a1 = ring[i][1], &b0 = ring[i][2], &b1 = ring[i][3];
-        const uint32_t f[4][4] = {{a0.x, b0.x, a0.y, b0.y},
-                                  {a0.z, b0.z, a0.w, b0.w},
-                                  {a1.x, b1.x, a1.y, b1.y},
-                                  {a1.z, b1.z, a1.w, b1.w}};
+      // A fragments of the four MMAs: rows g (a0, a1: k offsets 8 tq and 32 + 8 tq) and g + 8 (b0, b1).
+      const uint4 &a0 = ring[i][0], &a1 = ring[i][1], &b0 = ring[i][2], &b1 = ring[i][3];
+      const uint32_t f[4][4] = {{a0.x, b0.x, a0.y, b0.y},
+                                {a0.z, b0.z, a0.w, b0.w},
+                                {a1.x, b1.x, a1.y, b1.y},
+                                {a1.z, b1.z, a1.w, b1.w}};
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          const bf16* xr = xb + (j * 8 + g) * kXStride + i * kStep + 8 * tq;
-          const uint4 x0 = *reinterpret_cast<const uint4*>(xr), x1 = *reinterpret_cast<const uint4*>(xr + 32);
-          mma_bf16(acc[j], f[0], x0.x, x0.y);
-          mma_bf16(acc[j], f[1], x0.z, x0.w);
-          mma_bf16(acc[j], f[2], x1.x, x1.y);
-          mma_bf16(acc[j], f[3], x1.z, x1.w);
-        }
+      for (int j = 0; j < NT; ++j) {
+        const bf16* xr = xb + (j * 8 + g) * kXStride + i * kStep + 8 * tq;
+        const uint4 x0 = *reinterpret_cast<const uint4*>(xr), x1 = *reinterpret_cast<const uint4*>(xr + 32);
+        mma_bf16(acc[j], f[0], x0.x, x0.y);
+        mma_bf16(acc[j], f[1], x0.z, x0.w);
+        mma_bf16(acc[j], f[2], x1.x, x1.y);
+        mma_bf16(acc[j], f[3], x1.z, x1.w);
       }
       if (c + 1 < nchunks) {  // then the same step of the next chunk into its registers
         const int64_t o = int64_t(c + 1) * kChunk + int64_t(i) * kStep;
@@ -184,8 +188,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemm_rows_kernel(RowsArgs p) {
       if (q < p.splits) s += part[q];
     const int64_t gr = int64_t(tile) * kBlockRows + r;
     if (gr < p.total) {
-      int mm = 0;
-      while (mm + 1 < p.count && gr >= p.first[mm + 1]) ++mm;
+      const int mm = matrix_of(p, gr);
       static_cast<TO*>(p.out[mm])[int64_t(col) * p.rows[mm] + (gr - p.first[mm])] = from_f<TO>(s);
     }
   }
