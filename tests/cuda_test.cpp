@@ -674,13 +674,15 @@ struct AttnCase {
 class CudaAttention : public CudaOps, public testing::WithParamInterface<AttnCase> {};
 
 // Four sequences in one flat batch: a 37-token prefill, a 1-token decode at 700 keys (several splits), a
-// 5-token chunk after 290 cached tokens and a 150-token chunk after 250 (prompts of 16+ tokens take the
-// tensor-core kernel at head_dim 64 and 128); paged over shuffled blocks. The GPU in bf16 (its tensor-core
-// and split kernels), and in float32 mode (f32 q and cache: the split kernel for every route).
-void check_attention(Backend& cpu, Backend& gpu, DType gpu_dtype, const AttnCase& c, double tol) {
+// 5-token chunk after 290 cached tokens and a chunk of `chunk` tokens after 600 - chunk (prompts of 16+
+// tokens take the tensor-core kernel at head_dim 64 and 128: 300 tokens make two of its 256-row blocks, the
+// second partial; 120 make the batch take its 128-row blocks); paged over shuffled blocks. The GPU in bf16
+// (its tensor-core and split kernels), and in float32 mode (f32 q and cache: the split kernel for every
+// route).
+void check_attention(Backend& cpu, Backend& gpu, DType gpu_dtype, const AttnCase& c, double tol, int chunk) {
   const int bs = 16, num_blocks = 160;
-  const std::vector<int> q_len = {37, 1, 5, 150}, ctx = {37, 700, 295, 400};
-  const int n = 193, S = 4;
+  const std::vector<int> q_len = {37, 1, 5, chunk}, ctx = {37, 700, 295, 600};
+  const int n = 43 + chunk, S = 4;
   std::vector<int32_t> q_start = {0}, token_seq, hole_end, sinks;
   int max_blocks = 0;
   for (int s = 0; s < S; ++s) {
@@ -714,7 +716,7 @@ void check_attention(Backend& cpu, Backend& gpu, DType gpu_dtype, const AttnCase
     ab.ctx_len = put_i32(b, std::vector<int32_t>(ctx.begin(), ctx.end()));
     ab.block_tables = put_i32(b, tables);
     ab.token_seq = put_i32(b, token_seq);
-    ab.max_q_len = 150;
+    ab.max_q_len = std::max(37, chunk);
     ab.max_ctx_len = 700;
     if (c.sinks) {
       ab.sinks = put_i32(b, sinks);
@@ -729,17 +731,17 @@ void check_attention(Backend& cpu, Backend& gpu, DType gpu_dtype, const AttnCase
     return get(b, out);
   };
   const auto a = run(cpu), g = run(gpu);
-  EXPECT_LE(rel_max_diff(g.data(), a.data(), a.size()), tol);
+  EXPECT_LE(rel_max_diff(g.data(), a.data(), a.size()), tol) << "chunk of " << chunk << " tokens";
 }
 
 TEST_P(CudaAttention, MatchesCpu) {
-  check_attention(*cpu_, *gpu_, DType::BF16, GetParam(), 1e-2);
+  for (int chunk : {300, 120}) check_attention(*cpu_, *gpu_, DType::BF16, GetParam(), 1e-2, chunk);
 }
 
 TEST_P(CudaAttention, Float32ModeMatchesCpu) {
   auto gpu32 = make_backend("cuda", 0, "float32");
   ASSERT_EQ(gpu32->kv_dtype(), DType::F32);
-  check_attention(*cpu_, *gpu32, DType::F32, GetParam(), 1e-5);
+  check_attention(*cpu_, *gpu32, DType::F32, GetParam(), 1e-5, 300);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,

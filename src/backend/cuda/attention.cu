@@ -39,6 +39,7 @@ struct Params {
   float* part_o = nullptr;    // [n, H, max_splits, hd]
   float* part_lse = nullptr;  // [n, H, max_splits]
   int tc_tiles = 0;           // tensor-core prefill: query tiles per sequence in its grid (0: not launched)
+  int tc_rows = 0;            // tensor-core prefill: query rows per block (kPrefillRows or kPrefillRowsShort)
   int dec_maxq = 0;           // tensor-core decode: most new tokens of a decode sequence (0: not launched)
   float* dec_o = nullptr;     // [num_seqs, dec_maxq, H, kDecodeMaxSplits, hd]
   float* dec_lse = nullptr;   // [num_seqs, dec_maxq, H, kDecodeMaxSplits] (log2 units)
@@ -48,16 +49,19 @@ struct Params {
 // decode kernel (new tokens x query heads per KV head fit one 16-row MMA tile), or the split kernel (rolling
 // KV, other head sizes, an f32 cache, the rest). Host and device decide alike.
 enum Route { kSplit = 0, kTcPrefill = 1, kTcDecode = 2 };
-// The prefill kernel runs 8 warps (128 query rows) per block: each K/V tile then serves twice the rows of 4
-// warps (measured on the H100: 125 vs 109 TFLOP/s at 4096 causal tokens).
-constexpr int kPrefillWarps = 8;
-// K/V tiles of 64 keys, with Q in shared memory rather than registers, so that the kernel fits 128 registers
-// and two blocks share an SM (16 warps, where 128-key tiles with Q in registers took 255 registers, spilled,
-// and left one block of 8 warps per SM, latency-bound): 158 -> 195 TFLOP/s at 4096 causal tokens on the H100
-// (bench/results/cuda-attention-prefill-variants-h100-2026-11-23.txt); then masks only on the tiles that need
-// them and the score scale folded into the exponent's FFMA (online_softmax_step's sl2): 193 -> 213 TFLOP/s.
+// The prefill kernel: K/V tiles of 64 keys, Q staged in shared memory, 32 query rows per warp (two 16-row MMA
+// tiles, so that each K/V fragment read from shared memory feeds two MMAs), 8 warps (256 rows) per block and
+// one block per SM; prompts of at most 128 tokens take 4 warps (128 rows) and two blocks per SM, so that no
+// warp idles. History, measured on the H100 at 4096 causal tokens
+// (bench/results/cuda-attention-prefill-variants-h100-2026-11-23.txt and ...-2026-11-23b.txt):
+//  - 8 warps of 16 rows over 4 warps: 125 vs 109 TFLOP/s;
+//  - Q in shared memory rather than registers, 64-key tiles, 128 registers and two blocks per SM, where
+//  128-key
+//    tiles with Q in registers took 255 registers, spilled, and left one block of 8 warps per SM: 158 -> 195;
+//  - masks only on the tiles that need them, the score scale folded into the exponent's FFMA: 193 -> 213;
+//  - 32 rows per warp in 8 warps, one block per SM: 208 -> 228 (4 warps, two blocks per SM: 221).
 // Blocks launch longest first.
-constexpr int kPrefillKeys = 64, kPrefillBlocksPerSm = 2;
+constexpr int kPrefillRows = 256, kPrefillRowsShort = 128, kPrefillMTiles = 2, kPrefillKeys = 64;
 constexpr int kTcKeys = 64, kTcMinRows = 16, kDecodeMaxSplits = 16, kDecodeOneSplitTiles = 8;
 
 __host__ __device__ __forceinline__ int route_of(int q_len, int sinks, int G, int hd, bool f32) {
@@ -276,12 +280,12 @@ __global__ void attention_combine_kernel(Params p) {
 }
 
 // ---- Prefill on tensor cores (FlashAttention-2 style) --------------------------------------------------
-// One block: 16 query rows per warp (kPrefillWarps warps) of one sequence and one query head, its Q rows
-// copied once into shared memory; K/V tiles of kPrefillKeys keys stream from the paged cache into shared
-// memory (double-buffered cp.async); S = Q K^T and O += P V run on mma.sync m16n8k16 (bf16 in, f32
-// accumulate; Q, K and V fragments by ldmatrix) with the online softmax in registers. Rows are independent: a
-// row's result does not depend on which rows share its tile, and key tiles are aligned to multiples of
-// kPrefillKeys.
+// One block: kPrefillRows (or kPrefillRowsShort) query rows of one sequence and one query head, 16 x
+// kPrefillMTiles rows per warp, its Q rows copied once into shared memory; K/V tiles of kPrefillKeys keys
+// stream from the paged cache into shared memory (double-buffered cp.async); S = Q K^T and O += P V run on
+// mma.sync m16n8k16 (bf16 in, f32 accumulate; Q, K and V fragments by ldmatrix) with the online softmax in
+// registers. Rows are independent: a row's result does not depend on which rows share its tile, and key tiles
+// are aligned to multiples of kPrefillKeys.
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
@@ -390,18 +394,27 @@ struct TileBuffers {
   }
 };
 
-// O (16 rows x HD) += P (16 rows x 16 keys, as A fragments) V[key0, key0 + 16): V's B fragments by
-// ldmatrix.trans, two 8-wide column tiles at a time.
-template <int HD>
-__device__ __forceinline__ void pv_step(float (&o)[HD / 8][4], const uint32_t (&pa)[4], bf16 (*Vs)[HD + 8], int key0,
-                                        int lane) {
+// O (MT m-tiles of 16 rows x HD) += P (the same rows x 16 keys, as A fragments) V[key0, key0 + 16): V's B
+// fragments by ldmatrix.trans, two 8-wide column tiles at a time, each fed to every m-tile.
+template <int HD, int MT>
+__device__ __forceinline__ void pv_step(float (&o)[MT][HD / 8][4], const uint32_t (&pa)[MT][4],
+                                        bf16 (*Vs)[HD + 8], int key0, int lane) {
 #pragma unroll
   for (int n2 = 0; n2 < HD / 16; ++n2) {
     uint32_t vb[4];
     ldmatrix_x4_trans(vb, &Vs[key0 + ((lane / 8) & 1) * 8 + lane % 8][(n2 * 2 + lane / 16) * 8]);
-    mma_bf16(o[2 * n2], pa, vb[0], vb[1]);
-    mma_bf16(o[2 * n2 + 1], pa, vb[2], vb[3]);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      mma_bf16(o[mt][2 * n2], pa[mt], vb[0], vb[1]);
+      mma_bf16(o[mt][2 * n2 + 1], pa[mt], vb[2], vb[3]);
+    }
   }
+}
+template <int HD>
+__device__ __forceinline__ void pv_step(float (&o)[HD / 8][4], const uint32_t (&pa)[4], bf16 (*Vs)[HD + 8],
+                                        int key0, int lane) {
+  pv_step<HD, 1>(reinterpret_cast<float(&)[1][HD / 8][4]>(o), reinterpret_cast<const uint32_t(&)[1][4]>(pa),
+                 Vs, key0, lane);
 }
 
 // Double buffering: starts tile it + 1 (at next_kb) into the other buffer, if there is one, while waiting for
@@ -429,9 +442,9 @@ constexpr int prefill_smem_bytes(int rows) {
   return tc_smem_bytes<HD, KEYS>() + rows * (HD + 8) * int(sizeof(bf16));
 }
 
-template <typename TO, int HD, int WARPS, int KEYS, int MINB>
+template <typename TO, int HD, int WARPS, int KEYS, int MINB, int MT>
 __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Params p) {
-  constexpr int kTcRows = WARPS * 16;
+  constexpr int kTcRows = WARPS * 16 * MT, kWarpRows = 16 * MT;
   extern __shared__ __align__(16) unsigned char tc_smem[];
   const TileBuffers<HD, KEYS> buf(tc_smem);
   bf16(*Qs)[HD + 8] = reinterpret_cast<bf16(*)[HD + 8]>(tc_smem + tc_smem_bytes<HD, KEYS>());
@@ -448,11 +461,9 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Par
   const int G = a.H / a.KV, kvh = h / G;
   const int first_self = a.ctx_len[s] - q_len;  // cache index of the sequence's first new token
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-  const int wrow0 = row0 + warp * 16;  // the warp's first row; this thread's are rA and rB
-  const int rA = wrow0 + g, rB = rA + 8;
-  const int selfA = first_self + rA, selfB = selfA + 8;
-  const int loA = a.sliding_window > 0 ? selfA - a.sliding_window + 1 : 0;
-  const int loB = a.sliding_window > 0 ? selfB - a.sliding_window + 1 : 0;
+  // The warp's rows are [wrow0, wrow0 + 16 MT); in m-tile mt this thread holds rows wrow0 + 16 mt + g (A) and
+  // that + 8 (B).
+  const int wrow0 = row0 + warp * kWarpRows;
   const bf16* Q = as_bf16(a.q);
   // The block's Q rows into shared memory (zeros past the sequence), in the first cp.async group.
   for (int i = threadIdx.x; i < kTcRows * HD / 8; i += blockDim.x) {
@@ -460,10 +471,15 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Par
     const bool ok = row0 + row < q_len;
     cp_async16(&Qs[row][c], Q + (ok ? (int64_t(q0) + row0 + row) * a.H * HD + int64_t(h) * HD + c : 0), ok);
   }
-  float o[HD / 8][4];
+  float o[MT][HD / 8][4];
+  float mA[MT], mB[MT], lA[MT], lB[MT];
 #pragma unroll
-  for (int i = 0; i < HD / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float mA = -INFINITY, mB = -INFINITY, lA = 0.f, lB = 0.f;
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < HD / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+    mA[mt] = mB[mt] = -INFINITY;
+    lA[mt] = lB[mt] = 0.f;
+  }
   const float sl2 = a.scale * 1.4426950408889634f;  // raw score to log2 units (the scale is positive)
 
   const int last_row = min(row0 + kTcRows, q_len) - 1;
@@ -471,7 +487,7 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Par
   const int lo = a.sliding_window > 0 ? max(0, first_self + row0 - a.sliding_window + 1) : 0;
   const int32_t* table = a.tables + int64_t(s) * a.max_blocks;
   const int kfirst = (lo / KEYS) * KEYS, ntiles = (hi - kfirst + KEYS - 1) / KEYS;
-  const int wself_last = first_self + min(wrow0 + 16, q_len) - 1;
+  const int wself_last = first_self + min(wrow0 + kWarpRows, q_len) - 1;
   const bool warp_live = wrow0 < q_len;
   load_tile_async<HD, KEYS>(buf.k[0], buf.v[0], a, table, kvh, kfirst, hi);  // commits Q's copies with it
   for (int it = 0; it < ntiles; ++it) {
@@ -480,79 +496,104 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Par
     bf16 (*Vs)[HD + 8] = buf.v[it & 1];
     advance_tiles<HD, KEYS>(buf, it, ntiles, a, table, kvh, kb + KEYS, hi);
     if (warp_live && kb <= wself_last) {
-      float sc[KEYS / 8][4];
+      float sc[MT][KEYS / 8][4];
 #pragma unroll
-      for (int nt = 0; nt < KEYS / 8; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < KEYS / 8; ++nt)
+          sc[mt][nt][0] = sc[mt][nt][1] = sc[mt][nt][2] = sc[mt][nt][3] = 0.f;
 #pragma unroll
       for (int ks = 0; ks < HD / 16; ++ks) {
-        uint32_t qf[4];  // A fragment: rows 0-15 of the warp, dims [16 ks, 16 ks + 16)
-        ldmatrix_x4(qf, &Qs[warp * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
+        uint32_t qf[MT][4];  // A fragments: each m-tile's 16 rows, dims [16 ks, 16 ks + 16)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+          ldmatrix_x4(qf[mt], &Qs[warp * kWarpRows + mt * 16 + (lane % 16)][ks * 16 + (lane / 16) * 8]);
 #pragma unroll
         for (int np = 0; np < KEYS / 16; ++np) {
           uint32_t kf[4];  // keys [16 np, 16 np + 16) x dims [16 ks, 16 ks + 16): two B fragments
           ldmatrix_x4(kf, &Ks[np * 16 + (lane / 16) * 8 + lane % 8][ks * 16 + ((lane / 8) & 1) * 8]);
-          mma_bf16(sc[2 * np], qf, kf[0], kf[1]);
-          mma_bf16(sc[2 * np + 1], qf, kf[2], kf[3]);
-        }
-      }
-      const int wself0 = first_self + wrow0;
-      const bool interior = kb + KEYS - 1 <= wself0 && wrow0 + 16 <= q_len &&
-                            (a.sliding_window <= 0 || kb >= wself0 + 16 - a.sliding_window);
-      float mxA = -INFINITY, mxB = -INFINITY;
-      // Masks only where the tile crosses the warp's diagonal, window edge or end; scores stay raw (the scale
-      // folds into the exponent).
-      if (interior) {
 #pragma unroll
-        for (int nt = 0; nt < KEYS / 8; ++nt) {
-          mxA = fmaxf(mxA, fmaxf(sc[nt][0], sc[nt][1]));
-          mxB = fmaxf(mxB, fmaxf(sc[nt][2], sc[nt][3]));
-        }
-      } else {
-#pragma unroll
-        for (int nt = 0; nt < KEYS / 8; ++nt)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int j = kb + nt * 8 + 2 * tq + (e & 1);
-            const bool rowB = e >= 2;
-            const int self = rowB ? selfB : selfA, low = rowB ? loB : loA;
-            const bool ok = (rowB ? rB : rA) < q_len && j <= self && j >= low;
-            if (!ok) sc[nt][e] = -INFINITY;
-            if (rowB)
-              mxB = fmaxf(mxB, sc[nt][e]);
-            else
-              mxA = fmaxf(mxA, sc[nt][e]);
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_bf16(sc[mt][2 * np], qf[mt], kf[0], kf[1]);
+            mma_bf16(sc[mt][2 * np + 1], qf[mt], kf[2], kf[3]);
           }
+        }
       }
-      online_softmax_step(sc, o, mxA, mxB, mA, mB, lA, lB, sl2);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int mrow0 = wrow0 + mt * 16, rA = mrow0 + g, rB = rA + 8;
+        const int selfA = first_self + rA, selfB = selfA + 8;
+        const int mself0 = first_self + mrow0;
+        const bool interior = kb + KEYS - 1 <= mself0 && mrow0 + 16 <= q_len &&
+                              (a.sliding_window <= 0 || kb >= mself0 + 16 - a.sliding_window);
+        float mxA = -INFINITY, mxB = -INFINITY;
+        // Masks only where the tile crosses the m-tile's diagonal, window edge or end; scores stay raw (the
+        // scale folds into the exponent).
+        if (interior) {
+#pragma unroll
+          for (int nt = 0; nt < KEYS / 8; ++nt) {
+            mxA = fmaxf(mxA, fmaxf(sc[mt][nt][0], sc[mt][nt][1]));
+            mxB = fmaxf(mxB, fmaxf(sc[mt][nt][2], sc[mt][nt][3]));
+          }
+        } else {
+          const int loA = a.sliding_window > 0 ? selfA - a.sliding_window + 1 : 0;
+          const int loB = a.sliding_window > 0 ? loA + 8 : 0;
+#pragma unroll
+          for (int nt = 0; nt < KEYS / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int j = kb + nt * 8 + 2 * tq + (e & 1);
+              const bool rowB = e >= 2;
+              const int self = rowB ? selfB : selfA, low = rowB ? loB : loA;
+              const bool ok = (rowB ? rB : rA) < q_len && j <= self && j >= low;
+              if (!ok) sc[mt][nt][e] = -INFINITY;
+              if (rowB)
+                mxB = fmaxf(mxB, sc[mt][nt][e]);
+              else
+                mxA = fmaxf(mxA, sc[mt][nt][e]);
+            }
+        }
+        online_softmax_step(sc[mt], o[mt], mxA, mxB, mA[mt], mB[mt], lA[mt], lB[mt], sl2);
+      }
 #pragma unroll
       for (int kt = 0; kt < KEYS / 16; ++kt) {
-        uint32_t pa[4] = {pack_bf16(sc[2 * kt][0], sc[2 * kt][1]), pack_bf16(sc[2 * kt][2], sc[2 * kt][3]),
-                          pack_bf16(sc[2 * kt + 1][0], sc[2 * kt + 1][1]),
-                          pack_bf16(sc[2 * kt + 1][2], sc[2 * kt + 1][3])};
-        pv_step<HD>(o, pa, Vs, kt * 16, lane);
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          pa[mt][0] = pack_bf16(sc[mt][2 * kt][0], sc[mt][2 * kt][1]);
+          pa[mt][1] = pack_bf16(sc[mt][2 * kt][2], sc[mt][2 * kt][3]);
+          pa[mt][2] = pack_bf16(sc[mt][2 * kt + 1][0], sc[mt][2 * kt + 1][1]);
+          pa[mt][3] = pack_bf16(sc[mt][2 * kt + 1][2], sc[mt][2 * kt + 1][3]);
+        }
+        pv_step<HD, MT>(o, pa, Vs, kt * 16, lane);
       }
     }
     __syncthreads();
   }
-#pragma unroll
-  for (int off = 1; off <= 2; off <<= 1) {
-    lA += __shfl_xor_sync(0xffffffffu, lA, off);
-    lB += __shfl_xor_sync(0xffffffffu, lB, off);
-  }
-  const float iA = lA > 0.f ? 1.f / lA : 0.f, iB = lB > 0.f ? 1.f / lB : 0.f;
   TO* out = static_cast<TO*>(a.out);
 #pragma unroll
-  for (int nd = 0; nd < HD / 8; ++nd) {
-    const int d = nd * 8 + 2 * tq;
-    if (rA < q_len) {
-      TO* oA = out + (int64_t(q0) + rA) * a.H * HD + int64_t(h) * HD + d;
-      oA[0] = from_f<TO>(o[nd][0] * iA);
-      oA[1] = from_f<TO>(o[nd][1] * iA);
+  for (int mt = 0; mt < MT; ++mt) {
+    float sA = lA[mt], sB = lB[mt];
+#pragma unroll
+    for (int off = 1; off <= 2; off <<= 1) {
+      sA += __shfl_xor_sync(0xffffffffu, sA, off);
+      sB += __shfl_xor_sync(0xffffffffu, sB, off);
     }
-    if (rB < q_len) {
-      TO* oB = out + (int64_t(q0) + rB) * a.H * HD + int64_t(h) * HD + d;
-      oB[0] = from_f<TO>(o[nd][2] * iB);
-      oB[1] = from_f<TO>(o[nd][3] * iB);
+    const float iA = sA > 0.f ? 1.f / sA : 0.f, iB = sB > 0.f ? 1.f / sB : 0.f;
+    const int rA = wrow0 + mt * 16 + g, rB = rA + 8;
+#pragma unroll
+    for (int nd = 0; nd < HD / 8; ++nd) {
+      const int d = nd * 8 + 2 * tq;
+      if (rA < q_len) {
+        TO* oA = out + (int64_t(q0) + rA) * a.H * HD + int64_t(h) * HD + d;
+        oA[0] = from_f<TO>(o[mt][nd][0] * iA);
+        oA[1] = from_f<TO>(o[mt][nd][1] * iA);
+      }
+      if (rB < q_len) {
+        TO* oB = out + (int64_t(q0) + rB) * a.H * HD + int64_t(h) * HD + d;
+        oB[0] = from_f<TO>(o[mt][nd][2] * iB);
+        oB[1] = from_f<TO>(o[mt][nd][3] * iB);
+      }
     }
   }
 }
@@ -765,17 +806,24 @@ void launch_split(cudaStream_t st, const Params& p) {
   attention_split_kernel<TO, bf16, LPK><<<grid, kWarps * 32, 0, st>>>(p);
 }
 
+template <typename TO, int W, int K, int B, int MT>
+void launch_prefill(cudaStream_t st, const Params& p) {
+  const dim3 grid(unsigned(int64_t(p.a.num_seqs) * p.tc_tiles * p.a.H));
+  if (p.a.hd == 64)
+    launch_tc(attention_prefill_kernel<TO, 64, W, K, B, MT>, prefill_smem_bytes<64, K>(16 * W * MT), grid, st,
+              p, W * 32);
+  else
+    launch_tc(attention_prefill_kernel<TO, 128, W, K, B, MT>, prefill_smem_bytes<128, K>(16 * W * MT), grid,
+              st, p, W * 32);
+}
+
 template <typename TO>
 void launch(cudaStream_t st, const Params& p, const Plan& pl) {
   if (pl.prefill && p.tc_tiles > 0) {
-    const dim3 grid(unsigned(int64_t(p.a.num_seqs) * p.tc_tiles * p.a.H));
-    constexpr int W = kPrefillWarps, K = kPrefillKeys, B = kPrefillBlocksPerSm;
-    if (p.a.hd == 64)
-      launch_tc(attention_prefill_kernel<TO, 64, W, K, B>, prefill_smem_bytes<64, K>(16 * W), grid, st, p,
-                W * 32);
+    if (p.tc_rows == kPrefillRowsShort)
+      launch_prefill<TO, kPrefillRowsShort / (16 * kPrefillMTiles), kPrefillKeys, 2, kPrefillMTiles>(st, p);
     else
-      launch_tc(attention_prefill_kernel<TO, 128, W, K, B>, prefill_smem_bytes<128, K>(16 * W), grid, st, p,
-                W * 32);
+      launch_prefill<TO, kPrefillRows / (16 * kPrefillMTiles), kPrefillKeys, 1, kPrefillMTiles>(st, p);
     check_launch("attention (prefill)");
   }
   if (pl.decode && p.dec_maxq > 0) {
@@ -841,7 +889,10 @@ void attention(cudaStream_t st, const AttentionArgs& a, void* workspace) {
     ws += split_bytes(a, pl);
   }
   if ((a.hd == 64 || a.hd == 128) && a.kv_t == DType::BF16) {
-    if (pl.prefill && a.max_q_len >= kTcMinRows) p.tc_tiles = (a.max_q_len + 16 * kPrefillWarps - 1) / (16 * kPrefillWarps);
+    if (pl.prefill && a.max_q_len >= kTcMinRows) {
+      p.tc_rows = a.max_q_len <= kPrefillRowsShort ? kPrefillRowsShort : kPrefillRows;
+      p.tc_tiles = (a.max_q_len + p.tc_rows - 1) / p.tc_rows;
+    }
     if (pl.decode && G <= 16) {
       p.dec_maxq = pl.dec_maxq;
       p.dec_o = reinterpret_cast<float*>(ws);
