@@ -55,9 +55,8 @@ enum Route { kSplit = 0, kTcPrefill = 1, kTcDecode = 2 };
 // warp idles. History, measured on the H100 at 4096 causal tokens
 // (bench/results/cuda-attention-prefill-variants-h100-2026-11-23.txt and ...-2026-11-23b.txt):
 //  - 8 warps of 16 rows over 4 warps: 125 vs 109 TFLOP/s;
-//  - Q in shared memory rather than registers, 64-key tiles, 128 registers and two blocks per SM, where
-//  128-key
-//    tiles with Q in registers took 255 registers, spilled, and left one block of 8 warps per SM: 158 -> 195;
+//  - Q in shared memory, not registers, 64-key tiles, 128 registers and two blocks per SM (128-key tiles with
+//    Q in registers took 255 registers, spilled, and left one block per SM): 158 -> 195;
 //  - masks only on the tiles that need them, the score scale folded into the exponent's FFMA: 193 -> 213;
 //  - 32 rows per warp in 8 warps, one block per SM: 208 -> 228 (4 warps, two blocks per SM: 221).
 // Blocks launch longest first.
