@@ -213,6 +213,29 @@ TEST_F(CudaOps, SwigluMatchesCpu) {
 }
 
 #ifdef RILL_HAVE_CUDA
+// silu(gate) * up: 16 bytes per load where all three pointers are 16-byte aligned, else one entry at a time;
+// a count that is not a multiple of the pack leaves a tail. Each against the host, in bf16 and f32.
+TEST_F(CudaOps, SiluMulPackedAndUnaligned) {
+  auto st = static_cast<cudaStream_t>(cuda_stream(*gpu_));
+  const int64_t n = 1003;
+  const auto g = random_bf16(size_t(n + 1), 80, 2.f), u = random_bf16(size_t(n + 1), 81);
+  for (DType t : {DType::BF16, DType::F32})
+    for (int64_t off : {0, 1}) {  // off 1: every pointer one entry past a 16-byte boundary
+      const Tensor gg = put(*gpu_, g, {n + 1}, t), ug = put(*gpu_, u, {n + 1}, t);
+      Tensor og = gpu_->alloc(t, {n + 1});
+      const size_t es = t == DType::F32 ? 4 : 2;
+      auto at = [&](const Tensor& x) { return static_cast<char*>(x.data) + off * es; };
+      cuda::silu_mul(st, at(og), at(gg), at(ug), t, n);
+      const auto o = get(*gpu_, og);
+      double worst = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float a = g[size_t(i + off)], want = a / (1.f + std::exp(-a)) * u[size_t(i + off)];
+        worst = std::max(worst, double(std::fabs(o[size_t(i + off)] - want)) / (std::fabs(want) + 1e-2));
+      }
+      EXPECT_LE(worst, t == DType::F32 ? 1e-5 : 1e-2) << dtype_name(t) << ", offset " << off;
+    }
+}
+
 // 9 to 64 rows (a batch of decoding sequences) take the tensor-core kernel of gemm_rows.cu: called directly
 // here, so that a shape it refuses fails the test rather than passing through cuBLASLt. Shapes cover every
 // n-tile count (up to 16, 32, 64 rows), a cluster of 1, 3 and 8 blocks along k (k of 256, 768 and 2048), a
