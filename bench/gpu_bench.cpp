@@ -177,6 +177,12 @@ int main(int argc, char** argv) {
         const rill::Backend::LinearOut outs[] = {{q, wq, {}}, {k, wk, {}}, {v, wv, {}}};
         report("qkv 6144x4096", 2.0 * double(wq.numel() + wk.numel() + wv.numel()),
                time_events(stream, 5, 50, [&] { backend->linears(xd, outs, 3); }));
+        {  // the stacked [q; k; v] matrix as one cuBLASLt GEMM
+          const rill::Tensor all = weights((heads + 2 * kv_heads) * hd, d),
+                             y = backend->alloc(rill::DType::BF16, {n, (heads + 2 * kv_heads) * hd});
+          report("[q;k;v] 1 GEMM", 2.0 * double(all.numel()),
+                 time_events(stream, 5, 50, [&] { backend->linear(y, xd, all, {}); }));
+        }
         const rill::Tensor o = backend->alloc(rill::DType::BF16, {n, d});
         report("o_proj 4096x4096", 2.0 * double(wq.numel()), time_events(stream, 5, 50, [&] {
                  backend->linear(o, q, wq, {});
@@ -189,6 +195,16 @@ int main(int argc, char** argv) {
         const rill::Tensor act = backend->alloc(rill::DType::BF16, {n, ffn});
         report("gate+up 2x14336x4096", 4.0 * double(gate.numel()),
                time_events(stream, 5, 50, [&] { backend->swiglu(act, xd, gate, {}, up, {}, g, u); }));
+        // The same two products as one GEMM over the stacked [gate; up] matrix (no SiLU): what stacking the
+        // weights at load time would give.
+        {
+          const rill::Tensor both = weights(2 * ffn, d), y = backend->alloc(rill::DType::BF16, {n, 2 * ffn});
+          const rill::Backend::LinearOut two[] = {{g, gate, {}}, {u, up, {}}};
+          report("gate,up 2 GEMMs", 4.0 * double(gate.numel()),
+                 time_events(stream, 5, 50, [&] { backend->linears(xd, two, 2); }));
+          report("[gate;up] 1 GEMM", 4.0 * double(gate.numel()),
+                 time_events(stream, 5, 50, [&] { backend->linear(y, xd, both, {}); }));
+        }
         const rill::Tensor o = backend->alloc(rill::DType::BF16, {n, d});
         report("down 4096x14336", 2.0 * double(down.numel()),
                time_events(stream, 5, 50, [&] { backend->linear(o, xf, down, {}); }));
