@@ -701,10 +701,9 @@ void silu_mul(cudaStream_t st, void* out, const void* gate, const void* up, DTyp
   dispatch1(t, [&](auto x) {
     using T = decltype(x);
     constexpr int V = 16 / sizeof(T);
-    const bool packed = ((reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(gate) |
-                          reinterpret_cast<uintptr_t>(up)) &
-                         15) == 0;
-    if (packed)
+    const uintptr_t addresses = reinterpret_cast<uintptr_t>(out) | reinterpret_cast<uintptr_t>(gate) |
+                                reinterpret_cast<uintptr_t>(up);
+    if (addresses % 16 == 0)
       launch_pdl(silu_mul_kernel<T, V>, grid_for(n / V + 1, 256), 256, 0, st, static_cast<T*>(out),
                  static_cast<const T*>(gate), static_cast<const T*>(up), n);
     else
