@@ -108,6 +108,10 @@ int main(int argc, char** argv) {
   app.add_option("--what", what,
                  "Comma-separated: bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling");
   app.add_option("--rows", row_counts, "Row counts of x for --what rows")->delimiter(',');
+  std::vector<int> decode_ctx{4096};
+  app.add_option("--decode-ctx", decode_ctx,
+                 "Key counts of --what attention's decode case (64 sequences each)")
+      ->delimiter(',');
   app.add_option("--out", out, "Write the figures as JSON here");
   app.add_option("--dtype", dtype,
                  "The backend's --dtype: auto (bf16) or float32 (for decode1, batch64, prefill)");
@@ -448,12 +452,23 @@ int main(int argc, char** argv) {
         const float scale = 1.f / std::sqrt(float(hd));
         return time_events(stream, 3, repeats * 4, [&] { backend->attention(o, q, kvl, ab, int(heads), scale, 0); });
       };
+      for (int ctx : decode_ctx) {  // other context lengths first (4096 is the figure, below)
+        if (ctx == 4096) continue;
+        if (ctx <= 0 || ctx % 16 != 0)
+          throw rill::Error("--decode-ctx: " + std::to_string(ctx) + " is not a positive multiple of 16");
+        const double t = bench_attention(64, ctx, 1), bytes = 2.0 * 64 * ctx * kv_heads * hd * 2;
+        j["attention"]["decode_64x" + std::to_string(ctx) + "_us"] = t * 1e6;
+        std::printf("attention decode 64 x %-5d        %8.1f us   (%.0f GB/s of K+V)\n", ctx, t * 1e6,
+                    bytes / t / 1e9);
+      }
       const double td = bench_attention(64, 4096, 1);
       const double kv_read = 2.0 * 64 * 4096 * kv_heads * hd * 2;
       const double tp = bench_attention(1, 4096, 4096);
       const double pf = 4.0 * hd * heads * 4096.0 * 4096.0 / 2.0;
-      j["attention"] = {{"decode_64x4096_us", td * 1e6}, {"decode_GBps", kv_read / td / 1e9},
-                        {"prefill_4096_ms", tp * 1e3}, {"prefill_TFLOPs", pf / tp / 1e12}};
+      j["attention"]["decode_64x4096_us"] = td * 1e6;
+      j["attention"]["decode_GBps"] = kv_read / td / 1e9;
+      j["attention"]["prefill_4096_ms"] = tp * 1e3;
+      j["attention"]["prefill_TFLOPs"] = pf / tp / 1e12;
       std::printf("attention decode 64 x 4096       %8.1f us   (%.0f GB/s of K+V)\n", td * 1e6, kv_read / td / 1e9);
       std::printf("attention prefill 4096 causal    %8.2f ms   (%.0f TFLOP/s)\n", tp * 1e3, pf / tp / 1e12);
     }

@@ -689,6 +689,67 @@ TEST_F(CudaOps, RopeKvWriteEqualsItsParts) {
   for (size_t i = 0; i < parts.size(); ++i) EXPECT_EQ(parts[i], fused[i]) << what[i];
 }
 
+// Decode tokens alone (one new token each): the decode kernel's grid holds as many splits per sequence as the
+// longest context can take, and the sequences around the split boundaries must still get all of theirs. The
+// split count is not monotonic in the length (2048 keys: 16 splits of 2 tiles; 2100: 11 of 3), so a grid
+// sized from the longest context's own count would drop splits of a shorter one. Also with max_ctx_len above
+// every context, as a decode graph passes it; with short contexts only (one split each, no merge kernel); and
+// 64 sequences of at most 2048 keys, a grid of more than a wave, which takes the 2-warp kernel (the others
+// the 4-warp one).
+TEST_F(CudaOps, DecodeAttentionSplitsAtEveryLength) {
+  const int bs = 16, hd = 128, heads = 32, kv_heads = 8;
+  std::vector<std::vector<int>> batches = {
+      {1, 63, 64, 65, 512, 513, 576, 700, 2048, 2100}, {1, 100, 256}, {130, 577, 1000}, {}};
+  for (int s = 0; s < 64; ++s)
+    batches.back().push_back(std::vector<int>{1, 64, 65, 200, 512, 513, 1000, 2048}[s % 8]);
+  for (const auto& ctx : batches) {
+    const int S = int(ctx.size());
+    int blocks_per = 0, longest = 0, num_blocks = 0;
+    for (int c : ctx) {
+      blocks_per = std::max(blocks_per, (c + bs - 1) / bs), longest = std::max(longest, c);
+      num_blocks += (c + bs - 1) / bs;
+    }
+    std::vector<int32_t> q_start, token_seq, tables(static_cast<size_t>(S * blocks_per), 0);
+    for (int s = 0; s <= S; ++s) q_start.push_back(s);
+    for (int s = 0; s < S; ++s) token_seq.push_back(s);
+    std::vector<int32_t> perm(static_cast<size_t>(num_blocks));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), std::mt19937(21));
+    for (int s = 0, next = 0; s < S; ++s)
+      for (int b = 0; b < (ctx[size_t(s)] + bs - 1) / bs; ++b)
+        tables[size_t(s * blocks_per + b)] = perm[size_t(next++)];
+    const int64_t qw = int64_t(heads) * hd;
+    const auto q = random_bf16(size_t(S * qw), 22);
+    const auto kc = random_bf16(size_t(num_blocks * bs * kv_heads * hd), 23);
+    const auto vc = random_bf16(size_t(num_blocks * bs * kv_heads * hd), 24);
+    auto run = [&](Backend& b, int max_ctx) {
+      AttentionBatch ab;
+      ab.num_seqs = ab.num_tokens = S;
+      ab.max_blocks_per_seq = blocks_per;
+      ab.q_start = put_i32(b, q_start);
+      ab.ctx_len = put_i32(b, std::vector<int32_t>(ctx.begin(), ctx.end()));
+      ab.block_tables = put_i32(b, tables);
+      ab.token_seq = put_i32(b, token_seq);
+      ab.max_q_len = 1;
+      ab.max_ctx_len = max_ctx;
+      ab.host_q_len.assign(size_t(S), 1);
+      KvLayer kv;
+      kv.k = put(b, kc, {num_blocks, bs, kv_heads, hd});
+      kv.v = put(b, vc, {num_blocks, bs, kv_heads, hd});
+      Tensor out = b.alloc(b.device() == Device::CPU ? DType::F32 : DType::BF16, {S, qw});
+      b.attention(out, put(b, q, {S, qw}), kv, ab, heads, 1.f / std::sqrt(float(hd)), 0);
+      return get(b, out);
+    };
+    const auto want = run(*cpu_, longest);
+    for (int max_ctx : {longest, 8192}) {
+      const auto got = run(*gpu_, max_ctx);
+      for (int s = 0; s < S; ++s)
+        EXPECT_LE(rel_max_diff(got.data() + s * qw, want.data() + s * qw, size_t(qw)), 1e-2)
+            << "context " << ctx[size_t(s)] << " of " << longest << ", max_ctx_len " << max_ctx;
+    }
+  }
+}
+
 struct AttnCase {
   int hd, heads, kv_heads, sliding_window;
   bool sinks;

@@ -17,8 +17,10 @@
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <mutex>
 #include <set>
+#include <string>
 #include <type_traits>
 
 #include "backend/cuda/common.cuh"
@@ -41,6 +43,8 @@ struct Params {
   int tc_tiles = 0;           // tensor-core prefill: query tiles per sequence in its grid (0: not launched)
   int tc_rows = 0;            // tensor-core prefill: query rows per block (kPrefillRows or kPrefillRowsShort)
   int dec_maxq = 0;           // tensor-core decode: most new tokens of a decode sequence (0: not launched)
+  int dec_splits = 1;         // tensor-core decode: blocks per sequence and KV head (decode_splits_bound)
+  int dec_warps = 4;          // tensor-core decode: warps per block (decode_warps)
   float* dec_o = nullptr;     // [num_seqs, dec_maxq, H, kDecodeMaxSplits, hd]
   float* dec_lse = nullptr;   // [num_seqs, dec_maxq, H, kDecodeMaxSplits] (log2 units)
 };
@@ -79,18 +83,59 @@ __device__ __forceinline__ int route_dev(const AttentionArgs& a, int s) {
 struct DecodeSplit {
   int kbeg, split_keys, nsplit;
 };
+// Up to 8 tiles (512 keys) is one split: no partial results to merge. Longer: pieces of at least 2 tiles, at
+// most 16 of them (measured on the H100 at batch 1 x 1k and 64 x ~200 keys: see the README).
+__host__ __device__ __forceinline__ int decode_tiles_per_split(int tiles) {
+  return tiles <= kDecodeOneSplitTiles ? max(1, tiles)
+                                       : max(2, (tiles + kDecodeMaxSplits - 1) / kDecodeMaxSplits);
+}
 __host__ __device__ __forceinline__ DecodeSplit decode_split(int ctx, int q_len, int sliding_window) {
   DecodeSplit d;
   const int first_self = ctx - q_len;
   const int lo = sliding_window > 0 ? max(0, first_self - sliding_window + 1) : 0;
   d.kbeg = (lo / kTcKeys) * kTcKeys;
   const int tiles = (ctx - d.kbeg + kTcKeys - 1) / kTcKeys;
-  // Up to 8 tiles (512 keys) is one split: no partial results to merge. Longer: pieces of at least 2 tiles,
-  // at most 16 of them (measured on the H100 at batch 1 x 1k and 64 x ~200 keys: see the README).
-  const int per = tiles <= kDecodeOneSplitTiles ? max(1, tiles) : max(2, (tiles + kDecodeMaxSplits - 1) / kDecodeMaxSplits);
+  const int per = decode_tiles_per_split(tiles);
   d.split_keys = per * kTcKeys;
   d.nsplit = max(1, (tiles + per - 1) / per);
   return d;
+}
+
+// The most splits any sequence of at most max_ctx keys takes (the split count is not monotonic in the length:
+// 32 tiles make 16 splits of 2, 33 make 11 of 3), so the grid holds blocks for them and no more: at batch 64
+// x ~200 keys, one split each, a grid of 16 per sequence and KV head was 15/16 empty blocks.
+int decode_splits_bound(int max_ctx) {
+  const int max_tiles = (max(max_ctx, 1) + kTcKeys - 1) / kTcKeys;  // kbeg >= 0: no sequence has more tiles
+  int most = 1;
+  for (int t = 1; t <= max_tiles && most < kDecodeMaxSplits; ++t) {
+    const int per = decode_tiles_per_split(t);
+    most = max(most, (t + per - 1) / per);
+  }
+  return most;
+}
+
+// Warps per decode block. With 4 (64-key tiles, 70 KB of shared memory and 152 registers: 3 blocks per SM)
+// short blocks spend much of their time starting and finishing, and a grid of a few waves loses its last,
+// partial one: at batch 64 x 192 keys (512 blocks of one split, 1.3 waves) the kernel read its 50 MB at 1.25
+// TB/s. With 2 (32-key tiles, 35 KB: 6 blocks per SM) twice as many run at once. Measured at 64 sequences
+// (bench/results/cuda-attention-decode-grid-h100-2026-11-23.txt), 2 against 4 warps: 192 keys 33 vs 40 us,
+// 608 keys 95 vs 100, 1024 136 vs 144, 2048 234 vs 258, but 4096 (splits of 4 tiles) 430 vs 424; and batch 1
+// x 1k (64 blocks, less than a wave) 2.7% slower end to end. So 2 warps where the grid is more than a wave
+// of 4-warp blocks and no split is longer than 2 tiles (or one split of at most 8): contexts up to 2048 keys.
+// The warps' key partition differs, so the sums' rounding does: under RILL_BATCH_INVARIANT the count stays 4.
+// RILL_CUDA_DECODE_WARPS=2 or 4 fixes it (to compare).
+int decode_warps(int64_t blocks, int max_ctx, bool batch_invariant) {
+  static const int forced = [] {
+    const char* v = std::getenv("RILL_CUDA_DECODE_WARPS");
+    if (!v || !*v) return 0;
+    const std::string w(v);
+    if (w != "2" && w != "4") throw Error("RILL_CUDA_DECODE_WARPS must be 2 or 4, not '" + w + "'");
+    return std::stoi(w);
+  }();
+  if (forced) return forced;
+  const int max_tiles = (max(max_ctx, 1) + kTcKeys - 1) / kTcKeys;
+  const bool short_splits = max_tiles <= kDecodeOneSplitTiles || decode_tiles_per_split(max_tiles) <= 2;
+  return !batch_invariant && short_splits && blocks > 3 * int64_t(sm_count()) ? 2 : 4;
 }
 
 struct TokenRange {
@@ -597,21 +642,24 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Par
   }
 }
 
-// ---- Decode on tensor cores ---------------------------------------------------------------------------------
-// One block: one sequence's few new tokens x the query heads of one KV head (packed into the 16 rows of an MMA
-// tile, row = token * G + head), over one split of its keys. The K/V tiles of 64 keys are shared by the 4
-// warps, each scoring 16 of them; the warps' softmax states merge through shared memory at the end, and a
-// second kernel merges the splits. K and V are read once for all the heads of the group.
-template <typename TO, int HD>
-__global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
+// ---- Decode on tensor cores
+// --------------------------------------------------------------------------------- One block: one sequence's
+// few new tokens x the query heads of one KV head (packed into the 16 rows of an MMA tile, row = token * G +
+// head), over one split of its keys. The K/V tiles of 16 * W keys are shared by the W warps (4, or 2:
+// decode_warps), each scoring 16 of them; the warps' softmax states merge through shared memory at the end,
+// and a second kernel merges the splits (none when no sequence has more than one). K and V are read once for
+// all the heads of the group.
+template <typename TO, int HD, int W = 4>
+__global__ void __launch_bounds__(W * 32) attention_decode_tc_kernel(Params p) {
+  constexpr int KEYS = 16 * W;  // each warp scores 16 keys of a tile
   pdl_wait();
   extern __shared__ __align__(16) unsigned char tc_smem[];
-  const TileBuffers<HD> buf(tc_smem);
+  const TileBuffers<HD, KEYS> buf(tc_smem);
   const AttentionArgs& a = p.a;
   // KV heads vary fastest, then splits, then sequences: the blocks that run together read the same cache
   // pages (each page slot holds every KV head's key), and a sequence's splits stream side by side.
-  const int kvh = int(blockIdx.x) % a.KV, z = (int(blockIdx.x) / a.KV) % kDecodeMaxSplits,
-            s = int(blockIdx.x) / (a.KV * kDecodeMaxSplits);
+  const int kvh = int(blockIdx.x) % a.KV, z = (int(blockIdx.x) / a.KV) % p.dec_splits,
+            s = int(blockIdx.x) / (a.KV * p.dec_splits);
   if (route_dev(a, s) != kTcDecode) return;
   const int q0 = a.q_start[s], q_len = a.q_start[s + 1] - q0, G = a.H / a.KV, rows = q_len * G;
   const int ctx = a.ctx_len[s], first_self = ctx - q_len;
@@ -634,13 +682,13 @@ __global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
   float mA = -INFINITY, mB = -INFINITY, lA = 0.f, lB = 0.f;
   const float sl2 = a.scale * 1.4426950408889634f;
   const int32_t* table = a.tables + int64_t(s) * a.max_blocks;
-  const int ntiles = (ze - zb + kTcKeys - 1) / kTcKeys;
-  load_tile_async<HD>(buf.k[0], buf.v[0], a, table, kvh, zb, ze);
+  const int ntiles = (ze - zb + KEYS - 1) / KEYS;
+  load_tile_async<HD, KEYS>(buf.k[0], buf.v[0], a, table, kvh, zb, ze);
   for (int it = 0; it < ntiles; ++it) {
-    const int kb = zb + it * kTcKeys;
+    const int kb = zb + it * KEYS;
     bf16 (*Ks)[HD + 8] = buf.k[it & 1];
     bf16 (*Vs)[HD + 8] = buf.v[it & 1];
-    advance_tiles<HD>(buf, it, ntiles, a, table, kvh, kb + kTcKeys, ze);
+    advance_tiles<HD, KEYS>(buf, it, ntiles, a, table, kvh, kb + KEYS, ze);
     // This warp's 16 keys: two n-tiles of 8.
     const int k0 = warp * 16;
     float sc[2][4];
@@ -681,8 +729,8 @@ __global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
   }
   // Merge the 4 warps through shared memory (the K/V tiles' space).
   __syncthreads();
-  float* so = reinterpret_cast<float*>(tc_smem);  // [4][16][HD]
-  __shared__ float sm[4][16], sl[4][16];
+  float* so = reinterpret_cast<float*>(tc_smem);  // [W][16][HD]
+  __shared__ float sm[W][16], sl[W][16];
 #pragma unroll
   for (int nd = 0; nd < HD / 8; ++nd) {
     const int d = nd * 8 + 2 * tq;
@@ -699,10 +747,10 @@ __global__ void __launch_bounds__(128) attention_decode_tc_kernel(Params p) {
   for (int idx = threadIdx.x; idx < rows * HD; idx += blockDim.x) {
     const int r = idx / HD, d = idx % HD;
     float M = -INFINITY;
-    for (int w = 0; w < 4; ++w) M = fmaxf(M, sm[w][r]);
+    for (int w = 0; w < W; ++w) M = fmaxf(M, sm[w][r]);
     float L = 0.f, A = 0.f;
     if (M > -INFINITY)
-      for (int w = 0; w < 4; ++w) {
+      for (int w = 0; w < W; ++w) {
         const float f = exp2f(sm[w][r] - M);
         L += sl[w][r] * f;
         A += so[(w * 16 + r) * HD + d] * f;
@@ -826,13 +874,24 @@ void launch(cudaStream_t st, const Params& p, const Plan& pl) {
     check_launch("attention (prefill)");
   }
   if (pl.decode && p.dec_maxq > 0) {
-    const dim3 grid(unsigned(int64_t(p.a.num_seqs) * p.a.KV * kDecodeMaxSplits));
-    if (p.a.hd == 64) launch_tc(attention_decode_tc_kernel<TO, 64>, tc_smem_bytes<64>(), grid, st, p, 128, true);
-    else launch_tc(attention_decode_tc_kernel<TO, 128>, tc_smem_bytes<128>(), grid, st, p, 128, true);
+    const dim3 grid(unsigned(int64_t(p.a.num_seqs) * p.a.KV * p.dec_splits));
+    if (p.dec_warps == 2) {
+      if (p.a.hd == 64)
+        launch_tc(attention_decode_tc_kernel<TO, 64, 2>, tc_smem_bytes<64, 32>(), grid, st, p, 64, true);
+      else
+        launch_tc(attention_decode_tc_kernel<TO, 128, 2>, tc_smem_bytes<128, 32>(), grid, st, p, 64, true);
+    } else {
+      if (p.a.hd == 64)
+        launch_tc(attention_decode_tc_kernel<TO, 64>, tc_smem_bytes<64>(), grid, st, p, 128, true);
+      else
+        launch_tc(attention_decode_tc_kernel<TO, 128>, tc_smem_bytes<128>(), grid, st, p, 128, true);
+    }
     check_launch("attention (decode)");
-    launch_pdl(attention_decode_combine_kernel<TO>, dim3(unsigned(p.a.num_seqs * p.dec_maxq), unsigned(p.a.H)), 128, 0,
-               st, p);
-    check_launch("attention (decode combine)");
+    if (p.dec_splits > 1) {  // else every sequence wrote its output directly
+      launch_pdl(attention_decode_combine_kernel<TO>,
+                 dim3(unsigned(p.a.num_seqs * p.dec_maxq), unsigned(p.a.H)), 128, 0, st, p);
+      check_launch("attention (decode combine)");
+    }
   }
   if (!pl.split) return;
   const int lanes = (p.a.hd + 7) / 8;
@@ -894,6 +953,8 @@ void attention(cudaStream_t st, const AttentionArgs& a, void* workspace) {
     }
     if (pl.decode && G <= 16) {
       p.dec_maxq = pl.dec_maxq;
+      p.dec_splits = decode_splits_bound(a.max_ctx_len);
+      p.dec_warps = decode_warps(int64_t(a.num_seqs) * a.KV * p.dec_splits, a.max_ctx_len, a.batch_invariant);
       p.dec_o = reinterpret_cast<float*>(ws);
       p.dec_lse = p.dec_o + size_t(a.num_seqs) * size_t(p.dec_maxq) * size_t(a.H) * kDecodeMaxSplits * size_t(a.hd);
     }

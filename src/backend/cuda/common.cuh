@@ -126,6 +126,7 @@ __device__ inline void block_best(float& v, int& i, float* sv, int* si) {
 }
 
 bool pdl_enabled();
+int sm_count();  // the device's streaming multiprocessors (the first device asked about)
 template <typename... KArgs, typename... Args>
 void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, Args... args) {
   cudaLaunchAttribute attr[1];

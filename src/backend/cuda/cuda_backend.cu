@@ -346,7 +346,8 @@ class CudaBackend final : public Backend {
                (!batch.hole_end.empty() && q_sink.numel() == q.numel() && q_sink.dtype == dt_),
            "attention", "sinks need hole_end and q_sink");
     expect(batch.max_ctx_len > 0 || batch.num_tokens == 0, "attention", "batch.max_ctx_len is not set");
-    const cuda::AttentionArgs a = attention_args(out, q, kv, batch, num_heads, scale, sliding_window, q_sink);
+    cuda::AttentionArgs a = attention_args(out, q, kv, batch, num_heads, scale, sliding_window, q_sink);
+    a.batch_invariant = batch_invariant_;
     const size_t ws = cuda::attention_workspace_bytes(a);
     Tensor scratch = batch.workspace;
     if (ws > 0 && scratch.empty()) scratch = alloc(DType::U8, {int64_t(ws)});

@@ -195,16 +195,6 @@ __global__ void __launch_bounds__(kWarps * 32, 2) gemm_rows_kernel(RowsArgs p) {
   cluster.sync();  // no block leaves while another still reads its shared memory
 }
 
-int sm_count() {
-  static const int n = [] {
-    int dev = 0, v = 0;
-    check_cuda(cudaGetDevice(&dev), "device");
-    check_cuda(cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev), "SM count");
-    return v;
-  }();
-  return n;
-}
-
 // S: the largest divisor of the chunk count, at most 8, that keeps every block of the grid resident at once
 // (two per SM); one wave, so no block waits for a slot while the others stream.
 int splits_for(int64_t tiles, int64_t chunks) {

@@ -102,6 +102,7 @@ struct AttentionArgs {
   const int32_t* host_q_len = nullptr;  // [num_seqs] on the host, or null (then every sequence may be anything)
   const int32_t* host_sinks = nullptr;  // [num_seqs] on the host, or null
   float scale = 1.f;
+  bool batch_invariant = false;  // kernel shapes chosen by each sequence alone, never by the batch's size
 };
 // Bytes of scratch `attention` needs for these arguments.
 size_t attention_workspace_bytes(const AttentionArgs& a);
