@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
   app.add_option("--what", what,
                  "Comma-separated: bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling");
   app.add_option("--rows", row_counts, "Row counts of x for --what rows")->delimiter(',');
-  std::vector<int> decode_ctx{4096};
+  std::vector<int> decode_ctx{192, 2048, 4096};
   app.add_option("--decode-ctx", decode_ctx,
                  "Key counts of --what attention's decode case (64 sequences each)")
       ->delimiter(',');
