@@ -2,7 +2,7 @@
 # The CUDA benchmarks of issue #5, on the device machine, in one call: rill's gpu_bench (Llama-3-8B shape,
 # random bf16 weights) and, in the same run, the Hugging Face transformers / PyTorch SDPA baselines.
 #   here:   cmake --build build && FIXTURES=none bash tools/device/pack.sh
-#   device: bash bench/run_cuda.sh .device/bundle   (writes $OUT/gpu_bench.json, $OUT/hf_baseline.json)
+#   device: bash bench/run_cuda.sh .device/bundle   (writes $OUT/gpu_bench.json, $OUT/hf_baseline.json: HF cold and warm)
 set -uo pipefail
 bundle=${1:-.device/bundle}
 out=${OUT:-/tmp}
