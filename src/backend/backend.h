@@ -44,8 +44,8 @@ struct AttentionBatch {
   Tensor hole_end;  // [num_tokens]
   // Host-side facts that size kernel grids without reading device memory back.
   int max_q_len = 0;    // the most new tokens of one sequence
-  int max_ctx_len =
-      0;  // the longest ctx_len, or more (a decode graph passes its block-table span); never less
+  // The longest ctx_len, or more (a decode graph passes its block-table span), never less.
+  int max_ctx_len = 0;
   std::vector<int32_t> host_q_len;  // [num_seqs] new tokens of each sequence (may be empty: then unknown)
   std::vector<int32_t> host_sinks;  // [num_seqs] or empty when no sequence uses rolling KV
   // Scratch for attention() of at least Backend::attention_workspace() bytes, or empty: then attention

@@ -642,13 +642,12 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) attention_prefill_kernel(Par
   }
 }
 
-// ---- Decode on tensor cores
-// --------------------------------------------------------------------------------- One block: one sequence's
-// few new tokens x the query heads of one KV head (packed into the 16 rows of an MMA tile, row = token * G +
-// head), over one split of its keys. The K/V tiles of 16 * W keys are shared by the W warps (4, or 2:
-// decode_warps), each scoring 16 of them; the warps' softmax states merge through shared memory at the end,
-// and a second kernel merges the splits (none when no sequence has more than one). K and V are read once for
-// all the heads of the group.
+// ---- Decode on tensor cores -------------------------------------------------------------------------------
+// One block: one sequence's few new tokens x the query heads of one KV head (packed into the 16 rows of an
+// MMA tile, row = token * G + head), over one split of its keys. The K/V tiles of 16 * W keys are shared by
+// the W warps (4, or 2: decode_warps), each scoring 16 of them; the warps' softmax states merge through
+// shared memory at the end, and a second kernel merges the splits (none when no sequence has more than
+// one). K and V are read once for all the heads of the group.
 template <typename TO, int HD, int W = 4>
 __global__ void __launch_bounds__(W * 32) attention_decode_tc_kernel(Params p) {
   constexpr int KEYS = 16 * W;  // each warp scores 16 keys of a tile
