@@ -14,8 +14,9 @@
 #include "backend/backend.h"
 #include "backend/cpu/vec.h"
 #include "core/thread_pool.h"
-#include "engine/generate.h"
+#include "formats/checkpoint.h"
 #include "model/model.h"
+#include "timed_request.h"
 
 namespace {
 
@@ -83,24 +84,28 @@ int main(int argc, char** argv) {
 
   rill::Model model(rill::read_checkpoint(model_path), *backend);
   const auto& c = model.config();
-  rill::KvCache kv(*backend, c, (prompt_tokens + new_tokens + 15) / 16, 16);
+  rill::EngineConfig ec;
+  ec.num_blocks = rill::kv_blocks_for_sequence(rill::KvPolicy{}, prompt_tokens + new_tokens, ec.block_size);
+  ec.max_batch_tokens = prompt_tokens;
+  ec.max_num_seqs = 1;
+  rill::Engine engine(model, ec);
   std::mt19937 rng(1);
-  std::vector<int32_t> prompt(static_cast<size_t>(prompt_tokens));
-  for (auto& t : prompt) t = int32_t(rng() % uint32_t(c.vocab_size));
-  rill::GenerateOptions opt;
-  opt.max_new_tokens = new_tokens;
-  opt.sampling.temperature = 0;
-  opt.stop_at_eos = false;
-  opt.prefill_chunk = prompt_tokens;
+  rill::Request req;
+  req.max_tokens = new_tokens;
+  req.ignore_eos = true;
+  req.sampling.temperature = 0;
 
   std::vector<double> prefill_tps, decode_tps;
   int steps = 0;
   for (int r = 0; r < repeats + 1; ++r) {  // the first run warms caches and page-ins the weights
-    const auto res = rill::generate(model, kv, prompt, opt);
+    // A new prompt each run, so the prefix cache does not skip its prefill.
+    req.prompt.assign(static_cast<size_t>(prompt_tokens), 0);
+    for (auto& t : req.prompt) t = int32_t(rng() % uint32_t(c.vocab_size));
+    const rill::bench::Timed res = rill::bench::timed_request(engine, req);
     if (r == 0) continue;
-    prefill_tps.push_back(prompt_tokens / res.prefill_seconds);
-    decode_tps.push_back(res.decode_steps / res.decode_seconds);
-    steps = res.decode_steps;
+    prefill_tps.push_back(prompt_tokens / res.first);
+    decode_tps.push_back(res.decode_steps() / res.decode);
+    steps = res.decode_steps();
   }
   // Bytes read per decode step: every weight once (the tied head counted once, as it is read once per
   // step; the embedding row is negligible) plus the KV cache read by attention, averaged over the steps.

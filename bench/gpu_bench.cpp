@@ -5,7 +5,7 @@
 //   the serving engine), prefill of a 4096-token prompt, and each attention kernel alone (decode at
 //   64 x 4096 keys, causal prefill of 4096 tokens), and token sampling on the device against reading the
 //   logits back (--what sampling).
-// Timings use CUDA events on the backend's stream or host clocks around whole generate() calls, after warm-up,
+// Timings use CUDA events on the backend's stream or host clocks around requests to an Engine, after warm-up,
 // median of repeats. Writes JSON (--out) and prints a table. See bench/run_cuda.sh for the full device run.
 #include <cuda_runtime.h>
 
@@ -22,7 +22,7 @@
 #include "backend/backend.h"
 #include "backend/cuda/cuda_backend.h"
 #include "engine/engine.h"
-#include "engine/generate.h"
+#include "timed_request.h"
 #include "formats/hf_config.h"
 #include "model/model.h"
 
@@ -277,27 +277,32 @@ int main(int argc, char** argv) {
 
     if (want("decode1")) {
       const int ctx = 1024, steps = 128;
-      rill::KvCache kv(*backend, *cfg, (ctx + steps + 32) / 16 + 1, 16);
-      rill::GenerateOptions opt;
-      opt.max_new_tokens = steps;
-      opt.sampling.temperature = 0;
-      opt.stop_at_eos = false;
-      opt.prefill_chunk = 1024;
+      rill::EngineConfig ec;
+      ec.num_blocks = (ctx + steps + 32) / 16 + 1;
+      ec.max_batch_tokens = ctx;
+      ec.max_num_seqs = 1;
+      rill::Engine engine(*model, ec);
+      rill::Request req;
+      req.max_tokens = steps;
+      req.ignore_eos = true;
+      req.sampling.temperature = 0;
       std::vector<double> per_token;
       for (int r = 0; r < repeats + 1; ++r) {
-        const auto res = rill::generate(*model, kv, random_tokens(ctx, int(vocab), uint32_t(r)), opt);
-        if (r > 0) per_token.push_back(res.decode_seconds / res.decode_steps);
+        req.prompt = random_tokens(ctx, int(vocab), uint32_t(r));
+        const rill::bench::Timed res = rill::bench::timed_request(engine, req);
+        if (r > 0) per_token.push_back(res.decode / (res.tokens - 1));
       }
       const double t = median(per_token);
       // The same with sampling (temperature, top-k, top-p, seeded), which runs on the device too.
-      opt.sampling.temperature = 0.8f;
-      opt.sampling.top_k = 50;
-      opt.sampling.top_p = 0.95f;
-      opt.sampling.has_seed = true;
+      req.sampling.temperature = 0.8f;
+      req.sampling.top_k = 50;
+      req.sampling.top_p = 0.95f;
+      req.sampling.has_seed = true;
       per_token.clear();
       for (int r = 0; r < repeats; ++r) {
-        const auto res = rill::generate(*model, kv, random_tokens(ctx, int(vocab), uint32_t(r)), opt);
-        per_token.push_back(res.decode_seconds / res.decode_steps);
+        req.prompt = random_tokens(ctx, int(vocab), uint32_t(1000 + r));
+        const rill::bench::Timed res = rill::bench::timed_request(engine, req);
+        per_token.push_back(res.decode / (res.tokens - 1));
       }
       const double ts = median(per_token);
       const double bytes = weight_bytes + kv_bytes_per_token * (ctx + steps / 2);
@@ -390,14 +395,19 @@ int main(int argc, char** argv) {
 
     if (want("prefill")) {
       const int T = 4096;
-      rill::KvCache kv(*backend, *cfg, T / 16 + 2, 16);
-      rill::GenerateOptions opt;
-      opt.max_new_tokens = 0;
-      opt.prefill_chunk = T;
+      rill::EngineConfig ec;
+      ec.num_blocks = T / 16 + 2;
+      ec.max_batch_tokens = T;
+      ec.max_num_seqs = 1;
+      rill::Engine engine(*model, ec);
+      rill::Request req;
+      req.max_tokens = 1;
+      req.sampling.temperature = 0;
       std::vector<double> t;
       for (int r = 0; r < repeats + 1; ++r) {
-        const auto res = rill::generate(*model, kv, random_tokens(T, int(vocab), uint32_t(7 + r)), opt);
-        if (r > 0) t.push_back(res.prefill_seconds);
+        req.prompt = random_tokens(T, int(vocab), uint32_t(7 + r));
+        const rill::bench::Timed res = rill::bench::timed_request(engine, req);
+        if (r > 0) t.push_back(res.first);
       }
       const double s = median(t);
       const double attn_flops = 4.0 * double(hd) * double(heads) * double(layers) * double(T) * double(T + 1) / 2.0;

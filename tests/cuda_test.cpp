@@ -10,8 +10,8 @@
 #include <random>
 
 #include "backend/backend.h"
-#include "engine/generate.h"
 #include "model/model.h"
+#include "reference.h"
 #include "test_util.h"
 
 #ifdef RILL_HAVE_CUDA
@@ -883,10 +883,11 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
   RILL_NEED_GPU();
   const Checkpoint ck = read_checkpoint(models_dir() + "/rill-tiny");
   auto gpu = make_backend("cuda");
-  Model graphed(ck, *gpu), eager(ck, *gpu);
+  Model model(ck, *gpu);
+  ModelRunner graphed(model), eager(model);
   graphed.set_graph_max_batch(256);
   eager.set_graph_max_batch(0);
-  const ModelConfig& c = graphed.config();
+  const ModelConfig& c = model.config();
   ASSERT_TRUE(c.head_dim == 64 || c.head_dim == 128) << "rill-tiny no longer has a head size graphs cover";
   const int V = c.vocab_size;
   for (int seqs : {1, 3, 17}) {
@@ -913,9 +914,8 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
         tables[which].push_back(table);
         len[which].push_back(n);
       }
-      std::vector<float> lg, le;
-      graphed.forward(prefill, kv_g[which], &lg);
-      eager.forward(prefill, kv_e[which], &le);
+      graphed.logits(prefill, kv_g[which]);
+      eager.logits(prefill, kv_e[which]);
       for (int s = 0; s < seqs; ++s) next[which].push_back(int32_t(rng() % uint32_t(V)));
     }
     const uint64_t replays_before = graphed.graph_replays();
@@ -925,10 +925,7 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
       for (int s = 0; s < seqs; ++s)
         b.add_sequence({next[which][size_t(s)]}, len[which][size_t(s)], len[which][size_t(s)],
                        tables[which][size_t(s)], 16, Logits::Last);
-      std::vector<float> lg, le;
-      std::vector<int32_t> ids;
-      graphed.forward(b, kv_g[which], &lg);
-      eager.forward(b, kv_e[which], &le);
+      const std::vector<float> lg = graphed.logits(b, kv_g[which]), le = eager.logits(b, kv_e[which]);
       ASSERT_EQ(lg.size(), le.size());
       float ref = 0.f, diff = 0.f;
       for (size_t i = 0; i < le.size(); ++i) {
@@ -937,8 +934,7 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
       }
       EXPECT_LE(diff, 2e-2f * ref) << "step " << step;
       // The device argmax of the graphed step is the argmax of its logits.
-      std::vector<float> none;
-      graphed.forward(b, kv_g[which], &none, &ids);  // rewrites the same KV entries with the same values
+      const std::vector<int32_t> ids = graphed.run(b, kv_g[which]).ids;  // rewrites the same KV entries with the same values
       ASSERT_EQ(ids.size(), size_t(seqs));
       for (int s = 0; s < seqs; ++s) {
         const float* got = lg.data() + size_t(s) * size_t(V);
@@ -958,12 +954,7 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
 std::vector<int32_t> stories_greedy(const Checkpoint& ck, Backend& b, const std::vector<int32_t>& prompt,
                                     int n) {
   Model model(ck, b);
-  KvCache kv(b, model.config(), 32, 16);
-  GenerateOptions opt;
-  opt.max_new_tokens = n;
-  opt.sampling.temperature = 0;
-  opt.stop_at_eos = false;
-  return generate(model, kv, prompt, opt).ids;
+  return engine_generate(model, greedy_request(prompt, n), 32);
 }
 
 // In float32 mode the GPU keeps the f32 checkpoint in f32, and must choose what the CPU chooses, token for
@@ -1014,10 +1005,7 @@ TEST(CudaModel, StoriesGreedyBf16FollowsCpuUntilANearTie) {
   auto last_logits = [&](Backend& b) {
     Model model(ck, b);
     KvCache kv(b, model.config(), 32, 16);
-    GenerateOptions opt;
-    opt.max_new_tokens = 0;
-    opt.keep_prompt_logits = true;
-    const auto all = generate(model, kv, prefix, opt).prompt_logits;
+    const auto all = prompt_logits(model, kv, prefix);
     return std::vector<float>(all.end() - model.config().vocab_size, all.end());
   };
   const auto lc = last_logits(*cpu), lg = last_logits(*gpu);

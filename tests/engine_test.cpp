@@ -6,7 +6,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "engine/engine.h"
-#include "engine/generate.h"
+#include "reference.h"
 #include "test_util.h"
 
 namespace rill::test {
@@ -41,15 +41,10 @@ class EngineTest : public testing::TestWithParam<std::string> {
     RILL_TEST_BACKEND(backend_, 0);
     model_ = std::make_unique<Model>(read_checkpoint(dir), *backend_);
   }
-  // The same request alone, through generate().
+  // The same request alone, through the tests' reference loop.
   std::vector<int32_t> alone(const Request& r) {
     KvCache kv(*backend_, model_->config(), 64, 16);
-    GenerateOptions opt;
-    opt.max_new_tokens = r.max_tokens;
-    opt.sampling = r.sampling;
-    opt.stop_at_eos = !r.ignore_eos;
-    opt.kv_policy = r.kv_policy;
-    return generate(*model_, kv, r.prompt, opt).ids;
+    return reference_generate(*model_, kv, r);
   }
   std::vector<Request> mixed_requests(int n, uint32_t seed, const std::vector<int32_t>& shared_prefix = {}) {
     std::mt19937 rng(seed);
@@ -192,10 +187,7 @@ TEST_P(EngineTest, LogprobsComeWithTheTokens) {
     std::vector<int32_t> seq = r.prompt;
     seq.insert(seq.end(), tokens.begin(), tokens.end() - 1);
     KvCache kv(*backend_, model_->config(), 64, 16);
-    GenerateOptions opt;
-    opt.max_new_tokens = 0;
-    opt.keep_prompt_logits = true;
-    const auto logits = generate(*model_, kv, seq, opt).prompt_logits;
+    const auto logits = prompt_logits(*model_, kv, seq);
     for (size_t j = 0; j < events.size(); ++j) {
       SCOPED_TRACE("request " + std::to_string(i) + ", token " + std::to_string(j));
       const float* row = logits.data() + (r.prompt.size() - 1 + j) * size_t(vocab);

@@ -9,7 +9,7 @@
 #include "core/error.h"
 #include "template/chat_template.h"
 #include "tokenizer/hf_tokenizer.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 #include "test_util.h"
 
 namespace rill::test {

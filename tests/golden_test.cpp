@@ -4,8 +4,8 @@
 #include <filesystem>
 
 #include "backend/backend.h"
-#include "engine/generate.h"
 #include "model/model.h"
+#include "reference.h"
 #include "test_util.h"
 
 namespace rill::test {
@@ -55,11 +55,7 @@ class GoldenTest : public testing::TestWithParam<Case> {
   bool routing_flips() const { return test_gpu_bf16() && GetParam().model.find("moe") != std::string::npos; }
 
   std::vector<float> prompt_logits(const std::vector<int32_t>& prompt, int chunk) {
-    GenerateOptions opt;
-    opt.max_new_tokens = 0;
-    opt.keep_prompt_logits = true;
-    opt.prefill_chunk = chunk;
-    return generate(*model_, *kv_, prompt, opt).prompt_logits;
+    return test::prompt_logits(*model_, *kv_, prompt, chunk);
   }
 
   WeightMap expected_;
@@ -99,11 +95,7 @@ TEST_P(GoldenTest, GreedyMatchesReference) {
   const auto prompt = ids_of(expected_.get("prompt_ids"));
   const auto ref = ids_of(expected_.get("greedy_ids"));
   const auto margins = floats_of(expected_.get("greedy_margins"));
-  GenerateOptions opt;
-  opt.max_new_tokens = int(ref.size());
-  opt.sampling.temperature = 0;
-  opt.stop_at_eos = false;
-  const auto got = generate(*model_, *kv_, prompt, opt).ids;
+  const auto got = engine_generate(*model_, greedy_request(prompt, int(ref.size())));
   ASSERT_EQ(got.size(), ref.size());
   // On the GPU a token can flip where the reference's margin is within the logit error bound; compare
   // while the margin exceeds twice that bound.
@@ -118,7 +110,6 @@ TEST_P(GoldenTest, GreedyMatchesReference) {
     if (test_gpu_bf16() && margins[i] < gpu_margin) break;
     ASSERT_EQ(got[i], ref[i]) << "greedy token " << i << " (margin " << margins[i] << ")";
   }
-  EXPECT_EQ(kv_->blocks().num_free(), kv_->blocks().num_blocks()) << "generate() must free its KV blocks";
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest, testing::ValuesIn(all_cases()), case_name);
@@ -140,11 +131,7 @@ TEST_P(RopeScalingTest, LogitsMatchTransformers) {
   const auto ref = floats_of(expected.get("logits"));
   // Dynamic NTK rescales by the longest position of the forward pass, as HF does: compare one pass.
   for (int chunk : GetParam() == "dynamic" ? std::vector<int>{512} : std::vector<int>{512, 7}) {
-    GenerateOptions opt;
-    opt.max_new_tokens = 0;
-    opt.keep_prompt_logits = true;
-    opt.prefill_chunk = chunk;
-    const auto got = generate(model, kv, prompt, opt).prompt_logits;
+    const auto got = prompt_logits(model, kv, prompt, chunk);
     ASSERT_EQ(got.size(), ref.size());
     EXPECT_LE(rel_max_diff(got.data(), ref.data(), ref.size()), logit_tolerance(1e-4)) << "chunk " << chunk;
   }
@@ -179,10 +166,7 @@ TEST_P(Bf16Weights, ComputeIsExact) {
     auto backend = make_cpu_backend(0);
     Model model(ck, *backend);
     KvCache kv(*backend, model.config(), 32, 16);
-    GenerateOptions opt;
-    opt.max_new_tokens = 0;
-    opt.keep_prompt_logits = true;
-    return generate(model, kv, prompt, opt).prompt_logits;
+    return prompt_logits(model, kv, prompt);
   };
   const auto a = logits(f32), b = logits(bf16);
   ASSERT_EQ(a.size(), b.size());
@@ -207,10 +191,7 @@ TEST_P(StoriesTest, ReproducesReference) {
 
   const auto prompt = ids_of(expected.get("prompt_ids"));
   const auto ref_logits = floats_of(expected.get("logits"));
-  GenerateOptions opt;
-  opt.max_new_tokens = 0;
-  opt.keep_prompt_logits = true;
-  const auto logits = generate(model, kv, prompt, opt).prompt_logits;
+  const auto logits = prompt_logits(model, kv, prompt);
   ASSERT_EQ(logits.size(), ref_logits.size());
   // This f32 model is the most sensitive to bf16: its weights rounded to bf16 alone move the logits by 8.8e-2
   // (CPU, f32 compute), the GPU's bf16 activations to 11.5e-2.
@@ -219,11 +200,7 @@ TEST_P(StoriesTest, ReproducesReference) {
     return;  // greedy on the GPU in bf16: cuda_test compares it with the CPU on the same weights
 
   const auto greedy = ids_of(expected.get("greedy_from_bos"));  // starts with BOS
-  opt = GenerateOptions{};
-  opt.max_new_tokens = int(greedy.size()) - 1;
-  opt.sampling.temperature = 0;
-  opt.stop_at_eos = false;
-  const auto got = generate(model, kv, {greedy[0]}, opt).ids;
+  const auto got = engine_generate(model, greedy_request({greedy[0]}, int(greedy.size()) - 1));
   ASSERT_EQ(got, std::vector<int32_t>(greedy.begin() + 1, greedy.end()));
 }
 
@@ -244,20 +221,13 @@ TEST_P(EmbeddedModelTest, MatchesTransformers) {
   KvCache kv(*backend, model.config(), 16, 16);
   const auto prompt = ids_of(expected.get("prompt_ids"));
   const auto ref = floats_of(expected.get("last4_logits"));
-  GenerateOptions opt;
-  opt.max_new_tokens = 0;
-  opt.keep_prompt_logits = true;
-  const auto logits = generate(model, kv, prompt, opt).prompt_logits;
+  const auto logits = prompt_logits(model, kv, prompt);
   ASSERT_EQ(logits.size(), prompt.size() * size_t(model.config().vocab_size));
   EXPECT_LE(rel_max_diff(logits.data() + logits.size() - ref.size(), ref.data(), ref.size()), logit_tolerance(1e-4));
   if (test_gpu_bf16())
     return;  // no margins are recorded for these greedy ids; cuda_test compares with the CPU
 
-  opt = GenerateOptions{};
-  opt.max_new_tokens = 32;
-  opt.sampling.temperature = 0;
-  opt.stop_at_eos = false;
-  EXPECT_EQ(generate(model, kv, prompt, opt).ids, ids_of(expected.get("greedy_ids")));
+  EXPECT_EQ(engine_generate(model, greedy_request(prompt, 32)), ids_of(expected.get("greedy_ids")));
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EmbeddedModelTest, testing::Values("rill-tiny", "rill-tiny-draft"),

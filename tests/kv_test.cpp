@@ -1,6 +1,6 @@
 #include "core/error.h"
 #include "kv/block_manager.h"
-#include "model/batch.h"
+#include "engine/batch.h"
 #include "test_util.h"
 
 namespace rill::test {

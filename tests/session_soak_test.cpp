@@ -10,7 +10,7 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "engine/engine.h"
-#include "engine/generate.h"
+#include "reference.h"
 #include "test_util.h"
 
 namespace rill::test {
@@ -153,12 +153,9 @@ TEST(SessionSoak, ConcurrentSessionsStayIsolated) {
   EXPECT_EQ(m.blocks_free, cfg.num_blocks) << "leaked KV blocks";
   for (size_t c = 0; c < finals.size(); ++c) {
     KvCache kv(*backend, model.config(), SinkWindowState::max_blocks(policy, cfg.block_size), cfg.block_size);
-    GenerateOptions opt;
-    opt.max_new_tokens = 8;
-    opt.sampling.temperature = 0;
-    opt.stop_at_eos = false;
-    opt.kv_policy = policy;
-    EXPECT_EQ(finals[c].last_word, generate(model, kv, finals[c].history, opt).ids) << "session of client " << c << " ("
+    Request r = greedy_request(finals[c].history, 8);
+    r.kv_policy = policy;
+    EXPECT_EQ(finals[c].last_word, reference_generate(model, kv, r)) << "session of client " << c << " ("
                                                                      << finals[c].history.size() << " tokens)";
   }
 }

@@ -1,4 +1,4 @@
-// Rolling KV (attention sinks + window, StreamingLLM): what can be proven exactly.
+// The sink-window KV policy (attention sinks + a window, StreamingLLM): what can be proven exactly.
 //  - Before the first eviction a sink stream is the dense stream, bit for bit.
 //  - With one layer, a token's output depends only on the K/V of the tokens it sees, and layer-0 K/V depend only
 //    on each token and its position; so every token after an eviction must get the logits of a fresh forward
@@ -8,7 +8,7 @@
 
 #include "backend/backend.h"
 #include "core/error.h"
-#include "engine/kv_stream.h"
+#include "engine/scorer.h"
 #include "model/model.h"
 #include "test_util.h"
 
@@ -36,41 +36,43 @@ TEST(Streaming, SinkEqualsDenseUntilTheFirstEviction) {
   std::unique_ptr<Backend> backend;
   RILL_TEST_BACKEND(backend, 2);
   Model model(read_checkpoint(make_model(dir, 2)), *backend);
+  ModelRunner runner(model);
   KvCache kv(*backend, model.config(), 64, 8);
   const auto tokens = random_tokens(150, 1);
-  std::vector<float> dense, rolling;
+  std::vector<float> dense, windowed;
   {
-    KvStream s(model, kv, KvPolicy{}, 7);
+    Scorer s(runner, kv, KvPolicy{}, 7);
     s.feed(tokens, Logits::All, &dense);
   }
   {
-    KvStream s(model, kv, sink(4, 160), 7);
-    s.feed(tokens, Logits::All, &rolling);
+    Scorer s(runner, kv, sink(4, 160), 7);
+    s.feed(tokens, Logits::All, &windowed);
     EXPECT_EQ(s.visible(), 150);
   }
-  ASSERT_EQ(dense.size(), rolling.size());
-  EXPECT_EQ(dense, rolling);  // bitwise
+  ASSERT_EQ(dense.size(), windowed.size());
+  EXPECT_EQ(dense, windowed);  // bitwise
 }
 
-// A rolling stream's results do not depend on how it is chunked: every token sees what it would see if the
+// A sink-window stream's results do not depend on how it is chunked: every token sees what it would see if the
 // stream ran token by token (a 2-layer model, so later layers' cached K/V are compared too).
-TEST(Streaming, ChunkingDoesNotChangeRollingResults) {
+TEST(Streaming, ChunkingDoesNotChangeSinkWindowResults) {
   TempDir dir;
   std::unique_ptr<Backend> backend;
   RILL_TEST_BACKEND(backend, 2);
   Model model(read_checkpoint(make_model(dir, 2)), *backend);
+  ModelRunner runner(model);
   KvCache kv(*backend, model.config(), 64, 8);
   const auto tokens = random_tokens(160, 5);
   std::vector<float> one_by_one, chunked, step;
   {
-    KvStream s(model, kv, sink(4, 40), 1);
+    Scorer s(runner, kv, sink(4, 40), 1);
     for (int32_t t : tokens) {
       s.feed({t}, Logits::All, &step);
       one_by_one.insert(one_by_one.end(), step.begin(), step.end());
     }
   }
   {
-    KvStream s(model, kv, sink(4, 40), 7);  // chunks capped at window / 4 = 10
+    Scorer s(runner, kv, sink(4, 40), 7);  // chunks capped at window / 4 = 10
     s.feed(tokens, Logits::All, &chunked);
   }
   ASSERT_EQ(one_by_one.size(), chunked.size());
@@ -90,12 +92,13 @@ TEST_P(StreamingOneLayer, TokensAfterEvictionSeeExactlySinksAndWindow) {
   std::unique_ptr<Backend> backend;
   RILL_TEST_BACKEND(backend, 2);
   Model model(read_checkpoint(make_model(dir, 1)), *backend);
+  ModelRunner runner(model);
   const int bs = 8, window = 40;
   KvCache kv(*backend, model.config(), 64, bs);
   KvCache fresh_kv(*backend, model.config(), 64, bs);
   const auto tokens = random_tokens(200, 7);
   const size_t vocab = size_t(model.config().vocab_size);
-  KvStream s(model, kv, sink(sinks, window), chunk);
+  Scorer s(runner, kv, sink(sinks, window), chunk);
   std::vector<float> logits, fresh;
   int64_t checked = 0, evictions_seen = 0, last_visible = 0;
   for (size_t begin = 0; begin < tokens.size(); begin += size_t(chunk)) {
@@ -112,7 +115,7 @@ TEST_P(StreamingOneLayer, TokensAfterEvictionSeeExactlySinksAndWindow) {
       std::vector<int32_t> seen(tokens.begin(), tokens.begin() + sinks);
       seen.insert(seen.end(), tokens.begin() + own.window_start(s.policy(), bs), tokens.begin() + long(t) + 1);
       ASSERT_LE(int(seen.size()), sinks + window);
-      KvStream f(model, fresh_kv, KvPolicy{}, 512);
+      Scorer f(runner, fresh_kv, KvPolicy{}, 512);
       f.feed(seen, Logits::Last, &fresh);
       const float* got = logits.data() + (t - begin) * vocab;
       EXPECT_LE(rel_max_diff(got, fresh.data(), vocab), logit_tolerance(2e-5)) << "token " << t;
@@ -135,16 +138,17 @@ TEST(Streaming, MemoryStaysBoundedOnALongStream) {
   std::unique_ptr<Backend> backend;
   RILL_TEST_BACKEND(backend, 2);
   Model model(read_checkpoint(make_model(dir, 1)), *backend);
+  ModelRunner runner(model);
   const int bs = 8;
   KvCache kv(*backend, model.config(), 16, bs);  // 128 entries: a dense stream could not get past 128 tokens
-  KvStream s(model, kv, sink(4, 48), 16);
+  Scorer s(runner, kv, sink(4, 48), 16);
   std::vector<float> logits;
   for (int i = 0; i < 100; ++i) {
     s.feed(random_tokens(16, unsigned(i)), Logits::Last, &logits);
     EXPECT_LE(s.blocks_held(), SinkWindowState::max_blocks(s.policy(), bs));
   }
   EXPECT_EQ(s.length(), 1600);
-  KvStream dense(model, kv, KvPolicy{}, 16);
+  Scorer dense(runner, kv, KvPolicy{}, 16);
   EXPECT_THROW(dense.feed(random_tokens(400, 1), Logits::Last, &logits), Error);
 }
 

@@ -1,83 +1,111 @@
-// rill generate: one prompt in, streamed tokens out.
+// rill generate: one prompt in, streamed tokens out. A client of the Engine, as the server is: the prompt goes in
+// as one request, and its tokens are printed as the engine streams them.
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
-#include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/model_loading.h"
+#include "cli/options.h"
 #include "core/error.h"
-#include "engine/generate.h"
+#include "engine/engine.h"
+#include "engine/scorer.h"
 #include "formats/safetensors.h"
-#include "model/model.h"
 
 namespace rill::cli {
 
 namespace {
 
 struct GenerateArgs {
-  std::string model, tokenizer, prompt, prompt_ids, output = "text", dump_logits, device = "auto",
-                                                    dtype = "auto";
-  int n = 128, threads = 0, prefill_chunk = 512;
+  std::string model, tokenizer, prompt, prompt_ids, output = "text", dump_logits;
+  int n = 128, prefill_chunk = 512;
   bool ignore_eos = false, no_bos = false;
+  DeviceArgs device;
   SamplingArgs sampling;
   KvPolicyArgs kv;
 };
 
+double seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// The logits at every prompt position, written to `path` (safetensors, F32 "logits" [prompt, vocab]).
+void dump_prompt_logits(Model& model, const std::vector<int32_t>& prompt, int chunk, const std::string& path) {
+  const int bs = kDefaultBlockSize;
+  KvCache kv(model.backend(), model.config(), kv_blocks_for_sequence(KvPolicy{}, int64_t(prompt.size()), bs), bs);
+  ModelRunner runner(model);
+  std::vector<float> logits;
+  {
+    Scorer scorer(runner, kv, KvPolicy{}, chunk);
+    scorer.feed(prompt, Logits::All, &logits);
+  }
+  Tensor t;
+  t.dtype = DType::F32;
+  t.shape = {int64_t(prompt.size()), model.config().vocab_size};
+  t.data = logits.data();
+  write_safetensors(path, {{"logits", t}});
+}
+
 int run_generate(const GenerateArgs& a) {
-  GenerateOptions opt;
-  opt.max_new_tokens = a.n;
-  opt.sampling = a.sampling.finish();
-  opt.stop_at_eos = !a.ignore_eos;
-  opt.prefill_chunk = a.prefill_chunk;
-  opt.keep_prompt_logits = !a.dump_logits.empty();
-
-  Checkpoint ck = read_checkpoint(a.model);
-  auto backend = make_backend(a.device, a.threads, a.dtype);
-  Model model(ck, *backend);
-  auto tok = open_tokenizer(a.model, a.tokenizer, &model.config());
-
+  LoadedModel m = load_model(a.model, a.device, a.tokenizer);
+  const ModelConfig& config = m.config();
   std::vector<int32_t> prompt;
   if (!a.prompt_ids.empty()) {
     prompt = parse_id_list(a.prompt_ids, "--prompt-ids");
   } else {
-    RILL_CHECK(tok, a.model + ": no tokenizer for a text prompt; pass --tokenizer or use --prompt-ids");
-    prompt = tok->encode(a.prompt, !a.no_bos);
+    RILL_CHECK(m.tokenizer, a.model + ": no tokenizer for a text prompt; pass --tokenizer or use --prompt-ids");
+    prompt = m.tokenizer->encode(a.prompt, !a.no_bos);
   }
   for (int32_t id : prompt)
-    RILL_CHECK(id < model.config().vocab_size, "--prompt-ids: token " + std::to_string(id) +
-                                                   " is outside the vocabulary (" +
-                                                   std::to_string(model.config().vocab_size) + " tokens)");
+    RILL_CHECK(id < config.vocab_size, "--prompt-ids: token " + std::to_string(id) + " is outside the vocabulary (" +
+                                           std::to_string(config.vocab_size) + " tokens)");
+  if (!a.dump_logits.empty()) dump_prompt_logits(*m.model, prompt, a.prefill_chunk, a.dump_logits);
 
-  opt.kv_policy = a.kv.finish(model.config(), 16);
-  const int need_blocks = opt.kv_policy.rolling() ? SinkWindowState::max_blocks(opt.kv_policy, 16)
-                                                  : (int(prompt.size()) + a.n + 15) / 16;
-  KvCache kv(*backend, model.config(), need_blocks, 16);
-
-  const bool json_out = a.output == "json";
+  Request r;
+  r.prompt = prompt;
+  r.max_tokens = a.n;
+  r.sampling = a.sampling.finish();
+  r.ignore_eos = a.ignore_eos;
+  EngineConfig ec;
+  r.kv_policy = a.kv.finish(config, ec.block_size);
+  const int64_t total = int64_t(prompt.size()) + a.n;
+  ec.num_blocks = kv_blocks_for_sequence(r.kv_policy, total, ec.block_size);
+  ec.max_batch_tokens = a.prefill_chunk;
+  ec.max_num_seqs = 1;
+  ec.max_model_len = int(std::max<int64_t>(config.max_position_embeddings, total));  // as long as asked
+  std::vector<int32_t> ids;
   std::unique_ptr<IncrementalDecoder> detok;
-  if (tok) detok = std::make_unique<IncrementalDecoder>(*tok, /*skip_special=*/true, prompt);
-  bool first = true;
-  auto on_token = [&](int32_t id) {
-    if (json_out) return true;
-    if (detok) {
-      const std::string delta = detok->add(id);
-      std::fwrite(delta.data(), 1, delta.size(), stdout);
-    } else {
-      std::printf("%s%d", first ? "" : " ", id);
+  if (m.tokenizer) detok = std::make_unique<IncrementalDecoder>(*m.tokenizer, /*skip_special=*/true, prompt);
+  const bool json_out = a.output == "json";
+  const auto t0 = std::chrono::steady_clock::now();
+  auto t_first = t0, t_last = t0;
+  if (a.n > 0) {
+    Engine engine(*m.model, ec);
+    const auto stream = engine.submit(r);
+    for (;;) {
+      const Event e = *stream->next();
+      if (e.token < 0) {
+        RILL_CHECK(e.finish != FinishReason::Error, "generation failed: " + e.error);
+        break;
+      }
+      t_last = std::chrono::steady_clock::now();
+      if (ids.empty()) t_first = t_last;
+      ids.push_back(e.token);
+      if (json_out) continue;
+      if (detok) {
+        const std::string delta = detok->add(e.token);
+        std::fwrite(delta.data(), 1, delta.size(), stdout);
+      } else {
+        std::printf("%s%d", ids.size() == 1 ? "" : " ", e.token);
+      }
+      std::fflush(stdout);
     }
-    first = false;
-    std::fflush(stdout);
-    return true;
-  };
-  GenerateResult r = generate(model, kv, prompt, opt, on_token);
+  }
 
   if (json_out) {
     nlohmann::json j;
     j["prompt_ids"] = prompt;
-    j["ids"] = r.ids;
-    j["text"] = tok ? tok->decode(r.ids, true) : "";
+    j["ids"] = ids;
+    j["text"] = m.tokenizer ? m.tokenizer->decode(ids, true) : "";
     std::printf("%s\n", j.dump().c_str());
   } else {
     if (detok) {
@@ -86,64 +114,16 @@ int run_generate(const GenerateArgs& a) {
     }
     std::printf("\n");
   }
-  if (!a.dump_logits.empty()) {
-    Tensor t;
-    t.dtype = DType::F32;
-    t.shape = {int64_t(prompt.size()), model.config().vocab_size};
-    t.data = r.prompt_logits.data();
-    write_safetensors(a.dump_logits, {{"logits", t}});
-  }
-  const double prompt_tps = r.prefill_seconds > 0 ? prompt.size() / r.prefill_seconds : 0;
-  const double gen_tps = r.decode_seconds > 0 ? r.decode_steps / r.decode_seconds : 0;
+  // Prefill: until the first token; decode: the steps after it.
+  const double prefill = seconds(t_first - t0), decode = seconds(t_last - t_first);
+  const size_t steps = ids.empty() ? 0 : ids.size() - 1;
   std::fprintf(stderr, "rill: %zu prompt tokens in %.3f s (%.1f tok/s), %zu generated in %.3f s (%.1f tok/s) on %s\n",
-               prompt.size(), r.prefill_seconds, prompt_tps, r.ids.size(), r.decode_seconds, gen_tps,
-               backend->name().c_str());
+               prompt.size(), prefill, prefill > 0 ? double(prompt.size()) / prefill : 0.0, ids.size(), decode,
+               decode > 0 ? double(steps) / decode : 0.0, m.backend->name().c_str());
   return 0;
 }
 
 }  // namespace
-
-KvPolicy KvPolicyArgs::finish(const ModelConfig& config, int block_size) const {
-  const int ctx = config.max_position_embeddings;
-  KvPolicy p = KvPolicy::parse(policy, sinks, window, "--kv-policy");
-  if (window == 0) p.window = std::min(1024, ctx - p.sinks);
-  p.validate(block_size, ctx, "--window");
-  return p;
-}
-
-void add_kv_policy_options(CLI::App& app, KvPolicyArgs& k) {
-  app.add_option("--kv-policy", k.policy,
-                 "KV cache policy: dense (keep everything; the context is bounded), sink (attention sinks + a rolling "
-                 "window: runs forever in constant memory), window (rolling window, no sinks)")
-      ->check(CLI::IsMember({"dense", "sink", "window"}));
-  app.add_option("--sinks", k.sinks, "Attention-sink tokens kept forever (sink policy)")->check(CLI::NonNegativeNumber);
-  app.add_option("--window", k.window, "Recent tokens kept (sink/window policies; 0: 1024 or the model's context minus the sinks)")
-      ->check(CLI::NonNegativeNumber);
-}
-
-SamplingParams SamplingArgs::finish() const {
-  SamplingParams p = params;
-  if (seed >= 0) {
-    p.seed = uint64_t(seed);
-    p.has_seed = true;
-  }
-  p.validate();
-  return p;
-}
-
-void add_sampling_options(CLI::App& app, SamplingArgs& s) {
-  app.add_option("--temperature", s.params.temperature, "Sampling temperature; 0 is greedy")->check(CLI::Range(0.0, 100.0));
-  app.add_option("--top-k", s.params.top_k, "Keep the k most likely tokens (0: off)")->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", s.params.top_p, "Nucleus sampling: keep the smallest set with this mass (1: off)")
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--min-p", s.params.min_p, "Drop tokens below min-p times the top probability (0: off)")
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--repetition-penalty", s.params.repetition_penalty,
-                 "Penalize tokens already in the prompt or output (1: off)");
-  app.add_option("--presence-penalty", s.params.presence_penalty, "OpenAI presence penalty, -2..2");
-  app.add_option("--frequency-penalty", s.params.frequency_penalty, "OpenAI frequency penalty, -2..2");
-  app.add_option("--seed", s.seed, "Random seed: the same seed gives the same tokens")->check(CLI::NonNegativeNumber);
-}
 
 Run add_generate(CLI::App& app) {
   auto a = std::make_shared<GenerateArgs>();
@@ -162,8 +142,7 @@ Run add_generate(CLI::App& app) {
       ->check(CLI::IsMember({"text", "json"}));
   app.add_option("--dump-logits", a->dump_logits,
                  "Write the logits at every prompt position to FILE (safetensors, F32 'logits' [prompt_len, vocab])");
-  add_device_option(app, a->device, a->dtype);
-  app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  add_device_options(app, a->device);
   app.add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward step")->check(CLI::PositiveNumber);
   return [a, prompt, ids] {
     a->model = model_or_default(a->model);

@@ -6,7 +6,7 @@
 #include "cli/commands.h"
 #include "cli/model_loading.h"
 #include "kv/kv_cache.h"
-#include "model/model.h"
+#include "formats/checkpoint.h"
 
 namespace rill::cli {
 

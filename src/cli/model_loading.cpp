@@ -1,61 +1,17 @@
 #include "cli/model_loading.h"
 
-#include <unistd.h>
-
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <fstream>
 
 #include "core/error.h"
+#include "formats/checkpoint.h"
 #include "template/chat_template.h"
 #include "tokenizer/hf_tokenizer.h"
 #include "tokenizer/llama2c_tokenizer.h"
 
 namespace rill::cli {
 namespace fs = std::filesystem;
-
-std::string default_model() {
-  std::vector<fs::path> places;
-  std::error_code ec;
-  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
-  if (!ec) {
-    places.push_back(exe.parent_path().parent_path() / "models");
-    places.push_back(exe.parent_path().parent_path() / "share" / "rill" / "models");
-  }
-#ifdef RILL_SOURCE_MODELS_DIR
-  places.push_back(RILL_SOURCE_MODELS_DIR);
-#endif
-  std::string looked;
-  for (const auto& dir : places) {
-    const fs::path m = dir / "rill-tiny";
-    if (fs::exists(m / "config.json")) return m.lexically_normal().string();
-    looked += (looked.empty() ? "" : ", ") + m.lexically_normal().string();
-  }
-  throw Error("no --model given, and rill's embedded model rill-tiny is not where it should be (looked in " +
-              looked + "); pass --model PATH");
-}
-
-std::string model_or_default(const std::string& given) { return given.empty() ? default_model() : given; }
-
-void add_model_option(CLI::App& app, std::string& target, const std::string& what) {
-  app.add_option("-m,--model", target, what + " (default: rill-tiny, the small model shipped in models/)");
-}
-
-void add_device_option(CLI::App& app, std::string& device, std::string& dtype) {
-  app.add_option("--device", device,
-                 "Where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N "
-                 "(also RILL_DEVICE)")
-      ->default_val("auto")
-      ->envname("RILL_DEVICE");
-  app.add_option(
-         "--dtype", dtype,
-         "What the model computes in: auto (the GPU: bfloat16; the CPU: float32), bfloat16 (GPU only), or "
-         "float32 (on the GPU: weights, activations and KV cache in f32, twice the memory, decode about "
-         "0.44x the speed of bf16, to match f32 references; also RILL_DTYPE)")
-      ->default_val("auto")
-      ->check(CLI::IsMember({"auto", "bfloat16", "bf16", "float32", "f32", "float"}))
-      ->envname("RILL_DTYPE");
-}
 
 std::string model_dir(const std::string& model_path) {
   return fs::is_directory(model_path) ? model_path : fs::path(model_path).parent_path().string();
@@ -78,6 +34,12 @@ ChatSetup open_chat(const std::string& model_path, const std::string& override_p
   RILL_CHECK(!s.template_source.empty(),
              model_path + ": no chat template (tokenizer_config.json has none); pass --chat-template FILE");
   return s;
+}
+
+std::vector<int32_t> end_of_turn_ids(const ChatSetup& chat, const Tokenizer& tokenizer) {
+  if (chat.eos_token.empty()) return {};
+  const auto ids = tokenizer.encode(chat.eos_token, false);
+  return ids.size() == 1 ? ids : std::vector<int32_t>{};
 }
 
 std::unique_ptr<Tokenizer> open_tokenizer(const std::string& model_path, const std::string& explicit_path,
@@ -103,6 +65,15 @@ std::unique_ptr<Tokenizer> open_tokenizer(const std::string& model_path, const s
              path + ": the tokenizer has " + std::to_string(tok->vocab_size()) + " tokens but the model only " +
                  std::to_string(config->vocab_size));
   return tok;
+}
+
+LoadedModel load_model(const std::string& path, const DeviceArgs& device, const std::string& tokenizer_path) {
+  LoadedModel m;
+  const Checkpoint ck = read_checkpoint(path);
+  m.backend = make_backend(device.device, device.threads, device.dtype);
+  m.model = std::make_unique<Model>(ck, *m.backend);
+  m.tokenizer = open_tokenizer(path, tokenizer_path, &m.model->config());
+  return m;
 }
 
 }  // namespace rill::cli

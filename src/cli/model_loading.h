@@ -1,29 +1,27 @@
-// Shared by the subcommands: opening a model and its tokenizer from command-line paths.
+// Shared by the subcommands: opening a model, its tokenizer and its chat template from command-line paths.
 #pragma once
 
 #include <memory>
 #include <string>
 
+#include "backend/backend.h"
+#include "cli/options.h"
+#include "formats/model_config.h"
+#include "model/model.h"
 #include "tokenizer/tokenizer.h"
-#include "model/config.h"
-
-namespace CLI {
-class App;
-}
 
 namespace rill::cli {
 
-// The model a command uses without --model: rill-tiny, which ships in the repository's models/ folder.
-// Looked for beside the binary (BIN/../models, BIN/../share/rill/models) and then in the source tree it was
-// built from; throws naming the places it looked.
-std::string default_model();
-// `given`, or default_model() when it is empty.
-std::string model_or_default(const std::string& given);
-// Adds -m,--model to a command, optional, defaulting to default_model() when the command runs.
-void add_model_option(CLI::App& app, std::string& target, const std::string& what);
-// Adds --device (auto, cpu, cuda, cuda:N; default RILL_DEVICE, else auto: the GPU when there is one) and
-// --dtype (auto, bfloat16, float32; default RILL_DTYPE, else auto), for make_backend.
-void add_device_option(CLI::App& app, std::string& device, std::string& dtype);
+// A model ready to run: its backend, the Model bound to it, and its tokenizer (null when there is none).
+struct LoadedModel {
+  std::unique_ptr<Backend> backend;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  const ModelConfig& config() const { return model->config(); }
+};
+// Reads the checkpoint at `path`, makes the backend `device` asks for, uploads the weights and opens the tokenizer
+// (`tokenizer_path`, or the one beside the model).
+LoadedModel load_model(const std::string& path, const DeviceArgs& device, const std::string& tokenizer_path);
 
 // The chat side of a model: its template (tokenizer_config.json beside the model, or `override_path`) and
 // special-token strings. Throws when neither has a template.
@@ -31,6 +29,8 @@ struct ChatSetup {
   std::string template_source, bos_token, eos_token;
 };
 ChatSetup open_chat(const std::string& model_path, const std::string& override_path);
+// The token that ends a turn under this template (its EOS string, when the tokenizer encodes it as one token).
+std::vector<int32_t> end_of_turn_ids(const ChatSetup& chat, const Tokenizer& tokenizer);
 // The directory holding a model's tokenizer files (the model directory, or a .bin file's directory).
 std::string model_dir(const std::string& model_path);
 

@@ -1,6 +1,6 @@
 // rill perplexity: streams a text through the model under one or more KV policies and measures the negative
-// log-likelihood of every next token: dense (the whole history), window (a rolling window, no sinks), sink
-// (attention sinks + rolling window) and recompute (for each token, a fresh forward over the last sinks + window
+// log-likelihood of every next token: dense (the whole history), window (the latest tokens, no sinks), sink
+// (attention sinks + a window of the latest tokens) and recompute (for each token, a fresh forward over the last sinks + window
 // tokens, as a new prompt of them would be: the tokenizer's BOS first, then the latest tokens; the baseline of the
 // StreamingLLM paper). Prints running and final perplexities and speeds, and writes
 // per-token CSV and a PNG of log-perplexity against position (through gnuplot).
@@ -13,21 +13,21 @@
 #include <map>
 #include <sstream>
 
-#include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/model_loading.h"
+#include "cli/options.h"
 #include "core/error.h"
-#include "engine/kv_stream.h"
-#include "model/model.h"
+#include "kv/kv_cache.h"
+#include "engine/scorer.h"
 
 namespace rill::cli {
 
 namespace {
 
 struct PerplexityArgs {
-  std::string model, tokenizer, text_file, policies = "dense,window,sink,recompute", csv, plot,
-                                           device = "auto", dtype = "auto";
-  int sinks = 4, window = 0, max_tokens = 0, chunk = 1, recompute_stride = 1, threads = 0, smooth = 256;
+  std::string model, tokenizer, text_file, policies = "dense,window,sink,recompute", csv, plot;
+  int sinks = 4, window = 0, max_tokens = 0, chunk = 1, recompute_stride = 1, smooth = 256;
+  DeviceArgs device;
 };
 
 struct PolicyRun {
@@ -60,10 +60,11 @@ double mean_finite(const std::vector<double>& v, const std::vector<double>* mask
 }
 
 int run_perplexity(const PerplexityArgs& a) {
-  Checkpoint ck = read_checkpoint(a.model);
-  auto backend = make_backend(a.device, a.threads, a.dtype);
-  Model model(ck, *backend);
-  auto tok = open_tokenizer(a.model, a.tokenizer, &model.config());
+  LoadedModel m = load_model(a.model, a.device, a.tokenizer);
+  Model& model = *m.model;
+  Backend& backend = *m.backend;
+  const Tokenizer* tok = m.tokenizer.get();
+  ModelRunner runner(model);
   RILL_CHECK(tok, a.model + ": perplexity needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
   std::ifstream in(a.text_file, std::ios::binary);
   RILL_CHECK(in, "--text-file: cannot read " + a.text_file);
@@ -72,7 +73,7 @@ int run_perplexity(const PerplexityArgs& a) {
   std::vector<int32_t> ids = tok->encode(ss.str(), true);
   if (a.max_tokens > 0 && int64_t(ids.size()) > a.max_tokens) ids.resize(size_t(a.max_tokens));
   RILL_CHECK(ids.size() >= 2, "--text-file: " + a.text_file + " holds fewer than 2 tokens");
-  const int ctx = model.config().max_position_embeddings, bs = 16;
+  const int ctx = model.config().max_position_embeddings, bs = kDefaultBlockSize;
   const size_t vocab = size_t(model.config().vocab_size), targets = ids.size() - 1;
 
   KvPolicyArgs sink_args;
@@ -82,7 +83,7 @@ int run_perplexity(const PerplexityArgs& a) {
   const KvPolicy sink = sink_args.finish(model.config(), bs);
   KvPolicy window = sink;
   window.sinks = 0;
-  const int span = sink.sinks + sink.window;  // tokens the rolling policies and recompute see at most
+  const int span = sink.sinks + sink.window;  // tokens the sink-window policies and recompute see at most
   // The special tokens a fresh prompt starts with (BOS, for most tokenizers), when the text starts with them.
   const std::vector<int32_t> first = tok->encode("", true);
   const size_t prefix = first.size() < size_t(span) && first.size() <= ids.size() &&
@@ -114,7 +115,7 @@ int run_perplexity(const PerplexityArgs& a) {
         std::fprintf(stderr, "  %-9s %7zu / %zu tokens  ppl %.3f\n", name.c_str(), done, targets, std::exp(mean_finite(run.nll)));
     };
     if (name == "recompute") {
-      KvCache kv(*backend, model.config(), (span + bs - 1) / bs + 1, bs);
+      KvCache kv(backend, model.config(), kv_blocks_for_sequence(KvPolicy{}, span, bs) + 1, bs);
       std::vector<int32_t> prompt;
       for (size_t t = 0; t < targets; t += size_t(a.recompute_stride)) {
         // The last `span` tokens as a fresh prompt: what a new request for them would be, so it starts with the
@@ -123,7 +124,7 @@ int run_perplexity(const PerplexityArgs& a) {
         const size_t lo = t + 1 > size_t(span) - head ? t + 1 - (size_t(span) - head) : 0;
         prompt.assign(ids.begin(), ids.begin() + long(head));
         prompt.insert(prompt.end(), ids.begin() + long(std::max(lo, head)), ids.begin() + long(t) + 1);
-        KvStream fresh(model, kv, KvPolicy{}, 512);
+        Scorer fresh(runner, kv, KvPolicy{}, 512);
         fresh.feed(prompt, Logits::Last, &logits);
         run.nll[t] = nll_of(logits.data(), vocab, ids[t + 1]);
         ++run.evaluated;
@@ -132,9 +133,8 @@ int run_perplexity(const PerplexityArgs& a) {
       }
     } else {
       const KvPolicy p = name == "dense" ? KvPolicy{} : name == "sink" ? sink : window;
-      const int blocks = p.rolling() ? SinkWindowState::max_blocks(p, bs) : int((ids.size() + bs - 1) / bs) + 1;
-      KvCache kv(*backend, model.config(), blocks, bs);
-      KvStream stream(model, kv, p, std::max(1, a.chunk));
+      KvCache kv(backend, model.config(), kv_blocks_for_sequence(p, int64_t(ids.size()), bs) + 1, bs);
+      Scorer stream(runner, kv, p, std::max(1, a.chunk));
       for (size_t begin = 0; begin < targets; begin += size_t(a.chunk)) {
         const size_t end = std::min(targets, begin + size_t(a.chunk));
         stream.feed({ids.begin() + long(begin), ids.begin() + long(end)}, Logits::All, &logits);
@@ -153,7 +153,7 @@ int run_perplexity(const PerplexityArgs& a) {
   const std::vector<double>* common = nullptr;
   for (const auto& r : runs)
     if (r.name == "recompute") common = &r.nll;
-  const size_t kv_bytes_per_block = KvCache::bytes_per_token(model.config(), backend->kv_dtype()) * size_t(bs);
+  const size_t kv_bytes_per_block = KvCache::bytes_per_token(model.config(), backend.kv_dtype()) * size_t(bs);
   std::printf("%-10s %9s %12s %14s %12s %12s %14s\n", "policy", "tokens", "perplexity", "ppl(common)", "tokens/s",
               "ms/token", "max KV MiB");
   for (const auto& r : runs) {
@@ -242,11 +242,11 @@ Run add_perplexity(CLI::App& app) {
   app.add_option("--tokenizer", a->tokenizer, "tokenizer.json or tokenizer.bin (default: beside the model)");
   app.add_option("--text-file", a->text_file, "Text to stream through the model")->required();
   app.add_option("--policy", a->policies,
-                 "Comma-separated KV policies to compare: dense, window (rolling window, no sinks), sink (attention "
-                 "sinks + rolling window), recompute (for every token, a fresh forward over the last sinks + window "
+                 "Comma-separated KV policies to compare: dense, window (the latest tokens, no sinks), sink (attention "
+                 "sinks + a window of the latest tokens), recompute (for every token, a fresh forward over the last sinks + window "
                  "tokens as a new prompt: BOS first, if the tokenizer adds one, then the latest tokens)");
   app.add_option("--sinks", a->sinks, "Attention-sink tokens (sink policy)")->check(CLI::NonNegativeNumber);
-  app.add_option("--window", a->window, "Rolling window (0: 1024 or the model's context minus the sinks)")
+  app.add_option("--window", a->window, "Latest tokens kept (0: 1024 or the model's context minus the sinks)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-tokens", a->max_tokens, "Use the first N tokens of the text (0: all)")->check(CLI::NonNegativeNumber);
   app.add_option("--chunk", a->chunk, "Tokens per forward step for dense/window/sink (1: token by token, as a stream)")
@@ -257,8 +257,7 @@ Run add_perplexity(CLI::App& app) {
   app.add_option("--csv", a->csv, "Write per-token NLL of every policy to this CSV file");
   app.add_option("--plot", a->plot, "Draw log-perplexity against position to this PNG (needs gnuplot)");
   app.add_option("--smooth", a->smooth, "Moving-average width of the plot, in tokens")->check(CLI::PositiveNumber);
-  add_device_option(app, a->device, a->dtype);
-  app.add_option("--threads", a->threads, "CPU threads (0: all cores)")->check(CLI::NonNegativeNumber);
+  add_device_options(app, a->device);
   return [a] {
     a->model = model_or_default(a->model);
     return run_perplexity(*a);

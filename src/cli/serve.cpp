@@ -8,14 +8,13 @@
 #include <optional>
 #include <thread>
 
-#include "backend/backend.h"
 #include "cli/commands.h"
 #include "cli/model_loading.h"
+#include "cli/options.h"
 #include "core/error.h"
 #include "core/strings.h"
 #include "engine/engine.h"
 #include "kv/kv_cache.h"
-#include "model/model.h"
 #include "server/http_server.h"
 #include "template/chat_template.h"
 
@@ -23,11 +22,11 @@ namespace rill::cli {
 
 Run add_serve(CLI::App& app) {
   struct Args {
-    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory,
-                                                 device = "auto", dtype = "auto";
+    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory;
     double gpu_memory_fraction = 0.9;
-    int port = 8000, block_size = 16, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
-    int max_model_len = 0, threads = 0, max_sessions = 64;
+    int port = 8000, block_size = kDefaultBlockSize, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
+    int max_model_len = 0, max_sessions = 64;
+    DeviceArgs device;
     double session_ttl = 600;
     KvPolicyArgs kv;
     size_t max_body = 16u << 20;
@@ -41,7 +40,7 @@ Run add_serve(CLI::App& app) {
   app.add_option("--port", a->port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
   app.add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (also RILL_API_KEY)");
   app.add_option("--served-model-name", a->served_name, "Model name in the API (default: the model path's last part)");
-  add_device_option(app, a->device, a->dtype);
+  add_device_options(app, a->device);
   app.add_option("--kv-cache-memory", a->kv_memory,
                  "Memory for the KV cache: a size (2GiB, 512MiB) or a share of the memory available at start (40%). "
                  "Default: 2GiB on the CPU; on a GPU, what --gpu-memory-fraction leaves");
@@ -59,13 +58,12 @@ Run add_serve(CLI::App& app) {
   add_kv_policy_options(app, a->kv);
   app.get_option("--kv-policy")
       ->description("KV cache policy for requests without a \"kv_policy\" field: dense (the context is bounded), sink "
-                    "(attention sinks + a rolling window: no context limit, constant memory), window (no sinks). "
+                    "(attention sinks + a window of the latest tokens: no context limit, constant memory), window (no sinks). "
                     "Sessions use sink unless created with another");
   app.add_option("--max-sessions", a->max_sessions, "Streaming sessions open at once (/v1/sessions; 503 beyond)")
       ->check(CLI::PositiveNumber);
   app.add_option("--session-ttl", a->session_ttl, "Seconds an idle session lives before it is deleted")
       ->check(CLI::PositiveNumber);
-  app.add_option("--threads", a->threads, "CPU threads for the model (0: all cores)")->check(CLI::NonNegativeNumber);
   app.add_option("--max-body-bytes", a->max_body, "Largest request body accepted (413 beyond)");
   return [a] {
     a->model = model_or_default(a->model);
@@ -77,11 +75,11 @@ Run add_serve(CLI::App& app) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    Checkpoint ck = read_checkpoint(a->model);
-    auto backend = make_backend(a->device, a->threads, a->dtype);
-    Model model(ck, *backend);
+    LoadedModel m = load_model(a->model, a->device, a->tokenizer);
+    Model& model = *m.model;
+    Backend& backend = *m.backend;
     size_t free_bytes = 0, total_bytes = 0;
-    const bool device_memory = backend->memory_info(&free_bytes, &total_bytes);
+    const bool device_memory = backend.memory_info(&free_bytes, &total_bytes);
     std::optional<size_t> kv_bytes;
     if (!a->kv_memory.empty()) {
       kv_bytes = parse_memory_size(a->kv_memory, device_memory ? free_bytes : available_system_memory());
@@ -89,22 +87,16 @@ Run add_serve(CLI::App& app) {
     } else if (!device_memory) {
       kv_bytes = size_t(2) << 30;
     } else {
-      // The weights are loaded; what --gpu-memory-fraction allows beyond what is in use now, less room
-      // for one step's activations (max batch tokens through the widest layer, the logits) and cuBLASLt.
-      const ModelConfig& c = model.config();
-      const size_t act_per_token = size_t(4) * (size_t(c.hidden_size) * 4 + size_t(c.num_heads) * c.head_dim * 4 +
-                                                size_t(std::max(c.intermediate_size, c.moe_intermediate_size)) * 2);
-      const size_t reserve = size_t(a->max_batch_tokens) * act_per_token +
-                             size_t(a->max_num_seqs) * size_t(c.vocab_size) * 8 + (size_t(512) << 20);
-      const double allowed = a->gpu_memory_fraction * double(total_bytes) - double(total_bytes - free_bytes);
-      RILL_CHECK(allowed > double(reserve),
-                 "--gpu-memory-fraction " + std::to_string(a->gpu_memory_fraction) + ": the model leaves no room for "
-                 "a KV cache (" + std::to_string((total_bytes - free_bytes) >> 20) + " MiB in use of " +
-                 std::to_string(total_bytes >> 20) + " MiB)");
-      kv_bytes = size_t(allowed) - reserve;
+      // The weights are loaded: the KV cache gets what --gpu-memory-fraction allows beyond what is in use now.
+      kv_bytes = kv_bytes_on_device(model.config(), free_bytes, total_bytes, a->gpu_memory_fraction,
+                                    a->max_batch_tokens, a->max_num_seqs);
+      RILL_CHECK(*kv_bytes > 0, "--gpu-memory-fraction " + std::to_string(a->gpu_memory_fraction) +
+                                    ": the model leaves no room for a KV cache (" +
+                                    std::to_string((total_bytes - free_bytes) >> 20) + " MiB in use of " +
+                                    std::to_string(total_bytes >> 20) + " MiB)");
     }
-    auto tok = open_tokenizer(a->model, a->tokenizer, &model.config());
-    RILL_CHECK(tok, a->model + ": serving needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
+    RILL_CHECK(m.tokenizer, a->model + ": serving needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
+    const Tokenizer& tok = *m.tokenizer;
     std::unique_ptr<ChatTemplate> tmpl;
     openai::ModelInfo info;
     try {
@@ -112,17 +104,14 @@ Run add_serve(CLI::App& app) {
       tmpl = std::make_unique<ChatTemplate>(chat.template_source);
       info.bos_token = chat.bos_token;
       info.eos_token = chat.eos_token;
-      if (!chat.eos_token.empty()) {
-        const auto eos = tok->encode(chat.eos_token, false);
-        if (eos.size() == 1) info.stop_ids.push_back(eos[0]);
-      }
+      info.stop_ids = end_of_turn_ids(chat, tok);
     } catch (const Error& e) {
       if (!a->chat_template.empty()) throw;
       std::fprintf(stderr, "rill: no chat template (%s): /v1/chat/completions is off\n", e.what());
     }
     EngineConfig ec;
     ec.block_size = a->block_size;
-    ec.num_blocks = KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size, backend->kv_dtype());
+    ec.num_blocks = KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size, backend.kv_dtype());
     RILL_CHECK(ec.num_blocks > 0, (a->kv_memory.empty() ? "the KV cache's " + std::to_string(*kv_bytes >> 20) + " MiB"
                                                         : "--kv-cache-memory " + a->kv_memory) +
                                       " holds no KV block for this model");
@@ -141,7 +130,7 @@ Run add_serve(CLI::App& app) {
       name = p.substr(p.find_last_of('/') + 1);
     }
     info.name = name;
-    info.tokenizer = tok.get();
+    info.tokenizer = &tok;
     info.chat_template = tmpl.get();
     info.max_model_len = engine.max_model_len();
     info.block_size = a->block_size;
@@ -158,7 +147,7 @@ Run add_serve(CLI::App& app) {
     HttpServer server(engine, info, sc);
     server.bind();
     std::fprintf(stderr, "rill: serving '%s' on http://%s:%d (%d KV blocks of %d tokens, %s)\n", name.c_str(),
-                 a->host.c_str(), server.port(), ec.num_blocks, ec.block_size, backend->name().c_str());
+                 a->host.c_str(), server.port(), ec.num_blocks, ec.block_size, backend.name().c_str());
     std::thread waiter([&] {
       int sig = 0;
       sigwait(&signals, &sig);

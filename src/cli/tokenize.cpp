@@ -6,12 +6,13 @@
 
 #include "cli/commands.h"
 #include "cli/model_loading.h"
+#include "cli/options.h"
 #include "core/error.h"
 #include <filesystem>
 
 #include "formats/hf_config.h"
 #include "formats/json_file.h"
-#include "model/model.h"
+#include "formats/checkpoint.h"
 #include "template/chat_template.h"
 
 namespace rill::cli {
@@ -37,26 +38,6 @@ std::string read_file(const std::string& path) {
 }
 
 }  // namespace
-
-std::vector<int32_t> parse_id_list(const std::string& s, const char* option) {
-  std::vector<int32_t> ids;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ',')) {
-    size_t used = 0;
-    long v = 0;
-    try {
-      v = std::stol(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    RILL_CHECK(used > 0 && item.find_first_not_of(" \t", used) == std::string::npos && v >= 0 && v <= INT32_MAX,
-               std::string(option) + ": '" + item + "' is not a token id (expected comma-separated integers, e.g. 1,2,3)");
-    ids.push_back(int32_t(v));
-  }
-  RILL_CHECK(!ids.empty(), std::string(option) + ": no token ids given");
-  return ids;
-}
 
 Run add_tokenize(CLI::App& app) {
   struct Args {

@@ -1,23 +1,23 @@
-// Engine: serves many requests at once on one model. submit() hands a request to the engine loop thread
-// and returns its stream; the loop runs Scheduler::schedule() -> one Batch -> Model::forward() -> sampling,
-// and pushes each new token to its request's stream as soon as it exists. The loop owns all mutable state
-// (sequences, blocks, queues); other threads only submit, read streams, cancel and read metrics.
+// Engine: serves many requests at once on one model. submit() hands a request to the engine loop thread and
+// returns its stream. The loop runs one step at a time: the Scheduler picks the step's work, the ModelRunner
+// runs it and picks the tokens, postprocess() streams each new token to its request and ends the requests that
+// are done, and the metrics are published. The loop owns all mutable state (sequences, blocks, queues,
+// sessions); other threads only submit, read streams, cancel, call the session functions (which run on the
+// loop) and read metrics. `rill serve`, `rill generate` and `rill chat` are all clients of an Engine.
 #pragma once
 
-#include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <functional>
-#include <optional>
-#include <unordered_map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
-#include "core/error.h"
+#include "engine/model_runner.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
+#include "engine/sessions.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
 
@@ -25,35 +25,13 @@ namespace rill {
 
 struct EngineConfig {
   int num_blocks = 0;  // KV cache blocks (required)
-  int block_size = 16;
+  int block_size = kDefaultBlockSize;
   int max_batch_tokens = 512;
   int max_num_seqs = 64;
   int max_waiting = 1024;  // submit() refuses more (the server answers 503)
   int max_model_len = 0;   // prompt + max_tokens limit; 0: the model's max_position_embeddings
   int max_sessions = 64;   // streaming sessions held at once (create_session refuses more)
   double session_ttl_seconds = 600;  // an idle session is deleted after this long
-};
-
-// A streaming session's state, as the API reports it.
-struct SessionStatus {
-  uint64_t id = 0;
-  KvPolicy kv_policy;
-  int64_t tokens = 0;         // tokens seen (appended + generated)
-  int64_t tokens_cached = 0;  // tokens whose K/V the model attends to now
-  int64_t pending = 0;        // appended tokens not yet prefilled
-  int blocks = 0;             // KV blocks held
-  size_t kv_bytes = 0;        // memory those blocks hold
-  bool generating = false;
-  double idle_seconds = 0;
-};
-
-class SessionNotFound : public Error {
- public:
-  using Error::Error;
-};
-class SessionBusy : public Error {
- public:
-  using Error::Error;
 };
 
 struct EngineMetrics {
@@ -75,47 +53,72 @@ class Engine {
   Engine& operator=(const Engine&) = delete;
 
   // Validates (rill::Error names the parameter) and queues the request. Throws EngineFull when the waiting
-  // queue is at max_waiting. A request under a rolling KV policy (sinks + window) has no context limit.
+  // queue is at max_waiting. A request under the sink-window KV policy has no context limit.
   std::shared_ptr<RequestStream> submit(Request request);
   EngineMetrics metrics() const;
 
-  // Streaming sessions: persistent sequences that live across calls (under a rolling KV policy they never run
-  // out of context). All throw SessionNotFound for an unknown id, EngineFull while shutting down.
-  // create_session throws EngineFull at max_sessions and Error for a bad policy.
-  uint64_t create_session(KvPolicy policy);
+  // Streaming sessions (see SessionTable): under the sink-window policy they never run out of context. All throw
+  // SessionNotFound for an unknown id, EngineFull while shutting down. create_session throws EngineFull at
+  // max_sessions and Error for a bad policy; `defaults` are kept with the session (SessionStatus::defaults).
+  uint64_t create_session(KvPolicy policy, std::string defaults = {});
   // Appends tokens; they are prefilled as soon as the engine gets to them (appends may arrive while earlier
   // ones are still being prefilled). SessionBusy while a generation runs.
   SessionStatus append_session(uint64_t id, const std::vector<int32_t>& tokens);
-  // Generates after everything appended so far (r.prompt is ignored; max_tokens, sampling, stops as for a
-  // request); the tokens stream like a request's and are appended to the session. SessionBusy while another runs.
+  // Generates after everything appended so far (r.prompt and r.kv_policy are ignored; max_tokens, sampling,
+  // stops as for a request); the tokens stream like a request's and are appended to the session. SessionBusy
+  // while another runs.
   std::shared_ptr<RequestStream> generate_session(uint64_t id, Request r);
   SessionStatus session_status(uint64_t id);
   std::vector<SessionStatus> list_sessions();
   // Frees the session (cancelling a generation in progress). False when there is no such session.
   bool delete_session(uint64_t id);
+
   const EngineConfig& config() const { return config_; }
   int max_model_len() const { return config_.max_model_len; }
 
  private:
+  // One step's work for the runner: the batch, and how its sampled rows (the sequences in `sampled`) pick.
+  struct StepPlan {
+    Batch batch;
+    RowSampling sampling;
+    std::vector<Sequence*> sampled;
+  };
+
+  // Rejects what this engine cannot run (rill::Error naming the parameter): `r` as a request (history 0), or
+  // as a generation after `history` tokens of a session under `policy`.
+  void validate(const Request& r, const KvPolicy& policy, int64_t history) const;
+  void validate_policy(const KvPolicy& policy) const;
+  void check_tokens(const std::vector<int32_t>& tokens, const char* what) const;
   std::shared_ptr<RequestStream> enqueue(Request request);
-  void loop();
-  void step();
   // Runs f on the loop thread and returns its result (or rethrows its exception).
   template <class F>
   auto on_loop(F f) -> decltype(f());
-  struct SessionSlot;
-  SessionSlot& slot(uint64_t id);
-  SessionStatus status_of(uint64_t id, const SessionSlot& s) const;
-  void park(Sequence* s);
-  void wake_session(SessionSlot& slot);
-  void expire_sessions();
+
+  void loop();
+  void step();
+  void drop_cancelled();
+  StepPlan plan(const std::vector<ScheduledChunk>& chunks);
+  void postprocess(const std::vector<ScheduledChunk>& chunks, const StepPlan& plan, const StepOutput& out);
+  // The one end-of-sequence check: why s ends after `token` (None: it goes on).
+  FinishReason stop_reason(const Sequence& s, int32_t token) const;
+  void publish_metrics();
+
+  // Ends s's generation with its final event. An ordinary request leaves the scheduler (its blocks go back); a
+  // session's sequence stays, to run its last token and be parked.
   void end_generation(Sequence* s, FinishReason reason, const std::string& error = {});
-  void finish(Sequence* s, FinishReason reason, const std::string& error = "");
+  // Ends s's generation (if any) and removes it, its session too: on shutdown, or when it can never run.
+  void remove(Sequence* s, FinishReason reason, const std::string& error = {});
+  void park(Sequence* s);
+  void wake(Session& session);
+  void expire_sessions();
+  SessionStatus status_of(const Session& session) const;
 
   Model& model_;
   EngineConfig config_;
   KvCache kv_;
+  ModelRunner runner_;
   Scheduler scheduler_;
+  SessionTable sessions_;  // the loop's
 
   std::thread thread_;
   mutable std::mutex mu_;
@@ -123,17 +126,9 @@ class Engine {
   bool stop_ = false;
   std::vector<std::unique_ptr<Sequence>> incoming_;  // guarded by mu_
   std::vector<std::function<void()>> commands_;       // guarded by mu_: run by the loop thread
-  std::unordered_map<uint64_t, std::unique_ptr<SessionSlot>> sessions_;  // the loop's
-  uint64_t next_session_ = 1;                                            // the loop's
   uint64_t next_id_ = 1;                              // guarded by mu_
   EngineMetrics metrics_;                             // published by the loop, guarded by mu_
   EngineMetrics counters_;                            // the loop's own
-  std::vector<float> logits_;
-};
-
-class EngineFull : public Error {
- public:
-  using Error::Error;
 };
 
 }  // namespace rill

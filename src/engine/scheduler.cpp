@@ -6,54 +6,23 @@
 
 namespace rill {
 
-const char* finish_reason_name(FinishReason r) {
-  switch (r) {
-    case FinishReason::None: return "";
-    case FinishReason::Stop: return "stop";
-    case FinishReason::Length: return "length";
-    case FinishReason::Cancelled: return "cancelled";
-    case FinishReason::Error: return "error";
-  }
-  return "";
-}
-
-std::optional<Event> RequestStream::next(double timeout_seconds) {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (timeout_seconds < 0) {
-    cv_.wait(lock, [&] { return !events_.empty(); });
-  } else if (!cv_.wait_for(lock, std::chrono::duration<double>(timeout_seconds), [&] { return !events_.empty(); })) {
-    return std::nullopt;
-  }
-  Event e = std::move(events_.front());
-  events_.pop_front();
-  return e;
-}
-
-void RequestStream::push(Event e) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    events_.push_back(std::move(e));
-  }
-  cv_.notify_one();
-}
-
 void Scheduler::preempt(size_t i) {
   std::unique_ptr<Sequence> s = std::move(running_[i]);
   running_.erase(running_.begin() + long(i));
   blocks_.release(&s->blocks);
   s->computed = 0;  // recomputed from its tokens (prompt and output so far) when admitted again
-  s->rolling = SinkWindowState{};
+  s->sink_window = SinkWindowState{};
   waiting_.push_front(std::move(s));
   ++preemptions_;
 }
 
 int Scheduler::chunk_for(Sequence* s, int n) const {
-  return s->is_rolling() ? std::min(n, SinkWindowState::max_chunk(s->request.kv_policy)) : n;
+  return s->is_sink_window() ? std::min(n, SinkWindowState::max_chunk(s->request.kv_policy)) : n;
 }
 
 int Scheduler::entries_for(Sequence* s, int n) {
-  if (!s->is_rolling()) return s->computed + n;
-  return s->rolling.prepare(s->computed, n, s->request.kv_policy, blocks_, &s->blocks);
+  if (!s->is_sink_window()) return s->computed + n;
+  return s->sink_window.prepare(s->computed, n, s->request.kv_policy, blocks_, &s->blocks);
 }
 
 std::vector<ScheduledChunk> Scheduler::schedule() {
@@ -102,8 +71,8 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
     Sequence* s = waiting_.front().get();
     if (s->blocks.empty()) {
       int matched = blocks_.match_prefix(s->tokens, &s->blocks);
-      if (s->is_rolling()) {
-        // Reuse only what a rolling sequence sees before its first eviction (the cached blocks were computed
+      if (s->is_sink_window()) {
+        // Reuse only what a sink-window sequence sees before its first eviction (the cached blocks were computed
         // with everything before them in view).
         const KvPolicy& p = s->request.kv_policy;
         const int keep = std::min<int>(int(s->blocks.size()), (p.sinks + p.window) / blocks_.block_size());
@@ -121,7 +90,7 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
       // does not pin them; it keeps its place at the head of the queue.
       blocks_.release(&s->blocks);
       s->computed = 0;
-      s->rolling = SinkWindowState{};
+      s->sink_window = SinkWindowState{};
       break;
     }
     s->admitted_once = true;

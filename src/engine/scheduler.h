@@ -4,7 +4,7 @@
 // admitted while their chunk's KV blocks are free and fewer than max_num_seqs run. When a decode needs a
 // block and none is free, the newest running sequence is preempted: its blocks are released and it goes
 // back to the front of the queue to be recomputed (its finished blocks usually still sit in the prefix
-// cache). No request is lost or duplicated. Sequences under a rolling KV policy (attention sinks) evict their
+// cache). No request is lost or duplicated. Sequences under the sink-window KV policy (attention sinks) evict their
 // oldest window blocks before they grow, so they run forever in constant memory. Used by the engine loop
 // thread only.
 #pragma once
@@ -49,9 +49,9 @@ class Scheduler {
 
  private:
   void preempt(size_t running_index);
-  // Tokens of s that may run now out of n (a rolling sequence keeps every new token inside its window).
+  // Tokens of s that may run now out of n (a sink-window sequence keeps every new token inside its window).
   int chunk_for(Sequence* s, int n) const;
-  // Cache entries s's table must hold to run its next n tokens; evicts window blocks of a rolling sequence.
+  // Cache entries s's table must hold to run its next n tokens; evicts window blocks of a sink-window sequence.
   int entries_for(Sequence* s, int n);
 
   BlockManager& blocks_;

@@ -29,7 +29,7 @@ struct Request {
   bool ignore_eos = false;
   std::vector<int32_t> stop_ids;  // more end-of-sequence ids
   int logprobs = -1;  // >= 0: report the sampled token's log-probability and this many top alternatives
-  KvPolicy kv_policy;  // sink/window: no context limit, constant memory (prompt + output may exceed the model's context)
+  KvPolicy kv_policy;  // a sink window: no context limit, constant memory (prompt + output may exceed the model's context)
 };
 
 // One thing a request's stream reports: a token, or the end (with why and the token counts).
@@ -70,7 +70,7 @@ struct Sequence {
   int cached_tokens = 0;  // prompt tokens found in the prefix cache at first admission
   bool admitted_once = false;
   std::vector<int32_t> blocks;
-  SinkWindowState rolling;  // under a sink/window KV policy: what has been evicted
+  SinkWindowState sink_window;  // under the sink-window KV policy: what has been evicted
   // A session's sequence lives across calls: it prefills appended tokens without sampling (generating false)
   // and, when a generate call ends, is parked with its KV instead of being removed.
   uint64_t session = 0;
@@ -88,7 +88,7 @@ struct Sequence {
   }
   int generated() const { return int(tokens.size()) - gen_start; }
   int remaining() const { return int(tokens.size()) - computed; }  // tokens still to run through the model
-  bool is_rolling() const { return request.kv_policy.rolling(); }
+  bool is_sink_window() const { return request.kv_policy.is_sink_window(); }
 };
 
 }  // namespace rill

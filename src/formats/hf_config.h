@@ -6,7 +6,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
-#include "model/config.h"
+#include "formats/model_config.h"
 
 namespace rill {
 

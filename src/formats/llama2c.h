@@ -7,7 +7,7 @@
 #include <string>
 
 #include "formats/safetensors.h"
-#include "model/config.h"
+#include "formats/model_config.h"
 
 namespace rill {
 

@@ -1,5 +1,6 @@
 #include "kv/kv_cache.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "core/error.h"
@@ -30,6 +31,21 @@ KvCache::KvCache(Backend& backend, const ModelConfig& c, int num_blocks, int blo
     layer.v = backend.alloc(backend.kv_dtype(), {num_blocks, block_size, c.num_kv_heads, c.head_dim});
     layers_.push_back(layer);
   }
+}
+
+int kv_blocks_for_sequence(const KvPolicy& policy, int64_t tokens, int block_size) {
+  if (policy.is_sink_window()) return SinkWindowState::max_blocks(policy, block_size);
+  return int((tokens + block_size - 1) / block_size);
+}
+
+size_t kv_bytes_on_device(const ModelConfig& c, size_t free_bytes, size_t total_bytes, double fraction,
+                          int max_batch_tokens, int max_num_seqs) {
+  const size_t act_per_token = size_t(4) * (size_t(c.hidden_size) * 4 + size_t(c.num_heads) * c.head_dim * 4 +
+                                            size_t(std::max(c.intermediate_size, c.moe_intermediate_size)) * 2);
+  const size_t reserve = size_t(max_batch_tokens) * act_per_token + size_t(max_num_seqs) * size_t(c.vocab_size) * 8 +
+                         (size_t(512) << 20);
+  const double allowed = fraction * double(total_bytes) - double(total_bytes - free_bytes);
+  return allowed > double(reserve) ? size_t(allowed) - reserve : 0;
 }
 
 }  // namespace rill

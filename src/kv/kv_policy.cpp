@@ -22,7 +22,7 @@ KvPolicy KvPolicy::parse(const std::string& name, int sinks, int window, const s
 }
 
 void KvPolicy::validate(int block_size, int max_len, const std::string& what) const {
-  if (!rolling()) return;
+  if (!is_sink_window()) return;
   RILL_CHECK(sinks >= 0, what + ": sinks must be >= 0 (got " + std::to_string(sinks) + ")");
   RILL_CHECK(window >= 2 * block_size, what + ": window must be at least two KV blocks (" +
                                            std::to_string(2 * block_size) + " tokens; got " + std::to_string(window) + ")");
@@ -33,7 +33,7 @@ void KvPolicy::validate(int block_size, int max_len, const std::string& what) co
 }
 
 std::string KvPolicy::str() const {
-  if (!rolling()) return "dense";
+  if (!is_sink_window()) return "dense";
   return (sinks > 0 ? "sink(sinks " + std::to_string(sinks) + ", " : "window(") + "window " + std::to_string(window) + ")";
 }
 
@@ -61,8 +61,8 @@ int SinkWindowState::prepare(int64_t computed, int n, const KvPolicy& p, BlockMa
   return cache_index(computed + n - 1, p, bs) + 1;
 }
 
-SinkWindowState::View SinkWindowState::view(int64_t start, int n, const KvPolicy& p, int bs) const {
-  View v;
+SinkWindowView SinkWindowState::view(int64_t start, int n, const KvPolicy& p, int bs) const {
+  SinkWindowView v;
   for (int i = 0; i < n; ++i) {
     const int64_t t = start + i;
     const SinkWindowState own{evictions_for(t + 1, p, bs)};  // what t sees when the stream runs token by token

@@ -30,12 +30,22 @@ struct KvPolicy {
   int sinks = 4;
   int window = 1024;
 
-  bool rolling() const { return type == Type::SinkWindow; }
+  bool is_sink_window() const { return type == Type::SinkWindow; }
   // "dense", "sink" (sinks + window) or "window" (no sinks); sinks/window as given. Throws naming `what`.
   static KvPolicy parse(const std::string& name, int sinks, int window, const std::string& what = "kv_policy");
   // Checks the numbers against the block size and the model's context (sinks + window <= max_len).
   void validate(int block_size, int max_len, const std::string& what = "kv_policy") const;
   std::string str() const;
+};
+
+// What attention needs to know about a sink-window sequence's new tokens [start, start + n): per token, the end
+// of the masked hole after the sinks (a cache index) and the cache position its query is rotated at to score
+// the sinks. Inactive (the default) while every token of the chunk still sees the whole stream: then attention
+// needs none of it.
+struct SinkWindowView {
+  bool active = false;
+  int sinks = 0;
+  std::vector<int32_t> hole_end, sink_pos;  // per new token
 };
 
 // One sequence's place in a SinkWindow cache: how many window blocks it has evicted. Stream index t is the
@@ -69,14 +79,8 @@ struct SinkWindowState {
   // hold. Later tokens of the chunk mask the extra entries, so every token sees exactly what it would see if the
   // stream ran one token at a time: results do not depend on how the stream is chunked.
   int prepare(int64_t computed, int n, const KvPolicy& p, BlockManager& blocks, std::vector<int32_t>* table);
-  // What attention needs for tokens [start, start + n) after prepare(): per token, the end of the masked hole
-  // after the sinks (cache index) and the cache position its query is rotated at to score the sinks.
-  struct View {
-    bool active = false;  // some token of the chunk no longer sees the whole stream
-    int sinks = 0;
-    std::vector<int32_t> hole_end, sink_pos;
-  };
-  View view(int64_t start, int n, const KvPolicy& p, int bs) const;
+  // The view of tokens [start, start + n) after prepare().
+  SinkWindowView view(int64_t start, int n, const KvPolicy& p, int bs) const;
   // Blocks a sequence holds at most: sink blocks, the window, a chunk, and a partly filled block.
   static int max_blocks(const KvPolicy& p, int bs) {
     return sink_blocks(p, bs) + (p.window + max_chunk(p) + bs - 1) / bs + 1;

@@ -4,7 +4,7 @@
 
 #include <vector>
 
-#include "model/config.h"
+#include "formats/model_config.h"
 
 namespace rill {
 

@@ -378,7 +378,7 @@ struct HttpServer::Impl {
   }
 
   static json policy_json(const KvPolicy& p) {
-    if (!p.rolling()) return {{"type", "dense"}};
+    if (!p.is_sink_window()) return {{"type", "dense"}};
     return {{"type", p.sinks > 0 ? "sink" : "window"}, {"sinks", p.sinks}, {"window", p.window}};
   }
 
@@ -401,7 +401,7 @@ struct HttpServer::Impl {
       throw openai::ApiError(404, "not_found_error", "the model " + b["model"].dump() + " does not exist (this server has '" + model.name + "')", "model");
     // Sessions are unbounded streams: the sink policy unless the body (or the server default) says otherwise.
     openai::ModelInfo m = model;
-    if (!m.default_kv_policy.rolling()) m.default_kv_policy = KvPolicy::parse("sink", 4, std::min(1024, model.max_model_len - 4));
+    if (!m.default_kv_policy.is_sink_window()) m.default_kv_policy = KvPolicy::parse("sink", 4, std::min(1024, model.max_model_len - 4));
     const KvPolicy policy = openai::parse_kv_policy(b, m);
     json defaults = b.contains("defaults") ? b["defaults"] : json::object();
     if (!defaults.is_object()) throw openai::bad_request("'defaults' must be an object of generation parameters", "defaults");

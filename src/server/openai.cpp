@@ -90,7 +90,7 @@ KvPolicy parse_kv_policy(const json& b, const ModelInfo& m) {
   }
   try {
     KvPolicy p = KvPolicy::parse(k["type"].get<std::string>(), sinks, window, "kv_policy.type");
-    if (p.rolling() && p.sinks == 0 && !k.contains("window")) p.window = std::min(1024, m.max_model_len);
+    if (p.is_sink_window() && p.sinks == 0 && !k.contains("window")) p.window = std::min(1024, m.max_model_len);
     p.validate(m.block_size, m.max_model_len, "kv_policy");
     return p;
   } catch (const ApiError&) {
@@ -236,10 +236,10 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
     q.logprobs = r.logprobs;
     const int room = m.max_model_len - int(q.prompt.size());
     const char* key = b.contains("max_completion_tokens") && !b["max_completion_tokens"].is_null() ? "max_completion_tokens" : "max_tokens";
-    // Under a rolling KV policy there is no context limit: a chat answer defaults to the model's context.
-    const int64_t fallback = chat ? (q.kv_policy.rolling() ? m.max_model_len : std::max(1, room)) : 16;
+    // Under the sink-window KV policy there is no context limit: a chat answer defaults to the model's context.
+    const int64_t fallback = chat ? (q.kv_policy.is_sink_window() ? m.max_model_len : std::max(1, room)) : 16;
     q.max_tokens = int(integer(b, key, fallback, 1, 1 << 30));
-    if (!q.kv_policy.rolling() && int64_t(q.prompt.size()) + q.max_tokens > m.max_model_len)
+    if (!q.kv_policy.is_sink_window() && int64_t(q.prompt.size()) + q.max_tokens > m.max_model_len)
       throw bad_request("this model's maximum context length is " + std::to_string(m.max_model_len) +
                             " tokens; the prompt has " + std::to_string(q.prompt.size()) + " tokens and " + key + " is " +
                             std::to_string(q.max_tokens),

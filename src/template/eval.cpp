@@ -15,7 +15,7 @@
 #include "formats/json_file.h"
 #include "template/ast.h"
 #include "template/chat_template.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace rill {
 namespace jinja {

@@ -16,7 +16,7 @@
 #include "core/error.h"
 #include "core/strings.h"
 #include "formats/json_file.h"
-#include "tokenizer/utf8.h"
+#include "core/utf8.h"
 
 namespace rill {
 using nlohmann::json;

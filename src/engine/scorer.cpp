@@ -1,4 +1,4 @@
-#include "engine/kv_stream.h"
+#include "engine/scorer.h"
 
 #include <algorithm>
 
@@ -6,36 +6,34 @@
 
 namespace rill {
 
-KvStream::KvStream(Model& model, KvCache& kv, KvPolicy policy, int max_chunk)
-    : model_(model), kv_(kv), policy_(policy), max_chunk_(max_chunk) {
-  RILL_CHECK(max_chunk > 0, "KvStream: max_chunk must be positive");
-  policy_.validate(kv.block_size(), model.config().max_position_embeddings);
+Scorer::Scorer(ModelRunner& runner, KvCache& kv, KvPolicy policy, int max_chunk)
+    : runner_(runner), kv_(kv), policy_(policy), max_chunk_(max_chunk) {
+  RILL_CHECK(max_chunk > 0, "Scorer: max_chunk must be positive");
+  policy_.validate(kv.block_size(), runner.model().config().max_position_embeddings);
 }
 
-KvStream::~KvStream() { kv_.blocks().release(&table_); }
+Scorer::~Scorer() { kv_.blocks().release(&table_); }
 
-int64_t KvStream::visible() const {
-  if (!policy_.rolling()) return length_;
+int64_t Scorer::visible() const {
+  if (!policy_.is_sink_window()) return length_;
   const int bs = kv_.block_size();
   const SinkWindowState last{state_.evictions_for(length_, policy_, bs)};  // what the last token saw
   return last.visible(length_, policy_, bs);
 }
 
-void KvStream::feed(const std::vector<int32_t>& tokens, Logits mode, std::vector<float>* logits) {
+void Scorer::feed(const std::vector<int32_t>& tokens, Logits mode, std::vector<float>* logits) {
   const int bs = kv_.block_size();
-  const size_t vocab = size_t(model_.config().vocab_size);
+  const size_t vocab = size_t(runner_.model().config().vocab_size);
   if (logits) logits->clear();
-  std::vector<float> step;
   size_t done = 0;
   while (done < tokens.size()) {
     int n = int(std::min<size_t>(tokens.size() - done, size_t(max_chunk_)));
-    RollingView view;
+    SinkWindowView view;
     int entries;
-    if (policy_.rolling()) {
+    if (policy_.is_sink_window()) {
       n = std::min(n, SinkWindowState::max_chunk(policy_));
       entries = state_.prepare(length_, n, policy_, kv_.blocks(), &table_);
-      auto v = state_.view(length_, n, policy_, bs);
-      view = {v.active, v.sinks, std::move(v.hole_end), std::move(v.sink_pos)};
+      view = state_.view(length_, n, policy_, bs);
     } else {
       entries = int(length_) + n;
     }
@@ -46,16 +44,15 @@ void KvStream::feed(const std::vector<int32_t>& tokens, Logits mode, std::vector
     const bool last = done + size_t(n) == tokens.size();
     const Logits m = mode == Logits::All ? Logits::All : (mode == Logits::Last && last ? Logits::Last : Logits::None);
     Batch b;
-    const int start_index = policy_.rolling() ? state_.cache_index(length_, policy_, bs) : int(length_);
+    const int start_index = policy_.is_sink_window() ? state_.cache_index(length_, policy_, bs) : int(length_);
     b.add_sequence({tokens.begin() + long(done), tokens.begin() + long(done) + n}, int(length_), start_index, table_, bs,
                    m, view);
-    model_.forward(b, kv_, &step);
+    const std::vector<float> step = runner_.logits(b, kv_);
     if (logits && m != Logits::None) logits->insert(logits->end(), step.begin(), step.end());
     length_ += n;
     done += size_t(n);
   }
-  if (logits && mode == Logits::Last) RILL_CHECK(logits->size() == vocab, "KvStream: no logits");
-  (void)vocab;
+  if (logits && mode == Logits::Last) RILL_CHECK(logits->size() == vocab, "Scorer: no logits");
 }
 
 }  // namespace rill

@@ -1,6 +1,7 @@
-// KvStream: one sequence streaming through a KvCache under a KV policy, without the scheduler: `rill
-// generate`, `rill perplexity` and the tests feed it tokens; it chunks them, evicts window blocks as the policy
-// says, and runs the model. With the dense policy it is ordinary chunked prefill + decode.
+// Scorer: one sequence run through the ModelRunner outside the engine, for its logits (teacher forcing): `rill
+// perplexity`, `rill generate --dump-logits` and the tests feed it tokens; it chunks them, evicts window blocks
+// as the KV policy says (dense, or a sink window), and returns every position's next-token logits or the last
+// one's. Generation goes through the Engine; the Scorer samples nothing.
 #pragma once
 
 #include <cstdint>
@@ -8,16 +9,17 @@
 
 #include "kv/kv_cache.h"
 #include "kv/kv_policy.h"
-#include "model/model.h"
+#include "engine/batch.h"
+#include "engine/model_runner.h"
 
 namespace rill {
 
-class KvStream {
+class Scorer {
  public:
-  KvStream(Model& model, KvCache& kv, KvPolicy policy, int max_chunk = 512);
-  ~KvStream();
-  KvStream(const KvStream&) = delete;
-  KvStream& operator=(const KvStream&) = delete;
+  Scorer(ModelRunner& runner, KvCache& kv, KvPolicy policy, int max_chunk = 512);
+  ~Scorer();  // releases the sequence's blocks
+  Scorer(const Scorer&) = delete;
+  Scorer& operator=(const Scorer&) = delete;
 
   // Runs `tokens` through the model. logits receives, per `mode`, nothing, the last token's next-token logits,
   // or every token's ([tokens.size(), vocab]). Throws when the cache cannot hold what the policy needs.
@@ -29,7 +31,7 @@ class KvStream {
   const KvPolicy& policy() const { return policy_; }
 
  private:
-  Model& model_;
+  ModelRunner& runner_;
   KvCache& kv_;
   KvPolicy policy_;
   int max_chunk_;

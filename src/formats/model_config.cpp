@@ -1,4 +1,4 @@
-#include "model/config.h"
+#include "formats/model_config.h"
 
 #include <algorithm>
 

@@ -1,0 +1,325 @@
+#include "engine/model_runner.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <set>
+#include <string>
+
+#include "core/error.h"
+#include "model/rope.h"
+
+namespace rill {
+
+namespace {
+
+// Decode batches are padded up to one of these sizes, so that few graphs cover every batch.
+int graph_bucket(int n) {
+  static constexpr int kBuckets[] = {1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256};
+  for (int b : kBuckets)
+    if (n <= b) return b;
+  return 0;
+}
+
+int pow2_at_least(int n, int lo) {
+  int p = lo;
+  while (p < n) p *= 2;
+  return p;
+}
+
+}  // namespace
+
+// Recorded decode steps (see step_graph): a graph per (batch bucket, block-table stride), and the fixed buffers
+// they read and write. Graphs hold the buffers' addresses, so buffers only change by dropping them all.
+struct ModelRunner::GraphState {
+  int capacity = 0;          // rows the buffers hold (a batch bucket)
+  int max_blocks = 0;        // the widest block-table stride the metadata buffer holds
+  size_t scratch_bytes = 0;  // attention scratch
+  uint64_t kv_id = 0;        // the KV cache the graphs write to (KvCache::id)
+  std::unique_ptr<ModelWorkspace> ws;
+  Tensor meta;  // i32: ids, positions, slots, q_start, ctx_len, token_seq, block tables
+  Tensor logits, ids_out, scratch;
+  std::vector<int32_t> host_meta;
+  std::map<std::pair<int, int>, std::unique_ptr<Graph>> graphs;
+  std::set<std::pair<int, int>> ran_once;  // keys run eagerly once (plans made, kernels loaded) before recording
+};
+
+ModelRunner::ModelRunner(Model& model) : model_(model), backend_(model.backend()) {
+  const char* graphs = std::getenv("RILL_CUDA_GRAPHS");
+  if (graphs && std::string(graphs) == "0") graph_max_batch_ = 0;
+}
+
+ModelRunner::~ModelRunner() = default;
+
+StepOutput ModelRunner::run(const Batch& batch, KvCache& kv, const RowSampling& sampling) {
+  StepOutput out;
+  const bool plain = sampling.rows.empty() && sampling.logprobs < 0;
+  step(batch, kv, nullptr, &out, plain ? nullptr : &sampling);
+  return out;
+}
+
+std::vector<float> ModelRunner::logits(const Batch& batch, KvCache& kv) {
+  std::vector<float> out;
+  step(batch, kv, &out, nullptr, nullptr);
+  return out;
+}
+
+Tensor ModelRunner::upload_i32(const std::vector<int32_t>& v) {
+  Tensor t = backend_.alloc(DType::I32, {std::max<int64_t>(1, int64_t(v.size()))});
+  if (!v.empty()) backend_.write(t, v.data(), v.size() * sizeof(int32_t));
+  return t.slice_rows(0, int64_t(v.size()));
+}
+
+void ModelRunner::pick(const Tensor& ids_dev, const Tensor& logits, const RowSampling* sampling, StepOutput* out,
+                       bool argmax_done) {
+  const int64_t m = logits.rows();
+  const bool sample = sampling && !sampling->rows.empty();
+  const int k = sampling ? sampling->logprobs : -1;
+  if (!sample) {
+    if (!argmax_done) backend_.argmax_rows(ids_dev, logits);
+  } else {
+    RILL_CHECK(int64_t(sampling->rows.size()) == m, "ModelRunner: " + std::to_string(sampling->rows.size()) +
+                                                       " sampling rows for " + std::to_string(m) + " logits rows");
+  }
+  // The log-probabilities are of the model's logits: when penalties will change the rows, of a copy.
+  Tensor lp_logits = logits;
+  if (k >= 0 && sample && !sampling->penalties.empty()) {
+    std::vector<int32_t> all(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; ++i) all[size_t(i)] = int32_t(i);
+    lp_logits = backend_.alloc(DType::F32, {m, logits.row_size()});
+    backend_.gather_rows(lp_logits, logits, upload_i32(all));
+  }
+  if (sample) {
+    const Tensor rows = backend_.alloc(DType::U8, {m * int64_t(sizeof(SampleRow))});
+    backend_.write(rows, sampling->rows.data(), rows.nbytes());
+    Tensor pen;
+    if (!sampling->penalties.empty()) {
+      pen = backend_.alloc(DType::I32, {2 * int64_t(sampling->penalties.size())});
+      backend_.write(pen, sampling->penalties.data(), pen.nbytes());
+    }
+    backend_.sample_rows(ids_dev, logits, rows, pen);
+  }
+  if (k >= 0) {
+    RILL_CHECK(k <= kMaxTopLogprobs, "ModelRunner: at most " + std::to_string(kMaxTopLogprobs) + " top logprobs");
+    const Tensor lp = backend_.alloc(DType::F32, {m, 1 + 2 * int64_t(k)});
+    backend_.top_logprobs(lp, lp_logits, ids_dev, k);
+    out->logprobs.resize(size_t(lp.numel()));
+    backend_.read(out->logprobs.data(), lp, lp.nbytes());
+  }
+}
+
+void ModelRunner::step(const Batch& batch, KvCache& kv, std::vector<float>* logits, StepOutput* ids,
+                       const RowSampling* sampling) {
+  const ModelConfig& c = model_.config();
+  const int64_t n = batch.num_tokens(), d = c.hidden_size, hd = c.head_dim;
+  RILL_CHECK(n > 0, "ModelRunner: empty batch");
+  for (int32_t id : batch.tokens)
+    RILL_CHECK(id >= 0 && id < c.vocab_size, "token id " + std::to_string(id) + " is outside the vocabulary (" +
+                                                 std::to_string(c.vocab_size) + " tokens)");
+  if (step_graph(batch, kv, logits, ids, sampling)) return;
+
+  if (!ws_ || ws_->capacity < n) ws_ = model_.make_workspace(n);
+
+  // Batch metadata to the device.
+  AttentionBatch ab;
+  ab.num_seqs = batch.num_seqs();
+  ab.num_tokens = int(n);
+  for (const auto& t : batch.block_tables) ab.max_blocks_per_seq = std::max(ab.max_blocks_per_seq, int(t.size()));
+  for (int s = 0; s < ab.num_seqs; ++s) {
+    ab.host_q_len.push_back(batch.q_start[size_t(s) + 1] - batch.q_start[size_t(s)]);
+    ab.max_q_len = std::max(ab.max_q_len, ab.host_q_len.back());
+    ab.max_ctx_len = std::max(ab.max_ctx_len, batch.ctx_len[size_t(s)]);
+  }
+  std::vector<int32_t> tables(size_t(ab.num_seqs) * size_t(std::max(1, ab.max_blocks_per_seq)), 0);
+  std::vector<int32_t> token_seq(static_cast<size_t>(n));
+  for (int s = 0; s < ab.num_seqs; ++s) {
+    std::copy(batch.block_tables[size_t(s)].begin(), batch.block_tables[size_t(s)].end(),
+              tables.begin() + int64_t(s) * ab.max_blocks_per_seq);
+    for (int t = batch.q_start[size_t(s)]; t < batch.q_start[size_t(s) + 1]; ++t) token_seq[size_t(t)] = s;
+  }
+  StepInputs in;
+  in.ids = upload_i32(batch.tokens);
+  in.positions = upload_i32(batch.positions);
+  in.slots = upload_i32(batch.slots);
+  ab.q_start = upload_i32(batch.q_start);
+  ab.ctx_len = upload_i32(batch.ctx_len);
+  ab.block_tables = upload_i32(tables);
+  ab.token_seq = upload_i32(token_seq);
+  // Sink window: queries are also rotated at their cache positions, to score the attention sinks.
+  if (batch.sink_window) {
+    ab.sinks = upload_i32(batch.sinks);
+    ab.host_sinks = batch.sinks;
+    ab.hole_end = upload_i32(batch.hole_end);
+    in.sink_positions = upload_i32(batch.sink_positions);
+    std::vector<int32_t> rows_id(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) rows_id[size_t(i)] = int32_t(i);
+    in.identity = upload_i32(rows_id);
+  }
+
+  // RoPE frequencies: fixed, except dynamic NTK scaling, which depends on each sequence's length.
+  in.inv_freq = model_.inv_freq();
+  if (c.rope.type == RopeType::Dynamic) {
+    const int64_t half = hd / 2;
+    std::vector<double> rows_f(size_t(ab.num_seqs * half));
+    for (int s = 0; s < ab.num_seqs; ++s) {
+      int max_pos = 0;
+      for (int t = batch.q_start[size_t(s)]; t < batch.q_start[size_t(s) + 1]; ++t)
+        max_pos = std::max(max_pos, batch.positions[size_t(t)]);
+      const auto f = rope_inv_freq(c, max_pos + 1);
+      std::copy(f.begin(), f.end(), rows_f.begin() + s * half);
+    }
+    in.inv_freq = backend_.alloc(DType::F64, {ab.num_seqs, half});
+    backend_.write(in.inv_freq, rows_f.data(), rows_f.size() * sizeof(double));
+    in.rope_row = ab.token_seq;
+  }
+  model_.run_layers(*ws_, n, in, ab, kv.layers());
+
+  // Logits only for the rows the caller asked for.
+  const Tensor h = ws_->h.slice_rows(0, n);
+  const int64_t m = int64_t(batch.logit_rows.size());
+  if (logits) logits->resize(size_t(m * c.vocab_size));
+  if (ids) ids->ids.resize(size_t(m));
+  if (m == 0) return;
+  const Tensor sel = backend_.alloc(h.dtype, {m, d});
+  backend_.gather_rows(sel, h, upload_i32(batch.logit_rows));
+  const Tensor out = backend_.alloc(DType::F32, {m, c.vocab_size});
+  model_.lm_head(out, sel);
+  if (ids) {
+    const Tensor ids_out = backend_.alloc(DType::I32, {m});
+    pick(ids_out, out, sampling, ids);
+    backend_.read(ids->ids.data(), ids_out, size_t(m) * sizeof(int32_t));
+    return;
+  }
+  backend_.read(logits->data(), out, out.nbytes());
+}
+
+// A decode step (one new token per sequence, logits for each) replays a graph recorded for its batch bucket and
+// block-table stride: the inputs go to the device in one copy, then one launch runs every layer, the logits and
+// the argmax. Padding rows decode token 0 for a sequence of one cached entry (block 0) and write no KV (slot -1);
+// their outputs are never read. Steps a graph cannot replay exactly return false: prompts, sink windows
+// (host-sized sink kernels), models that are not Model::recordable(), and attention shapes whose kernel grid
+// depends on the context length (the split kernel).
+bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits, StepOutput* ids,
+                             const RowSampling* sampling) {
+  const ModelConfig& c = model_.config();
+  const int n = batch.num_tokens();
+  if (graph_max_batch_ <= 0 || n > graph_max_batch_ || batch.num_seqs() != n || batch.sink_window) return false;
+  if (!model_.recordable()) return false;
+  if ((c.head_dim != 64 && c.head_dim != 128) || c.num_heads / c.num_kv_heads > 16) return false;
+  if (int(batch.logit_rows.size()) != n) return false;
+  for (int i = 0; i < n; ++i)
+    if (batch.logit_rows[size_t(i)] != i || batch.q_start[size_t(i) + 1] != i + 1) return false;
+  const int nb = graph_bucket(n);
+  if (nb == 0) return false;
+  int widest = 1;
+  for (const auto& t : batch.block_tables) widest = std::max(widest, int(t.size()));
+  const int B = pow2_at_least(widest, 8);
+  if (!backend_.can_record()) return false;
+
+  // The buffers, (re)made when this step needs more than they hold; graphs that point at old ones go.
+  AttentionBatch probe;
+  probe.num_seqs = probe.num_tokens = nb;
+  probe.max_q_len = 1;
+  probe.max_ctx_len = B * kv.block_size();
+  probe.max_blocks_per_seq = B;
+  probe.host_q_len.assign(size_t(nb), 1);
+  const size_t scratch = backend_.attention_workspace(kv.layer(0), probe, c.num_heads, c.sliding_window);
+  const uint64_t kv_id = kv.id();
+  if (!graphs_ || graphs_->capacity < nb || graphs_->max_blocks < B || graphs_->scratch_bytes < scratch ||
+      graphs_->kv_id != kv_id) {
+    auto g = std::make_unique<GraphState>();
+    const GraphState* old = graphs_.get();
+    g->capacity = std::max(nb, old && old->kv_id == kv_id ? old->capacity : 0);
+    g->max_blocks = std::max(B, old && old->kv_id == kv_id ? old->max_blocks : 0);
+    graphs_.reset();  // graphs first: they hold the old buffers' addresses
+    g->scratch_bytes = std::max(scratch, size_t(1));
+    g->kv_id = kv_id;
+    g->ws = model_.make_workspace(g->capacity);
+    g->meta = backend_.alloc(DType::I32, {int64_t(g->capacity) * (7 + g->max_blocks) + 1});
+    g->logits = backend_.alloc(DType::F32, {g->capacity, c.vocab_size});
+    g->ids_out = backend_.alloc(DType::I32, {g->capacity});
+    g->scratch = backend_.alloc(DType::U8, {int64_t(g->scratch_bytes)});
+    graphs_ = std::move(g);
+  }
+  GraphState& g = *graphs_;
+
+  // Inputs, laid out as the graph for (nb, B) reads them.
+  const int64_t o_pos = nb, o_slot = 2 * nb, o_qs = 3 * nb, o_ctx = 4 * nb + 1, o_seq = 5 * nb + 1,
+                o_tab = 6 * nb + 1, total = o_tab + int64_t(nb) * B;
+  std::vector<int32_t>& h = g.host_meta;
+  h.assign(size_t(total), 0);
+  for (int i = 0; i < nb; ++i) {
+    const bool real = i < n;
+    h[size_t(i)] = real ? batch.tokens[size_t(i)] : 0;
+    h[size_t(o_pos + i)] = real ? batch.positions[size_t(i)] : 0;
+    h[size_t(o_slot + i)] = real ? batch.slots[size_t(i)] : -1;
+    h[size_t(o_qs + i)] = i;
+    h[size_t(o_ctx + i)] = real ? batch.ctx_len[size_t(i)] : 1;
+    h[size_t(o_seq + i)] = i;
+    if (real)
+      std::copy(batch.block_tables[size_t(i)].begin(), batch.block_tables[size_t(i)].end(),
+                h.begin() + o_tab + int64_t(i) * B);
+  }
+  h[size_t(o_qs + nb)] = nb;
+  backend_.write(g.meta, h.data(), size_t(total) * sizeof(int32_t));
+
+  auto record = [&, nb, B]() {
+    auto part = [&](int64_t off, int64_t count) { return g.meta.slice_rows(off, count); };
+    StepInputs in;
+    in.ids = part(0, nb);
+    in.positions = part(o_pos, nb);
+    in.slots = part(o_slot, nb);
+    in.inv_freq = model_.inv_freq();
+    AttentionBatch ab;
+    ab.num_seqs = ab.num_tokens = nb;
+    ab.max_blocks_per_seq = B;
+    ab.max_q_len = 1;
+    ab.max_ctx_len = B * kv.block_size();
+    ab.host_q_len.assign(size_t(nb), 1);
+    ab.q_start = part(o_qs, nb + 1);
+    ab.ctx_len = part(o_ctx, nb);
+    ab.token_seq = part(o_seq, nb);
+    ab.block_tables = part(o_tab, int64_t(nb) * B);
+    ab.workspace = g.scratch;
+    model_.run_layers(*g.ws, nb, in, ab, kv.layers());
+    const Tensor out = g.logits.slice_rows(0, nb);
+    model_.lm_head(out, g.ws->h.slice_rows(0, nb));
+    backend_.argmax_rows(g.ids_out.slice_rows(0, nb), out);
+  };
+  const auto key = std::make_pair(nb, B);
+  auto it = g.graphs.find(key);
+  if (it != g.graphs.end()) {
+    it->second->replay();
+    ++graph_replays_;
+  } else if (g.ran_once.insert(key).second) {
+    record();  // the first step of a shape runs as it is: GEMM plans and kernels are set up outside a recording
+  } else {
+    RILL_CHECK(backend_.begin_capture(), "ModelRunner: the backend cannot record graphs");
+    try {
+      record();
+    } catch (...) {
+      try {
+        backend_.end_capture();
+      } catch (...) {
+      }
+      throw;
+    }
+    auto graph = backend_.end_capture();
+    graph->replay();
+    ++graph_replays_;
+    g.graphs.emplace(key, std::move(graph));
+  }
+
+  if (ids) {
+    // The graph took the argmax; other sampling (and log-probabilities) run after it, on the graph's logits.
+    if (sampling) pick(g.ids_out.slice_rows(0, n), g.logits.slice_rows(0, n), sampling, ids, true);
+    ids->ids.resize(size_t(n));
+    backend_.read(ids->ids.data(), g.ids_out, size_t(n) * sizeof(int32_t));
+  } else {
+    logits->resize(size_t(n) * size_t(c.vocab_size));
+    backend_.read(logits->data(), g.logits, logits->size() * sizeof(float));
+  }
+  return true;
+}
+
+}  // namespace rill

@@ -1,0 +1,77 @@
+// ModelRunner: the one step path. It turns a Batch plus what each of its logit rows needs into token ids (and
+// log-probabilities), or into the rows' logits: it puts the step's inputs on the device, runs the Model's layers
+// over the paged KV cache, computes the logits of the rows asked for, and picks each row's token on the device
+// (the argmax, or the whole sampler under the row's parameters), so only ids come back. Decode steps (one new
+// token per sequence) replay recorded CUDA graphs. Every loop goes through it: the engine's step, and a
+// single sequence outside the engine (Scorer). Used by one thread at a time (the engine loop).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/sampling.h"
+#include "engine/batch.h"
+#include "kv/kv_cache.h"
+#include "model/model.h"
+
+namespace rill {
+
+// How a step's logit rows are picked.
+struct RowSampling {
+  std::vector<SampleRow> rows;  // one per logit row; empty: the argmax of every row (greedy, no penalty)
+  std::vector<PenaltyEntry> penalties;  // the entries rows[i].penalty_begin..end point into
+  // >= 0: also the log-probabilities of each picked token and of this many top alternatives, under the model's
+  // own distribution (before penalties and temperature).
+  int logprobs = -1;
+};
+
+struct StepOutput {
+  std::vector<int32_t> ids;     // one per logit row; -1 where every logit is NaN
+  std::vector<float> logprobs;  // with RowSampling::logprobs = k >= 0: [rows, 1 + 2k] (Backend::top_logprobs)
+};
+
+class ModelRunner {
+ public:
+  explicit ModelRunner(Model& model);
+  ~ModelRunner();
+  ModelRunner(const ModelRunner&) = delete;
+  ModelRunner& operator=(const ModelRunner&) = delete;
+
+  // Runs the batch and picks a token for each of its logit rows, as `sampling` says.
+  StepOutput run(const Batch& batch, KvCache& kv, const RowSampling& sampling = {});
+  // Runs the batch and returns the logits of its logit rows ([rows, vocab], row-major), picking nothing.
+  std::vector<float> logits(const Batch& batch, KvCache& kv);
+
+  Model& model() { return model_; }
+  // Decode steps of up to `max_batch` sequences replay recorded graphs on backends that can record them (CUDA
+  // graphs), so that a step costs one launch instead of one per op; 0 turns that off. Default: 256, or 0 when
+  // the environment sets RILL_CUDA_GRAPHS=0.
+  void set_graph_max_batch(int max_batch) { graph_max_batch_ = max_batch; }
+  int graph_max_batch() const { return graph_max_batch_; }
+  uint64_t graph_replays() const { return graph_replays_; }  // steps that replayed a recorded graph
+
+ private:
+  struct GraphState;
+  // The step itself: the logits of the batch's logit rows go to `logits` when `ids` is null; otherwise each row's
+  // token goes to `ids`, picked under `sampling` (null: the argmax).
+  void step(const Batch& batch, KvCache& kv, std::vector<float>* logits, StepOutput* ids,
+            const RowSampling* sampling);
+  // A decode step replayed from (or recorded into) a graph; false when the step cannot be (see the .cpp).
+  bool step_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits, StepOutput* ids,
+                  const RowSampling* sampling);
+  // Picks the ids of logits [m, vocab] into ids_dev on the device (argmax_done: ids_dev already holds the argmax)
+  // and reads back the log-probabilities asked for.
+  void pick(const Tensor& ids_dev, const Tensor& logits, const RowSampling* sampling, StepOutput* out,
+            bool argmax_done = false);
+  Tensor upload_i32(const std::vector<int32_t>& v);
+
+  Model& model_;
+  Backend& backend_;
+  std::unique_ptr<ModelWorkspace> ws_;  // grown to the largest step seen, never shrunk
+  std::unique_ptr<GraphState> graphs_;
+  int graph_max_batch_ = 256;
+  uint64_t graph_replays_ = 0;
+};
+
+}  // namespace rill
