@@ -1,61 +1,7 @@
 #include "server/openai.h"
 
-#include <cmath>
 
 namespace rill::openai {
-
-json ApiError::body() const {
-  return {{"error", {{"message", what()}, {"type", type}, {"param", param.empty() ? json() : json(param)}, {"code", status}}}};
-}
-
-ApiError bad_request(const std::string& message, const std::string& param) {
-  return ApiError(400, "invalid_request_error", message, param);
-}
-
-namespace {
-
-// Typed field access: absent or null gives the fallback; a wrong type or range is a 400 naming the field.
-double number(const json& b, const char* key, double fallback, double lo, double hi) {
-  if (!b.contains(key) || b[key].is_null()) return fallback;
-  if (!b[key].is_number()) throw bad_request(std::string("'") + key + "' must be a number", key);
-  const double v = b[key].get<double>();
-  if (!std::isfinite(v) || v < lo || v > hi)
-    throw bad_request(std::string("'") + key + "' must be between " + json(lo).dump() + " and " + json(hi).dump() +
-                          " (got " + json(v).dump() + ")",
-                      key);
-  return v;
-}
-
-}  // namespace
-
-int64_t integer(const json& b, const char* key, int64_t fallback, int64_t lo, int64_t hi) {
-  if (!b.contains(key) || b[key].is_null()) return fallback;
-  if (!b[key].is_number_integer()) throw bad_request(std::string("'") + key + "' must be an integer", key);
-  const int64_t v = b[key].get<int64_t>();
-  if (v < lo || v > hi)
-    throw bad_request(std::string("'") + key + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi) +
-                          " (got " + std::to_string(v) + ")",
-                      key);
-  return v;
-}
-std::vector<int32_t> token_array(const json& a, const ModelInfo& m, const std::string& param) {
-  if (!a.is_array()) throw bad_request("'" + param + "' must be a list of token ids", param);
-  std::vector<int32_t> ids;
-  for (const auto& t : a) {
-    if (!t.is_number_integer()) throw bad_request("'" + param + "' token arrays must hold integers", param);
-    const int64_t v = t.get<int64_t>();
-    if (v < 0 || v >= m.tokenizer->vocab_size())
-      throw bad_request("'" + param + "' token " + std::to_string(v) + " is outside the vocabulary", param);
-    ids.push_back(int32_t(v));
-  }
-  return ids;
-}
-
-bool boolean(const json& b, const char* key, bool fallback) {
-  if (!b.contains(key) || b[key].is_null()) return fallback;
-  if (!b[key].is_boolean()) throw bad_request(std::string("'") + key + "' must be true or false", key);
-  return b[key].get<bool>();
-}
 
 namespace {
 
@@ -98,6 +44,17 @@ KvPolicy parse_kv_policy(const json& b, const ModelInfo& m) {
   } catch (const Error& e) {
     throw bad_request(e.what(), "kv_policy");
   }
+}
+
+SessionGeneration parse_session_generation(const json& defaults, const json& call, const ModelInfo& model) {
+  json b = defaults;
+  for (const auto& [k, v] : call.items()) b[k] = v;  // the call's parameters over the defaults
+  SessionGeneration g;
+  g.request = parse_request_params(b, model);
+  g.request.max_tokens = int(integer(b, "max_tokens", 256, 1, 1 << 30));
+  g.stop = parse_stop(b);
+  g.stream = boolean(b, "stream", true);
+  return g;
 }
 
 Request parse_request_params(const json& b, const ModelInfo& m) {
@@ -200,28 +157,28 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
     r.echo = boolean(b, "echo", false);
     if (!b.contains("prompt")) throw bad_request("'prompt' is required", "prompt");
     const json& p = b["prompt"];
-    auto add_text = [&](const std::string& text) {
+    auto add = [&](std::vector<int32_t> ids, std::string text) {
       Request q = base;
-      q.prompt = m.tokenizer->encode(text, true);
-      r.prompts.push_back(q);
-      r.prompt_texts.push_back(text);
+      q.prompt = std::move(ids);
+      r.prompts.push_back(std::move(q));
+      r.prompt_texts.push_back(std::move(text));
+    };
+    auto add_text = [&](const std::string& text) { add(m.tokenizer->encode(text, true), text); };
+    auto add_ids = [&](const json& a) {
+      std::vector<int32_t> ids = token_array(a, m.tokenizer->vocab_size(), "prompt");
+      std::string text = m.tokenizer->decode(ids);
+      add(std::move(ids), std::move(text));
     };
     if (p.is_string()) {
       add_text(p.get<std::string>());
     } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
-      Request q = base;
-      q.prompt = token_array(p, m, "prompt");
-      r.prompt_texts.push_back(m.tokenizer->decode(q.prompt));
-      r.prompts.push_back(q);
+      add_ids(p);
     } else if (p.is_array() && !p.empty()) {
       for (const auto& x : p) {
         if (x.is_string()) {
           add_text(x.get<std::string>());
         } else if (x.is_array()) {
-          Request q = base;
-          q.prompt = token_array(x, m, "prompt");
-          r.prompt_texts.push_back(m.tokenizer->decode(q.prompt));
-          r.prompts.push_back(q);
+          add_ids(x);
         } else {
           throw bad_request("'prompt' must be a string, a list of strings, or token ids", "prompt");
         }
@@ -246,66 +203,6 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
                         key);
   }
   return r;
-}
-
-std::string StopMatcher::feed(const std::string& delta) {
-  if (stopped_) return "";
-  pending_ += delta;
-  // The earliest stop string wins.
-  size_t at = std::string::npos;
-  for (const auto& s : stops_) at = std::min(at, pending_.find(s));
-  if (at != std::string::npos) {
-    stopped_ = true;
-    std::string out = pending_.substr(0, at);
-    pending_.clear();
-    return out;
-  }
-  // Hold back the longest suffix that begins some stop string.
-  size_t hold = 0;
-  for (const auto& s : stops_)
-    for (size_t k = std::min(s.size() - 1, pending_.size()); k > hold; --k)
-      if (pending_.compare(pending_.size() - k, k, s, 0, k) == 0) {
-        hold = k;
-        break;
-      }
-  std::string out = pending_.substr(0, pending_.size() - hold);
-  pending_.erase(0, pending_.size() - hold);
-  return out;
-}
-
-std::string StopMatcher::flush() {
-  std::string out;
-  if (!stopped_) out.swap(pending_);
-  return out;
-}
-
-json token_logprobs(const Tokenizer& tok, const Event& e, bool chat) {
-  auto text = [&](int32_t id) { return tok.decode({id}, false); };
-  if (chat) {
-    json top = json::array();
-    for (const auto& [id, lp] : e.top_logprobs) top.push_back({{"token", text(id)}, {"logprob", lp}});
-    return {{"token", text(e.token)}, {"logprob", e.logprob}, {"top_logprobs", top}};
-  }
-  json top = json::object();
-  for (const auto& [id, lp] : e.top_logprobs) top[text(id)] = lp;
-  return {{"token", text(e.token)}, {"logprob", e.logprob}, {"top_logprobs", top}};
-}
-
-std::string finish_reason(FinishReason r) {
-  switch (r) {
-    case FinishReason::Stop: return "stop";
-    case FinishReason::Length: return "length";
-    case FinishReason::Cancelled: return "abort";
-    case FinishReason::Error: return "error";
-    default: return "";
-  }
-}
-
-json usage(int prompt_tokens, int completion_tokens, int cached_tokens) {
-  return {{"prompt_tokens", prompt_tokens},
-          {"completion_tokens", completion_tokens},
-          {"total_tokens", prompt_tokens + completion_tokens},
-          {"prompt_tokens_details", {{"cached_tokens", cached_tokens}}}};
 }
 
 }  // namespace rill::openai

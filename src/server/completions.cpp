@@ -1,0 +1,112 @@
+#include "server/completions.h"
+
+#include <cstdio>
+#include <memory>
+
+#include "server/responses.h"
+
+namespace rill {
+
+using openai::json;
+
+namespace {
+
+// Sends the choices' events as server-sent events until every choice is done; false once the client is gone.
+bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply, std::vector<openai::Choice>& choices,
+                   httplib::DataSink& sink) {
+  const openai::CompletionRequest& cr = reply.request;
+  auto send = [&](const json& j) {
+    const std::string line = "data: " + openai::dump(j) + "\n\n";
+    return sink.write(line.data(), line.size());  // false once the client is gone
+  };
+  if (cr.chat)
+    for (const auto& c : choices)
+      if (!send(reply.chunk(c.index, "", json(), "", true))) return false;
+  if (!cr.chat && cr.echo)
+    for (const auto& c : choices)
+      if (!send(reply.chunk(c.index, cr.prompt_texts[size_t(c.prompt_index)], json(), "", false))) return false;
+  size_t open = choices.size();
+  while (open > 0) {
+    for (auto& c : choices) {
+      if (c.done) continue;
+      auto e = c.stream->next(choices.size() == 1 ? -1.0 : 0.002);
+      if (!e) continue;
+      const std::string text = c.apply(*e, ctx.metrics);
+      const bool want_lp = e->token >= 0 && cr.logprobs >= 0 && !c.stopped_by_string;
+      const json logprob = want_lp ? openai::token_logprobs(*ctx.model.tokenizer, *e, true) : json();
+      if (c.done) {
+        --open;
+        if (!send(reply.chunk(c.index, text, json(), c.finish_reason(), false))) return false;
+      } else if (!text.empty() || want_lp) {
+        if (!send(reply.chunk(c.index, text, logprob, "", false))) return false;
+      }
+    }
+  }
+  if (cr.include_usage && !send(reply.usage_chunk(choices))) return false;
+  const std::string done = "data: [DONE]\n\n";
+  sink.write(done.data(), done.size());
+  sink.done();
+  return true;
+}
+
+}  // namespace
+
+void post_completion(ServerContext& ctx, const httplib::Request& req, httplib::Response& res, bool chat) {
+  const json body = openai::parse_body(req.body);
+  auto cr = std::make_shared<const openai::CompletionRequest>(openai::parse_completion(body, chat, ctx.model));
+  auto reply = std::make_shared<openai::CompletionReply>(openai::CompletionReply{
+      *cr, (chat ? "chatcmpl-" : "cmpl-") + std::to_string(ctx.next_id++), ctx.model.name, openai::unix_time()});
+  auto choices = std::make_shared<std::vector<openai::Choice>>();
+  try {
+    for (size_t p = 0; p < cr->prompts.size(); ++p)
+      for (int j = 0; j < cr->n; ++j) {
+        Request r = cr->prompts[p];
+        if (r.sampling.has_seed) r.sampling.seed += uint64_t(j);  // n samples, each reproducible
+        openai::Choice c(*ctx.model.tokenizer, r.prompt, cr->stop);
+        c.index = int(choices->size());
+        c.prompt_index = int(p);
+        c.stream = ctx.engine.submit(std::move(r));
+        choices->push_back(std::move(c));
+      }
+  } catch (const EngineFull& e) {
+    for (auto& c : *choices) c.stream->cancel();
+    res.set_header("Retry-After", "1");
+    throw openai::ApiError(503, "server_overloaded", e.what());
+  } catch (const openai::ApiError&) {
+    for (auto& c : *choices) c.stream->cancel();
+    throw;
+  } catch (const Error& e) {
+    for (auto& c : *choices) c.stream->cancel();
+    throw openai::bad_request(e.what());
+  }
+  if (!cr->stream) {
+    for (auto& c : *choices) {
+      while (!c.done) {
+        const Event e = *c.stream->next();
+        c.apply(e, ctx.metrics);
+        if (e.token >= 0 && cr->logprobs >= 0 && !c.stopped_by_string)
+          c.logprobs.push_back(openai::token_logprobs(*ctx.model.tokenizer, e, true));
+      }
+    }
+    res.set_content(openai::dump(reply->response(*choices)), "application/json");
+    return;
+  }
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [&ctx, cr, reply, choices](size_t, httplib::DataSink& sink) {
+        try {
+          return stream_events(ctx, *reply, *choices, sink);
+        } catch (const std::exception& e) {  // end this stream, never the server
+          std::fprintf(stderr, "rill: stream %s failed: %s\n", reply->id.c_str(), e.what());
+          for (auto& c : *choices) c.stream->cancel();
+          return false;
+        }
+      },
+      [choices](bool) {
+        for (auto& c : *choices)
+          if (!c.done) c.stream->cancel();  // the client went away: free its blocks
+      });
+}
+
+}  // namespace rill

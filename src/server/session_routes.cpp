@@ -1,0 +1,179 @@
+#include "server/session_routes.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+
+#include "server/responses.h"
+
+namespace rill {
+
+using openai::json;
+
+namespace {
+
+uint64_t session_id(const std::string& text) {
+  const std::string digits = text.rfind("sess-", 0) == 0 ? text.substr(5) : text;
+  if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos)
+    throw openai::ApiError(404, "not_found_error", "no session '" + text + "'");
+  return std::stoull(digits);
+}
+
+std::string session_name(uint64_t id) { return "sess-" + std::to_string(id); }
+
+json policy_json(const KvPolicy& p) {
+  if (!p.is_sink_window()) return {{"type", "dense"}};
+  return {{"type", p.sinks > 0 ? "sink" : "window"}, {"sinks", p.sinks}, {"window", p.window}};
+}
+
+// The defaults a session was created with (kept by the engine as the JSON text of an object).
+json defaults_of(const SessionStatus& st) { return st.defaults.empty() ? json::object() : json::parse(st.defaults); }
+
+json session_json(const ServerContext& ctx, const SessionStatus& st) {
+  return {{"id", session_name(st.id)}, {"object", "session"}, {"model", ctx.model.name},
+          {"kv_policy", policy_json(st.kv_policy)}, {"tokens", st.tokens}, {"tokens_cached", st.tokens_cached},
+          {"pending_tokens", st.pending}, {"kv_blocks", st.blocks}, {"kv_bytes", st.kv_bytes},
+          {"generating", st.generating}, {"idle_seconds", st.idle_seconds}, {"defaults", defaults_of(st)}};
+}
+
+// The tokens an append adds: exactly one of text, token ids, or chat messages rendered with the template (the
+// BOS token only at the session's start).
+std::vector<int32_t> append_tokens(ServerContext& ctx, uint64_t id, const json& b) {
+  const openai::ModelInfo& model = ctx.model;
+  auto first = [&] { return ctx.engine.session_status(id).tokens == 0; };
+  const int keys = int(b.contains("text")) + int(b.contains("tokens")) + int(b.contains("messages"));
+  if (keys != 1) throw openai::bad_request("give exactly one of 'text', 'tokens' or 'messages'");
+  if (b.contains("text")) {
+    if (!b["text"].is_string()) throw openai::bad_request("'text' must be a string", "text");
+    return model.tokenizer->encode(b["text"].get<std::string>(), first());
+  }
+  if (b.contains("tokens")) return openai::token_array(b["tokens"], model.tokenizer->vocab_size(), "tokens");
+  if (!model.chat_template) throw openai::bad_request("this model has no chat template: append 'text'", "messages");
+  if (!b["messages"].is_array() || b["messages"].empty())
+    throw openai::bad_request("'messages' must be a non-empty list", "messages");
+  for (size_t i = 0; i < b["messages"].size(); ++i) {
+    const json& msg = b["messages"][i];
+    if (!msg.is_object() || !msg.contains("role") || !msg["role"].is_string() || !msg.contains("content") ||
+        !msg["content"].is_string())
+      throw openai::bad_request("'messages[" + std::to_string(i) + "]' must be {\"role\": ..., \"content\": \"...\"}",
+                                "messages");
+  }
+  json ctx_vars = {{"messages", b["messages"]},
+                   {"add_generation_prompt", openai::boolean(b, "add_generation_prompt", false)},
+                   {"bos_token", first() ? model.bos_token : std::string()},
+                   {"eos_token", model.eos_token}};
+  std::string text;
+  try {
+    text = model.chat_template->render(ctx_vars);
+  } catch (const Error& e) {
+    throw openai::bad_request(std::string("the chat template rejected these messages: ") + e.what(), "messages");
+  }
+  return model.tokenizer->encode(text, false);
+}
+
+// The reply to a whole generation, and the last chunk of a streamed one.
+json generation_json(const ServerContext& ctx, const std::string& name, const openai::Choice& c) {
+  return {{"id", name}, {"object", "session.generation"}, {"model", ctx.model.name}, {"text", c.text},
+          {"finish_reason", c.finish_reason()},
+          {"usage", {{"prompt_tokens", c.end.prompt_tokens}, {"completion_tokens", c.end.completion_tokens},
+                     {"total_tokens", c.end.prompt_tokens + c.end.completion_tokens}}}};
+}
+
+// Streams a generation's text as server-sent events; false once the client is gone.
+bool stream_generation(ServerContext& ctx, const std::string& name, openai::Choice& c, httplib::DataSink& sink) {
+  while (!c.done) {
+    const auto e = c.stream->next(0.05);
+    if (!e) return sink.is_writable();  // keep the connection; check for a disconnected client
+    const std::string text = c.apply(*e, ctx.metrics);
+    if (text.empty()) continue;
+    const json chunk = {{"id", name}, {"object", "session.chunk"}, {"model", ctx.model.name}, {"text", text}};
+    const std::string line = "data: " + openai::dump(chunk) + "\n\n";
+    if (!sink.write(line.data(), line.size())) return false;
+  }
+  json last = generation_json(ctx, name, c);
+  last["object"] = "session.chunk";
+  last["text"] = "";
+  const std::string line = "data: " + openai::dump(last) + "\n\ndata: [DONE]\n\n";
+  sink.write(line.data(), line.size());
+  sink.done();
+  return true;
+}
+
+}  // namespace
+
+void create_session(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+  const json b = openai::parse_body(req.body);
+  const openai::ModelInfo& model = ctx.model;
+  if (b.contains("model") && (!b["model"].is_string() || b["model"].get<std::string>() != model.name))
+    throw openai::ApiError(404, "not_found_error",
+                           "the model " + b["model"].dump() + " does not exist (this server has '" + model.name + "')",
+                           "model");
+  // Sessions are unbounded streams: the sink policy unless the body (or the server default) says otherwise.
+  openai::ModelInfo m = model;
+  if (!m.default_kv_policy.is_sink_window())
+    m.default_kv_policy = KvPolicy::parse("sink", 4, std::min(1024, model.max_model_len - 4));
+  const KvPolicy policy = openai::parse_kv_policy(b, m);
+  const json defaults = b.contains("defaults") ? b["defaults"] : json::object();
+  if (!defaults.is_object()) throw openai::bad_request("'defaults' must be an object of generation parameters", "defaults");
+  openai::parse_session_generation(defaults, json::object(), model);  // validated now, used by every generate
+  const uint64_t id = ctx.engine.create_session(policy, openai::dump(defaults));
+  res.set_content(openai::dump(session_json(ctx, ctx.engine.session_status(id))), "application/json");
+}
+
+void list_sessions(ServerContext& ctx, httplib::Response& res) {
+  json data = json::array();
+  for (const auto& st : ctx.engine.list_sessions()) data.push_back(session_json(ctx, st));
+  res.set_content(openai::dump(json({{"object", "list"}, {"data", data}})), "application/json");
+}
+
+void get_session(ServerContext& ctx, const std::string& id, httplib::Response& res) {
+  res.set_content(openai::dump(session_json(ctx, ctx.engine.session_status(session_id(id)))), "application/json");
+}
+
+void delete_session(ServerContext& ctx, const std::string& id, httplib::Response& res) {
+  const uint64_t sid = session_id(id);
+  if (!ctx.engine.delete_session(sid)) throw openai::ApiError(404, "not_found_error", "no session '" + id + "'");
+  res.set_content(openai::dump(json({{"id", session_name(sid)}, {"object", "session.deleted"}, {"deleted", true}})),
+                  "application/json");
+}
+
+void append_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res) {
+  const uint64_t sid = session_id(id);
+  const json b = openai::parse_body(req.body);
+  const std::vector<int32_t> ids = append_tokens(ctx, sid, b);
+  json out = session_json(ctx, ctx.engine.append_session(sid, ids));
+  out["appended_tokens"] = ids.size();
+  res.set_content(openai::dump(out), "application/json");
+}
+
+void generate_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res) {
+  const uint64_t sid = session_id(id);
+  const json call = openai::parse_body(req.body);
+  openai::SessionGeneration g =
+      openai::parse_session_generation(defaults_of(ctx.engine.session_status(sid)), call, ctx.model);
+  auto c = std::make_shared<openai::Choice>(*ctx.model.tokenizer, std::vector<int32_t>{}, std::move(g.stop));
+  c->stream = ctx.engine.generate_session(sid, std::move(g.request));
+  const std::string name = session_name(sid);
+  if (!g.stream) {
+    while (!c->done) c->apply(*c->stream->next(), ctx.metrics);
+    res.set_content(openai::dump(generation_json(ctx, name, *c)), "application/json");
+    return;
+  }
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [&ctx, c, name](size_t, httplib::DataSink& sink) {
+        try {
+          return stream_generation(ctx, name, *c, sink);
+        } catch (const std::exception& e) {
+          std::fprintf(stderr, "rill: session stream %s failed: %s\n", name.c_str(), e.what());
+          c->stream->cancel();
+          return false;
+        }
+      },
+      [c](bool) {
+        if (!c->done) c->stream->cancel();  // the client went away: the generation stops, the session stays
+      });
+}
+
+}  // namespace rill

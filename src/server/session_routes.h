@@ -1,0 +1,21 @@
+// The streaming sessions' routes (/v1/sessions...): create (with a KV policy and generation defaults, which the
+// engine keeps with the session), list, status, append (text, token ids or chat messages), generate (streamed or
+// whole) and delete. Sessions themselves live in the engine (engine/sessions).
+#pragma once
+
+#include <httplib.h>
+
+#include <string>
+
+#include "server/context.h"
+
+namespace rill {
+
+void create_session(ServerContext& ctx, const httplib::Request& req, httplib::Response& res);
+void list_sessions(ServerContext& ctx, httplib::Response& res);
+void get_session(ServerContext& ctx, const std::string& id, httplib::Response& res);
+void delete_session(ServerContext& ctx, const std::string& id, httplib::Response& res);
+void append_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res);
+void generate_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res);
+
+}  // namespace rill
