@@ -125,6 +125,17 @@ __device__ inline void block_best(float& v, int& i, float* sv, int* si) {
     if (ranks_before(sv[w], si[w], v, i)) v = sv[w], i = si[w];
 }
 
+__device__ __forceinline__ float silu_times(float g, float u) {
+  return g / (1.f + expf(-g)) * u;
+}
+
+// Row kernels run one block per row: wide rows get many threads, so that a decode step's few rows are not
+// latency-bound on one SM.
+inline int threads_for(int64_t d) { return d >= 4096 ? 1024 : d >= 1024 ? 256 : d >= 256 ? 128 : 64; }
+inline unsigned grid_for(int64_t n, int threads) {
+  return unsigned(std::min<int64_t>((n + threads - 1) / threads, 65536));
+}
+
 bool pdl_enabled();
 int sm_count();  // the device's streaming multiprocessors (the first device asked about)
 template <typename... KArgs, typename... Args>

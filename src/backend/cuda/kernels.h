@@ -1,7 +1,7 @@
-// Launchers for the CUDA backend's hand-written kernels (kernels.cu, attention.cu). Internal to
-// backend/cuda: callers pass raw device pointers and have checked shapes. Activation pointers are f32
-// or bf16 as `DType` says. Weights and the KV cache are bf16, or f32 where a dtype argument says so (the
-// backend's float32 mode); the matrix-vector kernels take bf16 only.
+// Launchers for the CUDA backend's hand-written kernels (norm, rope_kv, gemv, gemm_rows, misc, sampling and the
+// attention*.cu files). Internal to backend/cuda: callers pass raw device pointers and have checked shapes.
+// Activation pointers are f32 or bf16 as `DType` says. Weights and the KV cache are bf16, or f32 where a dtype
+// argument says so (the backend's float32 mode); the matrix-vector kernels take bf16 only.
 #pragma once
 
 #include <cuda_runtime.h>
