@@ -497,7 +497,7 @@ int main(int argc, char** argv) {
         backend->write(logits, host.data(), host.size() * 4);
         auto params = [&](float t, int k, float p, float mp) {
           std::vector<rill::SampleRow> v(static_cast<size_t>(rows));
-          for (auto& r : v) r.temperature = t, r.top_k = k, r.top_p = p, r.min_p = mp, r.uniform = 0.37;
+          for (auto& r : v) r.params.temperature = t, r.params.top_k = k, r.params.top_p = p, r.params.min_p = mp, r.uniform = 0.37;
           rill::Tensor dev = backend->alloc(rill::DType::U8, {rows * int64_t(sizeof(rill::SampleRow))});
           backend->write(dev, v.data(), dev.nbytes());
           return std::make_pair(v, dev);

@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   app.add_option("--every", every, "Checkpoint (generate and measure) every N tokens");
   app.add_option("--gen", gen, "Tokens generated at each checkpoint");
   app.add_option("--sinks", sinks, "Attention sinks");
-  app.add_option("--window", window, "Rolling window");
+  app.add_option("--window", window, "Latest tokens kept (the window of the sink policy)");
   app.add_option("--threads", threads, "CPU threads (0: all)");
   app.add_option("--out", out, "Write the JSON result here");
   CLI11_PARSE(app, argc, argv);

@@ -48,8 +48,8 @@ TEST_F(CudaOps, SampleRowsMatchTheHostSampler) {
   std::vector<SampleRow> cases;
   auto add = [&](float t, int k, float p, float mp, float rep = 1.f, float pres = 0.f, float freq = 0.f) {
     SampleRow r;
-    r.temperature = t, r.top_k = k, r.top_p = p, r.min_p = mp;
-    r.repetition_penalty = rep, r.presence_penalty = pres, r.frequency_penalty = freq;
+    r.params.temperature = t, r.params.top_k = k, r.params.top_p = p, r.params.min_p = mp;
+    r.params.repetition_penalty = rep, r.params.presence_penalty = pres, r.params.frequency_penalty = freq;
     cases.push_back(r);
   };
   add(0.f, 0, 1.f, 0.f);                       // greedy
@@ -84,7 +84,7 @@ TEST_F(CudaOps, SampleRowsMatchTheHostSampler) {
           logits.push_back(x);
         }
         r.penalty_begin = int32_t(pen.size());
-        if (r.repetition_penalty != 1.f || r.presence_penalty != 0.f || r.frequency_penalty != 0.f)
+        if (r.params.repetition_penalty != 1.f || r.params.presence_penalty != 0.f || r.params.frequency_penalty != 0.f)
           for (int64_t t = row % 5; t < vocab; t += 3 + row % 7) pen.push_back({int32_t(t), int32_t(t % 4)});
         r.penalty_end = int32_t(pen.size());
         rows.push_back(r);
@@ -95,8 +95,8 @@ TEST_F(CudaOps, SampleRowsMatchTheHostSampler) {
     rows.push_back(nan_row);
     logits.insert(logits.end(), size_t(vocab), NAN);
     SampleRow flat = cases[5];
-    flat.top_k = 0;
-    flat.top_p = 0.5f;
+    flat.params.top_k = 0;
+    flat.params.top_p = 0.5f;
     flat.uniform = 0.7731;  // not on a boundary: u * total = 0.77 * 500 is one, where rounding decides
     rows.push_back(flat);
     logits.insert(logits.end(), size_t(vocab), 1.f);

@@ -116,8 +116,8 @@ TEST_P(EngineTest, BatchInvariantWithChunkedPrefill) {
 }
 
 // Requests under the sink policy (4 sinks + a 32-token window, far shorter than prompt + output) run beside
-// ordinary ones: both get exactly their tokens alone, and the rolling ones hold a bounded number of blocks.
-TEST_P(EngineTest, RollingRequestsBesideOrdinaryOnes) {
+// ordinary ones: both get exactly their tokens alone, and the sink-window ones hold a bounded number of blocks.
+TEST_P(EngineTest, SinkWindowRequestsBesideOrdinaryOnes) {
   auto reqs = mixed_requests(16, 31);
   for (size_t i = 0; i < reqs.size(); i += 2) {
     reqs[i].kv_policy = KvPolicy::parse("sink", 4, 32);

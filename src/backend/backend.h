@@ -1,5 +1,5 @@
 // Backend: the op-level interface the model is written against. One implementation per device
-// (backend/cpu now, backend/cuda next). Rules every implementation keeps:
+// (backend/cpu, backend/cuda). Rules every implementation keeps:
 //  - Tensors passed to ops live on the backend's device (alloc/upload). Activations never come back to the
 //    host in the forward pass; only `read` copies to the host.
 //  - Ops are ordered and may run asynchronously (a CUDA stream). `write` and `read` are ordered with them;
@@ -38,7 +38,7 @@ struct AttentionBatch {
   Tensor ctx_len;       // [num_seqs]
   Tensor block_tables;  // [num_seqs, max_blocks_per_seq]
   Tensor token_seq;     // [num_tokens]: the sequence each token belongs to
-  // Rolling KV (attention sinks), empty when no sequence uses it: token t of sequence s scores the first
+  // Sink window (attention sinks), empty when no sequence uses it: token t of sequence s scores the first
   // sinks[s] entries with the sink query (q_sink) and skips entries [sinks[s], hole_end[t]).
   Tensor sinks;     // [num_seqs]
   Tensor hole_end;  // [num_tokens]
@@ -47,7 +47,7 @@ struct AttentionBatch {
   // The longest ctx_len, or more (a decode graph passes its block-table span), never less.
   int max_ctx_len = 0;
   std::vector<int32_t> host_q_len;  // [num_seqs] new tokens of each sequence (may be empty: then unknown)
-  std::vector<int32_t> host_sinks;  // [num_seqs] or empty when no sequence uses rolling KV
+  std::vector<int32_t> host_sinks;  // [num_seqs] or empty when no sequence uses a sink window
   // Scratch for attention() of at least Backend::attention_workspace() bytes, or empty: then attention
   // allocates its own. Recorded graphs pass one, since they must not allocate.
   Tensor workspace;

@@ -5,17 +5,29 @@
 #include <utility>
 #include <vector>
 
+#include "core/error.h"
+
 namespace rill {
+
+void SamplingParams::validate() const {
+  RILL_CHECK(std::isfinite(temperature) && temperature >= 0.f, "temperature must be >= 0");
+  RILL_CHECK(top_k >= 0, "top_k must be >= 0 (0 disables it)");
+  RILL_CHECK(top_p > 0.f && top_p <= 1.f, "top_p must be in (0, 1]");
+  RILL_CHECK(min_p >= 0.f && min_p <= 1.f, "min_p must be in [0, 1]");
+  RILL_CHECK(repetition_penalty > 0.f && std::isfinite(repetition_penalty), "repetition_penalty must be > 0");
+  RILL_CHECK(presence_penalty >= -2.f && presence_penalty <= 2.f, "presence_penalty must be in [-2, 2]");
+  RILL_CHECK(frequency_penalty >= -2.f && frequency_penalty <= 2.f, "frequency_penalty must be in [-2, 2]");
+}
 
 int32_t sample_row(float* logits, int vocab, const SampleRow& p, const PenaltyEntry* pen) {
   for (int32_t e = p.penalty_begin; e < p.penalty_end; ++e) {
     const int32_t t = pen[e].token;
     if (t < 0 || t >= vocab) continue;
     float& l = logits[t];
-    if (p.repetition_penalty != 1.f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
-    if (pen[e].output_count > 0) l -= p.presence_penalty + p.frequency_penalty * float(pen[e].output_count);
+    if (p.params.repetition_penalty != 1.f) l = l > 0 ? l / p.params.repetition_penalty : l * p.params.repetition_penalty;
+    if (pen[e].output_count > 0) l -= p.params.presence_penalty + p.params.frequency_penalty * float(pen[e].output_count);
   }
-  if (p.temperature == 0.f) {
+  if (p.params.temperature == 0.f) {
     int32_t best = -1;
     for (int i = 0; i < vocab; ++i)
       if (!std::isnan(logits[i]) && (best < 0 || logits[i] > logits[best])) best = i;  // first maximum on ties
@@ -25,12 +37,12 @@ int32_t sample_row(float* logits, int vocab, const SampleRow& p, const PenaltyEn
   std::vector<std::pair<float, int32_t>> cand;
   cand.reserve(size_t(vocab));
   for (int i = 0; i < vocab; ++i)
-    if (!std::isnan(logits[i])) cand.push_back({logits[i] / p.temperature, i});
+    if (!std::isnan(logits[i])) cand.push_back({logits[i] / p.params.temperature, i});
   if (cand.empty()) return -1;
   auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
-  if (p.top_k > 0 && size_t(p.top_k) < cand.size()) {
-    std::partial_sort(cand.begin(), cand.begin() + p.top_k, cand.end(), by_logit);
-    cand.resize(size_t(p.top_k));
+  if (p.params.top_k > 0 && size_t(p.params.top_k) < cand.size()) {
+    std::partial_sort(cand.begin(), cand.begin() + p.params.top_k, cand.end(), by_logit);
+    cand.resize(size_t(p.params.top_k));
   } else {
     std::sort(cand.begin(), cand.end(), by_logit);
   }
@@ -40,18 +52,18 @@ int32_t sample_row(float* logits, int vocab, const SampleRow& p, const PenaltyEn
   for (size_t i = 0; i < cand.size(); ++i) sum += (prob[i] = std::exp(double(cand[i].first - mx)));
   for (double& v : prob) v /= sum;
   // top-p: the smallest prefix whose mass reaches top_p (at least one token).
-  if (p.top_p < 1.f) {
+  if (p.params.top_p < 1.f) {
     double cum = 0;
     size_t n = 0;
     while (n < prob.size()) {
       cum += prob[n++];
-      if (cum >= double(p.top_p)) break;
+      if (cum >= double(p.params.top_p)) break;
     }
     prob.resize(n);
   }
   // min-p: drop tokens below min_p times the top probability.
-  if (p.min_p > 0.f) {
-    const double floor = prob[0] * p.min_p;
+  if (p.params.min_p > 0.f) {
+    const double floor = prob[0] * p.params.min_p;
     size_t n = 1;
     while (n < prob.size() && prob[n] >= floor) ++n;
     prob.resize(n);

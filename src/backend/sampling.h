@@ -12,21 +12,37 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 namespace rill {
 
+// What a request asks of the sampler.
+struct SamplingParams {
+  float temperature = 1.0f;  // 0: greedy
+  int32_t top_k = 0;         // 0: off
+  float top_p = 1.0f;        // 1: off
+  float min_p = 0.0f;        // 0: off
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  uint64_t seed = 0;
+  bool has_seed = false;
+
+  // Throws rill::Error naming the parameter when a value is out of range.
+  void validate() const;
+  // Greedy with no penalty: the token is the argmax of the raw logits (which the device can compute).
+  bool plain_greedy() const {
+    return temperature == 0.f && repetition_penalty == 1.f && presence_penalty == 0.f && frequency_penalty == 0.f;
+  }
+};
+
 // One row's parameters, as sample_rows reads them (plain data, copied to the device as bytes).
 struct SampleRow {
-  float temperature = 0.f;  // 0: greedy
-  int32_t top_k = 0;        // 0: off
-  float top_p = 1.f;        // 1: off
-  float min_p = 0.f;        // 0: off
-  float repetition_penalty = 1.f;
-  float presence_penalty = 0.f;
-  float frequency_penalty = 0.f;
+  SamplingParams params;                       // the seed is not used: the draw is `uniform`
   int32_t penalty_begin = 0, penalty_end = 0;  // the row's entries in the penalty list
   double uniform = 0.0;                        // in [0, 1); unused when greedy
 };
+static_assert(std::is_trivially_copyable_v<SampleRow>, "sample_rows copies rows to the device as bytes");
 
 // A token the sequence has seen (prompt or output) and how many times the output holds it.
 struct PenaltyEntry {

@@ -10,23 +10,27 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "rill 0.1.0");
   app.option_defaults()->always_capture_default();  // --help shows every default
   app.require_subcommand(1);
+  struct Command {
+    const char* name;
+    const char* what;
+    rill::cli::Run (*add)(CLI::App&);
+  };
+  static constexpr Command kCommands[] = {
+      {"generate", "Generate text from a prompt, streaming it to stdout", rill::cli::add_generate},
+      {"serve", "Serve a model over an OpenAI-compatible HTTP API", rill::cli::add_serve},
+      {"chat", "Chat with a model in the terminal, streaming its answers", rill::cli::add_chat},
+      {"perplexity", "Measure perplexity of a text under KV policies (dense, window, sink, recompute)",
+       rill::cli::add_perplexity},
+      {"inspect", "Print a model's architecture, dimensions, size and memory needs", rill::cli::add_inspect},
+      {"tokenize", "Print the token ids of a text", rill::cli::add_tokenize},
+      {"detokenize", "Print the text of token ids", rill::cli::add_detokenize},
+      {"chat-template", "Render a conversation with the model's chat template", rill::cli::add_chat_template},
+  };
   std::map<CLI::App*, rill::cli::Run> runs;
-  auto* generate = app.add_subcommand("generate", "Generate text from a prompt, streaming it to stdout");
-  runs[generate] = rill::cli::add_generate(*generate);
-  auto* serve = app.add_subcommand("serve", "Serve a model over an OpenAI-compatible HTTP API");
-  runs[serve] = rill::cli::add_serve(*serve);
-  auto* chat = app.add_subcommand("chat", "Chat with a model in the terminal, streaming its answers");
-  runs[chat] = rill::cli::add_chat(*chat);
-  auto* perplexity = app.add_subcommand("perplexity", "Measure perplexity of a text under KV policies (dense, window, sink, recompute)");
-  runs[perplexity] = rill::cli::add_perplexity(*perplexity);
-  auto* inspect = app.add_subcommand("inspect", "Print a model's architecture, dimensions, size and memory needs");
-  runs[inspect] = rill::cli::add_inspect(*inspect);
-  auto* tokenize = app.add_subcommand("tokenize", "Print the token ids of a text");
-  runs[tokenize] = rill::cli::add_tokenize(*tokenize);
-  auto* detokenize = app.add_subcommand("detokenize", "Print the text of token ids");
-  runs[detokenize] = rill::cli::add_detokenize(*detokenize);
-  auto* chat_template = app.add_subcommand("chat-template", "Render a conversation with the model's chat template");
-  runs[chat_template] = rill::cli::add_chat_template(*chat_template);
+  for (const Command& c : kCommands) {
+    CLI::App* sub = app.add_subcommand(c.name, c.what);
+    runs[sub] = c.add(*sub);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

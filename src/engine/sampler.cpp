@@ -6,16 +6,6 @@
 
 namespace rill {
 
-void SamplingParams::validate() const {
-  RILL_CHECK(std::isfinite(temperature) && temperature >= 0.f, "temperature must be >= 0");
-  RILL_CHECK(top_k >= 0, "top_k must be >= 0 (0 disables it)");
-  RILL_CHECK(top_p > 0.f && top_p <= 1.f, "top_p must be in (0, 1]");
-  RILL_CHECK(min_p >= 0.f && min_p <= 1.f, "min_p must be in [0, 1]");
-  RILL_CHECK(repetition_penalty > 0.f && std::isfinite(repetition_penalty), "repetition_penalty must be > 0");
-  RILL_CHECK(presence_penalty >= -2.f && presence_penalty <= 2.f, "presence_penalty must be in [-2, 2]");
-  RILL_CHECK(frequency_penalty >= -2.f && frequency_penalty <= 2.f, "frequency_penalty must be in [-2, 2]");
-}
-
 Sampler::Sampler(const SamplingParams& params) : p_(params) {
   p_.validate();
   rng_.seed(p_.has_seed ? p_.seed : std::random_device{}());
@@ -38,13 +28,7 @@ double Sampler::uniform() { return double(rng_() >> 11) * 0x1.0p-53; }  // [0, 1
 
 SampleRow Sampler::next_row(std::vector<PenaltyEntry>* penalties) {
   SampleRow r;
-  r.temperature = p_.temperature;
-  r.top_k = p_.top_k;
-  r.top_p = p_.top_p;
-  r.min_p = p_.min_p;
-  r.repetition_penalty = p_.repetition_penalty;
-  r.presence_penalty = p_.presence_penalty;
-  r.frequency_penalty = p_.frequency_penalty;
+  r.params = p_;
   r.penalty_begin = r.penalty_end = int32_t(penalties->size());
   if (p_.repetition_penalty != 1.f) {  // every token seen, with its output count
     for (int32_t t : seen_) {

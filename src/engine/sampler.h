@@ -15,25 +15,6 @@
 
 namespace rill {
 
-struct SamplingParams {
-  float temperature = 1.0f;  // 0: greedy
-  int top_k = 0;             // 0: off
-  float top_p = 1.0f;        // 1: off
-  float min_p = 0.0f;        // 0: off
-  float repetition_penalty = 1.0f;
-  float presence_penalty = 0.0f;
-  float frequency_penalty = 0.0f;
-  uint64_t seed = 0;
-  bool has_seed = false;
-
-  // Throws rill::Error naming the parameter when a value is out of range.
-  void validate() const;
-  // Greedy with no penalty: the token is the argmax of the raw logits (which the device can compute).
-  bool plain_greedy() const {
-    return temperature == 0.f && repetition_penalty == 1.f && presence_penalty == 0.f && frequency_penalty == 0.f;
-  }
-};
-
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);

@@ -102,39 +102,29 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
   return out;
 }
 
+namespace {
+
+// Takes seq out of `list` (a vector or deque of owners); null when it is not there.
+template <class List>
+std::unique_ptr<Sequence> take(List& list, Sequence* seq) {
+  const auto it = std::find_if(list.begin(), list.end(), [&](const auto& s) { return s.get() == seq; });
+  if (it == list.end()) return nullptr;
+  std::unique_ptr<Sequence> owned = std::move(*it);
+  list.erase(it);
+  return owned;
+}
+
+}  // namespace
+
 std::unique_ptr<Sequence> Scheduler::detach(Sequence* seq) {
-  std::unique_ptr<Sequence> owned;
-  for (auto it = running_.begin(); it != running_.end(); ++it)
-    if (it->get() == seq) {
-      owned = std::move(*it);
-      running_.erase(it);
-      return owned;
-    }
-  for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
-    if (it->get() == seq) {
-      owned = std::move(*it);
-      waiting_.erase(it);
-      return owned;
-    }
-  throw Error("Scheduler::detach: unknown sequence");
+  std::unique_ptr<Sequence> owned = take(running_, seq);
+  if (!owned) owned = take(waiting_, seq);
+  RILL_CHECK(owned, "Scheduler: unknown sequence");
+  return owned;
 }
 
 std::unique_ptr<Sequence> Scheduler::remove(Sequence* seq) {
-  std::unique_ptr<Sequence> owned;
-  for (auto it = running_.begin(); it != running_.end(); ++it)
-    if (it->get() == seq) {
-      owned = std::move(*it);
-      running_.erase(it);
-      break;
-    }
-  if (!owned)
-    for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
-      if (it->get() == seq) {
-        owned = std::move(*it);
-        waiting_.erase(it);
-        break;
-      }
-  RILL_CHECK(owned, "Scheduler::remove: unknown sequence");
+  std::unique_ptr<Sequence> owned = detach(seq);
   blocks_.release(&owned->blocks);
   return owned;
 }

@@ -22,21 +22,16 @@ struct Reader {
     RILL_CHECK(j[key].is_number_integer(), where + ": field '" + key + "' must be an integer");
     return j[key].get<int>();
   }
-  int opt_int(const char* key, int fallback) const {
+  // An optional field of type T (`is` checks the JSON type; `kind` names it in the error).
+  template <class T>
+  T opt(const char* key, T fallback, bool (json::*is)() const noexcept, const char* kind) const {
     if (!has(key)) return fallback;
-    RILL_CHECK(j[key].is_number_integer(), where + ": field '" + key + "' must be an integer");
-    return j[key].get<int>();
+    RILL_CHECK((j[key].*is)(), where + ": field '" + key + "' must be " + kind);
+    return j[key].get<T>();
   }
-  double opt_num(const char* key, double fallback) const {
-    if (!has(key)) return fallback;
-    RILL_CHECK(j[key].is_number(), where + ": field '" + key + "' must be a number");
-    return j[key].get<double>();
-  }
-  bool opt_bool(const char* key, bool fallback) const {
-    if (!has(key)) return fallback;
-    RILL_CHECK(j[key].is_boolean(), where + ": field '" + key + "' must be true or false");
-    return j[key].get<bool>();
-  }
+  int opt_int(const char* key, int fallback) const { return opt(key, fallback, &json::is_number_integer, "an integer"); }
+  double opt_num(const char* key, double fallback) const { return opt(key, fallback, &json::is_number, "a number"); }
+  bool opt_bool(const char* key, bool fallback) const { return opt(key, fallback, &json::is_boolean, "true or false"); }
 };
 
 std::vector<int> int_or_list(const json& v, const std::string& where, const char* key) {

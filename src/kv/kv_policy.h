@@ -1,7 +1,7 @@
 // KV cache policies. Dense keeps every token's K/V (the context is bounded by the model). SinkWindow
-// (StreamingLLM) keeps the first `sinks` tokens forever plus a rolling window of the most recent tokens, so a
-// sequence can run forever in constant memory and constant time per token; `sinks` 0 is a plain rolling
-// window.
+// (StreamingLLM) keeps the first `sinks` tokens forever plus a window of the most recent tokens, so a sequence
+// can run forever in constant memory and constant time per token; `sinks` 0 is a plain window (the "window"
+// policy). One name throughout: the sink window.
 //
 // Layout in the paged cache: the first ceil(sinks / block_size) blocks ("sink blocks") are never evicted;
 // window blocks follow. When the visible tokens would exceed sinks + window, the oldest window blocks are

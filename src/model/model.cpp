@@ -67,17 +67,18 @@ void Model::bind(const Checkpoint& ck) {
 
   for (int l = 0; l < c.num_layers; ++l) {
     LayerWeights L;
-    auto name = [&](const char* s) { return layer_name(l, s); };
+    auto name = [&](const std::string& s) { return layer_name(l, s); };
+    // A linear layer: weight [out, in] and, where the config has biases, bias [out].
+    auto linear = [&](const std::string& base, int64_t out, int64_t in, bool bias, Tensor& w, Tensor& b) {
+      w = need(name(base + ".weight"), {out, in});
+      b = maybe(name(base + ".bias"), {out}, bias);
+    };
     L.input_norm = need(name("input_layernorm.weight"), {d});
     L.post_attention_norm = need(name("post_attention_layernorm.weight"), {d});
-    L.q = need(name("self_attn.q_proj.weight"), {qd, d});
-    L.k = need(name("self_attn.k_proj.weight"), {kvd, d});
-    L.v = need(name("self_attn.v_proj.weight"), {kvd, d});
-    L.o = need(name("self_attn.o_proj.weight"), {d, qd});
-    L.q_bias = maybe(name("self_attn.q_proj.bias"), {qd}, c.attention_bias);
-    L.k_bias = maybe(name("self_attn.k_proj.bias"), {kvd}, c.attention_bias);
-    L.v_bias = maybe(name("self_attn.v_proj.bias"), {kvd}, c.attention_bias);
-    L.o_bias = maybe(name("self_attn.o_proj.bias"), {d}, c.attention_out_bias);
+    linear("self_attn.q_proj", qd, d, c.attention_bias, L.q, L.q_bias);
+    linear("self_attn.k_proj", kvd, d, c.attention_bias, L.k, L.k_bias);
+    linear("self_attn.v_proj", kvd, d, c.attention_bias, L.v, L.v_bias);
+    linear("self_attn.o_proj", d, qd, c.attention_out_bias, L.o, L.o_bias);
     if (c.qk_norm) {
       L.q_norm = need(name("self_attn.q_norm.weight"), {hd});
       L.k_norm = need(name("self_attn.k_norm.weight"), {hd});
@@ -86,23 +87,20 @@ void Model::bind(const Checkpoint& ck) {
       const int64_t f = c.moe_intermediate_size, E = c.num_experts;
       const bool mixtral = c.arch == Arch::Mixtral;
       const std::string prefix = mixtral ? "block_sparse_moe." : "mlp.";
-      L.router = need(layer_name(l, prefix + "gate.weight"), {E, d});
+      L.router = need(name(prefix + "gate.weight"), {E, d});
       for (int e = 0; e < E; ++e) {
         const std::string ex = prefix + "experts." + std::to_string(e) + ".";
         ExpertWeights ew;
-        ew.gate = need(layer_name(l, ex + (mixtral ? "w1" : "gate_proj") + ".weight"), {f, d});
-        ew.up = need(layer_name(l, ex + (mixtral ? "w3" : "up_proj") + ".weight"), {f, d});
-        ew.down = need(layer_name(l, ex + (mixtral ? "w2" : "down_proj") + ".weight"), {d, f});
+        ew.gate = need(name(ex + (mixtral ? "w1" : "gate_proj") + ".weight"), {f, d});
+        ew.up = need(name(ex + (mixtral ? "w3" : "up_proj") + ".weight"), {f, d});
+        ew.down = need(name(ex + (mixtral ? "w2" : "down_proj") + ".weight"), {d, f});
         L.experts.push_back(ew);
       }
     } else {
       const int64_t f = c.intermediate_size;
-      L.gate = need(name("mlp.gate_proj.weight"), {f, d});
-      L.up = need(name("mlp.up_proj.weight"), {f, d});
-      L.down = need(name("mlp.down_proj.weight"), {d, f});
-      L.gate_bias = maybe(name("mlp.gate_proj.bias"), {f}, c.mlp_bias);
-      L.up_bias = maybe(name("mlp.up_proj.bias"), {f}, c.mlp_bias);
-      L.down_bias = maybe(name("mlp.down_proj.bias"), {d}, c.mlp_bias);
+      linear("mlp.gate_proj", f, d, c.mlp_bias, L.gate, L.gate_bias);
+      linear("mlp.up_proj", f, d, c.mlp_bias, L.up, L.up_bias);
+      linear("mlp.down_proj", d, f, c.mlp_bias, L.down, L.down_bias);
     }
     w_.layers.push_back(std::move(L));
   }

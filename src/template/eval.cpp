@@ -670,16 +670,11 @@ class Renderer {
       return Value::string(replace_all(s, to_str(a[0]), to_str(a[1]), a.size() > 2 ? a[2].i : -1));
     }
     if (f == "e" || f == "escape") {
+      static constexpr CharEscape kHtml[] = {{'&', "&amp;"}, {'<', "&lt;"}, {'>', "&gt;"}, {'"', "&#34;"}, {'\'', "&#39;"}};
       std::string out;
       for (char c : s) {
-        switch (c) {
-          case '&': out += "&amp;"; break;
-          case '<': out += "&lt;"; break;
-          case '>': out += "&gt;"; break;
-          case '"': out += "&#34;"; break;
-          case '\'': out += "&#39;"; break;
-          default: out += c;
-        }
+        const char* e = escape_of(kHtml, c);
+        out += e ? std::string(e) : std::string(1, c);
       }
       return Value::string(out);
     }

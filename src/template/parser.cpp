@@ -1,6 +1,7 @@
 // Template source -> Program. Whitespace rules are those of the environment transformers renders chat
 // templates in: trim_blocks and lstrip_blocks on, plus `{%-`/`-%}` style manual stripping.
 #include <algorithm>
+#include <initializer_list>
 #include <cctype>
 #include <set>
 
@@ -173,17 +174,12 @@ std::vector<Token> lex(const std::string& s, int line) {
           str += s[j];
           continue;
         }
+        static constexpr CharEscape kLiteral[] = {{'n', "\n"}, {'t', "\t"}, {'r', "\r"}, {'\\', "\\"},
+                                                  {'\'', "'"},  {'"', "\""}};
         const char e = s[++j];
-        switch (e) {
-          case 'n': str += '\n'; break;
-          case 't': str += '\t'; break;
-          case 'r': str += '\r'; break;
-          case '\\': str += '\\'; break;
-          case '\'': str += '\''; break;
-          case '"': str += '"'; break;
-          case '0': str += '\0'; break;
-          default: str += '\\'; str += e;
-        }
+        if (e == '0') str += '\0';  // its text would end at the NUL
+        else if (const char* u = escape_of(kLiteral, e)) str += u;
+        else str += std::string("\\") + e;
       }
       if (j >= s.size()) fail(line, "unterminated string literal");
       out.push_back({Token::Str, str, Value::string(str)});
@@ -276,22 +272,8 @@ class ExprParser {
     }
     return value;
   }
-  ExprPtr or_expr() {
-    ExprPtr l = and_expr();
-    while (is_name("or")) {
-      ++p_;
-      l = binary("or", std::move(l), and_expr());
-    }
-    return l;
-  }
-  ExprPtr and_expr() {
-    ExprPtr l = not_expr();
-    while (is_name("and")) {
-      ++p_;
-      l = binary("and", std::move(l), not_expr());
-    }
-    return l;
-  }
+  ExprPtr or_expr() { return chain({"or"}, &ExprParser::and_expr, &ExprParser::is_name); }
+  ExprPtr and_expr() { return chain({"and"}, &ExprParser::not_expr, &ExprParser::is_name); }
   ExprPtr not_expr() {
     if (is_name("not")) {
       ++p_;
@@ -314,38 +296,21 @@ class ExprParser {
     }
     return l;
   }
-  ExprPtr math1() {
-    ExprPtr l = concat();
-    while (is("+") || is("-")) {
-      std::string op = t_[p_++].text;
-      l = binary(op, std::move(l), concat());
-    }
-    return l;
-  }
-  ExprPtr concat() {
-    ExprPtr l = math2();
-    while (is("~")) {
+  // A left-associative chain of `next` joined by any of `ops` (operators, or with is_name, keywords).
+  ExprPtr chain(std::initializer_list<const char*> ops, ExprPtr (ExprParser::*next)(),
+                bool (ExprParser::*matches)(const char*) const = &ExprParser::is) {
+    ExprPtr l = (this->*next)();
+    for (;;) {
+      const auto op = std::find_if(ops.begin(), ops.end(), [&](const char* o) { return (this->*matches)(o); });
+      if (op == ops.end()) return l;
       ++p_;
-      l = binary("~", std::move(l), math2());
+      l = binary(*op, std::move(l), (this->*next)());
     }
-    return l;
   }
-  ExprPtr math2() {
-    ExprPtr l = power();
-    while (is("*") || is("/") || is("//") || is("%")) {
-      std::string op = t_[p_++].text;
-      l = binary(op, std::move(l), power());
-    }
-    return l;
-  }
-  ExprPtr power() {
-    ExprPtr l = unary();
-    while (is("**")) {
-      ++p_;
-      l = binary("**", std::move(l), unary());
-    }
-    return l;
-  }
+  ExprPtr math1() { return chain({"+", "-"}, &ExprParser::concat); }
+  ExprPtr concat() { return chain({"~"}, &ExprParser::math2); }
+  ExprPtr math2() { return chain({"*", "/", "//", "%"}, &ExprParser::power); }
+  ExprPtr power() { return chain({"**"}, &ExprParser::unary); }
   ExprPtr unary() {
     struct Depth {
       int& d;
@@ -485,27 +450,22 @@ class ExprParser {
       expect(")");
       return first;
     }
-    if (is("[")) {
+    // [a, b, ...] and {k: v, ...}: a dict literal's args are its keys and values in turn.
+    for (const bool dict : {false, true}) {
+      const char* close = dict ? "}" : "]";
+      if (!is(dict ? "{" : "[")) continue;
       ++p_;
-      auto l = make(Expr::ListLit);
-      while (!is("]")) {
-        l->args.push_back(expression());
-        if (!is("]")) expect(",");
+      auto lit = make(dict ? Expr::DictLit : Expr::ListLit);
+      while (!is(close)) {
+        lit->args.push_back(expression());
+        if (dict) {
+          expect(":");
+          lit->args.push_back(expression());
+        }
+        if (!is(close)) expect(",");
       }
-      expect("]");
-      return l;
-    }
-    if (is("{")) {
-      ++p_;
-      auto d = make(Expr::DictLit);
-      while (!is("}")) {
-        d->args.push_back(expression());
-        expect(":");
-        d->args.push_back(expression());
-        if (!is("}")) expect(",");
-      }
-      expect("}");
-      return d;
+      expect(close);
+      return lit;
     }
     fail(line_, tk.type == Token::End ? "unexpected end of expression" : "unexpected '" + tk.text + "'");
   }

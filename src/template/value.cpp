@@ -156,24 +156,18 @@ std::string to_str(const Value& v) {
 namespace {
 
 void json_string(const std::string& s, std::string& out) {
+  static constexpr CharEscape kJson[] = {{'"', "\\\""}, {'\\', "\\\\"}, {'\n', "\\n"}, {'\r', "\\r"},
+                                         {'\t', "\\t"}, {'\b', "\\b"},  {'\f', "\\f"}};
   out += '"';
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (c < 0x20) {
-          char b[8];
-          std::snprintf(b, sizeof b, "\\u%04x", c);
-          out += b;
-        } else {
-          out += char(c);
-        }
+  for (char c : s) {
+    if (const char* e = escape_of(kJson, c)) {
+      out += e;
+    } else if ((unsigned char)c < 0x20) {
+      char b[8];
+      std::snprintf(b, sizeof b, "\\u%04x", (unsigned char)c);
+      out += b;
+    } else {
+      out += c;
     }
   }
   out += '"';
@@ -192,31 +186,22 @@ void json_value(const Value& v, int indent, int depth, std::string& out) {
       break;
     case Value::String: json_string(v.s, out); break;
     case Value::ListK:
-      if (v.list->empty()) {
-        out += "[]";
-        break;
-      }
-      out += "[";
-      for (size_t k = 0; k < v.list->size(); ++k) {
+    case Value::DictK: {
+      // [a, b] or {"k": a, ...}, one item a line when indented.
+      const bool list = v.kind == Value::ListK;
+      const size_t n = list ? v.list->size() : v.dict->size();
+      out += list ? "[" : "{";
+      for (size_t k = 0; k < n; ++k) {
         out += (k ? sep : "") + nl;
-        json_value((*v.list)[k], indent, depth + 1, out);
+        if (!list) {
+          json_string((*v.dict)[k].first, out);
+          out += ": ";
+        }
+        json_value(list ? (*v.list)[k] : (*v.dict)[k].second, indent, depth + 1, out);
       }
-      out += close + "]";
+      out += (n ? close : "") + (list ? "]" : "}");
       break;
-    case Value::DictK:
-      if (v.dict->empty()) {
-        out += "{}";
-        break;
-      }
-      out += "{";
-      for (size_t k = 0; k < v.dict->size(); ++k) {
-        out += (k ? sep : "") + nl;
-        json_string((*v.dict)[k].first, out);
-        out += ": ";
-        json_value((*v.dict)[k].second, indent, depth + 1, out);
-      }
-      out += close + "}";
-      break;
+    }
     default:
       throw Error("tojson: Object of type " + type_name(v) + " is not JSON serializable");
   }

@@ -66,4 +66,17 @@ std::string float_repr(double d);
 // Python ==.
 bool equals(const Value& a, const Value& b);
 
+// A character and what it becomes (an escape table: JSON's, HTML's, a string literal's).
+struct CharEscape {
+  char c;
+  const char* text;
+};
+// The text `table` gives c, or null when it has none.
+template <size_t N>
+const char* escape_of(const CharEscape (&table)[N], char c) {
+  for (const CharEscape& e : table)
+    if (e.c == c) return e.text;
+  return nullptr;
+}
+
 }  // namespace rill::jinja

@@ -205,6 +205,17 @@ std::string str_field(const json& j, const char* key, const std::string& where) 
   return j[key].get<std::string>();
 }
 
+// The type of tokenizer.json component `c` (named `what` in errors), or "" when nothing is left to do: c is null,
+// or a Sequence, whose parts (listed under `parts`) went to `parse` one by one.
+template <class Parse>
+std::string component_type(const json& c, const std::string& what, const char* parts, Parse parse) {
+  if (c.is_null()) return "";
+  const std::string type = str_field(c, "type", what);
+  if (type != "Sequence") return type;
+  for (const auto& part : c[parts]) parse(part);
+  return "";
+}
+
 std::string pattern_of(const json& p, const std::string& where) {
   RILL_CHECK(p.is_object() && (p.contains("String") || p.contains("Regex")), where + ": pattern must be {String|Regex}");
   return p.contains("String") ? p["String"].get<std::string>() : p["Regex"].get<std::string>();
@@ -282,11 +293,10 @@ void HfTokenizer::Impl::parse_model(const json& m) {
 }
 
 void HfTokenizer::Impl::parse_normalizer(const json& n) {
-  if (n.is_null()) return;
-  const std::string type = str_field(n, "type", where("normalizer"));
-  if (type == "Sequence") {
-    for (const auto& s : n["normalizers"]) parse_normalizer(s);
-  } else if (type == "Prepend") {
+  const std::string type =
+      component_type(n, where("normalizer"), "normalizers", [&](const json& part) { parse_normalizer(part); });
+  if (type.empty()) return;
+  if (type == "Prepend") {
     normalizer.push_back({NormalizerStep::Prepend, str_field(n, "prepend", where("normalizer")), ""});
   } else if (type == "Replace") {
     RILL_CHECK(n["pattern"].contains("String"), where("normalizer.Replace") + ": only String patterns are supported");
@@ -304,13 +314,11 @@ void HfTokenizer::Impl::parse_normalizer(const json& n) {
 }
 
 void HfTokenizer::Impl::parse_pre_tokenizer(const json& p) {
-  if (p.is_null()) return;
-  const std::string type = str_field(p, "type", where("pre_tokenizer"));
+  const std::string type =
+      component_type(p, where("pre_tokenizer"), "pretokenizers", [&](const json& part) { parse_pre_tokenizer(part); });
+  if (type.empty()) return;
   PreTokenizerStep s{};
-  if (type == "Sequence") {
-    for (const auto& q : p["pretokenizers"]) parse_pre_tokenizer(q);
-    return;
-  } else if (type == "Split") {
+  if (type == "Split") {
     s.kind = PreTokenizerStep::Split;
     const bool is_regex = p["pattern"].contains("Regex");
     const std::string pat = pattern_of(p["pattern"], where("pre_tokenizer.Split"));
@@ -347,11 +355,10 @@ void HfTokenizer::Impl::parse_pre_tokenizer(const json& p) {
 }
 
 void HfTokenizer::Impl::parse_post_processor(const json& p) {
-  if (p.is_null()) return;
-  const std::string type = str_field(p, "type", where("post_processor"));
-  if (type == "Sequence") {
-    for (const auto& q : p["processors"]) parse_post_processor(q);
-  } else if (type == "ByteLevel") {
+  const std::string type =
+      component_type(p, where("post_processor"), "processors", [&](const json& part) { parse_post_processor(part); });
+  if (type.empty()) return;
+  if (type == "ByteLevel") {
     // Offsets only: ids are unchanged.
   } else if (type == "TemplateProcessing") {
     RILL_CHECK(p.contains("single") && p["single"].is_array(), where("post_processor.single") + " missing");
@@ -374,12 +381,10 @@ void HfTokenizer::Impl::parse_post_processor(const json& p) {
 }
 
 void HfTokenizer::Impl::parse_decoder(const json& d) {
-  if (d.is_null()) return;
-  has_decoder = true;
-  const std::string type = str_field(d, "type", where("decoder"));
-  if (type == "Sequence") {
-    for (const auto& q : d["decoders"]) parse_decoder(q);
-  } else if (type == "ByteLevel") {
+  has_decoder = has_decoder || !d.is_null();
+  const std::string type = component_type(d, where("decoder"), "decoders", [&](const json& part) { parse_decoder(part); });
+  if (type.empty()) return;
+  if (type == "ByteLevel") {
     decoder.push_back({DecoderStep::ByteLevel});
   } else if (type == "Replace") {
     decoder.push_back({DecoderStep::Replace, pattern_of(d["pattern"], where("decoder.Replace")), str_field(d, "content", where("decoder"))});

@@ -228,7 +228,7 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const KvLayer& kv
       const int64_t lo = sliding_window > 0 ? std::max<int64_t>(0, self - sliding_window + 1) : 0;
       const int32_t* table = tables + int64_t(s) * batch.max_blocks_per_seq;
       const float* qv = q.ptr<float>() + t * num_heads * hd + h * hd;
-      // Rolling KV: entries [0, ns) are sinks, scored with the sink query; [ns, hole) are skipped.
+      // Sink window: entries [0, ns) are sinks, scored with the sink query; [ns, hole) are skipped.
       const int64_t ns = sinks ? sinks[s] : 0, hole = sinks ? std::max<int64_t>(ns, hole_end[t]) : 0;
       const float* qs = ns > 0 ? q_sink.ptr<float>() + t * num_heads * hd + h * hd : qv;
       scores.resize(size_t(self - lo + 1));

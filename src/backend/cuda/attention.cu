@@ -4,7 +4,7 @@
 //  - decode (new tokens x query heads per KV head fit one 16-row MMA tile): a tensor-core kernel with the
 //    group's heads packed into the tile, so K/V are read once per group, and the keys split across blocks
 //    (at most 16 splits, decided by the sequence's own length), merged by log-sum-exp;
-//  - the rest (rolling KV with attention sinks, head sizes other than 64/128, mid-size chunks, and everything
+//  - the rest (sink-window sequences, head sizes other than 64/128, mid-size chunks, and everything
 //    in float32 mode, where q and the cache are f32): the split kernel, flash-decoding style on CUDA cores.
 //    One block handles one query token, the query heads of one KV head (up to 8 at a time) and one split of
 //    at most kSplitKeys keys; a key row of head_dim entries is read by LPK lanes with one 16-byte load each
@@ -12,7 +12,7 @@
 //    online softmax per lane group, then groups and warps merge through shared memory.
 //
 // A token's splits depend only on how many keys it attends to, never on the rest of the batch. Masks are the
-// CPU backend's: causal, an optional sliding window, and rolling KV (entries [0, sinks) are scored with the
+// CPU backend's: causal, an optional sliding window, and the sink window (entries [0, sinks) are scored with the
 // sink query, [sinks, hole_end) are skipped).
 #include <cmath>
 #include <cstdlib>

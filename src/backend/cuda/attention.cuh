@@ -30,8 +30,8 @@ struct Params {
 };
 
 // Which kernel a sequence's tokens take: the tensor-core prefill kernel (16+ new tokens), the tensor-core
-// decode kernel (new tokens x query heads per KV head fit one 16-row MMA tile), or the split kernel (rolling
-// KV, other head sizes, an f32 cache, the rest). Host and device decide alike.
+// decode kernel (new tokens x query heads per KV head fit one 16-row MMA tile), or the split kernel (sink
+// window, other head sizes, an f32 cache, the rest). Host and device decide alike.
 enum Route { kSplit = 0, kTcPrefill = 1, kTcDecode = 2 };
 // The prefill kernel: K/V tiles of 64 keys, Q staged in shared memory, 32 query rows per warp (two 16-row MMA
 // tiles, so that each K/V fragment read from shared memory feeds two MMAs), 8 warps (256 rows) per block and

@@ -374,19 +374,19 @@ __global__ void __launch_bounds__(kThreads)
     const int t = pen[e].token;
     if (t < 0 || t >= V) continue;
     float l = row[t];
-    if (p.repetition_penalty != 1.f) l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
-    if (pen[e].output_count > 0) l -= p.presence_penalty + p.frequency_penalty * float(pen[e].output_count);
+    if (p.params.repetition_penalty != 1.f) l = l > 0 ? l / p.params.repetition_penalty : l * p.params.repetition_penalty;
+    if (pen[e].output_count > 0) l -= p.params.presence_penalty + p.params.frequency_penalty * float(pen[e].output_count);
     row[t] = l;
   }
   __syncthreads();
 
   // The largest logit / temperature (the raw logit when greedy) and its first id; the count of the others.
-  const bool greedy = p.temperature == 0.f;
+  const bool greedy = p.params.temperature == 0.f;
   float best = -INFINITY;
   int best_i = INT_MAX;
   u64 valid = 0;
   for_each_in_row(row, V, [&](float l, int i) {
-    const float x = greedy ? l : l / p.temperature;
+    const float x = greedy ? l : l / p.params.temperature;
     if (isnan(x)) return;
     ++valid;
     if (x > best || best_i == INT_MAX) best = x, best_i = i;
@@ -409,7 +409,7 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   valid = block_sum(valid, sm);
-  const float mx = best, temp = p.temperature;
+  const float mx = best, temp = p.params.temperature;
   auto weight = [mx](float x) { return u64(double(expf(x - mx)) * kFixedOne); };
   auto one = [](float) { return u64(1); };
   // The tokens still in play: the whole row, or the kept set once it is in shared memory.
@@ -426,20 +426,20 @@ __global__ void __launch_bounds__(kThreads)
 
   // top-k: the first k tokens (a running count).
   Cut top_k;
-  if (p.top_k > 0 && u64(p.top_k) < valid)
-    top_k = stage(one, [&](u64) { return u64(p.top_k); }, all, false, true);
+  if (p.params.top_k > 0 && u64(p.params.top_k) < valid)
+    top_k = stage(one, [&](u64) { return u64(p.params.top_k); }, all, false, true);
   auto in_top_k = [&](float x, int id) { return shared || top_k.keeps(x, id); };
   // top-p: the shortest prefix whose probability reaches top_p.
   Cut top_p;
-  if (p.top_p < 1.f) {
+  if (p.params.top_p < 1.f) {
     auto target = [&](u64 sum) {
-      u64 t = u64(ceil(double(p.top_p) * double(sum)));
+      u64 t = u64(ceil(double(p.params.top_p) * double(sum)));
       return t < 1 ? u64(1) : t > sum ? sum : t;
     };
     top_p = stage(weight, target, in_top_k, false, true);
   }
   // min-p, then the draw: the token at which the running probability first exceeds uniform * total.
-  const float min_p = p.min_p;
+  const float min_p = p.params.min_p;
   auto kept = [&](float x, int id) {
     return in_top_k(x, id) && (shared || top_p.keeps(x, id)) && (min_p == 0.f || expf(x - mx) >= min_p);
   };
