@@ -2,7 +2,8 @@
 # The whole test suite: builds (scripts/build.sh) and runs every test with CTest, then rebuilds the tests
 # with AddressSanitizer + UndefinedBehaviorSanitizer and runs them again, then runs the multithreaded parts
 # (engine, thread pool and backend) under ThreadSanitizer. GPU tests (label gpu) report "Skipped" on
-# machines without a CUDA device. RILL_SKIP_SANITIZERS=1 skips the sanitizer passes.
+# machines without a CUDA device. RILL_SKIP_SANITIZERS=1 skips the sanitizer passes; RILL_LINT=1 also runs
+# clang-tidy (scripts/lint.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -22,4 +23,8 @@ if [ "${RILL_SKIP_SANITIZERS:-0}" != 1 ]; then
     -DCMAKE_CXX_FLAGS=-fsanitize=thread -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread >/dev/null
   ninja -C build-tsan engine_test backend_test session_soak_test make_random_model
   (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" -R '^(Models/Engine|Backend|ThreadPool|SessionSoak)')
+fi
+if [ "${RILL_LINT:-0}" = 1 ]; then
+  echo "== clang-tidy =="
+  bash scripts/lint.sh
 fi

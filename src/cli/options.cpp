@@ -20,7 +20,7 @@ std::string default_model() {
     places.push_back(exe.parent_path().parent_path() / "share" / "rill" / "models");
   }
 #ifdef RILL_SOURCE_MODELS_DIR
-  places.push_back(RILL_SOURCE_MODELS_DIR);
+  places.emplace_back(RILL_SOURCE_MODELS_DIR);
 #endif
   std::string looked;
   for (const auto& dir : places) {

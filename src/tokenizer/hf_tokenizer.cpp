@@ -792,7 +792,7 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
           if (run.empty()) return;
           if (utf8::first_invalid(run) == std::string::npos) out.push_back(run);
           else
-            for (size_t k = 0; k < run.size(); ++k) out.push_back("\xEF\xBF\xBD");
+            for (size_t k = 0; k < run.size(); ++k) out.emplace_back("\xEF\xBF\xBD");
           run.clear();
         };
         for (const auto& t : toks) {

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #if defined(__x86_64__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define RILL_AVX2 __attribute__((target("avx2,fma,f16c")))
 #endif
@@ -166,8 +167,11 @@ RILL_AVX2 void axpy_avx2(float a, const float* x, float* y, int64_t n) {
 
 bool has_avx2() {
 #if defined(__x86_64__)
-  static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                          __builtin_cpu_supports("f16c") && !std::getenv("RILL_NO_AVX2");
+  static const bool yes = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;  // F16C from CPUID leaf 1 (clang's __builtin_cpu_supports lacks it)
+    const bool f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c && !std::getenv("RILL_NO_AVX2");
+  }();
   return yes;
 #else
   return false;
