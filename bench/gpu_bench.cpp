@@ -269,7 +269,6 @@ int main(int argc, char** argv) {
                   double(matmul_params) / 1e9, seconds(t0, Clock::now()));
       j["layers"] = layers;
     }
-    const rill::ModelConfig* cfg = model ? &model->config() : nullptr;
     // Bytes per weight and KV entry: 2 (bf16), or 4 in float32 mode.
     const double elt = double(rill::dtype_size(backend->kv_dtype()));
     const double kv_bytes_per_token = double(2 * layers * kv_heads * hd) * elt;

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${RILL_BUILD_DIR:-build}
 [ -f "$build/compile_commands.json" ] || bash scripts/build.sh
-tidy=$(command -v run-clang-tidy || command -v run-clang-tidy-14)
+command -v run-clang-tidy >/dev/null 2>&1 || bash scripts/setup.sh clang-tidy
+tidy=$(command -v run-clang-tidy)
 "$tidy" -p "$build" -j "$(nproc)" -quiet "$PWD/src/.*\.cpp$"
 echo "lint: clang-tidy clean"

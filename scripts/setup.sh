@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages rill needs to build and test. Idempotent: packages already present are
 # left alone, so re-running costs one dpkg query. Needs root (or sudo) only when something is missing.
+# Arguments name optional extras to install as well (scripts/lint.sh passes clang-tidy).
 set -euo pipefail
 
 packages=(
@@ -19,6 +20,7 @@ packages=(
 # Node.js and npm for the end-to-end tests with the official `openai` npm client; a node that is already
 # installed (from any source) is kept.
 command -v node >/dev/null 2>&1 || packages+=(nodejs npm)
+packages+=("$@")
 
 missing=()
 for p in "${packages[@]}"; do

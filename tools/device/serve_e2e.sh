@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# rill as its user runs it, on the GPU: `rill generate` and `rill chat` on the embedded model, then `rill serve
+# --device cuda` driven over HTTP (a streamed completion, a chat completion, the official `openai` Python SDK
+# when the machine has it, a session created, appended to and generated from, /metrics), then SIGTERM, which
+# must exit 0. Run from the repository root on the device machine with a bundle (tools/device/pack.sh):
+#   bash tools/device/serve_e2e.sh BUNDLE_DIR          (prints each step; exits 1 on the first failure)
+set -uo pipefail
+bundle=$1
+here=$(pwd)
+unpacked=$(mktemp -d)
+tar xJf "$bundle/bins.tar.xz" -C "$unpacked"
+export LD_LIBRARY_PATH="$here/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+rill="$unpacked/build/rill"
+fail() { echo "FAIL: $*"; exit 1; }
+
+echo "== rill generate --device cuda"
+"$rill" generate --device cuda --prompt "Once upon a time" -n 40 --temperature 0 || fail "generate"
+echo
+echo "== rill generate --device cuda --kv-policy sink (past the 512-token context)"
+"$rill" generate --device cuda --prompt "Once upon a time" -n 1200 --kv-policy sink --sinks 4 --window 252 \
+  --temperature 0.8 --seed 1 --output json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(len(d["ids"]), "tokens"); assert len(d["ids"])==1200' \
+  || fail "generate sink"
+echo "== rill chat --device cuda"
+printf 'Tell me a story.\n/exit\n' | "$rill" chat --device cuda -n 60 --seed 2 || fail "chat"
+echo
+
+echo "== rill serve --device cuda"
+log=$(mktemp)
+"$rill" serve --device cuda --port 0 --api-key k 2>"$log" &
+server=$!
+url=""
+for _ in $(seq 600); do
+  url=$(grep -o 'http://[0-9.]*:[0-9]*' "$log" || true)
+  [ -n "$url" ] && break
+  kill -0 $server 2>/dev/null || break
+  sleep 0.1
+done
+[ -n "$url" ] || { cat "$log"; fail "serve did not start"; }
+head -2 "$log"
+auth=(-H 'Authorization: Bearer k' -H 'Content-Type: application/json')
+echo "-- POST /v1/completions (stream)"
+curl -sN "$url/v1/completions" "${auth[@]}" \
+  -d '{"prompt": "Once upon a time", "max_tokens": 30, "temperature": 0.7, "seed": 3, "stream": true,
+       "stream_options": {"include_usage": true}}' | tee /tmp/stream.txt | tail -3
+grep -q '^data: \[DONE\]' /tmp/stream.txt || fail "stream did not end with [DONE]"
+echo "-- POST /v1/chat/completions"
+curl -s "$url/v1/chat/completions" "${auth[@]}" \
+  -d '{"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 30, "logprobs": true, "top_logprobs": 2}' \
+  | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["choices"][0]["message"]["content"][:200]); print(d["usage"]); assert d["choices"][0]["logprobs"]["content"]' \
+  || fail "chat completion"
+echo "-- 401 without the key, 400 naming a bad parameter"
+code=$(curl -s -o /dev/null -w '%{http_code}' "$url/v1/models")
+[ "$code" = 401 ] || fail "expected 401, got $code"
+curl -s "$url/v1/completions" "${auth[@]}" -d '{"prompt": "x", "temperature": "hot"}' | tee /tmp/err.txt; echo
+grep -q temperature /tmp/err.txt || fail "400 does not name temperature"
+if python3 -c 'import openai' 2>/dev/null; then
+  echo "-- the official openai Python SDK, 8 concurrent streams"
+  python3 - "$url" <<'EOF' || fail "openai SDK"
+import sys, concurrent.futures, openai
+client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key="k")
+def one(i):
+    s = client.chat.completions.create(model="rill-tiny", messages=[{"role": "user", "content": f"Story {i}"}],
+                                       max_tokens=40, stream=True, seed=i, temperature=0.8)
+    return "".join(c.choices[0].delta.content or "" for c in s if c.choices)
+with concurrent.futures.ThreadPoolExecutor(8) as ex:
+    texts = list(ex.map(one, range(8)))
+assert all(texts), texts
+print(texts[0][:120])
+EOF
+else
+  echo "-- (no openai Python package on this machine: the SDK run is tests/e2e's, on the CPU)"
+fi
+echo "-- sessions"
+sid=$(curl -s "$url/v1/sessions" "${auth[@]}" -d '{"kv_policy": {"type": "sink", "sinks": 4, "window": 252},
+  "defaults": {"temperature": 0.7, "max_tokens": 40}}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+[ -n "$sid" ] || fail "session create"
+curl -s "$url/v1/sessions/$sid/append" "${auth[@]}" -d '{"text": "Once upon a time there was a cat."}'; echo
+curl -sN "$url/v1/sessions/$sid/generate" "${auth[@]}" -d '{"max_tokens": 300, "seed": 4}' >/tmp/sess.txt
+tail -2 /tmp/sess.txt
+grep -q '^data: \[DONE\]' /tmp/sess.txt || fail "session generate"
+curl -s "$url/v1/sessions/$sid" "${auth[@]}"; echo
+curl -s "$url/metrics" "${auth[@]}" | grep -E '^rill_(requests_running|kv_blocks_used|sessions|generation_tokens_total) '
+echo "-- SIGTERM"
+kill -TERM $server
+wait $server
+rc=$?
+tail -2 "$log"
+[ "$rc" = 0 ] || fail "serve exited $rc after SIGTERM"
+echo "serve_e2e: all passed"
