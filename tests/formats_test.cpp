@@ -98,6 +98,11 @@ TEST(Safetensors, HeaderNotJson) {
   expect_error([&] { WeightMap m; read_safetensors(dir / "bad.safetensors", &m); }, {"bad.safetensors", "not valid JSON"});
   write_bytes(dir / "arr.safetensors", safetensors_bytes("[1, 2]", 0));
   expect_error([&] { WeightMap m; read_safetensors(dir / "arr.safetensors", &m); }, {"arr.safetensors", "not a JSON object"});
+  // Nesting deep enough to overflow the stack in a copy is refused while parsing.
+  const std::string deep = "{\"x\": " + std::string(200000, '[') + std::string(200000, ']') + "}";
+  write_bytes(dir / "deep.safetensors", safetensors_bytes(deep, 0));
+  expect_error([&] { WeightMap m; read_safetensors(dir / "deep.safetensors", &m); },
+               {"deep.safetensors", "nested deeper than 128 levels"});
 }
 
 TEST(Safetensors, UnknownDtypeAndBadEntries) {
@@ -196,6 +201,8 @@ TEST_F(CorruptModelTest, ConfigBadValues) {
   expect_error([&] { read_checkpoint(dir_.path.string()); }, {"rope_scaling", "longrope"});
   write_bytes(dir_ / "config.json", "{\"hidden_size\": 12");
   expect_error([&] { read_checkpoint(dir_.path.string()); }, {"config.json", "not valid JSON"});
+  write_bytes(dir_ / "config.json", "{\"hidden_size\": " + std::string(200000, '[') + std::string(200000, ']') + "}");
+  expect_error([&] { read_checkpoint(dir_.path.string()); }, {"config.json", "nested deeper than"});
 }
 
 TEST(HfConfig, RopeForms) {

@@ -241,6 +241,35 @@ TEST(Server, ErrorsAreOpenAiShaped) {
   EXPECT_EQ(f.blocks_used(), 0);
 }
 
+// Issue 26: a body nested 100k levels deep crashed the server (nlohmann copies and dumps recurse per level).
+// Bodies deeper than kMaxJsonDepth are a 400 on every route that reads one; the server stays up.
+TEST(Server, DeeplyNestedBodiesAre400) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  auto c = f.client();
+  const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"/v1/sessions", "{\"model\":" + deep + "}"},
+      {"/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\", \"x\": " + deep + "}]}"},
+      {"/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": " + deep + "}"},
+      {"/v1/completions", "{\"prompt\": \"x\", \"user\": " + deep + "}"},
+      {"/tokenize", "{\"prompt\": " + deep + "}"},
+  };
+  for (const auto& [path, body] : cases) {
+    auto r = c.Post(path.c_str(), body, "application/json");
+    ASSERT_TRUE(r) << path << ": no response (the server died?)";
+    EXPECT_EQ(r->status, 400) << path;
+    EXPECT_NE(r->body.find("nested deeper than"), std::string::npos) << path << ": " << r->body.substr(0, 200);
+  }
+  // 128 levels are fine (a JSON Schema in tools nests a few dozen at most).
+  std::string ok = "{\"prompt\": \"x\", \"max_tokens\": 1, \"user\": \"u\", \"metadata\": ";
+  ok += std::string(126, '[') + std::string(126, ']') + "}";
+  auto r = c.Post("/v1/completions", ok, "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(c.Get("/health")->status, 200);
+}
+
 // A conversation longer than the model's context: 400 with the dense policy, answered under "kv_policy": sink.
 TEST(Server, SinkPolicyServesPromptsBeyondTheContext) {
   if (!have_fixtures()) GTEST_SKIP();
@@ -331,6 +360,10 @@ TEST(Server, StreamingSessions) {
   EXPECT_EQ(f.post("/detokenize", {{"tokens", {1, 99999999}}}, &status)["error"]["param"], "tokens");
   EXPECT_EQ(status, 400);
   EXPECT_EQ(f.post("/detokenize", {{"tokens", "1 2"}}, &status)["error"]["param"], "tokens");
+  EXPECT_EQ(status, 400);
+  // Issue 26: a wrong type for add_special_tokens was a 500 with nlohmann's text.
+  EXPECT_EQ(f.post("/tokenize", {{"prompt", "x"}, {"add_special_tokens", "no"}}, &status)["error"]["param"],
+            "add_special_tokens");
   EXPECT_EQ(status, 400);
   f.post("/v1/sessions", {{"kv_policy", {{"type", "sink"}, {"window", 4}}}}, &status);
   EXPECT_EQ(status, 400);
@@ -455,6 +488,9 @@ TEST(Server, PrefixReuseReportsCachedTokens) {
   const std::string metrics = f.client().Get("/metrics")->body;
   EXPECT_NE(metrics.find("rill_prefix_cache_hit_rate"), std::string::npos);
   EXPECT_NE(metrics.find("rill_time_to_first_token_seconds_bucket"), std::string::npos);
+  // Issue 26: successes were counted as status="-1". Both answers above were 200s.
+  EXPECT_EQ(metrics.find("status=\"-1\""), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("rill_http_responses_total{status=\"200\"}"), std::string::npos) << metrics;
 }
 
 }  // namespace

@@ -12,8 +12,10 @@ Json read(const std::string& path) {
   std::ifstream in(path);
   RILL_CHECK(in, path + ": cannot open");
   try {
-    return Json::parse(in);
+    return parse_json<Json>(in);
   } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": not valid JSON: " + e.what());
+  } catch (const Error& e) {
     throw Error(path + ": not valid JSON: " + e.what());
   }
 }

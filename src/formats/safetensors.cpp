@@ -6,6 +6,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <string_view>
 
 #include "core/error.h"
 #include "formats/json_file.h"
@@ -48,8 +49,10 @@ void read_safetensors(const std::string& path, WeightMap* out) {
                  std::to_string(file->size()) + " (truncated or not a safetensors file)");
   json header;
   try {
-    header = json::parse(file->data() + 8, file->data() + 8 + header_len);
+    header = parse_json<json>(std::string_view(reinterpret_cast<const char*>(file->data()) + 8, header_len));
   } catch (const json::exception& e) {
+    throw Error(path + ": safetensors header is not valid JSON: " + e.what());
+  } catch (const Error& e) {
     throw Error(path + ": safetensors header is not valid JSON: " + e.what());
   }
   RILL_CHECK(header.is_object(), path + ": safetensors header is not a JSON object");

@@ -44,6 +44,8 @@ struct HttpServer::Impl {
     } catch (const std::exception& e) {
       send_error(res, openai::ApiError(500, "internal_error", e.what()));
     }
+    // cpp-httplib leaves a response it has not sent yet at status -1 and sends it as 200.
+    if (res.status < 0) res.status = 200;
     ctx.metrics.response(res.status);
   }
 
@@ -73,7 +75,7 @@ struct HttpServer::Impl {
                const json b = openai::parse_body(req.body);
                if (!b.contains("prompt") || !b["prompt"].is_string())
                  throw openai::bad_request("'prompt' must be a string", "prompt");
-               const bool add = !b.contains("add_special_tokens") || b["add_special_tokens"].template get<bool>();
+               const bool add = openai::boolean(b, "add_special_tokens", true);
                const auto ids = model.tokenizer->encode(b["prompt"].template get<std::string>(), add);
                res.set_content(openai::dump(json({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", model.max_model_len}})),
                                "application/json");

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "formats/json_file.h"
+
 namespace rill::openai {
 
 json ApiError::body() const {
@@ -13,13 +15,16 @@ ApiError bad_request(const std::string& message, const std::string& param) {
 }
 
 json parse_body(const std::string& body) {
+  json b;
   try {
-    json b = json::parse(body.empty() ? std::string("{}") : body);
-    if (!b.is_object()) throw bad_request("the request body must be a JSON object");
-    return b;
+    b = parse_json<json>(body.empty() ? std::string("{}") : body);
   } catch (const json::exception& e) {
     throw bad_request(std::string("the body is not valid JSON: ") + e.what());
+  } catch (const Error& e) {  // nested too deep
+    throw bad_request(std::string("the body is not valid JSON: ") + e.what());
   }
+  if (!b.is_object()) throw bad_request("the request body must be a JSON object");
+  return b;
 }
 
 std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
