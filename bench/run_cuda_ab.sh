@@ -2,7 +2,7 @@
 # An A/B of two builds on the device machine, in one call: gpu_bench (Llama-3-8B shape, random bf16 weights) of
 # an earlier commit (old/, packed by `OLD=DIR tools/device/pack.sh`) and of this one, alternating old, new, old,
 # new, ... so that drift of the machine falls on both. Prints each run's figures and, last, a table of medians.
-#   here:   OLD=/path/to/old/build FIXTURES=none bash tools/device/pack.sh
+#   here:   OLD=/path/to/old/build bash tools/device/pack.sh
 #   device: bash bench/run_cuda_ab.sh .device/bundle [ROUNDS (2)] [WHAT (decode1,batch64)]
 #           (writes $OUT/ab.json: every run's gpu_bench JSON, and $OUT/ab.txt: the log)
 set -uo pipefail
@@ -11,7 +11,7 @@ rounds=${2:-2}
 what=${3:-decode1,batch64}
 out=${OUT:-/tmp}
 unpacked=$(mktemp -d)
-tar xJf "$bundle/bins.tar.xz" -C "$unpacked" && tar xJf "$bundle/old.tar.xz" -C "$unpacked"
+tar xJf "$bundle/bins.tar.xz" -C "$unpacked"
 export LD_LIBRARY_PATH="$PWD/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 declare -A bin=([old]="$unpacked/old/gpu_bench" [new]="$unpacked/build/bench/gpu_bench")
 {
