@@ -270,6 +270,37 @@ TEST(Server, DeeplyNestedBodiesAre400) {
   EXPECT_EQ(c.Get("/health")->status, 200);
 }
 
+// Issue 26: under the sink policy max_tokens up to 2^30 was accepted, and a request generated for minutes after
+// its client left. rill serve --max-tokens-limit bounds it, for requests and session generations alike.
+TEST(Server, MaxTokensLimitBoundsSinkRequests) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  const json sink = {{"type", "sink"}, {"sinks", 4}, {"window", 60}};
+  int status;
+  json r = f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1 << 29}, {"kv_policy", sink}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(r["error"]["param"], "max_tokens");
+  EXPECT_NE(r["error"]["message"].get<std::string>().find(std::to_string(openai::kDefaultMaxTokensLimit)),
+            std::string::npos)
+      << r.dump();
+  r = f.post("/v1/chat/completions",
+             {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_completion_tokens", 1 << 29}, {"kv_policy", sink}},
+             &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(r["error"]["param"], "max_completion_tokens");
+  const std::string id = f.post("/v1/sessions", {{"kv_policy", sink}})["id"];
+  f.post("/v1/sessions/" + id + "/append", {{"text", "Once"}});
+  r = f.post("/v1/sessions/" + id + "/generate", {{"max_tokens", 1 << 29}, {"stream", false}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(r["error"]["param"], "max_tokens");
+  // Within the limit, past the context: served.
+  r = f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 700}, {"kv_policy", sink}}, &status);
+  EXPECT_EQ(status, 200) << r.dump();
+  EXPECT_EQ(r["usage"]["completion_tokens"], 700);
+  EXPECT_EQ(f.client().Delete(("/v1/sessions/" + id).c_str())->status, 200);
+  EXPECT_EQ(f.blocks_used(), 0);
+}
+
 // A conversation longer than the model's context: 400 with the dense policy, answered under "kv_policy": sink.
 TEST(Server, SinkPolicyServesPromptsBeyondTheContext) {
   if (!have_fixtures()) GTEST_SKIP();

@@ -25,7 +25,7 @@ Run add_serve(CLI::App& app) {
     std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory;
     double gpu_memory_fraction = 0.9;
     int port = 8000, block_size = kDefaultBlockSize, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
-    int max_model_len = 0, max_sessions = 64;
+    int max_model_len = 0, max_sessions = 64, max_tokens_limit = openai::kDefaultMaxTokensLimit;
     DeviceArgs device;
     double session_ttl = 600;
     KvPolicyArgs kv;
@@ -65,6 +65,10 @@ Run add_serve(CLI::App& app) {
   app.add_option("--session-ttl", a->session_ttl, "Seconds an idle session lives before it is deleted")
       ->check(CLI::PositiveNumber);
   app.add_option("--max-body-bytes", a->max_body, "Largest request body accepted (413 beyond)");
+  app.add_option("--max-tokens-limit", a->max_tokens_limit,
+                 "Largest max_tokens a request or session generation may ask for (400 beyond); under the sink and "
+                 "window policies nothing else bounds it")
+      ->check(CLI::PositiveNumber);
   return [a] {
     a->model = model_or_default(a->model);
     // Signals are taken by one thread (below), not by whichever thread they land on.
@@ -134,6 +138,7 @@ Run add_serve(CLI::App& app) {
     info.chat_template = tmpl.get();
     info.max_model_len = engine.max_model_len();
     info.block_size = a->block_size;
+    info.max_tokens_limit = a->max_tokens_limit;
     {
       ModelConfig limits = model.config();
       limits.max_position_embeddings = engine.max_model_len();

@@ -1,5 +1,7 @@
 #include "server/openai.h"
 
+#include <algorithm>
+#include <cstdint>
 
 namespace rill::openai {
 
@@ -51,7 +53,7 @@ SessionGeneration parse_session_generation(const json& defaults, const json& cal
   for (const auto& [k, v] : call.items()) b[k] = v;  // the call's parameters over the defaults
   SessionGeneration g;
   g.request = parse_request_params(b, model);
-  g.request.max_tokens = int(integer(b, "max_tokens", 256, 1, 1 << 30));
+  g.request.max_tokens = int(integer(b, "max_tokens", std::min(256, model.max_tokens_limit), 1, model.max_tokens_limit));
   g.stop = parse_stop(b);
   g.stream = boolean(b, "stream", true);
   return g;
@@ -194,8 +196,10 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
     const int room = m.max_model_len - int(q.prompt.size());
     const char* key = b.contains("max_completion_tokens") && !b["max_completion_tokens"].is_null() ? "max_completion_tokens" : "max_tokens";
     // Under the sink-window KV policy there is no context limit: a chat answer defaults to the model's context.
-    const int64_t fallback = chat ? (q.kv_policy.is_sink_window() ? m.max_model_len : std::max(1, room)) : 16;
-    q.max_tokens = int(integer(b, key, fallback, 1, 1 << 30));
+    const int64_t fallback =
+        std::min<int64_t>(chat ? (q.kv_policy.is_sink_window() ? m.max_model_len : std::max(1, room)) : 16,
+                          m.max_tokens_limit);
+    q.max_tokens = int(integer(b, key, fallback, 1, m.max_tokens_limit));
     if (!q.kv_policy.is_sink_window() && int64_t(q.prompt.size()) + q.max_tokens > m.max_model_len)
       throw bad_request("this model's maximum context length is " + std::to_string(m.max_model_len) +
                             " tokens; the prompt has " + std::to_string(q.prompt.size()) + " tokens and " + key + " is " +

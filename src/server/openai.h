@@ -16,7 +16,9 @@
 
 namespace rill::openai {
 
-// What the server knows about its model.
+inline constexpr int kDefaultMaxTokensLimit = 262144;
+
+// What the server knows about its model, and the limits it puts on requests for it.
 struct ModelInfo {
   std::string name;
   const Tokenizer* tokenizer = nullptr;
@@ -26,6 +28,9 @@ struct ModelInfo {
   int max_model_len = 0;
   int block_size = kDefaultBlockSize;
   KvPolicy default_kv_policy;  // for requests without "kv_policy" (rill serve --kv-policy)
+  // The largest max_tokens one request or session generation may ask for (rill serve --max-tokens-limit). Under
+  // the dense policy the context bounds it anyway; under sink and window nothing else does.
+  int max_tokens_limit = kDefaultMaxTokensLimit;
 };
 
 struct CompletionRequest {
