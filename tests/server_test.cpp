@@ -231,6 +231,11 @@ TEST(Server, ErrorsAreOpenAiShaped) {
   const json ctx = f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 100000}}, &status);
   EXPECT_NE(ctx["error"]["message"].get<std::string>().find("maximum context length is 512"), std::string::npos);
   EXPECT_EQ(f.post("/v1/chat/completions", {{"messages", "hi"}}, &status)["error"]["param"], "messages");
+  // Issue 26: 2^64-1 was reported as "got -1".
+  const json huge = f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", UINT64_MAX}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_NE(huge["error"]["message"].get<std::string>().find("(got 18446744073709551615)"), std::string::npos)
+      << huge.dump();
   auto c = f.client();
   auto bad = c.Post("/v1/completions", "{not json", "application/json");
   EXPECT_EQ(bad->status, 400);

@@ -1,6 +1,7 @@
 #include "server/json_body.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "formats/json_file.h"
 
@@ -43,10 +44,12 @@ double number(const json& b, const char* key, double fallback, double lo, double
 int64_t integer(const json& b, const char* key, int64_t fallback, int64_t lo, int64_t hi) {
   if (!b.contains(key) || b[key].is_null()) return fallback;
   if (!b[key].is_number_integer()) throw bad_request(std::string("'") + key + "' must be an integer", key);
-  const int64_t v = b[key].get<int64_t>();
-  if (v < lo || v > hi)
+  // Above INT64_MAX only as an unsigned number, which get<int64_t>() would wrap to a negative one.
+  const bool huge = b[key].is_number_unsigned() && b[key].get<uint64_t>() > uint64_t(INT64_MAX);
+  const int64_t v = huge ? INT64_MAX : b[key].get<int64_t>();
+  if (huge || v < lo || v > hi)
     throw bad_request(std::string("'") + key + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi) +
-                          " (got " + std::to_string(v) + ")",
+                          " (got " + b[key].dump() + ")",
                       key);
   return v;
 }
