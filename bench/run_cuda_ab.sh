@@ -3,7 +3,7 @@
 # an earlier commit (old/, packed by `OLD=DIR tools/device/pack.sh`) and of this one, alternating old, new, old,
 # new, ... so that drift of the machine falls on both. Prints each run's figures and, last, a table of medians.
 #   here:   OLD=/path/to/old/build bash tools/device/pack.sh
-#   device: bash bench/run_cuda_ab.sh .device/bundle [ROUNDS (2)] [WHAT (decode1,batch64)]
+#   device: bash bench/run_cuda_ab.sh .device/bundle [ROUNDS (2)] [WHAT (decode1,batch64)] [gpu_bench options...]
 #           (writes $OUT/ab.json: every run's gpu_bench JSON, and $OUT/ab.txt: the log)
 set -uo pipefail
 bundle=${1:-.device/bundle}
@@ -20,7 +20,7 @@ declare -A bin=([old]="$unpacked/old/gpu_bench" [new]="$unpacked/build/bench/gpu
   for r in $(seq "$rounds"); do
     for b in old new; do
       echo "== round $r: $b"
-      "${bin[$b]}" --what "$what" --out "$out/ab-$b-$r.json" 2>&1 | grep -vE '^\s*$'
+      "${bin[$b]}" --what "$what" "${@:4}" --out "$out/ab-$b-$r.json" 2>&1 | grep -vE '^\s*$'
     done
   done
 } 2>&1 | tee "$out/ab.txt"
