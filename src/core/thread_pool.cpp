@@ -23,6 +23,8 @@ inline void cpu_relax() {
 // How long an idle worker spins before sleeping: long enough to bridge the gap between the ops of
 // one forward pass, short enough not to burn a core between requests.
 constexpr auto kSpin = std::chrono::microseconds(500);
+// How many pauses parallel_for spends waiting for the workers before it yields its core (a few microseconds).
+constexpr int kCallerSpins = 2048;
 
 }  // namespace
 
@@ -101,7 +103,12 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
     if (sleeping_ > 0) wake_.notify_all();
   }
   run_chunks();
-  while (pending_.load(std::memory_order_acquire) != 0) cpu_relax();
+  // Spin for the workers' last chunks, then yield: when there are more threads than free cores (two processes, or
+  // tests run side by side), a worker may be waiting for this core, and pausing here would only burn its slice.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < kCallerSpins) cpu_relax();
+    else std::this_thread::yield();
+  }
   fn_ = nullptr;
 }
 
