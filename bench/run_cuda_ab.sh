@@ -16,7 +16,7 @@ export LD_LIBRARY_PATH="$PWD/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH
 declare -A bin=([old]="$unpacked/old/gpu_bench" [new]="$unpacked/build/bench/gpu_bench")
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  echo "old: $(cat "$unpacked/old/COMMIT")  new: $(git rev-parse HEAD 2>/dev/null || echo 'the working tree')"
+  echo "old: $(cat "$unpacked/old/COMMIT")  new: $(cat "$unpacked/build/COMMIT")"
   for r in $(seq "$rounds"); do
     for b in old new; do
       echo "== round $r: $b"

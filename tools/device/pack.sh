@@ -15,10 +15,13 @@ for f in build/rill build/make_random_model build/tests/cuda_test build/tests/go
   build/tests/streaming_test $(ls build/bench/gpu_bench 2>/dev/null); do
   mkdir -p "$bins/$(dirname "$f")" && strip -o "$bins/$f" "$f"
 done
+# Which source the binaries come from (the device's copy of the tree may carry another git HEAD).
+{ git rev-parse --short HEAD; git diff --quiet HEAD -- src bench tests || echo "(with uncommitted changes)"; } \
+  | paste -sd' ' > "$bins/build/COMMIT"
 dirs=(build)
 if [ -n "${OLD:-}" ]; then
   mkdir -p "$bins/old" && strip -o "$bins/old/gpu_bench" "$OLD/bench/gpu_bench"
-  (cd "$OLD" && git rev-parse HEAD 2>/dev/null || echo unknown) > "$bins/old/COMMIT"
+  (cd "$OLD" && git rev-parse --short HEAD 2>/dev/null || echo unknown) > "$bins/old/COMMIT"
   dirs+=(old)
 fi
 XZ_OPT=-9e tar cJf "$out/bins.tar.xz" -C "$bins" "${dirs[@]}"
