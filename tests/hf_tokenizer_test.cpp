@@ -39,6 +39,18 @@ TEST_P(HfTokenizerFixture, EncodeMatchesReference) {
   }
 }
 
+// encode_at_most is encode() while the ids fit, and TooManyTokens one id past the bound (every tokenizer kind:
+// byte-level, metaspace, added tokens at the end).
+TEST_P(HfTokenizerFixture, EncodeAtMostStopsPastTheBound) {
+  for (const auto& c : ref_["cases"]) {
+    const std::string text = c["text"];
+    const auto ids = c["ids_with_special"].get<std::vector<int32_t>>();
+    EXPECT_EQ(tok_->encode_at_most(text, true, ids.size()), ids) << json(text).dump();
+    if (ids.empty()) continue;
+    EXPECT_THROW(tok_->encode_at_most(text, true, ids.size() - 1), TooManyTokens) << json(text).dump();
+  }
+}
+
 TEST_P(HfTokenizerFixture, DecodeMatchesReference) {
   for (const auto& c : ref_["cases"]) {
     const auto ids = c["ids_with_special"].get<std::vector<int32_t>>();

@@ -306,6 +306,28 @@ TEST(Server, MaxTokensLimitBoundsSinkRequests) {
   EXPECT_EQ(f.blocks_used(), 0);
 }
 
+// Issue 26: a 16 MiB prompt was tokenized in full (+0.67 GB, 5 s) before the context check. Under the dense
+// policy tokenizing now stops past the context, and the 400 says so ("more than that": the full count is never
+// known). The server's body limit is raised for this test.
+TEST(Server, HugePromptsStopTokenizingAtTheContext) {
+  if (!have_fixtures()) GTEST_SKIP();
+  ServerConfig sc;
+  sc.max_body_bytes = 64u << 20;
+  Fixture f({}, sc);
+  std::string text;
+  while (text.size() < (16u << 20)) text += "The quick brown fox jumps over the lazy dog. ";
+  int status;
+  const json r = f.post("/v1/completions", {{"prompt", text}, {"max_tokens", 1}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(r["error"]["param"], "prompt");
+  EXPECT_NE(r["error"]["message"].get<std::string>().find("maximum context length is 512 tokens; the prompt has more than that"),
+            std::string::npos)
+      << r.dump().substr(0, 300);
+  const json c = f.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", text}}}}}, &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(c["error"]["param"], "messages");
+}
+
 // A conversation longer than the model's context: 400 with the dense policy, answered under "kv_policy": sink.
 TEST(Server, SinkPolicyServesPromptsBeyondTheContext) {
   if (!have_fixtures()) GTEST_SKIP();

@@ -7,6 +7,20 @@ namespace rill::openai {
 
 namespace {
 
+// A prompt's tokens. Under the dense policy the context bounds the prompt, so tokenizing stops once it is
+// passed: a 16 MiB prompt costs what max_model_len tokens cost, not 4M tokens of work and memory.
+std::vector<int32_t> encode_prompt(const ModelInfo& m, const Request& r, const std::string& text, bool add_special,
+                                   const char* param) {
+  if (r.kv_policy.is_sink_window()) return m.tokenizer->encode(text, add_special);
+  try {
+    return m.tokenizer->encode_at_most(text, add_special, size_t(m.max_model_len));
+  } catch (const TooManyTokens&) {
+    throw bad_request("this model's maximum context length is " + std::to_string(m.max_model_len) +
+                          " tokens; the prompt has more than that",
+                      param);
+  }
+}
+
 std::string message_text(const json& content, size_t index) {
   const std::string param = "messages[" + std::to_string(index) + "].content";
   if (content.is_string()) return content.get<std::string>();
@@ -151,7 +165,7 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
     } catch (const Error& e) {
       throw bad_request(std::string("the chat template rejected these messages: ") + e.what(), "messages");
     }
-    base.prompt = m.tokenizer->encode(text, false);
+    base.prompt = encode_prompt(m, base, text, false, "messages");
     r.prompt_texts.push_back(text);
     r.prompts.push_back(base);
   } else {
@@ -165,7 +179,7 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
       r.prompts.push_back(std::move(q));
       r.prompt_texts.push_back(std::move(text));
     };
-    auto add_text = [&](const std::string& text) { add(m.tokenizer->encode(text, true), text); };
+    auto add_text = [&](const std::string& text) { add(encode_prompt(m, base, text, true, "prompt"), text); };
     auto add_ids = [&](const json& a) {
       std::vector<int32_t> ids = token_array(a, m.tokenizer->vocab_size(), "prompt");
       std::string text = m.tokenizer->decode(ids);

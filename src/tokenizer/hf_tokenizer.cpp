@@ -1,5 +1,7 @@
 #include "tokenizer/hf_tokenizer.h"
 
+#include <cstdint>
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <utf8proc.h>
@@ -693,12 +695,29 @@ void HfTokenizer::Impl::bpe(std::string_view word, std::vector<int32_t>& out) co
 }
 
 std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_special, bool parse_special) const {
+  return encode_bounded(text, add_special, parse_special, SIZE_MAX);
+}
+
+std::vector<int32_t> HfTokenizer::encode_at_most(const std::string& text, bool add_special, size_t max_tokens,
+                                                 bool parse_special) const {
+  return encode_bounded(text, add_special, parse_special, max_tokens);
+}
+
+std::vector<int32_t> HfTokenizer::encode_bounded(const std::string& text, bool add_special, bool parse_special,
+                                                 size_t max_tokens) const {
   const Impl& m = *impl_;
   const size_t bad = utf8::first_invalid(text);
   RILL_CHECK(bad == std::string::npos, "input text is not valid UTF-8 (byte " + std::to_string(bad) + ")");
   std::vector<int32_t> ids(m.post_prefix.begin(), add_special ? m.post_prefix.end() : m.post_prefix.begin());
   auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
   auto is_word = [](unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; };
+  auto check = [&] {
+    if (ids.size() > max_tokens) throw TooManyTokens("the text has more than " + std::to_string(max_tokens) + " tokens");
+  };
+  auto bpe = [&](std::string_view piece) {
+    m.bpe(piece, ids);
+    check();
+  };
   auto encode_segment = [&](std::string seg, bool first) {
     if (seg.empty()) return;
     seg = m.normalize(std::move(seg));
@@ -708,13 +727,13 @@ std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_speci
       size_t start = 0;
       for (size_t at = v.find(ms, 1); at != std::string_view::npos; at = v.find(ms, at + ms.size())) {
         if (at >= start + ms.size() && v.compare(at - ms.size(), ms.size(), ms) == 0) continue;  // inside a ▁ run
-        if (at > start) m.bpe(v.substr(start, at - start), ids);
+        if (at > start) bpe(v.substr(start, at - start));
         start = at;
       }
-      m.bpe(v.substr(start), ids);
+      bpe(v.substr(start));
       return;
     }
-    m.pre_tokenize(0, seg, first, [&](std::string_view piece) { m.bpe(piece, ids); });
+    m.pre_tokenize(0, seg, first, bpe);
   };
   // Split on added tokens (longest match at the earliest position), honouring lstrip/rstrip/single_word.
   size_t seg_start = 0, i = 0;
@@ -742,11 +761,13 @@ std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_speci
       while (after < text.size() && is_space(text[after])) ++after;
     encode_segment(text.substr(seg_start, seg_end - seg_start), first && seg_start == 0);
     ids.push_back(hit->id);
+    check();
     first = false;
     seg_start = i = after;
   }
   encode_segment(text.substr(seg_start), first && seg_start == 0);
   if (add_special) ids.insert(ids.end(), m.post_suffix.begin(), m.post_suffix.end());
+  check();
   return ids;
 }
 

@@ -36,6 +36,9 @@ class HfTokenizer final : public Tokenizer {
   // recognized as Hugging Face does; with parse_special false, special ones are encoded as plain text
   // (transformers' split_special_tokens=True).
   std::vector<int32_t> encode(const std::string& text, bool add_special, bool parse_special = true) const override;
+  // Stops at the first pre-tokenized piece that takes the ids past max_tokens.
+  std::vector<int32_t> encode_at_most(const std::string& text, bool add_special, size_t max_tokens,
+                                      bool parse_special = true) const override;
   // Through the decoder chain; skip_special drops special added tokens.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const override;
 
@@ -48,6 +51,9 @@ class HfTokenizer final : public Tokenizer {
  private:
   struct Impl;
   explicit HfTokenizer(std::unique_ptr<Impl> impl);
+  // encode() that throws TooManyTokens as soon as the ids pass max_tokens (SIZE_MAX: never).
+  std::vector<int32_t> encode_bounded(const std::string& text, bool add_special, bool parse_special,
+                                      size_t max_tokens) const;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -1,9 +1,19 @@
 #include <algorithm>
+#include <string>
 
 #include "tokenizer/tokenizer.h"
 #include "core/utf8.h"
 
 namespace rill {
+
+std::vector<int32_t> Tokenizer::encode_at_most(const std::string& text, bool add_special, size_t max_tokens,
+                                               bool parse_special) const {
+  std::vector<int32_t> ids = encode(text, add_special, parse_special);
+  if (ids.size() > max_tokens)
+    throw TooManyTokens("the text has " + std::to_string(ids.size()) + " tokens, more than " +
+                        std::to_string(max_tokens));
+  return ids;
+}
 
 namespace {
 bool ends_with_replacement(const std::string& s) {

@@ -8,7 +8,15 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
+
 namespace rill {
+
+// Thrown by Tokenizer::encode_at_most: the text has more tokens than the caller can take.
+class TooManyTokens : public Error {
+ public:
+  using Error::Error;
+};
 
 class Tokenizer {
  public:
@@ -18,6 +26,11 @@ class Tokenizer {
   // written in the text become their ids (as chat templates need); when false they are plain text, so
   // user content cannot forge control tokens. Throws rill::Error on text that is not valid UTF-8.
   virtual std::vector<int32_t> encode(const std::string& text, bool add_special, bool parse_special = true) const = 0;
+  // encode() for a caller that can take at most max_tokens ids: throws TooManyTokens once the text has more, having
+  // done work in proportion to max_tokens rather than to the text where the tokenizer can stop early (tokenizer.json
+  // can), so a 16 MiB prompt for a 4k-token context costs what 4k tokens cost.
+  virtual std::vector<int32_t> encode_at_most(const std::string& text, bool add_special, size_t max_tokens,
+                                              bool parse_special = true) const;
   // The text of ids; skip_special drops special tokens (BOS, EOS, chat markers).
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const = 0;
   // True for tokens whose text depends on the tokens after them (byte-fallback <0xNN> pieces, which the
