@@ -1,6 +1,7 @@
 #include "tokenizer/hf_tokenizer.h"
 
 #include <cstdint>
+#include <memory>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -65,10 +66,12 @@ class Regex {
   ~Regex() { pcre2_code_free(code_); }
   Regex(const Regex&) = delete;
 
-  // Calls on_match(begin, end) for each non-overlapping match in s.
+  // Calls on_match(begin, end) for each non-overlapping match in s; on_match may throw (encode_at_most stops so).
   template <typename F>
   void for_each_match(std::string_view s, F on_match) const {
-    pcre2_match_data* md = pcre2_match_data_create_from_pattern(code_, nullptr);
+    const std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> owner(
+        pcre2_match_data_create_from_pattern(code_, nullptr), &pcre2_match_data_free);
+    pcre2_match_data* md = owner.get();
     size_t pos = 0;
     while (pos <= s.size()) {
       const int rc = jit_ ? pcre2_jit_match(code_, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, 0, md, nullptr)
@@ -83,7 +86,6 @@ class Regex {
       on_match(ov[0], ov[1]);
       pos = ov[1];
     }
-    pcre2_match_data_free(md);
   }
 
  private:
