@@ -3,6 +3,7 @@
 #include <httplib.h>
 
 #include <future>
+#include <regex>
 #include <thread>
 
 #include "backend/backend.h"
@@ -372,6 +373,21 @@ TEST(Server, StreamingSessions) {
                                               {"defaults", {{"temperature", 0}, {"max_tokens", 12}, {"ignore_eos", true}}}}, &status);
   ASSERT_EQ(status, 200) << created.dump();
   const std::string id = created["id"], base = "/v1/sessions/" + id;
+  // Issue 26: ids were sequential ("sess-1"), so any client could name another's session. Now 128 random bits,
+  // and a name with a wrong half is as unknown as one never made.
+  EXPECT_TRUE(std::regex_match(id, std::regex("sess-[0-9a-f]{32}"))) << id;
+  {
+    const std::string other = f.post("/v1/sessions", json::object())["id"];
+    EXPECT_NE(other.substr(5, 16), id.substr(5, 16));
+    EXPECT_NE(other.substr(21), id.substr(21));
+    std::string forged = id;
+    forged.back() = forged.back() == '0' ? '1' : '0';  // right id, wrong secret
+    int st;
+    EXPECT_EQ(f.post("/v1/sessions/" + forged + "/append", {{"text", "x"}}, &st)["error"]["type"], "not_found_error");
+    EXPECT_EQ(st, 404);
+    EXPECT_EQ(f.client().Delete(("/v1/sessions/" + forged).c_str())->status, 404);
+    EXPECT_EQ(f.client().Delete(("/v1/sessions/" + other).c_str())->status, 200);
+  }
   EXPECT_EQ(created["kv_policy"]["type"], "sink");
   EXPECT_EQ(created["tokens"], 0);
   // Appends well past the model's context (512), in pieces, as a live stream would.

@@ -1,13 +1,26 @@
 #include "engine/sessions.h"
 
+#include <random>
+
 namespace rill {
+
+namespace {
+// 64 bits from the OS's entropy source (getrandom on Linux): ids and secrets must not be predictable from the
+// ones a client has seen, which a seeded generator's would be.
+uint64_t random_u64() {
+  std::random_device rd;
+  return (uint64_t(rd()) << 32) ^ uint64_t(rd());
+}
+}  // namespace
 
 Session& SessionTable::create(std::unique_ptr<Sequence> seq, std::string defaults) {
   if (size() >= max_sessions_)
     throw EngineFull("too many sessions: " + std::to_string(size()) + " are open (--max-sessions " +
                      std::to_string(max_sessions_) + "); delete one or wait for one to expire");
   auto s = std::make_unique<Session>();
-  s->id = next_id_++;
+  do s->id = random_u64();
+  while (s->id == 0 || sessions_.count(s->id));  // 0 means "no session" in a Sequence
+  s->secret = random_u64();
   s->defaults = std::move(defaults);
   seq->session = s->id;
   seq->generating = false;
@@ -45,6 +58,7 @@ SessionStatus SessionTable::status(const Session& session, int block_size, size_
   const Sequence* s = session.seq();
   SessionStatus st;
   st.id = session.id;
+  st.secret = session.secret;
   st.kv_policy = s->request.kv_policy;
   st.tokens = int64_t(s->tokens.size());
   st.pending = int64_t(s->tokens.size()) - s->computed;

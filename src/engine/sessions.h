@@ -35,6 +35,7 @@ class SessionBusy : public Error {
 // A streaming session's state, as the API reports it.
 struct SessionStatus {
   uint64_t id = 0;
+  uint64_t secret = 0;  // random, as the id is: a client names both (the server's "sess-<32 hex digits>")
   KvPolicy kv_policy;
   int64_t tokens = 0;         // tokens seen (appended + generated)
   int64_t tokens_cached = 0;  // tokens whose K/V the model attends to now
@@ -48,7 +49,8 @@ struct SessionStatus {
 
 struct Session {
   using Clock = std::chrono::steady_clock;
-  uint64_t id = 0;
+  uint64_t id = 0;      // random (from the OS's entropy), never 0
+  uint64_t secret = 0;  // random: with the id, 128 bits a client cannot guess from other sessions' names
   std::unique_ptr<Sequence> parked;  // idle, holding its KV blocks
   Sequence* active = nullptr;        // in the scheduler
   Clock::time_point last_used = Clock::now();
@@ -75,13 +77,12 @@ class SessionTable {
   bool empty() const { return sessions_.empty(); }
   int size() const { return int(sessions_.size()); }
   int blocks_held() const;
-  // In id order.
+  // In id order (random).
   const std::map<uint64_t, std::unique_ptr<Session>>& all() const { return sessions_; }
 
  private:
   int max_sessions_;
   double ttl_seconds_;
-  uint64_t next_id_ = 1;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
 };
 

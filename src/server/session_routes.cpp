@@ -12,14 +12,31 @@ using openai::json;
 
 namespace {
 
-uint64_t session_id(const std::string& text) {
-  const std::string digits = text.rfind("sess-", 0) == 0 ? text.substr(5) : text;
-  if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos)
-    throw openai::ApiError(404, "not_found_error", "no session '" + text + "'");
-  return std::stoull(digits);
+// A session's name: "sess-" and 32 hex digits, its random id and secret (SessionStatus). Nothing but the name
+// reaches a session, so one client cannot guess another's from its own.
+std::string session_name(const SessionStatus& st) {
+  char hex[33];
+  std::snprintf(hex, sizeof hex, "%016llx%016llx", static_cast<unsigned long long>(st.id),
+                static_cast<unsigned long long>(st.secret));
+  return std::string("sess-") + hex;
 }
 
-std::string session_name(uint64_t id) { return "sess-" + std::to_string(id); }
+// The engine's id of the session `text` names; 404 for a malformed name, an unknown id or a wrong secret alike.
+uint64_t session_id(ServerContext& ctx, const std::string& text) {
+  const openai::ApiError missing(404, "not_found_error", "no session '" + text + "'");
+  if (text.size() != 37 || text.rfind("sess-", 0) != 0 ||
+      text.find_first_not_of("0123456789abcdef", 5) != std::string::npos)
+    throw missing;
+  const uint64_t id = std::stoull(text.substr(5, 16), nullptr, 16), secret = std::stoull(text.substr(21), nullptr, 16);
+  SessionStatus st;
+  try {
+    st = ctx.engine.session_status(id);
+  } catch (const SessionNotFound&) {
+    throw missing;
+  }
+  if (st.secret != secret) throw missing;
+  return id;
+}
 
 json policy_json(const KvPolicy& p) {
   if (!p.is_sink_window()) return {{"type", "dense"}};
@@ -30,7 +47,7 @@ json policy_json(const KvPolicy& p) {
 json defaults_of(const SessionStatus& st) { return st.defaults.empty() ? json::object() : json::parse(st.defaults); }
 
 json session_json(const ServerContext& ctx, const SessionStatus& st) {
-  return {{"id", session_name(st.id)}, {"object", "session"}, {"model", ctx.model.name},
+  return {{"id", session_name(st)}, {"object", "session"}, {"model", ctx.model.name},
           {"kv_policy", policy_json(st.kv_policy)}, {"tokens", st.tokens}, {"tokens_cached", st.tokens_cached},
           {"pending_tokens", st.pending}, {"kv_blocks", st.blocks}, {"kv_bytes", st.kv_bytes},
           {"generating", st.generating}, {"idle_seconds", st.idle_seconds}, {"defaults", defaults_of(st)}};
@@ -127,18 +144,18 @@ void list_sessions(ServerContext& ctx, httplib::Response& res) {
 }
 
 void get_session(ServerContext& ctx, const std::string& id, httplib::Response& res) {
-  res.set_content(openai::dump(session_json(ctx, ctx.engine.session_status(session_id(id)))), "application/json");
+  res.set_content(openai::dump(session_json(ctx, ctx.engine.session_status(session_id(ctx, id)))), "application/json");
 }
 
 void delete_session(ServerContext& ctx, const std::string& id, httplib::Response& res) {
-  const uint64_t sid = session_id(id);
+  const uint64_t sid = session_id(ctx, id);
   if (!ctx.engine.delete_session(sid)) throw openai::ApiError(404, "not_found_error", "no session '" + id + "'");
-  res.set_content(openai::dump(json({{"id", session_name(sid)}, {"object", "session.deleted"}, {"deleted", true}})),
+  res.set_content(openai::dump(json({{"id", id}, {"object", "session.deleted"}, {"deleted", true}})),
                   "application/json");
 }
 
 void append_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res) {
-  const uint64_t sid = session_id(id);
+  const uint64_t sid = session_id(ctx, id);
   const json b = openai::parse_body(req.body);
   const std::vector<int32_t> ids = append_tokens(ctx, sid, b);
   json out = session_json(ctx, ctx.engine.append_session(sid, ids));
@@ -147,13 +164,13 @@ void append_session(ServerContext& ctx, const std::string& id, const httplib::Re
 }
 
 void generate_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res) {
-  const uint64_t sid = session_id(id);
+  const uint64_t sid = session_id(ctx, id);
   const json call = openai::parse_body(req.body);
   openai::SessionGeneration g =
       openai::parse_session_generation(defaults_of(ctx.engine.session_status(sid)), call, ctx.model);
   auto c = std::make_shared<openai::Choice>(*ctx.model.tokenizer, std::vector<int32_t>{}, std::move(g.stop));
   c->stream = ctx.engine.generate_session(sid, std::move(g.request));
-  const std::string name = session_name(sid);
+  const std::string& name = id;
   if (!g.stream) {
     while (!c->done) c->apply(*c->stream->next(), ctx.metrics);
     res.set_content(openai::dump(generation_json(ctx, name, *c)), "application/json");
