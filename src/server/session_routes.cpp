@@ -21,8 +21,8 @@ std::string session_name(const SessionStatus& st) {
   return std::string("sess-") + hex;
 }
 
-// The engine's id of the session `text` names; 404 for a malformed name, an unknown id or a wrong secret alike.
-uint64_t session_id(ServerContext& ctx, const std::string& text) {
+// The status of the session `text` names; 404 for a malformed name, an unknown id or a wrong secret alike.
+SessionStatus session_named(ServerContext& ctx, const std::string& text) {
   const openai::ApiError missing(404, "not_found_error", "no session '" + text + "'");
   if (text.size() != 37 || text.rfind("sess-", 0) != 0 ||
       text.find_first_not_of("0123456789abcdef", 5) != std::string::npos)
@@ -35,7 +35,7 @@ uint64_t session_id(ServerContext& ctx, const std::string& text) {
     throw missing;
   }
   if (st.secret != secret) throw missing;
-  return id;
+  return st;
 }
 
 json policy_json(const KvPolicy& p) {
@@ -144,18 +144,18 @@ void list_sessions(ServerContext& ctx, httplib::Response& res) {
 }
 
 void get_session(ServerContext& ctx, const std::string& id, httplib::Response& res) {
-  res.set_content(openai::dump(session_json(ctx, ctx.engine.session_status(session_id(ctx, id)))), "application/json");
+  res.set_content(openai::dump(session_json(ctx, session_named(ctx, id))), "application/json");
 }
 
 void delete_session(ServerContext& ctx, const std::string& id, httplib::Response& res) {
-  const uint64_t sid = session_id(ctx, id);
+  const uint64_t sid = session_named(ctx, id).id;
   if (!ctx.engine.delete_session(sid)) throw openai::ApiError(404, "not_found_error", "no session '" + id + "'");
   res.set_content(openai::dump(json({{"id", id}, {"object", "session.deleted"}, {"deleted", true}})),
                   "application/json");
 }
 
 void append_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res) {
-  const uint64_t sid = session_id(ctx, id);
+  const uint64_t sid = session_named(ctx, id).id;
   const json b = openai::parse_body(req.body);
   const std::vector<int32_t> ids = append_tokens(ctx, sid, b);
   json out = session_json(ctx, ctx.engine.append_session(sid, ids));
@@ -164,10 +164,10 @@ void append_session(ServerContext& ctx, const std::string& id, const httplib::Re
 }
 
 void generate_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res) {
-  const uint64_t sid = session_id(ctx, id);
+  const SessionStatus st = session_named(ctx, id);
+  const uint64_t sid = st.id;
   const json call = openai::parse_body(req.body);
-  openai::SessionGeneration g =
-      openai::parse_session_generation(defaults_of(ctx.engine.session_status(sid)), call, ctx.model);
+  openai::SessionGeneration g = openai::parse_session_generation(defaults_of(st), call, ctx.model);
   auto c = std::make_shared<openai::Choice>(*ctx.model.tokenizer, std::vector<int32_t>{}, std::move(g.stop));
   c->stream = ctx.engine.generate_session(sid, std::move(g.request));
   const std::string& name = id;
