@@ -300,7 +300,8 @@ TEST(Server, MaxTokensLimitBoundsSinkRequests) {
   EXPECT_EQ(status, 400);
   EXPECT_EQ(r["error"]["param"], "max_tokens");
   // Within the limit, past the context: served.
-  r = f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 700}, {"kv_policy", sink}}, &status);
+  r = f.post("/v1/completions",
+             {{"prompt", "x"}, {"max_tokens", 700}, {"ignore_eos", true}, {"seed", 1}, {"kv_policy", sink}}, &status);
   EXPECT_EQ(status, 200) << r.dump();
   EXPECT_EQ(r["usage"]["completion_tokens"], 700);
   EXPECT_EQ(f.client().Delete(("/v1/sessions/" + id).c_str())->status, 200);
