@@ -171,6 +171,9 @@ class Backend {
   // ids[i] = argmax of logits row i (f32 [m, vocab]); ties go to the lower id. Greedy decoding on the
   // device, so only token ids come back to the host.
   virtual void argmax_rows(const Tensor& ids, const Tensor& logits) = 0;
+  // Constrained decoding: logits[i, t] = -inf where bit t of row i of `mask` is clear (bit t % 32 of word t / 32).
+  // mask: i32 [m * ceil(vocab / 32)].
+  virtual void mask_logits(const Tensor& logits, const Tensor& mask) = 0;
   // ids[i] = the token sample_row (backend/sampling.h) picks from logits row i (f32 [m, vocab], modified in
   // place: penalties) under rows[i]: the whole sampler on the device, so only token ids come back. rows: U8,
   // m SampleRow structs as bytes; penalties: I32 [2 * entries], PenaltyEntry pairs (may be empty).

@@ -109,6 +109,7 @@ Run add_serve(CLI::App& app) {
       info.bos_token = chat.bos_token;
       info.eos_token = chat.eos_token;
       info.stop_ids = end_of_turn_ids(chat, tok);
+      info.tool_style = openai::tool_style_of(chat.template_source);
     } catch (const Error& e) {
       if (!a->chat_template.empty()) throw;
       std::fprintf(stderr, "rill: no chat template (%s): /v1/chat/completions is off\n", e.what());
@@ -139,6 +140,18 @@ Run add_serve(CLI::App& app) {
     info.max_model_len = engine.max_model_len();
     info.block_size = a->block_size;
     info.max_tokens_limit = a->max_tokens_limit;
+    {
+      // Constrained decoding: each token's bytes, over the model's vocabulary (ids past the tokenizer's have none).
+      std::vector<std::string> bytes = tok.token_bytes();
+      bytes.resize(size_t(model.config().vocab_size));
+      std::vector<int32_t> ends;
+      for (int id : model.config().eos_token_ids)
+        if (id >= 0 && id < model.config().vocab_size) ends.push_back(id);
+      for (int32_t id : info.stop_ids)
+        if (id >= 0 && id < model.config().vocab_size && std::find(ends.begin(), ends.end(), id) == ends.end()) ends.push_back(id);
+      info.vocab = std::make_shared<grammar::Vocabulary>(std::move(bytes), std::move(ends));
+      info.grammars = std::make_shared<openai::GrammarCache>();
+    }
     {
       ModelConfig limits = model.config();
       limits.max_position_embeddings = engine.max_model_len();

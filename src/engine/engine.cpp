@@ -58,6 +58,10 @@ void Engine::validate(const Request& r, const KvPolicy& policy, int64_t history)
   RILL_CHECK(r.max_tokens >= 1, "max_tokens: must be at least 1");
   RILL_CHECK(r.logprobs <= kMaxTopLogprobs, "logprobs: at most " + std::to_string(kMaxTopLogprobs) + " alternatives");
   r.sampling.validate();
+  if (r.grammar)
+    RILL_CHECK(r.grammar->vocab().size() == model_.config().vocab_size,
+               "grammar: compiled for " + std::to_string(r.grammar->vocab().size()) + " tokens; the model has " +
+                   std::to_string(model_.config().vocab_size));
   validate_policy(policy);
   if (policy.is_sink_window()) return;  // no context limit
   const int64_t total = history + int64_t(r.prompt.size()) + r.max_tokens;
@@ -181,6 +185,7 @@ std::shared_ptr<RequestStream> Engine::generate_session(uint64_t id, Request r) 
     r.kv_policy = s->request.kv_policy;
     s->request = std::move(r);
     s->sampler = Sampler(s->request.sampling);
+    s->matcher = s->request.grammar ? std::make_unique<grammar::Matcher>(s->request.grammar) : nullptr;
     const SamplingParams& sp = s->request.sampling;
     if (sp.repetition_penalty != 1.f || sp.presence_penalty != 0.f || sp.frequency_penalty != 0.f)
       s->sampler.add_prompt(s->tokens);  // O(history): only when a penalty needs it
@@ -259,6 +264,7 @@ FinishReason Engine::stop_reason(const Sequence& s, int32_t token) const {
   const bool end_token = std::find(eos.begin(), eos.end(), token) != eos.end() ||
                          std::find(r.stop_ids.begin(), r.stop_ids.end(), token) != r.stop_ids.end();
   if (end_token && !r.ignore_eos) return FinishReason::Stop;
+  if (s.matcher && s.matcher->finished()) return FinishReason::Stop;  // the grammar is complete: nothing may follow
   if (s.generated() >= r.max_tokens) return FinishReason::Length;
   return FinishReason::None;
 }
@@ -350,6 +356,18 @@ Engine::StepPlan Engine::plan(const std::vector<ScheduledChunk>& chunks) {
   }
   if (!all_greedy)
     for (Sequence* s : p.sampled) p.sampling.rows.push_back(s->sampler.next_row(&p.sampling.penalties));
+  // Constrained rows: their grammars' masks, computed while the device runs the step (ModelRunner calls this).
+  if (std::any_of(p.sampled.begin(), p.sampled.end(), [](const Sequence* s) { return s->matcher != nullptr; })) {
+    const int words = (model_.config().vocab_size + 31) / 32;
+    p.sampling.mask_words = words;
+    p.sampling.fill_masks = [sampled = p.sampled, words](uint32_t* masks) {
+      for (size_t k = 0; k < sampled.size(); ++k) {
+        uint32_t* row = masks + k * size_t(words);
+        if (sampled[k]->matcher) sampled[k]->matcher->fill_mask(row);
+        else std::fill(row, row + words, ~0u);
+      }
+    };
+  }
   return p;
 }
 
@@ -375,6 +393,10 @@ void Engine::postprocess(const std::vector<ScheduledChunk>& chunks, const StepPl
       ended.emplace_back(s, FinishReason::Error);
       continue;
     }
+    if (s->matcher && !s->matcher->accept(tok)) {  // the mask allowed nothing (every allowed logit was NaN)
+      ended.emplace_back(s, FinishReason::Error);
+      continue;
+    }
     s->sampler.record(tok);
     s->tokens.push_back(tok);
     ++counters_.generated_tokens;
@@ -391,7 +413,7 @@ void Engine::postprocess(const std::vector<ScheduledChunk>& chunks, const StepPl
     if (why != FinishReason::None) ended.emplace_back(s, why);
   }
   for (const auto& [s, why] : ended)
-    end_generation(s, why, why == FinishReason::Error ? "the model's logits are all NaN: nothing can be sampled" : "");
+    end_generation(s, why, why == FinishReason::Error ? "the model's logits are all NaN where the request allows tokens: nothing can be sampled" : "");
   // Sessions with nothing left to run are parked with their KV.
   for (Sequence* s : sessions)
     if (!s->generating && s->remaining() == 0) park(s);

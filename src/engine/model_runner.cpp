@@ -53,7 +53,7 @@ ModelRunner::~ModelRunner() = default;
 
 StepOutput ModelRunner::run(const Batch& batch, KvCache& kv, const RowSampling& sampling) {
   StepOutput out;
-  const bool plain = sampling.rows.empty() && sampling.logprobs < 0;
+  const bool plain = sampling.rows.empty() && sampling.logprobs < 0 && !sampling.fill_masks;
   step(batch, kv, nullptr, &out, plain ? nullptr : &sampling);
   return out;
 }
@@ -75,21 +75,29 @@ void ModelRunner::pick(const Tensor& ids_dev, const Tensor& logits, const RowSam
   const int64_t m = logits.rows();
   const bool sample = sampling && !sampling->rows.empty();
   const int k = sampling ? sampling->logprobs : -1;
-  if (!sample) {
-    if (!argmax_done) backend_.argmax_rows(ids_dev, logits);
-  } else {
+  const bool masked = sampling && sampling->fill_masks;
+  if (sample)
     RILL_CHECK(int64_t(sampling->rows.size()) == m, "ModelRunner: " + std::to_string(sampling->rows.size()) +
                                                        " sampling rows for " + std::to_string(m) + " logits rows");
-  }
-  // The log-probabilities are of the model's logits: when penalties will change the rows, of a copy.
+  // The log-probabilities are of the model's logits: when a mask or penalties will change the rows, of a copy.
   Tensor lp_logits = logits;
-  if (k >= 0 && sample && !sampling->penalties.empty()) {
+  if (k >= 0 && (masked || (sample && !sampling->penalties.empty()))) {
     std::vector<int32_t> all(static_cast<size_t>(m));
     for (int64_t i = 0; i < m; ++i) all[size_t(i)] = int32_t(i);
     lp_logits = backend_.alloc(DType::F32, {m, logits.row_size()});
     backend_.gather_rows(lp_logits, logits, upload_i32(all));
   }
-  if (sample) {
+  if (masked) {
+    std::vector<uint32_t> masks(size_t(m) * size_t(sampling->mask_words));
+    sampling->fill_masks(masks.data());  // the device is still running the step
+    const Tensor mask = backend_.alloc(DType::I32, {int64_t(masks.size())});
+    backend_.write(mask, masks.data(), masks.size() * sizeof(uint32_t));
+    backend_.mask_logits(logits, mask);
+    argmax_done = false;
+  }
+  if (!sample) {
+    if (!argmax_done) backend_.argmax_rows(ids_dev, logits);
+  } else {
     const Tensor rows = backend_.alloc(DType::U8, {m * int64_t(sizeof(SampleRow))});
     backend_.write(rows, sampling->rows.data(), rows.nbytes());
     Tensor pen;

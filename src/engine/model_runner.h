@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -24,6 +25,11 @@ struct RowSampling {
   // >= 0: also the log-probabilities of each picked token and of this many top alternatives, under the model's
   // own distribution (before penalties and temperature).
   int logprobs = -1;
+  // Constrained decoding: when set, fills rows x mask_words words, row i's bits the tokens row i may pick
+  // (Backend::mask_logits). It is called once the step's forward pass is queued, so while a device computes
+  // asynchronously the host computes the masks.
+  std::function<void(uint32_t* masks)> fill_masks;
+  int mask_words = 0;
 };
 
 struct StepOutput {

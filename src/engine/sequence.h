@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "engine/sampler.h"
+#include "grammar/matcher.h"
 #include "kv/kv_policy.h"
 
 namespace rill {
@@ -29,6 +31,9 @@ struct Request {
   bool ignore_eos = false;
   std::vector<int32_t> stop_ids;  // more end-of-sequence ids
   int logprobs = -1;  // >= 0: report the sampled token's log-probability and this many top alternatives
+  // Constrained decoding: every token is one the grammar allows (masked before sampling), and the generation
+  // ends when the grammar is complete and nothing can follow. Null: unconstrained.
+  std::shared_ptr<const grammar::CompiledGrammar> grammar;
   KvPolicy kv_policy;  // a sink window: no context limit, constant memory (prompt + output may exceed the model's context)
 };
 
@@ -78,6 +83,7 @@ struct Sequence {
   int gen_start = 0;  // tokens before the current generation (generated() counts from here)
   Request request;
   Sampler sampler;
+  std::unique_ptr<grammar::Matcher> matcher;  // the current generation's, when its request has a grammar
   std::shared_ptr<RequestStream> stream;
 
   Sequence(uint64_t id, Request r, std::shared_ptr<RequestStream> s)
@@ -85,6 +91,7 @@ struct Sequence {
         sampler(request.sampling),
         stream(std::move(s)) {
     sampler.add_prompt(request.prompt);
+    if (request.grammar) matcher = std::make_unique<grammar::Matcher>(request.grammar);
   }
   int generated() const { return int(tokens.size()) - gen_start; }
   int remaining() const { return int(tokens.size()) - computed; }  // tokens still to run through the model

@@ -34,6 +34,10 @@ bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply, std
       const std::string text = c.apply(*e, ctx.metrics);
       const bool want_lp = e->token >= 0 && cr.logprobs >= 0 && !c.stopped_by_string;
       const json logprob = want_lp ? openai::token_logprobs(*ctx.model.tokenizer, *e, true) : json();
+      if (c.tools && c.tools->calls().size() > c.calls_sent) {
+        if (!send(reply.tool_calls_chunk(c.index, c.tools->calls(), c.calls_sent))) return false;
+        c.calls_sent = c.tools->calls().size();
+      }
       if (c.done) {
         --open;
         if (!send(reply.chunk(c.index, text, json(), c.finish_reason(), false))) return false;
@@ -63,6 +67,7 @@ void post_completion(ServerContext& ctx, const httplib::Request& req, httplib::R
         Request r = cr->prompts[p];
         if (r.sampling.has_seed) r.sampling.seed += uint64_t(j);  // n samples, each reproducible
         openai::Choice c(*ctx.model.tokenizer, r.prompt, cr->stop);
+        if (cr->tools.parse) c.tools = std::make_unique<openai::ToolCallParser>(ctx.model.tool_style);
         c.index = int(choices->size());
         c.prompt_index = int(p);
         c.stream = ctx.engine.submit(std::move(r));

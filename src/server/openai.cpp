@@ -135,6 +135,7 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
 
   Request base = parse_request_params(b, m);
   r.stop = parse_stop(b);
+  base.grammar = parse_constraint(b, chat, m, &r.tools);
 
   if (chat) {
     if (boolean(b, "logprobs", false)) r.logprobs = int(integer(b, "top_logprobs", 0, 0, 20));
@@ -154,7 +155,7 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
       messages.push_back(copy);
     }
     json ctx = {{"messages", messages},
-                {"tools", b.contains("tools") ? b["tools"] : json()},
+                {"tools", r.tools.render ? b["tools"] : json()},
                 {"documents", json()},
                 {"add_generation_prompt", boolean(b, "add_generation_prompt", true)},
                 {"bos_token", m.bos_token},

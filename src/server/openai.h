@@ -11,6 +11,7 @@
 #include "kv/kv_cache.h"
 #include "kv/kv_policy.h"
 #include "server/json_body.h"
+#include "server/structured.h"
 #include "template/chat_template.h"
 #include "tokenizer/tokenizer.h"
 
@@ -31,6 +32,11 @@ struct ModelInfo {
   // The largest max_tokens one request or session generation may ask for (rill serve --max-tokens-limit). Under
   // the dense policy the context bounds it anyway; under sink and window nothing else does.
   int max_tokens_limit = kDefaultMaxTokensLimit;
+  // Constrained decoding: the tokens' bytes (null: response_format, grammar and forced tool calls are refused),
+  // the compiled grammars, and how the chat template's model writes tool calls.
+  std::shared_ptr<const grammar::Vocabulary> vocab;
+  std::shared_ptr<GrammarCache> grammars;
+  ToolStyle tool_style = ToolStyle::Json;
 };
 
 struct CompletionRequest {
@@ -42,6 +48,7 @@ struct CompletionRequest {
   std::vector<std::string> prompt_texts;   // the prompt as text (echo)
   std::vector<std::string> stop;
   std::string user;
+  ToolRequest tools;  // chat: whether the output is parsed for tool calls
 };
 
 // The "kv_policy" extension field ({"type": "dense" | "sink" | "window", "sinks": 4, "window": 1024}), or the

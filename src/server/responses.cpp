@@ -55,6 +55,7 @@ std::string Choice::apply(const Event& e, ServerMetrics& metrics) {
     end = e;
     std::string tail;
     if (!stop->stopped()) tail = stop->feed(detok->finish()) + stop->flush();
+    if (tools) tail = tools->feed(tail) + tools->finish();
     text += tail;
     metrics.request_done(t - submitted);
     return tail;
@@ -64,16 +65,18 @@ std::string Choice::apply(const Event& e, ServerMetrics& metrics) {
   last_token = t;
   ++tokens;
   if (stop->stopped()) return "";  // tokens that raced the cancellation
-  const std::string out = stop->feed(detok->add(e.token));
+  std::string out = stop->feed(detok->add(e.token));
   if (stop->stopped()) {
     stopped_by_string = true;
     stream->cancel();
   }
+  if (tools) out = tools->feed(out);
   text += out;
   return out;
 }
 
 std::string Choice::finish_reason() const {
+  if (tools && !tools->calls().empty() && (stopped_by_string || end.finish == FinishReason::Stop)) return "tool_calls";
   if (stopped_by_string) return "stop";
   return openai::finish_reason(end.finish);
 }
@@ -140,6 +143,18 @@ json CompletionReply::chunk(int index, const std::string& text, const json& logp
   return c;
 }
 
+json CompletionReply::tool_calls_chunk(int index, const std::vector<json>& calls, size_t from) const {
+  json c = chunk(index, "", json(), "", false);
+  json list = json::array();
+  for (size_t i = from; i < calls.size(); ++i) {
+    json call = calls[i];
+    call["index"] = i;
+    list.push_back(call);
+  }
+  c["choices"][0]["delta"]["tool_calls"] = list;
+  return c;
+}
+
 json CompletionReply::usage_chunk(const std::vector<Choice>& choices) const {
   return {{"id", id}, {"object", request.chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
           {"model", model}, {"choices", json::array()}, {"usage", total_usage(choices)}};
@@ -168,8 +183,12 @@ json CompletionReply::response(const std::vector<Choice>& choices) const {
     if (cr.chat) {
       json lp;
       if (cr.logprobs >= 0) lp = {{"content", c.logprobs}};
-      out.push_back({{"index", c.index}, {"message", {{"role", "assistant"}, {"content", c.text}}}, {"logprobs", lp},
-                     {"finish_reason", c.finish_reason()}});
+      json message = {{"role", "assistant"}, {"content", c.text}};
+      if (c.tools && !c.tools->calls().empty()) {
+        message["tool_calls"] = c.tools->calls();
+        if (c.text.find_first_not_of(" \t\r\n") == std::string::npos) message["content"] = nullptr;
+      }
+      out.push_back({{"index", c.index}, {"message", message}, {"logprobs", lp}, {"finish_reason", c.finish_reason()}});
     } else {
       json lp;
       if (cr.logprobs >= 0) {

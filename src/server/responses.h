@@ -38,13 +38,15 @@ struct Choice {
   // Applies one engine event: returns the text it adds, and records the token's latency in `metrics`. A stop
   // string ends the choice (its stream is cancelled).
   std::string apply(const Event& e, ServerMetrics& metrics);
-  std::string finish_reason() const;  // "stop", "length", ...
+  std::string finish_reason() const;  // "stop", "length", "tool_calls", ...
 
   int index = 0;
   int prompt_index = 0;
   std::shared_ptr<RequestStream> stream;
   std::unique_ptr<IncrementalDecoder> detok;
   std::unique_ptr<StopMatcher> stop;
+  std::unique_ptr<ToolCallParser> tools;  // chat with tools: the output's tool calls
+  size_t calls_sent = 0;                  // streaming: tool calls already sent
   std::string text;
   json logprobs = json::array();
   bool done = false, stopped_by_string = false;
@@ -70,6 +72,8 @@ struct CompletionReply {
   // One streamed chunk of choice `index`: its new text, its token's log-probabilities (or null), its finish
   // reason (or empty), and, for the first chat chunk, the assistant role.
   json chunk(int index, const std::string& text, const json& logprob, const std::string& finish, bool role) const;
+  // A chunk of choice `index` with tool calls calls[from..] (delta.tool_calls, each with its index).
+  json tool_calls_chunk(int index, const std::vector<json>& calls, size_t from) const;
   // The chunk after the last choice's with the usage of them all (stream_options.include_usage).
   json usage_chunk(const std::vector<Choice>& choices) const;
   // The whole response (not streamed); 500 when a choice failed.

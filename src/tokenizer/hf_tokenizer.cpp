@@ -773,6 +773,51 @@ std::vector<int32_t> HfTokenizer::encode_bounded(const std::string& text, bool a
   return ids;
 }
 
+// Each token through the decoder steps that act on one token (byte-level, replace, byte fallback, metaspace),
+// leaving out those that act on the whole text (fuse, strip, the first token's prefix space).
+std::vector<std::string> HfTokenizer::token_bytes() const {
+  const Impl& m = *impl_;
+  std::vector<std::string> out(m.id_to_tok.size());
+  for (size_t id = 0; id < m.id_to_tok.size(); ++id) {
+    if (m.special[id]) continue;
+    std::string t = m.id_to_tok[id];
+    for (const auto& d : m.decoder) {
+      if (!m.has_decoder) break;
+      switch (d.kind) {
+        case DecoderStep::ByteLevel: {
+          std::string bytes;
+          bool ok = true;
+          for (size_t i = 0; i < t.size() && ok;) {
+            const uint32_t cp = utf8::next(t, i);
+            auto it = byte_map().char_to_byte.find(cp);
+            if (it == byte_map().char_to_byte.end()) ok = false;
+            else bytes += char(it->second);
+          }
+          if (ok) t = bytes;
+          break;
+        }
+        case DecoderStep::Replace:
+          t = replace_all(t, d.a, d.b);
+          break;
+        case DecoderStep::ByteFallback: {
+          unsigned b;
+          if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::sscanf(t.c_str() + 3, "%2X", &b) == 1)
+            t = std::string(1, char(b));
+          break;
+        }
+        case DecoderStep::Metaspace:
+          t = replace_all(t, d.a, " ");
+          break;
+        case DecoderStep::Fuse:
+        case DecoderStep::Strip:
+          break;
+      }
+    }
+    out[id] = std::move(t);
+  }
+  return out;
+}
+
 std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_special) const {
   const Impl& m = *impl_;
   std::vector<std::string> toks;

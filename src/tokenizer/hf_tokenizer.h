@@ -42,6 +42,8 @@ class HfTokenizer final : public Tokenizer {
   // Through the decoder chain; skip_special drops special added tokens.
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const override;
 
+  std::vector<std::string> token_bytes() const override;
+
   // The token string of an id (vocabulary or added token), or "" when out of range.
   const std::string& id_to_token(int32_t id) const;
   int32_t token_to_id(const std::string& token) const;  // -1 when absent

@@ -97,6 +97,12 @@ std::vector<int32_t> Llama2cTokenizer::encode(const std::string& text, bool add_
   return out;
 }
 
+std::vector<std::string> Llama2cTokenizer::token_bytes() const {
+  std::vector<std::string> out(pieces_.size());
+  for (int32_t id = 0; id < vocab_size(); ++id) out[size_t(id)] = decode_piece(0, id);
+  return out;
+}
+
 std::string Llama2cTokenizer::decode_piece(int32_t prev, int32_t id) const {
   RILL_CHECK(id >= 0 && id < vocab_size(), "token id " + std::to_string(id) + " is outside the tokenizer's vocabulary");
   if (id == 1 || id == 2) return "";  // BOS and EOS are control tokens: no text

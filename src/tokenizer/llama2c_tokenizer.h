@@ -20,6 +20,7 @@ class Llama2cTokenizer final : public Tokenizer {
   // The llama2.c format has no special-token strings, so parse_special changes nothing.
   std::vector<int32_t> encode(const std::string& text, bool add_bos, bool parse_special = true) const override;
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const override;
+  std::vector<std::string> token_bytes() const override;
   // The bytes token `id` contributes after token `prev` (llama2.c's rule: no leading space after BOS).
   std::string decode_piece(int32_t prev, int32_t id) const;
 

@@ -33,6 +33,9 @@ class Tokenizer {
                                               bool parse_special = true) const;
   // The text of ids; skip_special drops special tokens (BOS, EOS, chat markers).
   virtual std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const = 0;
+  // The bytes each token stands for in the middle of a text (after another token: no prefix-space rules), "" for
+  // special and control tokens, which stand for no text. Constrained decoding matches these against a grammar.
+  virtual std::vector<std::string> token_bytes() const = 0;
   // True for tokens whose text depends on the tokens after them (byte-fallback <0xNN> pieces, which the
   // decoder turns into characters only as a complete run): streaming holds text back while one ends
   // the stream.

@@ -1,6 +1,7 @@
 #include "backend/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -346,6 +347,18 @@ void CpuBackend::argmax_rows(const Tensor& ids, const Tensor& logits) {
   for (int64_t i = 0; i < m; ++i) {
     const float* row = logits.ptr<float>() + i * vocab;
     ids.ptr<int32_t>()[i] = int32_t(std::max_element(row, row + vocab) - row);  // first maximum on ties
+  }
+}
+
+void CpuBackend::mask_logits(const Tensor& logits, const Tensor& mask) {
+  const int64_t m = logits.rows(), vocab = logits.row_size(), words = (vocab + 31) / 32;
+  expect(logits.dtype == DType::F32 && mask.dtype == DType::I32 && mask.numel() == m * words, "mask_logits",
+         "logits must be f32 [rows, vocab] and mask i32 [rows * ceil(vocab / 32)]");
+  for (int64_t i = 0; i < m; ++i) {
+    float* row = logits.ptr<float>() + i * vocab;
+    const auto* bits = reinterpret_cast<const uint32_t*>(mask.ptr<int32_t>() + i * words);
+    for (int64_t t = 0; t < vocab; ++t)
+      if (!((bits[t >> 5] >> (t & 31)) & 1)) row[t] = -std::numeric_limits<float>::infinity();
   }
 }
 

@@ -41,6 +41,7 @@ class CpuBackend final : public Backend {
                    const std::vector<ExpertWeights>& experts) override;
   void gather_rows(const Tensor& out, const Tensor& x, const Tensor& rows) override;
   void argmax_rows(const Tensor& ids, const Tensor& logits) override;
+  void mask_logits(const Tensor& logits, const Tensor& mask) override;
   void sample_rows(const Tensor& ids, const Tensor& logits, const Tensor& rows, const Tensor& penalties) override;
   void top_logprobs(const Tensor& out, const Tensor& logits, const Tensor& ids, int k) override;
 

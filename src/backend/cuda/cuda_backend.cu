@@ -412,6 +412,12 @@ class CudaBackend final : public Backend {
     expect(ids.numel() == logits.rows() && logits.dtype == DType::F32, "argmax_rows", "ids must be [rows], logits f32");
     cuda::argmax_rows(st_->stream, ids.ptr<int32_t>(), logits.ptr<float>(), logits.rows(), logits.row_size());
   }
+  void mask_logits(const Tensor& logits, const Tensor& mask) override {
+    const int64_t m = logits.rows(), vocab = logits.row_size();
+    expect(logits.dtype == DType::F32 && mask.dtype == DType::I32 && mask.numel() == m * ((vocab + 31) / 32),
+           "mask_logits", "logits must be f32 [rows, vocab] and mask i32 [rows * ceil(vocab / 32)]");
+    cuda::mask_logits(st_->stream, logits.ptr<float>(), reinterpret_cast<const uint32_t*>(mask.ptr<int32_t>()), m, vocab);
+  }
   void sample_rows(const Tensor& ids, const Tensor& logits, const Tensor& rows, const Tensor& penalties) override {
     expect(ids.numel() == logits.rows() && logits.dtype == DType::F32, "sample_rows", "ids must be [rows], logits f32");
     expect(rows.nbytes() == size_t(logits.rows()) * sizeof(SampleRow), "sample_rows",

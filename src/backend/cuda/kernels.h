@@ -79,6 +79,8 @@ void scatter_add(cudaStream_t st, float* acc, const void* y, DType t, const int3
                  int64_t d);
 // out[i] = argmax of logits row i (f32 [rows, vocab]); ties go to the lower id.
 void argmax_rows(cudaStream_t st, int32_t* out, const float* logits, int64_t rows, int64_t vocab);
+// logits[i, t] = -inf where bit t of mask row i (ceil(vocab / 32) words) is clear.
+void mask_logits(cudaStream_t st, float* logits, const uint32_t* mask, int64_t rows, int64_t vocab);
 // ids[i] = sample_row(logits row i, params[i], penalties) (backend/sampling.h); penalties applied in place.
 void sample_rows(cudaStream_t st, int32_t* ids, float* logits, int64_t rows, int64_t vocab, const SampleRow* params,
                  const PenaltyEntry* penalties, int64_t entries);

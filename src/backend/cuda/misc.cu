@@ -214,6 +214,20 @@ void scatter_add(cudaStream_t st, float* acc, const void* y, DType t, const int3
   check_launch("scatter_add");
 }
 
+__global__ void mask_logits_kernel(float* logits, const uint32_t* mask, int64_t vocab, int64_t words) {
+  const int64_t row = blockIdx.y;
+  const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= vocab) return;
+  if (!((mask[row * words + (t >> 5)] >> (t & 31)) & 1u)) logits[row * vocab + t] = -INFINITY;
+}
+
+void mask_logits(cudaStream_t st, float* logits, const uint32_t* mask, int64_t rows, int64_t vocab) {
+  if (rows == 0) return;
+  mask_logits_kernel<<<dim3(unsigned((vocab + 255) / 256), unsigned(rows)), 256, 0, st>>>(logits, mask, vocab,
+                                                                                          (vocab + 31) / 32);
+  check_launch("mask_logits");
+}
+
 void argmax_rows(cudaStream_t st, int32_t* out, const float* logits, int64_t rows, int64_t vocab) {
   if (rows == 0) return;
   launch_pdl(argmax_kernel, unsigned(rows), 1024, 0, st, out, logits, vocab);

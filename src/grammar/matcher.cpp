@@ -1,0 +1,288 @@
+#include "grammar/matcher.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace rill::grammar {
+
+namespace {
+
+constexpr size_t kMaxStackDepth = 4096;   // deeper parses are dropped (a nesting no real output reaches)
+constexpr size_t kMaxCachedMasks = 4096;  // per grammar; the cache starts over when full
+constexpr size_t kMaxHistory = 256;       // Matcher::rollback reaches at least this far back
+
+void set_bit(uint32_t* words, int32_t id) { words[id >> 5] |= uint32_t(1) << (id & 31); }
+bool get_bit(const uint32_t* words, int32_t id) { return (words[id >> 5] >> (id & 31)) & 1; }
+
+std::string state_key(const ParseState& s) {
+  std::string key(1, s.complete ? '1' : '0');
+  for (const Stack& st : s.stacks) {
+    const uint32_t n = uint32_t(st.size());
+    key.append(reinterpret_cast<const char*>(&n), sizeof n);
+    key.append(reinterpret_cast<const char*>(st.data()), st.size() * sizeof(int32_t));
+  }
+  return key;
+}
+
+// The states met while walking many byte strings from one start, each advanced by each byte at most once: a DFA
+// built as it is used. A walk over a vocabulary revisits few states (inside a string, one), so most steps are one
+// lookup instead of a pushdown step.
+class LazyDfa {
+ public:
+  LazyDfa(const CompiledGrammar& g, ParseState start) : g_(g) { intern(std::move(start)); }
+  const ParseState& state(int id) const { return states_[size_t(id)]; }
+  // The state after byte b, or -1 when it is dead.
+  int step(int id, uint8_t b) {
+    const uint64_t key = (uint64_t(id) << 8) | b;
+    auto it = next_.find(key);
+    if (it != next_.end()) return it->second;
+    ParseState n = g_.advance(states_[size_t(id)], b);
+    const int nid = n.dead() ? -1 : intern(std::move(n));
+    next_.emplace(key, nid);
+    return nid;
+  }
+  int walk(int id, const std::string& bytes) {
+    for (unsigned char c : bytes) {
+      id = step(id, c);
+      if (id < 0) return -1;
+    }
+    return id;
+  }
+
+ private:
+  int intern(ParseState s) {
+    auto [it, added] = ids_.emplace(state_key(s), int(states_.size()));
+    if (added) states_.push_back(std::move(s));
+    return it->second;
+  }
+  const CompiledGrammar& g_;
+  std::vector<ParseState> states_;
+  std::unordered_map<std::string, int> ids_;
+  std::unordered_map<uint64_t, int> next_;
+};
+
+}  // namespace
+
+// ---- Vocabulary ----
+
+Vocabulary::Vocabulary(std::vector<std::string> token_bytes, std::vector<int32_t> end_ids)
+    : bytes_(std::move(token_bytes)), end_ids_(std::move(end_ids)) {
+  for (int32_t id : end_ids_) RILL_CHECK(id >= 0 && id < size(), "grammar: end token " + std::to_string(id) + " is outside the vocabulary");
+  for (int32_t id = 0; id < size(); ++id)
+    if (!bytes_[size_t(id)].empty() && !is_end(id)) sorted_.push_back(id);
+  std::stable_sort(sorted_.begin(), sorted_.end(), [&](int32_t a, int32_t b) { return bytes_[size_t(a)] < bytes_[size_t(b)]; });
+}
+
+bool Vocabulary::is_end(int32_t id) const { return std::find(end_ids_.begin(), end_ids_.end(), id) != end_ids_.end(); }
+
+// ---- CompiledGrammar ----
+
+CompiledGrammar::CompiledGrammar(Grammar g, std::shared_ptr<const Vocabulary> vocab)
+    : g_(std::move(g)), vocab_(std::move(vocab)) {}
+
+void CompiledGrammar::expand(Stack& s, std::vector<Stack>* out, bool* complete) const {
+  if (s.empty()) {
+    *complete = true;
+    return;
+  }
+  if (s.size() > kMaxStackDepth) return;
+  const int32_t top = s.back();
+  const Element& e = g_.elems[size_t(top)];
+  switch (e.kind) {
+    case Element::Bytes:
+      out->push_back(s);
+      return;
+    case Element::End:
+      s.pop_back();
+      expand(s, out, complete);
+      s.push_back(top);
+      return;
+    case Element::Ref: {
+      s.pop_back();
+      const bool tail = g_.elems[size_t(top) + 1].kind == Element::End;  // nothing after the call: no frame
+      if (!tail) s.push_back(top + 1);
+      for (int32_t a : g_.alts[size_t(e.arg)]) {
+        s.push_back(a);
+        expand(s, out, complete);
+        s.pop_back();
+      }
+      if (!tail) s.pop_back();
+      s.push_back(top);
+      return;
+    }
+  }
+}
+
+void CompiledGrammar::normalize(std::vector<Stack>* stacks) const {
+  if (stacks->size() < 2) return;
+  std::sort(stacks->begin(), stacks->end());
+  stacks->erase(std::unique(stacks->begin(), stacks->end()), stacks->end());
+}
+
+void CompiledGrammar::precompute() const {
+  for (size_t p = 0; p < g_.elems.size(); ++p)
+    if (g_.elems[p].kind == Element::Bytes) position(int32_t(p));
+}
+
+ParseState CompiledGrammar::initial() const {
+  ParseState s;
+  for (int32_t a : g_.alts[size_t(g_.root)]) {
+    Stack st{a};
+    expand(st, &s.stacks, &s.complete);
+  }
+  normalize(&s.stacks);
+  return s;
+}
+
+ParseState CompiledGrammar::advance(const ParseState& s, uint8_t b) const {
+  ParseState n;
+  for (const Stack& st : s.stacks) {
+    const int32_t top = st.back();
+    if (!g_.classes[size_t(g_.elems[size_t(top)].arg)].test(b)) continue;
+    Stack t = st;
+    t.back() = top + 1;
+    expand(t, &n.stacks, &n.complete);
+  }
+  normalize(&n.stacks);
+  return n;
+}
+
+ParseState CompiledGrammar::advance(const ParseState& s, const std::string& bytes) const {
+  ParseState cur = s;
+  for (unsigned char c : bytes) {
+    cur = advance(cur, c);
+    if (cur.dead()) break;
+  }
+  return cur;
+}
+
+// Walks the sorted vocabulary as a trie from the one-frame stack {pos}: see the top of matcher.h.
+CompiledGrammar::PositionTokens CompiledGrammar::compute_position(int32_t pos) const {
+  const Vocabulary& v = *vocab_;
+  const std::vector<int32_t>& sorted = v.sorted();
+  PositionTokens out;
+  std::vector<uint32_t> acc(size_t(v.mask_words()), 0);
+  bool any = false;
+  ParseState start;
+  start.stacks.push_back(Stack{pos});
+  LazyDfa dfa(*this, std::move(start));
+  auto walk = [&](auto&& self, size_t lo, size_t hi, size_t depth, int sid, bool popped) -> void {
+    const ParseState& st = dfa.state(sid);
+    size_t i = lo;
+    for (; i < hi && v.bytes(sorted[i]).size() == depth; ++i) {
+      if (!st.stacks.empty() || st.complete) {
+        set_bit(acc.data(), sorted[i]);
+        any = true;
+      } else if (popped) {
+        out.uncertain.push_back(sorted[i]);
+      }
+    }
+    const bool popped_here = popped || st.complete;  // the rule may end here and its caller take the rest
+    ByteSet next;
+    for (const Stack& s : st.stacks) {
+      const ByteSet& c = g_.classes[size_t(g_.elems[size_t(s.back())].arg)];
+      for (int k = 0; k < 4; ++k) next.bits[k] |= c.bits[k];
+    }
+    while (i < hi) {
+      const uint8_t b = uint8_t(v.bytes(sorted[i])[depth]);
+      const size_t j = size_t(std::partition_point(sorted.begin() + int64_t(i), sorted.begin() + int64_t(hi),
+                                                   [&](int32_t id) { return uint8_t(v.bytes(id)[depth]) <= b; }) -
+                              sorted.begin());
+      const int ns = next.test(b) ? dfa.step(sid, b) : -1;
+      if (ns >= 0) self(self, i, j, depth + 1, ns, popped_here);
+      else if (popped_here) out.uncertain.insert(out.uncertain.end(), sorted.begin() + int64_t(i), sorted.begin() + int64_t(j));
+      i = j;
+    }
+  };
+  walk(walk, 0, sorted.size(), 0, 0, false);
+  if (any) out.accepted = std::move(acc);
+  return out;
+}
+
+const CompiledGrammar::PositionTokens& CompiledGrammar::position(int32_t pos) const {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = positions_.find(pos);
+    if (it != positions_.end()) return *it->second;
+  }
+  auto computed = std::make_unique<PositionTokens>(compute_position(pos));
+  std::lock_guard<std::mutex> lock(mu_);
+  auto [it, added] = positions_.emplace(pos, std::move(computed));
+  if (added) ++stats_.positions;
+  return *it->second;
+}
+
+void CompiledGrammar::fill_mask(const ParseState& s, uint32_t* words) const {
+  const size_t n = size_t(vocab_->mask_words());
+  const std::string key = state_key(s);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = masks_.find(key);
+    if (it != masks_.end()) {
+      std::memcpy(words, it->second.data(), n * sizeof(uint32_t));
+      ++stats_.mask_hits;
+      return;
+    }
+  }
+  std::fill(words, words + n, 0u);
+  uint64_t checks = 0;
+  for (const Stack& st : s.stacks) {
+    const PositionTokens& p = position(st.back());
+    if (!p.accepted.empty())
+      for (size_t w = 0; w < n; ++w) words[w] |= p.accepted[w];
+    if (p.uncertain.empty()) continue;
+    ParseState one;
+    one.stacks.push_back(st);
+    LazyDfa dfa(*this, std::move(one));
+    for (int32_t id : p.uncertain) {
+      if (get_bit(words, id)) continue;
+      ++checks;
+      if (dfa.walk(0, vocab_->bytes(id)) >= 0) set_bit(words, id);
+    }
+  }
+  if (s.complete)
+    for (int32_t id : vocab_->end_ids()) set_bit(words, id);
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.mask_misses;
+  stats_.uncertain_checks += checks;
+  if (masks_.size() >= kMaxCachedMasks) masks_.clear();
+  masks_.emplace(key, std::vector<uint32_t>(words, words + n));
+}
+
+CompiledGrammar::CacheStats CompiledGrammar::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+// ---- Matcher ----
+
+Matcher::Matcher(std::shared_ptr<const CompiledGrammar> g) : g_(std::move(g)), state_(g_->initial()) {}
+
+bool Matcher::accept(int32_t token) {
+  if (ended_ || token < 0 || token >= g_->vocab().size()) return false;
+  if (g_->vocab().is_end(token)) {
+    if (!state_.complete) return false;
+    history_.push_back(state_);
+    state_ = ParseState{};  // nothing more: the mask is empty
+    ended_ = true;
+    return true;
+  }
+  const std::string& bytes = g_->vocab().bytes(token);
+  if (bytes.empty()) return false;
+  ParseState next = g_->advance(state_, bytes);
+  if (next.dead()) return false;
+  if (history_.size() >= 2 * kMaxHistory) history_.erase(history_.begin(), history_.begin() + kMaxHistory);
+  history_.push_back(std::move(state_));
+  state_ = std::move(next);
+  return true;
+}
+
+void Matcher::rollback(int n) {
+  RILL_CHECK(n >= 0 && size_t(n) <= history_.size(), "grammar: cannot roll back " + std::to_string(n) + " tokens");
+  if (n == 0) return;
+  state_ = history_[history_.size() - size_t(n)];
+  history_.resize(history_.size() - size_t(n));
+  ended_ = false;
+}
+
+}  // namespace rill::grammar
