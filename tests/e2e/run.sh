@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# End-to-end test with the official `openai` npm client: installs it (once, into the build folder), starts
-# `rill serve` on a tiny random model with a real tokenizer and chat template, runs openai_e2e.mjs against
-# it, and stops the server with SIGTERM (which must exit 0). Exit 77 (CTest: skipped) when node or the npm
+# End-to-end test with the official `openai` npm client: installs it (once, into the build folder, with ajv,
+# ajv-formats and zod for structured output), starts `rill serve` on a tiny random model with a real tokenizer and
+# chat template and on the embedded rill-tiny, runs openai_e2e.mjs and structured_e2e.mjs against them, and stops
+# the servers with SIGTERM (which must exit 0). RILL_SCHEMA_SAMPLES sets the generations per corpus schema (2). Exit 77 (CTest: skipped) when node or the npm
 # registry is unavailable.
 #   run.sh RILL_BINARY MAKE_RANDOM_MODEL SHARED_DIR WORK_DIR
 set -uo pipefail
@@ -9,13 +10,14 @@ rill=$1 make_model=$2 shared=$3 work=$4
 here=$(cd "$(dirname "$0")" && pwd)
 command -v node >/dev/null || { echo "skipped: node is not installed"; exit 77; }
 mkdir -p "$work" && work=$(cd "$work" && pwd)
-if [ ! -f "$work/node_modules/openai/package.json" ]; then
-  (cd "$work" && npm install --no-audit --no-fund --silent openai@4 >/dev/null 2>&1) ||
-    { echo "skipped: could not install the openai npm package"; exit 77; }
+if [ ! -f "$work/node_modules/zod/package.json" ]; then
+  (cd "$work" && npm install --no-audit --no-fund --silent openai@4 ajv@8 ajv-formats@3 zod@3 >/dev/null 2>&1) ||
+    { echo "skipped: could not install the openai, ajv and zod npm packages"; exit 77; }
 fi
 model=$(mktemp -d)
 log="$model/serve.log"
-trap 'kill -TERM $pid 2>/dev/null; rm -rf "$model"' EXIT
+trap 'kill -TERM $pid $tiny_pid 2>/dev/null; rm -rf "$model"' EXIT
+tiny_pid=
 "$make_model" --out "$model/m" --dim 32 --layers 2 --heads 4 --ffn 64 --vocab 16022 --dtype f32 --context 512 >/dev/null
 cp "$shared/data/tokenizers/qwen2-style/tokenizer.json" "$shared/data/tokenizers/qwen2-style/tokenizer_config.json" "$model/m/"
 "$rill" serve --model "$model/m" --served-model-name tiny --port 0 --api-key e2e-key --kv-cache-memory 64MiB 2>"$log" &
@@ -27,11 +29,24 @@ for _ in $(seq 200); do
   sleep 0.05
 done
 [ -n "$port" ] || { echo "rill serve did not start:"; cat "$log"; exit 1; }
-RILL_E2E_URL="http://127.0.0.1:$port/v1" RILL_E2E_KEY=e2e-key NODE_PATH="$work/node_modules" node --test "$here/openai_e2e.mjs"
+"$rill" serve --served-model-name rill-tiny --port 0 --kv-cache-memory 256MiB 2>"$model/tiny.log" &
+tiny_pid=$!
+tiny_port=
+for _ in $(seq 400); do
+  tiny_port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$model/tiny.log")
+  [ -n "$tiny_port" ] && break
+  sleep 0.05
+done
+[ -n "$tiny_port" ] || { echo "rill serve (rill-tiny) did not start:"; cat "$model/tiny.log"; exit 1; }
+export RILL_E2E_URL="http://127.0.0.1:$port/v1" RILL_E2E_KEY=e2e-key RILL_TINY_URL="http://127.0.0.1:$tiny_port/v1"
+export RILL_SCHEMAS="$here/../data/json_schemas.json" NODE_PATH="$work/node_modules"
+node --test "$here/openai_e2e.mjs" "$here/structured_e2e.mjs"
 status=$?
-kill -TERM $pid
+kill -TERM $pid $tiny_pid
 wait $pid
 served=$?
+wait $tiny_pid
+[ $? -eq 0 ] || { echo "rill serve (rill-tiny) exited with an error after SIGTERM"; cat "$model/tiny.log"; exit 1; }
 trap 'rm -rf "$model"' EXIT
 [ $served -eq 0 ] || { echo "rill serve exited with $served after SIGTERM"; cat "$log"; exit 1; }
 exit $status
