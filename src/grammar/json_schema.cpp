@@ -383,7 +383,7 @@ class SchemaCompiler {
         // No prefix: the first item has no comma.
         const Seq first = R(item) + R(tail);
         std::vector<Seq> alts{first};
-        if (lo == 0) alts.push_back(Seq{});
+        if (lo == 0) alts.emplace_back(Seq{});
         if (hi == 0) alts = {Seq{}};
         return def("array", {L("[") + R(ws()) + R(def("array-items", std::move(alts))) + R(ws()) + L("]")});
       }
@@ -393,7 +393,7 @@ class SchemaCompiler {
     for (int64_t j = last - 1; j >= 0; --j) {
       const int item = visit(prefix[size_t(j)], path + "/prefixItems/" + std::to_string(j));
       std::vector<Seq> alts{(j ? L(",") + R(ws()) : Seq{}) + R(item) + R(next)};
-      if (j >= lo) alts.push_back(Seq{});
+      if (j >= lo) alts.emplace_back(Seq{});
       next = def("prefix", std::move(alts));
     }
     return def("array", {L("[") + R(ws()) + R(next) + R(ws()) + L("]")});

@@ -113,9 +113,8 @@ std::shared_ptr<const grammar::CompiledGrammar> parse_constraint(const json& b, 
       if (!js.contains("schema") || !(js["schema"].is_object() || js["schema"].is_boolean()))
         throw bad_request("'response_format.json_schema.schema' must be a JSON Schema object", "response_format");
       want("response_format");
-      const json schema = js["schema"];
-      key = "schema:" + schema.dump();
-      build = [schema] { return grammar::json_schema_grammar(schema); };
+      key = "schema:" + js["schema"].dump();
+      build = [schema = js["schema"]] { return grammar::json_schema_grammar(schema); };
     } else if (type != "text") {
       throw bad_request("'response_format.type' must be 'text', 'json_object' or 'json_schema'", "response_format");
     }
@@ -170,10 +169,9 @@ std::shared_ptr<const grammar::CompiledGrammar> parse_constraint(const json& b, 
     tools->render = tools->parse = choice != "none";
     if (choice == "required" || choice == "function") {
       want("tool_choice");
-      const json all = t;
       const ToolStyle style = m.tool_style;
-      key = "tools:" + std::to_string(int(style)) + (parallel ? "p:" : "1:") + only + ":" + all.dump();
-      build = [all, only, style, parallel] { return forced_calls(all, only, style, parallel && only.empty()); };
+      key = "tools:" + std::to_string(int(style)) + (parallel ? "p:" : "1:") + only + ":" + t.dump();
+      build = [all = t, only, style, parallel] { return forced_calls(all, only, style, parallel && only.empty()); };
     }
   }
   if (!build) return nullptr;
