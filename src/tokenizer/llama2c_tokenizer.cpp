@@ -100,6 +100,7 @@ std::vector<int32_t> Llama2cTokenizer::encode(const std::string& text, bool add_
 std::vector<std::string> Llama2cTokenizer::token_bytes() const {
   std::vector<std::string> out(pieces_.size());
   for (int32_t id = 0; id < vocab_size(); ++id) out[size_t(id)] = decode_piece(0, id);
+  if (!out.empty() && pieces_[0] == "<unk>") out[0].clear();  // unknown: stands for no text
   return out;
 }
 
