@@ -1,5 +1,6 @@
 // CPU backend ops against straightforward reference loops, on odd sizes that hit every vector tail,
 // with weights in f32, bf16 and f16, and attention over a scattered block table.
+#include <limits>
 #include <random>
 
 #include "backend/backend.h"
@@ -286,6 +287,26 @@ TEST(BackendFactory, CpuArgmaxRowsTiesToLowerId) {
   b->argmax_rows(ids, l);
   EXPECT_EQ(ids.ptr<int32_t>()[0], 1);
   EXPECT_EQ(ids.ptr<int32_t>()[1], 0);
+}
+
+TEST(BackendFactory, CpuMaskLogitsKeepsOnlyAllowedTokens) {
+  auto b = make_cpu_backend(1);
+  const int64_t vocab = 37;  // two mask words per row, the second partly used
+  std::vector<float> logits(size_t(2 * vocab), 1.f);
+  Tensor l = b->alloc(DType::F32, {2, vocab});
+  b->write(l, logits.data(), logits.size() * 4);
+  const std::vector<uint32_t> mask = {0x5u, 0x10u, 0x0u, 0x1u};  // row 0: tokens 0, 2, 36; row 1: token 32
+  Tensor m = b->alloc(DType::I32, {4});
+  b->write(m, mask.data(), 16);
+  b->mask_logits(l, m);
+  for (int64_t r = 0; r < 2; ++r)
+    for (int64_t t = 0; t < vocab; ++t) {
+      const bool allowed = r == 0 ? (t == 0 || t == 2 || t == 36) : t == 32;
+      EXPECT_EQ(l.ptr<float>()[r * vocab + t], allowed ? 1.f : -std::numeric_limits<float>::infinity()) << r << "," << t;
+    }
+  Tensor ids = b->alloc(DType::I32, {2});
+  b->argmax_rows(ids, l);
+  EXPECT_EQ(ids.ptr<int32_t>()[1], 32);
 }
 
 }  // namespace

@@ -23,6 +23,25 @@ TEST_F(CudaOps, ArgmaxRowsTakesTheFirstMaximum) {
   }
 }
 
+// mask_logits: the same -inf pattern as the host's, for a vocabulary that ends inside a mask word.
+TEST_F(CudaOps, MaskLogitsMatchTheHost) {
+  const int64_t rows = 3, vocab = 128256 + 7, words = (vocab + 31) / 32;
+  std::mt19937 rng(3);
+  std::vector<float> v(size_t(rows * vocab));
+  for (auto& x : v) x = std::uniform_real_distribution<float>(-5.f, 5.f)(rng);
+  std::vector<uint32_t> mask(size_t(rows * words));
+  for (auto& w : mask) w = uint32_t(rng());
+  auto run = [&](Backend& b) {
+    const Tensor l = put(b, v, {rows, vocab}, DType::F32), m = b.alloc(DType::I32, {rows * words});
+    b.write(m, mask.data(), mask.size() * 4);
+    b.mask_logits(l, m);
+    std::vector<float> out(v.size());
+    b.read(out.data(), l, out.size() * 4);
+    return out;
+  };
+  EXPECT_EQ(run(*gpu_), run(*cpu_));
+}
+
 // Runs sample_rows on `b` over a copy of `logits` ([rows.size(), vocab]).
 std::vector<int32_t> sample_on(Backend& b, const std::vector<float>& logits, int64_t vocab,
                                const std::vector<SampleRow>& rows, const std::vector<PenaltyEntry>& pen) {

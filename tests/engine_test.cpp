@@ -6,6 +6,8 @@
 #include "backend/backend.h"
 #include "core/error.h"
 #include "engine/engine.h"
+#include "grammar/grammar.h"
+#include "grammar/matcher.h"
 #include "reference.h"
 #include "test_util.h"
 
@@ -295,6 +297,63 @@ TEST_P(EngineTest, SessionEqualsOneStreamAndLeavesOthersAlone) {
   }
   EXPECT_EQ(m.sessions, 0);
   EXPECT_EQ(m.blocks_free, cfg.num_blocks);
+}
+
+// Constrained requests (a grammar each: greedy, seeded sampling, a sink window, a session's generation) run beside
+// unconstrained ones: each gets the tokens it gets alone in the engine (its own matcher and mask), every token is
+// one its grammar allows, and a generation ends (stop) when its grammar is complete.
+TEST_P(EngineTest, GrammarConstrainedRequestsInBatches) {
+  const int vocab = model_->config().vocab_size;
+  // Token i stands for one of a few short strings, so that the random model's tokens spell bracketed lists.
+  static const char* pieces[] = {"[", "]", ",", "1", "23", "4,", "5]", "a", "b", ",6", " ", "7"};
+  std::vector<std::string> bytes(static_cast<size_t>(vocab));
+  for (int i = 0; i < vocab; ++i) bytes[size_t(i)] = pieces[size_t(i) % std::size(pieces)];
+  auto g = std::make_shared<grammar::CompiledGrammar>(grammar::Grammar::parse("root ::= \"[\" [0-9]+ (\",\" [0-9]+){0,5} \"]\""),
+                                                      std::make_shared<grammar::Vocabulary>(bytes, std::vector<int32_t>{}));
+  auto reqs = mixed_requests(12, 53);
+  for (size_t i = 0; i < reqs.size(); i += 2) {
+    reqs[i].grammar = g;
+    reqs[i].max_tokens = 60;
+  }
+  reqs[4].kv_policy = KvPolicy::parse("sink", 4, 32);
+  EngineConfig cfg;
+  cfg.num_blocks = 256;
+  cfg.max_batch_tokens = 32;
+  cfg.max_num_seqs = 16;
+  auto run = [&](const std::vector<Request>& rs) {
+    Engine engine(*model_, cfg);
+    std::vector<std::shared_ptr<RequestStream>> streams;
+    for (const auto& r : rs) streams.push_back(engine.submit(r));
+    std::vector<Result> out;
+    for (auto& st : streams) out.push_back(drain(*st));
+    return out;
+  };
+  const std::vector<Result> together = run(reqs);
+  for (size_t i = 0; i < reqs.size(); i += 2) {
+    const Result alone_result = run({reqs[i]})[0];
+    EXPECT_EQ(together[i].tokens, alone_result.tokens) << "request " << i;
+    grammar::Matcher m(g);
+    std::string text;
+    for (int32_t t : together[i].tokens) {
+      ASSERT_TRUE(m.accept(t)) << "request " << i << ": token " << t << " after '" << text << "'";
+      text += bytes[size_t(t)];
+    }
+    EXPECT_EQ(together[i].end.finish, FinishReason::Stop) << "request " << i << ": " << text;
+    EXPECT_TRUE(m.finished()) << text;
+  }
+  // A session's generation under the grammar, after unconstrained text.
+  Engine engine(*model_, cfg);
+  const uint64_t id = engine.create_session(KvPolicy::parse("sink", 4, 32));
+  engine.append_session(id, std::vector<int32_t>(40, 3));
+  Request gen;
+  gen.max_tokens = 60;
+  gen.grammar = g;
+  gen.sampling.temperature = 0;
+  const Result got = drain(*engine.generate_session(id, gen));
+  grammar::Matcher m(g);
+  for (int32_t t : got.tokens) ASSERT_TRUE(m.accept(t));
+  EXPECT_TRUE(m.finished());
+  EXPECT_EQ(got.end.finish, FinishReason::Stop);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EngineTest, testing::Values("llama", "qwen3_moe"));

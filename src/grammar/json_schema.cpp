@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <map>
 #include <set>
@@ -481,7 +482,11 @@ class SchemaCompiler {
 
   // ---- Numbers ----
 
-  static std::string pow10_minus_1(int64_t n) { return std::string(size_t(n), '9'); }
+  static int64_t pow10(int64_t n) {
+    int64_t p = 1;
+    while (n-- > 0) p *= 10;
+    return p;
+  }
 
   // Digit strings a <= b of one length: the numbers between them, as alternatives.
   std::vector<Seq> same_length(const std::string& a, const std::string& b) {
@@ -500,13 +505,13 @@ class SchemaCompiler {
 
   // The integers in [lo, hi] (0 <= lo; hi < 0: no upper bound), in at most kMaxDigits digits.
   std::vector<Seq> nonneg_range(int64_t lo, int64_t hi) {
-    const int64_t top = std::stoll(pow10_minus_1(kMaxDigits));
+    const int64_t top = pow10(kMaxDigits) - 1;
     if (hi < 0 || hi > top) hi = top;
     std::vector<Seq> alts;
     const int64_t la = int64_t(std::to_string(lo).size()), lb = int64_t(std::to_string(hi).size());
     for (int64_t len = la; len <= lb; ++len) {
-      const int64_t from = len == la ? lo : std::stoll("1" + std::string(size_t(len - 1), '0'));
-      const int64_t to = len == lb ? hi : std::stoll(pow10_minus_1(len));
+      const int64_t from = len == la ? lo : pow10(len - 1);
+      const int64_t to = len == lb ? hi : pow10(len) - 1;
       for (Seq& s : same_length(std::to_string(from), std::to_string(to))) alts.push_back(std::move(s));
     }
     return alts;
@@ -549,8 +554,6 @@ class SchemaCompiler {
     read("exclusiveMinimum", &lo, true);
     read("maximum", &hi, false);
     read("exclusiveMaximum", &hi, true);
-    if (s.contains("exclusiveMinimum") && s["exclusiveMinimum"] == true) lo.exclusive = true;
-    if (s.contains("exclusiveMaximum") && s["exclusiveMaximum"] == true) hi.exclusive = true;
     if (!lo.set && !hi.set) return integer ? integer_rule() : number_rule();
     if (integer) {
       std::optional<int64_t> a, z;
@@ -565,15 +568,14 @@ class SchemaCompiler {
         fail(b->key, path, "number bounds are supported when they are integers");
     if (!lo.set || lo.v < 0) fail(lo.set ? lo.key : hi.key, path, "number bounds are supported with a lower bound >= 0");
     const int64_t L0 = int64_t(lo.v);
-    const std::optional<int64_t> H = hi.set ? std::optional<int64_t>(int64_t(hi.v)) : std::nullopt;
+    const int64_t H = hi.set ? int64_t(hi.v) : std::numeric_limits<int64_t>::max();
     std::vector<Seq> alts;
     const int64_t first = lo.exclusive ? L0 + 1 : L0;  // integer parts that may take any fraction: [first, H - 1]
     const int frac_opt = def("fraction-opt", {Seq{}, R(fraction())});
-    if (!H || *H - 1 >= first)
-      alts.push_back(R(def("int-range", nonneg_range(first, H ? *H - 1 : -1))) + R(frac_opt));
-    if (lo.exclusive && (!H || *H > L0))  // L0 itself only with a non-zero fraction
+    if (H - 1 >= first) alts.push_back(R(def("int-range", nonneg_range(first, hi.set ? H - 1 : -1))) + R(frac_opt));
+    if (lo.exclusive && H > L0)  // L0 itself only with a non-zero fraction
       alts.push_back(L(std::to_string(L0) + ".") + Seq{rep(digits('0', '9'), 0, 14, "frac"), digits('1', '9')});
-    if (H && !hi.exclusive && *H >= first) alts.push_back(L(std::to_string(*H)));
+    if (hi.set && !hi.exclusive && H >= first) alts.push_back(L(std::to_string(H)));
     if (alts.empty()) fail(lo.key, path, "no number lies between the bounds");
     return def("number-range", std::move(alts));
   }

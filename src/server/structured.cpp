@@ -221,14 +221,18 @@ std::string ToolCallParser::feed(const std::string& text) {
   }
   for (;;) {
     if (!inside_) {
+      // Whitespace just before a call is not content: it is held until what follows it is known.
       const size_t at = pending_.find(kCallOpen);
       if (at == std::string::npos) {
-        const size_t hold = partial_suffix(pending_, kCallOpen);
+        size_t hold = partial_suffix(pending_, kCallOpen);
+        while (hold < pending_.size() && std::isspace(static_cast<unsigned char>(pending_[pending_.size() - 1 - hold]))) ++hold;
         out += pending_.substr(0, pending_.size() - hold);
         pending_.erase(0, pending_.size() - hold);
         break;
       }
-      out += pending_.substr(0, at);
+      size_t end = at;
+      while (end > 0 && std::isspace(static_cast<unsigned char>(pending_[end - 1]))) --end;
+      out += pending_.substr(0, end);
       pending_.erase(0, at + kCallOpen.size());
       inside_ = true;
     } else {
@@ -240,7 +244,6 @@ std::string ToolCallParser::feed(const std::string& text) {
       if (!add_call(body)) out += kCallOpen + body + kCallClose;
     }
   }
-  if (!calls_.empty() && all_space(out)) return "";  // the whitespace between calls
   return out;
 }
 
@@ -256,7 +259,7 @@ std::string ToolCallParser::finish() {
     if (add_call(rest)) return "";  // a call the model ended without its closing tag
     return kCallOpen + rest;
   }
-  return rest;
+  return !calls_.empty() && all_space(rest) ? "" : rest;  // whitespace after the last call
 }
 
 }  // namespace rill::openai

@@ -773,6 +773,27 @@ std::vector<int32_t> HfTokenizer::encode_bounded(const std::string& text, bool a
   return ids;
 }
 
+namespace {
+
+// A byte-level token's bytes (each character stands for one byte); false when a character is outside the map.
+bool byte_level_bytes(const std::string& t, std::string* out) {
+  out->clear();
+  for (size_t i = 0; i < t.size();) {
+    const uint32_t cp = utf8::next(t, i);
+    auto it = byte_map().char_to_byte.find(cp);
+    if (it == byte_map().char_to_byte.end()) return false;
+    *out += char(it->second);
+  }
+  return true;
+}
+
+// A byte-fallback token "<0xNN>": its byte.
+bool fallback_byte(const std::string& t, unsigned* b) {
+  return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::sscanf(t.c_str() + 3, "%2X", b) == 1;
+}
+
+}  // namespace
+
 // Each token through the decoder steps that act on one token (byte-level, replace, byte fallback, metaspace),
 // leaving out those that act on the whole text (fuse, strip, the first token's prefix space).
 std::vector<std::string> HfTokenizer::token_bytes() const {
@@ -786,14 +807,7 @@ std::vector<std::string> HfTokenizer::token_bytes() const {
       switch (d.kind) {
         case DecoderStep::ByteLevel: {
           std::string bytes;
-          bool ok = true;
-          for (size_t i = 0; i < t.size() && ok;) {
-            const uint32_t cp = utf8::next(t, i);
-            auto it = byte_map().char_to_byte.find(cp);
-            if (it == byte_map().char_to_byte.end()) ok = false;
-            else bytes += char(it->second);
-          }
-          if (ok) t = bytes;
+          if (byte_level_bytes(t, &bytes)) t = std::move(bytes);
           break;
         }
         case DecoderStep::Replace:
@@ -801,8 +815,7 @@ std::vector<std::string> HfTokenizer::token_bytes() const {
           break;
         case DecoderStep::ByteFallback: {
           unsigned b;
-          if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::sscanf(t.c_str() + 3, "%2X", &b) == 1)
-            t = std::string(1, char(b));
+          if (fallback_byte(t, &b)) t = std::string(1, char(b));
           break;
         }
         case DecoderStep::Metaspace:
@@ -836,17 +849,8 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
     switch (d.kind) {
       case DecoderStep::ByteLevel: {
         std::string bytes;
-        for (const auto& t : toks) {
-          std::string tb;
-          bool ok = true;
-          for (size_t i = 0; i < t.size() && ok;) {
-            const uint32_t cp = utf8::next(t, i);
-            auto it = byte_map().char_to_byte.find(cp);
-            if (it == byte_map().char_to_byte.end()) ok = false;
-            else tb += char(it->second);
-          }
-          bytes += ok ? tb : t;  // a token with characters outside the map keeps its own bytes
-        }
+        std::string tb;
+        for (const auto& t : toks) bytes += byte_level_bytes(t, &tb) ? tb : t;  // characters outside the map: as they are
         toks = {utf8::lossy(bytes)};
         break;
       }
@@ -865,7 +869,7 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
         };
         for (const auto& t : toks) {
           unsigned b;
-          if (t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::sscanf(t.c_str() + 3, "%2X", &b) == 1) {
+          if (fallback_byte(t, &b)) {
             run += char(b);
           } else {
             flush();

@@ -20,23 +20,23 @@ trap 'kill -TERM $pid $tiny_pid 2>/dev/null; rm -rf "$model"' EXIT
 tiny_pid=
 "$make_model" --out "$model/m" --dim 32 --layers 2 --heads 4 --ffn 64 --vocab 16022 --dtype f32 --context 512 >/dev/null
 cp "$shared/data/tokenizers/qwen2-style/tokenizer.json" "$shared/data/tokenizers/qwen2-style/tokenizer_config.json" "$model/m/"
+# The port a server started with --port 0 reports in its log ($1), or nothing when it does not start in 20 s.
+port_of() {
+  local p=
+  for _ in $(seq 400); do
+    p=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$1")
+    [ -n "$p" ] && break
+    sleep 0.05
+  done
+  echo "$p"
+}
 "$rill" serve --model "$model/m" --served-model-name tiny --port 0 --api-key e2e-key --kv-cache-memory 64MiB 2>"$log" &
 pid=$!
-port=
-for _ in $(seq 200); do
-  port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$log")
-  [ -n "$port" ] && break
-  sleep 0.05
-done
+port=$(port_of "$log")
 [ -n "$port" ] || { echo "rill serve did not start:"; cat "$log"; exit 1; }
 "$rill" serve --served-model-name rill-tiny --port 0 --kv-cache-memory 256MiB 2>"$model/tiny.log" &
 tiny_pid=$!
-tiny_port=
-for _ in $(seq 400); do
-  tiny_port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$model/tiny.log")
-  [ -n "$tiny_port" ] && break
-  sleep 0.05
-done
+tiny_port=$(port_of "$model/tiny.log")
 [ -n "$tiny_port" ] || { echo "rill serve (rill-tiny) did not start:"; cat "$model/tiny.log"; exit 1; }
 export RILL_E2E_URL="http://127.0.0.1:$port/v1" RILL_E2E_KEY=e2e-key RILL_TINY_URL="http://127.0.0.1:$tiny_port/v1"
 export RILL_SCHEMAS="$here/../data/json_schemas.json" NODE_PATH="$work/node_modules"
