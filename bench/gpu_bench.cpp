@@ -24,6 +24,8 @@
 #include "engine/engine.h"
 #include "timed_request.h"
 #include "formats/hf_config.h"
+#include "grammar/json_schema.h"
+#include "grammar/matcher.h"
 #include "model/model.h"
 
 namespace {
@@ -324,6 +326,7 @@ int main(int argc, char** argv) {
       rill::Engine engine(*model, ec);
       bool sampled = false;
       int logprobs = -1;
+      std::shared_ptr<const rill::grammar::CompiledGrammar> constraint;
       auto run = [&](int new_tokens, uint32_t seed, double* first_all) {
         std::vector<std::shared_ptr<rill::RequestStream>> streams;
         const auto t0 = Clock::now();
@@ -338,6 +341,7 @@ int main(int argc, char** argv) {
           r.sampling.seed = i;
           r.sampling.has_seed = true;
           r.logprobs = logprobs;
+          r.grammar = constraint;
           streams.push_back(engine.submit(r));
         }
         Clock::time_point last_first = t0;
@@ -377,6 +381,46 @@ int main(int argc, char** argv) {
       for (int r = 0; r < std::max(1, repeats / 2); ++r)
         logprob_totals.push_back(run(gen, uint32_t(200000 + 100 * r), nullptr));
       const double tps_logprobs = double(batch) * gen / median(logprob_totals);
+      // And constrained: every sequence under a JSON Schema (objects one after another, so that none ends early),
+      // over a synthetic vocabulary of the model's size; its token sets are computed before the timed runs, as the
+      // server does when it compiles a request's grammar.
+      logprobs = -1;
+      {
+        std::mt19937 vr(7);
+        const std::string alphabet = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz     ETAOINS0123456789,.:\"{}[]-_";
+        std::vector<std::string> pieces(static_cast<size_t>(vocab));
+        for (int64_t i = 0; i < vocab; ++i) {
+          if (i < 256) {
+            pieces[size_t(i)] = std::string(1, char(i));
+            continue;
+          }
+          const size_t len = 2 + vr() % 7;
+          for (size_t k = 0; k < len; ++k) pieces[size_t(i)] += alphabet[vr() % alphabet.size()];
+        }
+        const auto schema = nlohmann::ordered_json::parse(
+            R"({"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer",
+               "minimum": 0, "maximum": 150}, "email": {"type": "string", "format": "email"}, "tags": {"type": "array",
+               "items": {"enum": ["red", "green", "blue"]}, "maxItems": 4}, "bio": {"type": "string"}},
+               "required": ["name", "age", "email", "tags", "bio"], "additionalProperties": false})");
+        rill::grammar::JsonFraming framing;
+        framing.separator = "\n";
+        framing.repeat = true;
+        auto g = std::make_shared<rill::grammar::CompiledGrammar>(
+            rill::grammar::json_schema_grammar(schema, framing),
+            std::make_shared<rill::grammar::Vocabulary>(std::move(pieces), std::vector<int32_t>{}));
+        g->precompute();
+        constraint = g;
+      }
+      sampled = false;
+      std::vector<double> constrained_totals, constrained_sampled_totals;
+      for (int r = 0; r < std::max(1, repeats / 2); ++r)
+        constrained_totals.push_back(run(gen, uint32_t(300000 + 100 * r), nullptr));
+      sampled = true;
+      for (int r = 0; r < std::max(1, repeats / 2); ++r)
+        constrained_sampled_totals.push_back(run(gen, uint32_t(400000 + 100 * r), nullptr));
+      constraint.reset();
+      const double tps_constrained = double(batch) * gen / median(constrained_totals);
+      const double tps_constrained_sampled = double(batch) * gen / median(constrained_sampled_totals);
       // One decode step reads every weight once and each sequence's KV (~prompt + gen/2 tokens).
       const double step_bytes = weight_bytes + kv_bytes_per_token * batch * (prompt + gen / 2);
       const double limit = bw / step_bytes * batch;
@@ -385,11 +429,16 @@ int main(int argc, char** argv) {
                       {"output_tokens_per_s", tps}, {"decode_phase_tokens_per_s", dr},
                       {"bandwidth_limit_decode_tokens_per_s", limit}, {"decode_fraction_of_limit", dr / limit},
                       {"sampled_output_tokens_per_s", tps_sampled},
-                      {"sampled_logprobs5_output_tokens_per_s", tps_logprobs}};
+                      {"sampled_logprobs5_output_tokens_per_s", tps_logprobs},
+                      {"constrained_output_tokens_per_s", tps_constrained},
+                      {"constrained_sampled_output_tokens_per_s", tps_constrained_sampled}};
       std::printf("batch 64 x (128 + 128)           %8.0f tok/s  (%.2f s; decode phase %.0f tok/s, %.1f%% of %.0f)\n",
                   tps, t, dr, 100.0 * dr / limit, limit);
       std::printf("  sampled (T 0.8, top-k 50, top-p 0.95) %6.0f tok/s\n", tps_sampled);
       std::printf("  sampled, logprobs 5                   %6.0f tok/s\n", tps_logprobs);
+      std::printf("  JSON Schema, greedy                   %6.0f tok/s (%.3fx greedy)\n", tps_constrained, tps_constrained / tps);
+      std::printf("  JSON Schema, sampled                  %6.0f tok/s (%.3fx sampled)\n", tps_constrained_sampled,
+                  tps_constrained_sampled / tps_sampled);
     }
 
     if (want("prefill")) {

@@ -36,6 +36,8 @@ rows = [("decode1", "tokens_per_s", "decode, batch 1 (tok/s)"),
         ("batch64", "decode_phase_tokens_per_s", "batch 64, decode phase (tok/s)"),
         ("batch64", "sampled_output_tokens_per_s", "batch 64, sampling (tok/s)"),
         ("batch64", "sampled_logprobs5_output_tokens_per_s", "batch 64, sampling + logprobs 5 (tok/s)"),
+        ("batch64", "constrained_output_tokens_per_s", "batch 64, JSON Schema, greedy (tok/s)"),
+        ("batch64", "constrained_sampled_output_tokens_per_s", "batch 64, JSON Schema, sampling (tok/s)"),
         ("prefill", "seconds", "prefill 4096 (s)")]
 print(f"| figure | old (each run) | new (each run) | new / old (medians) |\n|---|---|---|---:|")
 for sec, key, name in rows:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # rill as its user runs it, on the GPU: `rill generate` and `rill chat` on the embedded model, then `rill serve
-# --device cuda` driven over HTTP (a streamed completion, a chat completion, the official `openai` Python SDK
+# --device cuda` driven over HTTP (a streamed completion, a chat completion, JSON Schema constrained chats, the official `openai` Python SDK
 # when the machine has it, a session created, appended to and generated from, /metrics), then SIGTERM, which
 # must exit 0. Run from the repository root on the device machine with a bundle (tools/device/pack.sh):
 #   bash tools/device/serve_e2e.sh BUNDLE_DIR          (prints each step; exits 1 on the first failure)
@@ -48,6 +48,26 @@ curl -s "$url/v1/chat/completions" "${auth[@]}" \
   -d '{"messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 30, "logprobs": true, "top_logprobs": 2}' \
   | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["choices"][0]["message"]["content"][:200]); print(d["usage"]); assert d["choices"][0]["logprobs"]["content"]' \
   || fail "chat completion"
+echo "-- structured output on the GPU: 16 concurrent json_schema chats, each parsed and checked"
+python3 - "$url" <<'EOF' || fail "json_schema"
+import sys, json, concurrent.futures, urllib.request
+url = sys.argv[1] + "/v1/chat/completions"
+schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+          "age": {"type": "integer", "minimum": 0, "maximum": 99}, "pets": {"type": "array", "items": {"enum": ["cat", "dog"]}, "maxItems": 3}},
+          "required": ["name", "age", "pets"], "additionalProperties": False}
+def one(i):
+    body = {"messages": [{"role": "user", "content": f"Person {i} as JSON"}], "max_tokens": 200, "temperature": 1, "seed": i,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": schema}}}
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Authorization": "Bearer k", "Content-Type": "application/json"})
+    c = json.load(urllib.request.urlopen(req))["choices"][0]
+    v = json.loads(c["message"]["content"])
+    assert c["finish_reason"] == "stop" and set(v) == {"name", "age", "pets"} and 0 <= v["age"] <= 99, c
+    assert len(v["name"]) <= 20 and len(v["pets"]) <= 3 and all(p in ("cat", "dog") for p in v["pets"]), c
+    return c["message"]["content"]
+with concurrent.futures.ThreadPoolExecutor(16) as ex:
+    out = list(ex.map(one, range(16)))
+print(out[0])
+EOF
 echo "-- 401 without the key, 400 naming a bad parameter"
 code=$(curl -s -o /dev/null -w '%{http_code}' "$url/v1/models")
 [ "$code" = 401 ] || fail "expected 401, got $code"
