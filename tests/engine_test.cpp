@@ -425,6 +425,25 @@ TEST(EngineErrors, NaNLogitsEndTheRequestNotTheEngine) {
   EXPECT_EQ(got.end.finish, FinishReason::Length);
 }
 
+// A session call's effects are in the metrics by the time it returns (the server's tests read them right after a
+// DELETE; they used to be published one loop turn later, and a test under load read the old count).
+TEST_P(EngineBasics, SessionCallsPublishTheirMetrics) {
+  EngineConfig cfg;
+  cfg.num_blocks = 64;
+  Engine engine(*model_, cfg);
+  for (int round = 0; round < 200; ++round) {
+    const uint64_t id = engine.create_session(KvPolicy{});
+    EXPECT_EQ(engine.metrics().sessions, 1) << round;
+    engine.append_session(id, std::vector<int32_t>(40, 3));
+    for (int i = 0; i < 400 && engine.session_status(id).pending > 0; ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ASSERT_TRUE(engine.delete_session(id));
+    const EngineMetrics m = engine.metrics();
+    EXPECT_EQ(m.sessions, 0) << round;
+    EXPECT_EQ(m.blocks_free, cfg.num_blocks) << round;
+  }
+}
+
 TEST_P(EngineBasics, CancelFreesBlocks) {
   EngineConfig cfg;
   cfg.num_blocks = 64;

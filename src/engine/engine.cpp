@@ -102,7 +102,12 @@ EngineMetrics Engine::metrics() const {
 
 template <class F>
 auto Engine::on_loop(F f) -> decltype(f()) {
-  std::packaged_task<decltype(f())()> task(std::move(f));
+  // The metrics show the call's effect (a session made or deleted, its blocks freed) by the time it returns.
+  std::packaged_task<decltype(f())()> task([this, &f] {
+    auto result = f();
+    publish_metrics();
+    return result;
+  });
   auto result = task.get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);

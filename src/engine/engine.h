@@ -90,7 +90,7 @@ class Engine {
   void validate_policy(const KvPolicy& policy) const;
   void check_tokens(const std::vector<int32_t>& tokens, const char* what) const;
   std::shared_ptr<RequestStream> enqueue(Request request);
-  // Runs f on the loop thread and returns its result (or rethrows its exception).
+  // Runs f on the loop thread and returns its result (or rethrows its exception), with the metrics published after it.
   template <class F>
   auto on_loop(F f) -> decltype(f());
 
