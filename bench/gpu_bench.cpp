@@ -24,8 +24,7 @@
 #include "engine/engine.h"
 #include "timed_request.h"
 #include "formats/hf_config.h"
-#include "grammar/json_schema.h"
-#include "grammar/matcher.h"
+#include "grammar_workload.h"
 #include "model/model.h"
 
 namespace {
@@ -385,32 +384,8 @@ int main(int argc, char** argv) {
       // over a synthetic vocabulary of the model's size; its token sets are computed before the timed runs, as the
       // server does when it compiles a request's grammar.
       logprobs = -1;
-      {
-        std::mt19937 vr(7);
-        const std::string alphabet = "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopqrstuvwxyz     ETAOINS0123456789,.:\"{}[]-_";
-        std::vector<std::string> pieces(static_cast<size_t>(vocab));
-        for (int64_t i = 0; i < vocab; ++i) {
-          if (i < 256) {
-            pieces[size_t(i)] = std::string(1, char(i));
-            continue;
-          }
-          const size_t len = 2 + vr() % 7;
-          for (size_t k = 0; k < len; ++k) pieces[size_t(i)] += alphabet[vr() % alphabet.size()];
-        }
-        const auto schema = nlohmann::ordered_json::parse(
-            R"({"type": "object", "properties": {"name": {"type": "string", "maxLength": 40}, "age": {"type": "integer",
-               "minimum": 0, "maximum": 150}, "email": {"type": "string", "format": "email"}, "tags": {"type": "array",
-               "items": {"enum": ["red", "green", "blue"]}, "maxItems": 4}, "bio": {"type": "string"}},
-               "required": ["name", "age", "email", "tags", "bio"], "additionalProperties": false})");
-        rill::grammar::JsonFraming framing;
-        framing.separator = "\n";
-        framing.repeat = true;
-        auto g = std::make_shared<rill::grammar::CompiledGrammar>(
-            rill::grammar::json_schema_grammar(schema, framing),
-            std::make_shared<rill::grammar::Vocabulary>(std::move(pieces), std::vector<int32_t>{}));
-        g->precompute();
-        constraint = g;
-      }
+      constraint = rill::bench::person_stream_grammar(std::make_shared<rill::grammar::Vocabulary>(
+          rill::bench::synthetic_vocabulary(vocab), std::vector<int32_t>{}));
       sampled = false;
       std::vector<double> constrained_totals, constrained_sampled_totals;
       for (int r = 0; r < std::max(1, repeats / 2); ++r)

@@ -15,20 +15,57 @@
 
 #include "grammar/json_schema.h"
 #include "grammar/matcher.h"
+#include "grammar_workload.h"
 #include "tokenizer/hf_tokenizer.h"
 
 using namespace rill;
 using Clock = std::chrono::steady_clock;
 
+// A batch as the engine runs it: `batch` sequences under one grammar, each step a mask per sequence (the engine
+// computes them while the device runs the step) and the picked token accepted (after the step). Picks are uniform
+// among the allowed tokens, the most varied a model could be. `passes` runs of `steps` steps, the grammar's caches
+// kept between them (as between requests).
+void batch_run(const std::shared_ptr<grammar::CompiledGrammar>& g, const char* name, int batch, int steps, int passes) {
+  const auto& vocab = g->vocab();
+  for (int pass = 0; pass < passes; ++pass) {
+    std::mt19937 rng(2 + uint32_t(pass));
+    std::vector<grammar::Matcher> seqs(static_cast<size_t>(batch), grammar::Matcher(g));
+    std::vector<std::vector<uint32_t>> masks(size_t(batch), std::vector<uint32_t>(size_t(vocab.mask_words())));
+    const auto before = g->stats();
+    double fill_s = 0, accept_s = 0;
+    for (int step = 0; step < steps; ++step) {
+      auto a = Clock::now();
+      for (int i = 0; i < batch; ++i) seqs[size_t(i)].fill_mask(masks[size_t(i)].data());
+      fill_s += std::chrono::duration<double>(Clock::now() - a).count();
+      std::vector<int32_t> picks;
+      for (int i = 0; i < batch; ++i) {
+        std::vector<int32_t> pool;
+        for (int32_t id = 0; id < vocab.size(); ++id)
+          if ((masks[size_t(i)][size_t(id) / 32] >> (id % 32)) & 1) pool.push_back(id);
+        picks.push_back(pool.empty() ? -1 : pool[rng() % pool.size()]);
+      }
+      a = Clock::now();
+      for (int i = 0; i < batch; ++i)
+        if (picks[size_t(i)] >= 0) seqs[size_t(i)].accept(picks[size_t(i)]);
+      accept_s += std::chrono::duration<double>(Clock::now() - a).count();
+    }
+    const auto after = g->stats();
+    std::printf("%s, batch %d x %d steps, pass %d: masks %.0f us per step (%llu computed), accepts %.0f us per step\n",
+                name, batch, steps, pass + 1, 1e6 * fill_s / steps,
+                (unsigned long long)(after.mask_misses - before.mask_misses), 1e6 * accept_s / steps);
+  }
+}
+
 int main(int argc, char** argv) {
   CLI::App app{"constrained-decoding mask benchmark"};
   std::string shared = "../shared", tests = "tests/data";
-  int walks = 4, tokens = 300, vocab_size = 128256;
+  int walks = 4, tokens = 300, vocab_size = 128256, batch = 64;
   app.add_option("--shared", shared);
   app.add_option("--tests", tests);
   app.add_option("--walks", walks);
   app.add_option("--tokens", tokens);
   app.add_option("--vocab", vocab_size);
+  app.add_option("--batch", batch, "sequences in the batch simulation");
   CLI11_PARSE(app, argc, argv);
 
   auto tok = HfTokenizer::load(shared + "/data/tokenizers/llama3-style/tokenizer.json");
@@ -97,8 +134,15 @@ int main(int argc, char** argv) {
     std::printf("%s: %zu masks, mean %.1f us, p50 %.1f us, p99 %.1f us, max %.1f us\n", pass ? "warm" : "cold", us.size(),
                 sum / double(us.size()), us[us.size() / 2], us[us.size() * 99 / 100], us.back());
   }
+  batch_run(g, "corpus schema", batch, tokens, 2);
+  // gpu_bench's constrained workload (its synthetic vocabulary of 128,256 tokens and person-stream schema).
+  auto synthetic = std::make_shared<grammar::Vocabulary>(rill::bench::synthetic_vocabulary(128256), std::vector<int32_t>{});
+  batch_run(rill::bench::person_stream_grammar(synthetic), "gpu_bench's person stream", batch, 128, 3);
+  batch_run(rill::bench::person_stream_grammar(synthetic, true), "the same, name maxLength 40", batch, 128, 3);
   const auto s = g->stats();
-  std::printf("cache: %llu positions, %llu mask hits, %llu misses, %llu uncertain-token checks\n",
-              (unsigned long long)s.positions, (unsigned long long)s.mask_hits, (unsigned long long)s.mask_misses,
-              (unsigned long long)s.uncertain_checks);
+  std::printf("cache: %llu positions (%.1f MiB of token sets), %llu mask hits, %llu misses, %llu uncertain-token checks, "
+              "%llu token steps cached, %llu computed\n",
+              (unsigned long long)s.positions, double(s.position_bytes) / (1 << 20), (unsigned long long)s.mask_hits,
+              (unsigned long long)s.mask_misses, (unsigned long long)s.uncertain_checks, (unsigned long long)s.step_hits,
+              (unsigned long long)s.step_misses);
 }

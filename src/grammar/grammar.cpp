@@ -173,6 +173,69 @@ GrammarBuilder::Item GrammarBuilder::repeat(const Item& item, int min, int max, 
   return ref(r);
 }
 
+// Token sets are computed per grammar position, from the rule on top of the stack alone (matcher.h); a token that
+// runs past the end of that rule is checked against the whole stack at every mask that needs it. So a repetition
+// of a one-character rule (a JSON string's `char*`) left every token longer than one byte to that check. Here small
+// rules without references are written into the rules that use them, when that makes the user a small rule without
+// references too (a character class into json-char), or when the user is a repetition (`star ::= x star | ""`): then
+// the repetition's own positions consume the characters, and only tokens that leave it (that close the string)
+// are left to the check. Bounded repetitions (nested options) are left as they are: written out, each level would
+// be a position of its own to compute.
+std::vector<std::vector<GrammarBuilder::Seq>> GrammarBuilder::inline_leaves(const std::vector<int>& order) const {
+  constexpr size_t kLeafAlternatives = 16, kRepetitionAlternatives = 64;
+  std::vector<std::vector<Seq>> rules = rules_;
+  auto leaf = [&](int q) {
+    if (rules[size_t(q)].size() > kLeafAlternatives) return false;
+    for (const Seq& s : rules[size_t(q)])
+      for (const Item& i : s)
+        if (i.is_rule) return false;
+    return true;
+  };
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (int r : order) {
+      bool refs = false, repetition = false, only_leaves = true;
+      for (const Seq& s : rules[size_t(r)]) {
+        for (const Item& i : s) {
+          if (!i.is_rule) continue;
+          refs = true;
+          if (i.rule != r && !leaf(i.rule)) only_leaves = false;
+        }
+        repetition = repetition || (!s.empty() && s.back().is_rule && s.back().rule == r);
+      }
+      if (!refs || (!repetition && !only_leaves)) continue;
+      // Every reference to a leaf written out, one alternative per choice.
+      std::vector<Seq> out = rules[size_t(r)];
+      const size_t limit = repetition ? kRepetitionAlternatives : kLeafAlternatives;
+      bool grew = true, inlined = false;
+      while (grew && out.size() <= limit) {
+        grew = false;
+        std::vector<Seq> next;
+        for (const Seq& s : out) {
+          size_t k = 0;
+          while (k < s.size() && !(s[k].is_rule && s[k].rule != r && leaf(s[k].rule))) ++k;
+          if (k == s.size()) {
+            next.push_back(s);
+            continue;
+          }
+          for (const Seq& body : rules[size_t(s[k].rule)]) {
+            Seq t(s.begin(), s.begin() + int64_t(k));
+            t.insert(t.end(), body.begin(), body.end());
+            t.insert(t.end(), s.begin() + int64_t(k) + 1, s.end());
+            next.push_back(std::move(t));
+          }
+          grew = inlined = true;
+        }
+        out = std::move(next);
+      }
+      if (!inlined || grew || out.size() > limit) continue;  // nothing to write out, or it would not stay small
+      rules[size_t(r)] = std::move(out);
+      changed = true;
+    }
+  }
+  return rules;
+}
+
 Grammar GrammarBuilder::build(const std::string& root_name) const {
   auto root_it = by_name_.find(root_name);
   if (root_it == by_name_.end() || !defined_[size_t(root_it->second)])
@@ -228,13 +291,26 @@ Grammar GrammarBuilder::build(const std::string& root_name) const {
   for (int r : order)
     if (state[size_t(r)] == 0) visit(r);
 
+  const std::vector<std::vector<Seq>> rules = inline_leaves(order);
+  // The rules still reachable, renumbered.
+  order.assign(1, root_it->second);
+  std::fill(index.begin(), index.end(), -1);
+  index[size_t(root_it->second)] = 0;
+  for (size_t k = 0; k < order.size(); ++k)
+    for (const Seq& s : rules[size_t(order[k])])
+      for (const Item& i : s)
+        if (i.is_rule && index[size_t(i.rule)] < 0) {
+          index[size_t(i.rule)] = int(order.size());
+          order.push_back(i.rule);
+        }
+
   Grammar g;
   g.root = 0;
   std::map<ByteSet, int> class_ids;
   for (int r : order) {
     g.names.push_back(names_[size_t(r)]);
     std::vector<int32_t> starts;
-    for (const Seq& s : rules_[size_t(r)]) {
+    for (const Seq& s : rules[size_t(r)]) {
       starts.push_back(int32_t(g.elems.size()));
       for (const Item& i : s) {
         Element e;

@@ -103,6 +103,9 @@ class GrammarBuilder {
   Grammar build(const std::string& root) const;
 
  private:
+  // The rules with small reference-free rules written into their users (see the .cpp).
+  std::vector<std::vector<Seq>> inline_leaves(const std::vector<int>& order) const;
+
   std::vector<std::string> names_;
   std::vector<std::vector<Seq>> rules_;
   std::vector<bool> defined_;

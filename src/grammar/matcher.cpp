@@ -8,7 +8,8 @@ namespace rill::grammar {
 namespace {
 
 constexpr size_t kMaxStackDepth = 4096;   // deeper parses are dropped (a nesting no real output reaches)
-constexpr size_t kMaxCachedMasks = 4096;  // per grammar; the cache starts over when full
+constexpr size_t kMaskCacheBytes = size_t(32) << 20;  // per grammar; the caches start over when full
+constexpr size_t kMaxStates = 1 << 16, kMaxSteps = 1 << 20;
 constexpr size_t kMaxHistory = 256;       // Matcher::rollback reaches at least this far back
 
 void set_bit(uint32_t* words, int32_t id) { words[id >> 5] |= uint32_t(1) << (id & 31); }
@@ -78,7 +79,9 @@ bool Vocabulary::is_end(int32_t id) const { return std::find(end_ids_.begin(), e
 // ---- CompiledGrammar ----
 
 CompiledGrammar::CompiledGrammar(Grammar g, std::shared_ptr<const Vocabulary> vocab)
-    : g_(std::move(g)), vocab_(std::move(vocab)) {}
+    : g_(std::move(g)),
+      vocab_(std::move(vocab)),
+      max_masks_(std::max<size_t>(16, kMaskCacheBytes / (size_t(vocab_->mask_words()) * sizeof(uint32_t) + 64))) {}
 
 void CompiledGrammar::expand(Stack& s, std::vector<Stack>* out, bool* complete) const {
   if (s.empty()) {
@@ -195,7 +198,16 @@ CompiledGrammar::PositionTokens CompiledGrammar::compute_position(int32_t pos) c
     }
   };
   walk(walk, 0, sorted.size(), 0, 0, false);
-  if (any) out.accepted = std::move(acc);
+  if (!any) return out;
+  // Few accepted tokens (a literal's position) are kept as ids: a bitmask per position would be 16 KiB at 128k.
+  size_t count = 0;
+  for (uint32_t w : acc) count += size_t(__builtin_popcount(w));
+  if (count < acc.size() / 2) {
+    for (size_t w = 0; w < acc.size(); ++w)
+      for (uint32_t bits = acc[w]; bits; bits &= bits - 1) out.accepted_ids.push_back(int32_t(w * 32 + size_t(__builtin_ctz(bits))));
+  } else {
+    out.accepted_bits = std::move(acc);
+  }
   return out;
 }
 
@@ -207,29 +219,61 @@ const CompiledGrammar::PositionTokens& CompiledGrammar::position(int32_t pos) co
   }
   auto computed = std::make_unique<PositionTokens>(compute_position(pos));
   std::lock_guard<std::mutex> lock(mu_);
+  const size_t bytes = (computed->accepted_bits.size() + computed->accepted_ids.size() + computed->uncertain.size()) * 4;
   auto [it, added] = positions_.emplace(pos, std::move(computed));
-  if (added) ++stats_.positions;
+  if (added) ++stats_.positions, stats_.position_bytes += bytes;
   return *it->second;
 }
 
-void CompiledGrammar::fill_mask(const ParseState& s, uint32_t* words) const {
-  const size_t n = size_t(vocab_->mask_words());
-  const std::string key = state_key(s);
+StateRef CompiledGrammar::intern(const ParseState& s) const {
+  std::string key = state_key(s);
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = states_.find(key);
+  if (it != states_.end()) return it->second;
+  if (states_.size() >= kMaxStates) states_.clear();  // held states live on in their matchers
+  auto ref = std::make_shared<InternedState>(InternedState{s, next_serial_++});
+  states_.emplace(std::move(key), ref);
+  return ref;
+}
+
+StateRef CompiledGrammar::step(const StateRef& from, int32_t token) const {
+  const uint64_t key = from->serial * uint64_t(vocab_->size()) + uint64_t(token);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = masks_.find(key);
+    auto it = steps_.find(key);
+    if (it != steps_.end()) {
+      ++stats_.step_hits;
+      return it->second;
+    }
+  }
+  const ParseState next = advance(from->state, vocab_->bytes(token));
+  StateRef ref = next.dead() ? nullptr : intern(next);
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.step_misses;
+  if (steps_.size() >= kMaxSteps) steps_.clear();
+  steps_.emplace(key, ref);
+  return ref;
+}
+
+void CompiledGrammar::fill_mask(const StateRef& ref, uint32_t* words) const {
+  const size_t n = size_t(vocab_->mask_words());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = masks_.find(ref->serial);
     if (it != masks_.end()) {
       std::memcpy(words, it->second.data(), n * sizeof(uint32_t));
       ++stats_.mask_hits;
       return;
     }
   }
+  const ParseState& s = ref->state;
   std::fill(words, words + n, 0u);
   uint64_t checks = 0;
   for (const Stack& st : s.stacks) {
     const PositionTokens& p = position(st.back());
-    if (!p.accepted.empty())
-      for (size_t w = 0; w < n; ++w) words[w] |= p.accepted[w];
+    if (!p.accepted_bits.empty())
+      for (size_t w = 0; w < n; ++w) words[w] |= p.accepted_bits[w];
+    for (int32_t id : p.accepted_ids) set_bit(words, id);
     if (p.uncertain.empty()) continue;
     ParseState one;
     one.stacks.push_back(st);
@@ -245,8 +289,8 @@ void CompiledGrammar::fill_mask(const ParseState& s, uint32_t* words) const {
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.mask_misses;
   stats_.uncertain_checks += checks;
-  if (masks_.size() >= kMaxCachedMasks) masks_.clear();
-  masks_.emplace(key, std::vector<uint32_t>(words, words + n));
+  if (masks_.size() >= max_masks_) masks_.clear();
+  masks_.emplace(ref->serial, std::vector<uint32_t>(words, words + n));
 }
 
 CompiledGrammar::CacheStats CompiledGrammar::stats() const {
@@ -256,21 +300,20 @@ CompiledGrammar::CacheStats CompiledGrammar::stats() const {
 
 // ---- Matcher ----
 
-Matcher::Matcher(std::shared_ptr<const CompiledGrammar> g) : g_(std::move(g)), state_(g_->initial()) {}
+Matcher::Matcher(std::shared_ptr<const CompiledGrammar> g) : g_(std::move(g)), state_(g_->intern(g_->initial())) {}
 
 bool Matcher::accept(int32_t token) {
   if (ended_ || token < 0 || token >= g_->vocab().size()) return false;
+  StateRef next;
   if (g_->vocab().is_end(token)) {
-    if (!state_.complete) return false;
-    history_.push_back(state_);
-    state_ = ParseState{};  // nothing more: the mask is empty
+    if (!complete()) return false;
+    next = g_->intern(ParseState{});  // nothing more: the mask is empty
     ended_ = true;
-    return true;
+  } else {
+    if (g_->vocab().bytes(token).empty()) return false;
+    next = g_->step(state_, token);
+    if (!next) return false;
   }
-  const std::string& bytes = g_->vocab().bytes(token);
-  if (bytes.empty()) return false;
-  ParseState next = g_->advance(state_, bytes);
-  if (next.dead()) return false;
   if (history_.size() >= 2 * kMaxHistory) history_.erase(history_.begin(), history_.begin() + kMaxHistory);
   history_.push_back(std::move(state_));
   state_ = std::move(next);

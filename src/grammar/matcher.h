@@ -54,7 +54,15 @@ struct ParseState {
   bool dead() const { return stacks.empty() && !complete; }
 };
 
-// A Grammar ready to constrain one vocabulary. Immutable but for its caches; shared between sequences.
+// A parse state as the caches know it: interned by value, with a serial number that keys its transitions and mask.
+struct InternedState {
+  ParseState state;
+  uint64_t serial = 0;
+};
+using StateRef = std::shared_ptr<const InternedState>;
+
+// A Grammar ready to constrain one vocabulary. Immutable but for its caches; shared between sequences. The caches
+// are bounded: past their bounds they start over, and matchers keep the states they hold.
 class CompiledGrammar {
  public:
   CompiledGrammar(Grammar g, std::shared_ptr<const Vocabulary> vocab);
@@ -72,16 +80,23 @@ class CompiledGrammar {
   bool accepts(const std::string& bytes) const { return advance(initial(), bytes).complete; }
   bool accepts_prefix(const std::string& bytes) const { return !advance(initial(), bytes).dead(); }
   // The tokens allowed after state s, as mask_words() 32-bit words (bit i of word w: token 32w + i).
-  void fill_mask(const ParseState& s, uint32_t* words) const;
+  void fill_mask(const ParseState& s, uint32_t* words) const { fill_mask(intern(s), words); }
+
+  // The interned forms, as Matcher uses them: a token's step and a state's mask are computed once per state.
+  StateRef intern(const ParseState& s) const;
+  StateRef step(const StateRef& from, int32_t token) const;  // null when the token's bytes do not fit
+  void fill_mask(const StateRef& s, uint32_t* words) const;
 
   struct CacheStats {
-    uint64_t positions = 0, mask_hits = 0, mask_misses = 0, uncertain_checks = 0;
+    uint64_t positions = 0, position_bytes = 0, mask_hits = 0, mask_misses = 0, uncertain_checks = 0, step_hits = 0,
+             step_misses = 0;
   };
   CacheStats stats() const;
 
  private:
   struct PositionTokens {
-    std::vector<uint32_t> accepted;  // a bitmask, or empty when none
+    std::vector<uint32_t> accepted_bits;  // a bitmask when many tokens are accepted,
+    std::vector<int32_t> accepted_ids;    // else their ids
     std::vector<int32_t> uncertain;
   };
   void expand(Stack& s, std::vector<Stack>* out, bool* complete) const;
@@ -91,9 +106,13 @@ class CompiledGrammar {
 
   Grammar g_;
   std::shared_ptr<const Vocabulary> vocab_;
+  size_t max_masks_;  // masks kept: 32 MiB of them
   mutable std::mutex mu_;
   mutable std::unordered_map<int32_t, std::unique_ptr<PositionTokens>> positions_;
-  mutable std::unordered_map<std::string, std::vector<uint32_t>> masks_;  // by ParseState, bounded
+  mutable std::unordered_map<std::string, StateRef> states_;           // by value
+  mutable std::unordered_map<uint64_t, StateRef> steps_;               // by serial * vocab + token; null: dead
+  mutable std::unordered_map<uint64_t, std::vector<uint32_t>> masks_;  // by serial
+  mutable uint64_t next_serial_ = 1;
   mutable CacheStats stats_;
 };
 
@@ -105,17 +124,17 @@ class Matcher {
   bool accept(int32_t token);
   void fill_mask(uint32_t* words) const { g_->fill_mask(state_, words); }
   // The output so far is a whole sentence; no more bytes can follow (nothing but an end token is allowed).
-  bool complete() const { return state_.complete || ended_; }
-  bool finished() const { return state_.stacks.empty(); }
+  bool complete() const { return state_->state.complete || ended_; }
+  bool finished() const { return state_->state.stacks.empty(); }
   // Undoes the last n accepted tokens (n <= 256, and no more than were accepted).
   void rollback(int n);
   const CompiledGrammar& grammar() const { return *g_; }
 
  private:
   std::shared_ptr<const CompiledGrammar> g_;
-  ParseState state_;
-  std::vector<ParseState> history_;  // the state before each accepted token
-  bool ended_ = false;               // an end token was accepted
+  StateRef state_;
+  std::vector<StateRef> history_;  // the state before each accepted token
+  bool ended_ = false;             // an end token was accepted
 };
 
 }  // namespace rill::grammar

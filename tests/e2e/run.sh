@@ -2,7 +2,8 @@
 # End-to-end test with the official `openai` npm client: installs it (once, into the build folder, with ajv,
 # ajv-formats and zod for structured output), starts `rill serve` on a tiny random model with a real tokenizer and
 # chat template and on the embedded rill-tiny, runs openai_e2e.mjs and structured_e2e.mjs against them, and stops
-# the servers with SIGTERM (which must exit 0). RILL_SCHEMA_SAMPLES sets the generations per corpus schema (2). Exit 77 (CTest: skipped) when node or the npm
+# the servers with SIGTERM (which must exit 0). RILL_SCHEMA_SAMPLES sets the generations per corpus schema (2),
+# RILL_SCHEMA_EVERY=k takes every k-th schema (1). Exit 77 (CTest: skipped) when node or the npm
 # registry is unavailable.
 #   run.sh RILL_BINARY MAKE_RANDOM_MODEL SHARED_DIR WORK_DIR
 set -uo pipefail

@@ -16,7 +16,9 @@ const { zodResponseFormat } = require('openai/helpers/zod');
 
 const tiny = new OpenAI({ baseURL: process.env.RILL_TINY_URL, apiKey: 'none', maxRetries: 0 });
 const random = new OpenAI({ baseURL: process.env.RILL_E2E_URL, apiKey: process.env.RILL_E2E_KEY, maxRetries: 0 });
-const schemas = JSON.parse(readFileSync(process.env.RILL_SCHEMAS, 'utf8'));
+const corpus = JSON.parse(readFileSync(process.env.RILL_SCHEMAS, 'utf8'));
+const every = Number(process.env.RILL_SCHEMA_EVERY ?? 1);  // 8 under the sanitizers: a slower server
+const schemas = corpus.filter((_, i) => i % every === 0);
 const samples = Number(process.env.RILL_SCHEMA_SAMPLES ?? 2);
 const ajv = new Ajv2020({ strict: false, allErrors: true });
 addFormats(ajv);
@@ -29,7 +31,7 @@ async function pool(jobs, width, run) {
 }
 
 test(`corpus: ${schemas.length} schemas x ${samples} generations by rill-tiny at T=1 validate with ajv`, async () => {
-  assert.ok(schemas.length >= 100);
+  assert.ok(corpus.length >= 100 && schemas.length >= corpus.length / every - 1);
   const jobs = schemas.flatMap((s) => Array.from({ length: samples }, (_, k) => ({ ...s, seed: k })));
   let unfinished = 0;
   const failures = [];
@@ -53,7 +55,7 @@ test(`corpus: ${schemas.length} schemas x ${samples} generations by rill-tiny at
     if (!validate(value)) failures.push(`${name}#${seed}: ${ajv.errorsText(validate.errors)}: ${c.message.content}`);
   });
   assert.deepEqual(failures, []);
-  assert.ok(unfinished <= jobs.length / 20, `${unfinished} generations ran out of tokens`);
+  assert.ok(unfinished <= Math.max(1, jobs.length / 20), `${unfinished} generations ran out of tokens`);
 });
 
 test('response_format from zod, parsed by the SDK', async () => {
