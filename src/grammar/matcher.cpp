@@ -198,6 +198,12 @@ CompiledGrammar::PositionTokens CompiledGrammar::compute_position(int32_t pos) c
     }
   };
   walk(walk, 0, sorted.size(), 0, 0, false);
+  if (out.uncertain.size() > acc.size()) {  // as a bitmask: smaller
+    std::vector<uint32_t> bits(acc.size(), 0);
+    for (int32_t id : out.uncertain) set_bit(bits.data(), id);
+    out.uncertain_bits = std::make_shared<const std::vector<uint32_t>>(std::move(bits));
+    out.uncertain = {};
+  }
   if (!any) return out;
   // Few accepted tokens (a literal's position) are kept as ids: a bitmask per position would be 16 KiB at 128k.
   size_t count = 0;
@@ -206,7 +212,7 @@ CompiledGrammar::PositionTokens CompiledGrammar::compute_position(int32_t pos) c
     for (size_t w = 0; w < acc.size(); ++w)
       for (uint32_t bits = acc[w]; bits; bits &= bits - 1) out.accepted_ids.push_back(int32_t(w * 32 + size_t(__builtin_ctz(bits))));
   } else {
-    out.accepted_bits = std::move(acc);
+    out.accepted_bits = std::make_shared<const std::vector<uint32_t>>(std::move(acc));
   }
   return out;
 }
@@ -219,7 +225,21 @@ const CompiledGrammar::PositionTokens& CompiledGrammar::position(int32_t pos) co
   }
   auto computed = std::make_unique<PositionTokens>(compute_position(pos));
   std::lock_guard<std::mutex> lock(mu_);
-  const size_t bytes = (computed->accepted_bits.size() + computed->accepted_ids.size() + computed->uncertain.size()) * 4;
+  size_t bytes = (computed->accepted_ids.size() + computed->uncertain.size()) * 4;
+  // Positions of one kind (a digit, a letter of a format) share their bitmasks.
+  for (auto* field : {&computed->accepted_bits, &computed->uncertain_bits}) {
+    if (!*field) continue;
+    const auto& bits = **field;
+    uint64_t h = 1469598103934665603ull;
+    for (uint32_t w : bits) h = (h ^ w) * 1099511628211ull;
+    bool shared = false;
+    for (auto [b, e] = bitmasks_.equal_range(h); b != e && !shared; ++b)
+      if (*b->second == bits) *field = b->second, shared = true;
+    if (!shared) {
+      bitmasks_.emplace(h, *field);
+      bytes += bits.size() * 4;
+    }
+  }
   auto [it, added] = positions_.emplace(pos, std::move(computed));
   if (added) ++stats_.positions, stats_.position_bytes += bytes;
   return *it->second;
@@ -271,18 +291,22 @@ void CompiledGrammar::fill_mask(const StateRef& ref, uint32_t* words) const {
   uint64_t checks = 0;
   for (const Stack& st : s.stacks) {
     const PositionTokens& p = position(st.back());
-    if (!p.accepted_bits.empty())
-      for (size_t w = 0; w < n; ++w) words[w] |= p.accepted_bits[w];
+    if (p.accepted_bits)
+      for (size_t w = 0; w < n; ++w) words[w] |= (*p.accepted_bits)[w];
     for (int32_t id : p.accepted_ids) set_bit(words, id);
-    if (p.uncertain.empty()) continue;
+    if (p.uncertain.empty() && !p.uncertain_bits) continue;
     ParseState one;
     one.stacks.push_back(st);
     LazyDfa dfa(*this, std::move(one));
-    for (int32_t id : p.uncertain) {
-      if (get_bit(words, id)) continue;
+    auto check = [&](int32_t id) {
+      if (get_bit(words, id)) return;
       ++checks;
       if (dfa.walk(0, vocab_->bytes(id)) >= 0) set_bit(words, id);
-    }
+    };
+    for (int32_t id : p.uncertain) check(id);
+    if (p.uncertain_bits)
+      for (size_t w = 0; w < n; ++w)
+        for (uint32_t bits = (*p.uncertain_bits)[w]; bits; bits &= bits - 1) check(int32_t(w * 32 + size_t(__builtin_ctz(bits))));
   }
   if (s.complete)
     for (int32_t id : vocab_->end_ids()) set_bit(words, id);

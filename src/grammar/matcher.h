@@ -95,9 +95,10 @@ class CompiledGrammar {
 
  private:
   struct PositionTokens {
-    std::vector<uint32_t> accepted_bits;  // a bitmask when many tokens are accepted,
+    std::shared_ptr<const std::vector<uint32_t>> accepted_bits;  // a bitmask when many tokens are accepted (shared),
     std::vector<int32_t> accepted_ids;    // else their ids
-    std::vector<int32_t> uncertain;
+    std::vector<int32_t> uncertain;                            // ids, or when many
+    std::shared_ptr<const std::vector<uint32_t>> uncertain_bits;  // a bitmask
   };
   void expand(Stack& s, std::vector<Stack>* out, bool* complete) const;
   void normalize(std::vector<Stack>* stacks) const;
@@ -109,6 +110,7 @@ class CompiledGrammar {
   size_t max_masks_;  // masks kept: 32 MiB of them
   mutable std::mutex mu_;
   mutable std::unordered_map<int32_t, std::unique_ptr<PositionTokens>> positions_;
+  mutable std::unordered_multimap<uint64_t, std::shared_ptr<const std::vector<uint32_t>>> bitmasks_;  // by hash
   mutable std::unordered_map<std::string, StateRef> states_;           // by value
   mutable std::unordered_map<uint64_t, StateRef> steps_;               // by serial * vocab + token; null: dead
   mutable std::unordered_map<uint64_t, std::vector<uint32_t>> masks_;  // by serial
