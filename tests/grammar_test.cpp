@@ -388,6 +388,12 @@ TEST(JsonSchema, UnsupportedKeywordsAreNamed) {
   EXPECT_EQ(keyword(R"({"type": "array", "uniqueItems": true})"), "uniqueItems @ #");
   EXPECT_EQ(keyword(R"j({"type": "string", "pattern": "(?=x)"})j"), "pattern @ #");
   EXPECT_EQ(keyword(R"({"$ref": "http://x/y"})"), "$ref @ #");
+  // Without a "type" the keywords still count: they were dropped (any value allowed) for these.
+  EXPECT_EQ(keyword(R"({"multipleOf": 2})"), "multipleOf @ #");
+  EXPECT_EQ(keyword(R"({"uniqueItems": true})"), "uniqueItems @ #");
+  EXPECT_EQ(keyword(R"({"maxProperties": 1})"), "maxProperties @ #");
+  EXPECT_EQ(keyword(R"({"minProperties": 2})"), "minProperties @ #");
+  EXPECT_EQ(keyword(R"({"unevaluatedProperties": {}})"), "unevaluatedProperties @ #");
 }
 
 TEST(JsonSchema, JsonObjectModeAcceptsAnyObject) {

@@ -283,13 +283,16 @@ class SchemaCompiler {
     if (s.contains("type")) {
       if (!s["type"].is_string()) fail("type", path, "must be a string or a list of strings");
       type = s["type"].get<std::string>();
-    } else if (s.contains("properties") || s.contains("required") || s.contains("additionalProperties")) {
-      type = "object";
-    } else if (s.contains("items") || s.contains("prefixItems") || s.contains("minItems") || s.contains("maxItems")) {
+    } else if (s.contains("properties") || s.contains("required") || s.contains("additionalProperties") ||
+               s.contains("minProperties") || s.contains("maxProperties") || s.contains("unevaluatedProperties")) {
+      type = "object";  // (a value of this type only: narrower than the schema, never wider)
+    } else if (s.contains("items") || s.contains("prefixItems") || s.contains("minItems") || s.contains("maxItems") ||
+               s.contains("uniqueItems")) {
       type = "array";
     } else if (s.contains("minLength") || s.contains("maxLength") || s.contains("pattern") || s.contains("format")) {
       type = "string";
-    } else if (s.contains("minimum") || s.contains("maximum") || s.contains("exclusiveMinimum") || s.contains("exclusiveMaximum")) {
+    } else if (s.contains("minimum") || s.contains("maximum") || s.contains("exclusiveMinimum") ||
+               s.contains("exclusiveMaximum") || s.contains("multipleOf")) {
       type = "number";
     } else {
       return value_rule();
