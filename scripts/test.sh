@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: builds (scripts/build.sh) and runs every test with CTest, then rebuilds the tests
 # with AddressSanitizer + UndefinedBehaviorSanitizer and runs them again, then runs the multithreaded parts
-# (engine, thread pool and backend) under ThreadSanitizer. GPU tests (label gpu) report "Skipped" on
+# (engine, thread pool, backend, a grammar shared by threads) under ThreadSanitizer. GPU tests (label gpu) report "Skipped" on
 # machines without a CUDA device. RILL_SKIP_SANITIZERS=1 skips the sanitizer passes; RILL_LINT=1 also runs
 # clang-tidy (scripts/lint.sh).
 set -euo pipefail
@@ -18,11 +18,11 @@ if [ "${RILL_SKIP_SANITIZERS:-0}" != 1 ]; then
   ninja -C build-asan
   (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
     ctest --output-on-failure -j "$jobs")
-  echo "== engine, sessions, thread pool and backend under TSan =="
+  echo "== engine, sessions, thread pool, backend and shared grammars under TSan =="
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRILL_CUDA=OFF -DRILL_BENCH=OFF \
     -DCMAKE_CXX_FLAGS=-fsanitize=thread -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread >/dev/null
-  ninja -C build-tsan engine_test backend_test session_soak_test make_random_model
-  (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" -R '^(Models/Engine|Backend|ThreadPool|SessionSoak)')
+  ninja -C build-tsan engine_test backend_test session_soak_test grammar_test make_random_model
+  (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" -R '^(Models/Engine|Backend|ThreadPool|SessionSoak|Grammar.SharedBetweenThreads)')
 fi
 if [ "${RILL_LINT:-0}" = 1 ]; then
   echo "== clang-tidy =="

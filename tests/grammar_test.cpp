@@ -7,6 +7,7 @@
 #include <random>
 #include <regex>
 #include <set>
+#include <thread>
 
 #include "grammar/grammar.h"
 #include "grammar/json_schema.h"
@@ -260,6 +261,54 @@ TEST(Grammar, MasksEqualCheckingEveryToken) {
   EXPECT_GT(checked, 20000);
 }
 
+// One CompiledGrammar shared by threads that fill masks and take tokens at once (as the engine's grammar threads
+// do, each for its own sequences) gives every thread the masks a grammar of its own gives.
+TEST(Grammar, SharedBetweenThreads) {
+  std::mt19937 words_rng(3);
+  std::vector<std::string> tokens;
+  for (int c = 1; c < 128; ++c) tokens.emplace_back(1, char(c));
+  for (int i = 0; i < 3000; ++i) tokens.push_back(random_text(words_rng, 6, "abz@.\" {}:,0123456789"));
+  auto vocab = vocab_of(tokens);
+  const std::string text =
+      "root ::= \"{\" ws \"\\\"mail\\\": \\\"\" local \"@\" label (\".\" label)* \"\\\", \\\"n\\\": \" [0-9]{1,3} \"}\" ws root?\n"
+      "local ::= [a-z0-9]{1,20}\nlabel ::= [a-z]{1,10}\nws ::= [ ]*";
+  auto shared = compile(text, vocab);
+  constexpr int kThreads = 8, kSteps = 60;
+  std::vector<std::string> failures(kThreads);
+  std::vector<int> steps(kThreads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      auto own = compile(text, vocab);
+      Matcher a(shared), b(own);
+      std::mt19937 rng(uint32_t(100 + t % 4));  // pairs of threads walk the same way: the same states at once
+      std::vector<uint32_t> ma(size_t(vocab->mask_words())), mb(ma.size());
+      for (int step = 0; step < kSteps; ++step) {
+        a.fill_mask(ma.data());
+        b.fill_mask(mb.data());
+        if (ma != mb) {
+          failures[size_t(t)] = "masks differ at step " + std::to_string(step);
+          return;
+        }
+        std::vector<int32_t> allowed;
+        for (int32_t id = 0; id < vocab->size(); ++id)
+          if ((ma[size_t(id) / 32] >> (id % 32)) & 1) allowed.push_back(id);
+        if (allowed.empty()) return;
+        const int32_t pick = allowed[rng() % allowed.size()];
+        if (!a.accept(pick) || !b.accept(pick)) {
+          failures[size_t(t)] = "token refused at step " + std::to_string(step);
+          return;
+        }
+        ++steps[size_t(t)];
+      }
+    });
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < kThreads; ++t) {
+    EXPECT_EQ(failures[size_t(t)], "") << "thread " << t;
+    EXPECT_EQ(steps[size_t(t)], kSteps) << "thread " << t;
+  }
+}
+
 TEST(Grammar, MatcherRollsBack) {
   auto g = compile("root ::= \"ab\" \"c\"*", vocab_of({"a", "b", "c", "</s>"}, {3}));
   Matcher m(g);
@@ -429,8 +478,8 @@ nlohmann::ordered_json corpus() {
 }  // namespace
 
 // Every schema of the corpus compiles; random walks through its masks (biased towards closing tokens so that they
-// end) produce JSON that parses; and along the first steps the mask equals checking every token of a real
-// 16k-token byte-level BPE vocabulary. (The outputs are validated against the schemas with ajv in the e2e test.)
+// end) produce JSON that parses; and at some steps (the first two, the 13th and the 41st) the mask equals checking
+// every token of a real 16k-token byte-level BPE vocabulary. (The outputs are validated against the schemas with ajv in the e2e test.)
 TEST(JsonSchema, CorpusWalksParse) {
   const auto schemas = corpus();
   ASSERT_GE(schemas.size(), 100u);
@@ -455,7 +504,7 @@ TEST(JsonSchema, CorpusWalksParse) {
       for (int step = 0; step < 400 && !m.finished() && !m.complete(); ++step) {
         m.fill_mask(mask.data());
         auto allowed = [&](int32_t id) { return (mask[size_t(id) / 32] >> (id % 32)) & 1; };
-        if (walk == 0 && step < 2)
+        if (walk == 0 && (step < 2 || step == 12 || step == 40))
           for (int32_t id = 0; id < vocab->size(); ++id) {
             Matcher probe = m;
             ASSERT_EQ(bool(allowed(id)), probe.accept(id)) << name << ": token " << id << " after '" << out << "'";

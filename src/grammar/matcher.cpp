@@ -26,40 +26,60 @@ std::string state_key(const ParseState& s) {
 }
 
 // The states met while walking many byte strings from one start, each advanced by each byte at most once: a DFA
-// built as it is used. A walk over a vocabulary revisits few states (inside a string, one), so most steps are one
-// lookup instead of a pushdown step.
+// built as it is used, its transitions a dense table. A walk over a vocabulary revisits few states (inside a string,
+// one), so most steps are one load instead of a pushdown step. Bytes that the same stacks of a state take (every
+// letter, in a word) lead to the same state, so a state is advanced once per such class of bytes.
 class LazyDfa {
  public:
   LazyDfa(const CompiledGrammar& g, ParseState start) : g_(g) { intern(std::move(start)); }
-  const ParseState& state(int id) const { return states_[size_t(id)]; }
+  const ParseState& state(int id) const { return states_[size_t(id)].state; }
   // The state after byte b, or -1 when it is dead.
   int step(int id, uint8_t b) {
-    const uint64_t key = (uint64_t(id) << 8) | b;
-    auto it = next_.find(key);
-    if (it != next_.end()) return it->second;
-    ParseState n = g_.advance(states_[size_t(id)], b);
-    const int nid = n.dead() ? -1 : intern(std::move(n));
-    next_.emplace(key, nid);
-    return nid;
-  }
-  int walk(int id, const std::string& bytes) {
-    for (unsigned char c : bytes) {
-      id = step(id, c);
-      if (id < 0) return -1;
+    const int32_t known = next_[size_t(id) * 256 + b];
+    if (known != kUnknown) return known;
+    // Which of the state's stacks take b (past 64 stacks, b itself keys the transition).
+    const Node& node = states_[size_t(id)];
+    const std::vector<Stack>& stacks = node.state.stacks;
+    uint64_t sig = 0;
+    if (stacks.size() <= 64) {
+      for (size_t k = 0; k < stacks.size(); ++k)
+        if (g_.grammar().classes[size_t(g_.grammar().elems[size_t(stacks[k].back())].arg)].test(b)) sig |= uint64_t(1) << k;
+    } else {
+      sig = uint64_t(b) << 56 | 1;
     }
-    return id;
+    int nid = -1;
+    if (sig != 0) {
+      auto it = std::find_if(node.by_sig.begin(), node.by_sig.end(), [&](const auto& e) { return e.first == sig; });
+      if (it != node.by_sig.end()) {
+        nid = it->second;
+      } else {
+        ParseState n = g_.advance(node.state, b);
+        nid = n.dead() ? -1 : intern(std::move(n));
+        states_[size_t(id)].by_sig.emplace_back(sig, nid);  // intern may have moved the nodes
+      }
+    }
+    next_[size_t(id) * 256 + b] = nid;
+    return nid;
   }
 
  private:
+  static constexpr int32_t kUnknown = -2;
+  struct Node {
+    ParseState state;
+    std::vector<std::pair<uint64_t, int>> by_sig;  // the stacks that take a byte -> the next state
+  };
   int intern(ParseState s) {
     auto [it, added] = ids_.emplace(state_key(s), int(states_.size()));
-    if (added) states_.push_back(std::move(s));
+    if (added) {
+      states_.push_back(Node{std::move(s), {}});
+      next_.resize(states_.size() * 256, kUnknown);
+    }
     return it->second;
   }
   const CompiledGrammar& g_;
-  std::vector<ParseState> states_;
+  std::vector<Node> states_;
   std::unordered_map<std::string, int> ids_;
-  std::unordered_map<uint64_t, int> next_;
+  std::vector<int32_t> next_;  // per state, per byte: the next state, -1 (dead) or kUnknown
 };
 
 }  // namespace
@@ -72,6 +92,11 @@ Vocabulary::Vocabulary(std::vector<std::string> token_bytes, std::vector<int32_t
   for (int32_t id = 0; id < size(); ++id)
     if (!bytes_[size_t(id)].empty() && !is_end(id)) sorted_.push_back(id);
   std::stable_sort(sorted_.begin(), sorted_.end(), [&](int32_t a, int32_t b) { return bytes_[size_t(a)] < bytes_[size_t(b)]; });
+  sorted_offsets_.push_back(0);
+  for (int32_t id : sorted_) {
+    sorted_text_ += bytes_[size_t(id)];
+    sorted_offsets_.push_back(uint32_t(sorted_text_.size()));
+  }
 }
 
 bool Vocabulary::is_end(int32_t id) const { return std::find(end_ids_.begin(), end_ids_.end(), id) != end_ids_.end(); }
@@ -172,12 +197,12 @@ CompiledGrammar::PositionTokens CompiledGrammar::compute_position(int32_t pos) c
   auto walk = [&](auto&& self, size_t lo, size_t hi, size_t depth, int sid, bool popped) -> void {
     const ParseState& st = dfa.state(sid);
     size_t i = lo;
-    for (; i < hi && v.bytes(sorted[i]).size() == depth; ++i) {
+    for (; i < hi && v.sorted_bytes(i).size() == depth; ++i) {
       if (!st.stacks.empty() || st.complete) {
         set_bit(acc.data(), sorted[i]);
         any = true;
       } else if (popped) {
-        out.uncertain.push_back(sorted[i]);
+        out.uncertain.push_back(int32_t(i));
       }
     }
     const bool popped_here = popped || st.complete;  // the rule may end here and its caller take the rest
@@ -187,20 +212,29 @@ CompiledGrammar::PositionTokens CompiledGrammar::compute_position(int32_t pos) c
       for (int k = 0; k < 4; ++k) next.bits[k] |= c.bits[k];
     }
     while (i < hi) {
-      const uint8_t b = uint8_t(v.bytes(sorted[i])[depth]);
-      const size_t j = size_t(std::partition_point(sorted.begin() + int64_t(i), sorted.begin() + int64_t(hi),
-                                                   [&](int32_t id) { return uint8_t(v.bytes(id)[depth]) <= b; }) -
-                              sorted.begin());
+      const uint8_t b = uint8_t(v.sorted_bytes(i)[depth]);
+      size_t j = i + 1;  // the end of the run of tokens with byte b here: galloping, then a binary search
+      for (size_t step = 1; j < hi && uint8_t(v.sorted_bytes(j)[depth]) <= b; step *= 2) j = std::min(hi, j + step);
+      {
+        size_t lo2 = i + 1, hi2 = j;
+        while (lo2 < hi2) {
+          const size_t mid = (lo2 + hi2) / 2;
+          if (uint8_t(v.sorted_bytes(mid)[depth]) <= b) lo2 = mid + 1;
+          else hi2 = mid;
+        }
+        j = lo2;
+      }
       const int ns = next.test(b) ? dfa.step(sid, b) : -1;
       if (ns >= 0) self(self, i, j, depth + 1, ns, popped_here);
-      else if (popped_here) out.uncertain.insert(out.uncertain.end(), sorted.begin() + int64_t(i), sorted.begin() + int64_t(j));
+      else if (popped_here)
+        for (size_t r = i; r < j; ++r) out.uncertain.push_back(int32_t(r));
       i = j;
     }
   };
   walk(walk, 0, sorted.size(), 0, 0, false);
-  if (out.uncertain.size() > acc.size()) {  // as a bitmask: smaller
-    std::vector<uint32_t> bits(acc.size(), 0);
-    for (int32_t id : out.uncertain) set_bit(bits.data(), id);
+  if (out.uncertain.size() > (sorted.size() + 31) / 32) {  // as a bitmask: smaller
+    std::vector<uint32_t> bits((sorted.size() + 31) / 32, 0);
+    for (int32_t rank : out.uncertain) set_bit(bits.data(), rank);
     out.uncertain_bits = std::make_shared<const std::vector<uint32_t>>(std::move(bits));
     out.uncertain = {};
   }
@@ -277,36 +311,71 @@ StateRef CompiledGrammar::step(const StateRef& from, int32_t token) const {
 
 void CompiledGrammar::fill_mask(const StateRef& ref, uint32_t* words) const {
   const size_t n = size_t(vocab_->mask_words());
+  std::shared_ptr<const std::vector<uint32_t>> cached;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = masks_.find(ref->serial);
     if (it != masks_.end()) {
-      std::memcpy(words, it->second.data(), n * sizeof(uint32_t));
+      cached = it->second;
       ++stats_.mask_hits;
-      return;
     }
+  }
+  if (cached) {
+    std::memcpy(words, cached->data(), n * sizeof(uint32_t));
+    return;
   }
   const ParseState& s = ref->state;
   std::fill(words, words + n, 0u);
-  uint64_t checks = 0;
+  // The tops' accepted tokens, and the union of their uncertain ones (by rank in the sorted vocabulary).
+  const std::vector<int32_t>& sorted = vocab_->sorted();
+  std::vector<uint32_t> maybe;
   for (const Stack& st : s.stacks) {
     const PositionTokens& p = position(st.back());
     if (p.accepted_bits)
       for (size_t w = 0; w < n; ++w) words[w] |= (*p.accepted_bits)[w];
     for (int32_t id : p.accepted_ids) set_bit(words, id);
     if (p.uncertain.empty() && !p.uncertain_bits) continue;
-    ParseState one;
-    one.stacks.push_back(st);
-    LazyDfa dfa(*this, std::move(one));
-    auto check = [&](int32_t id) {
-      if (get_bit(words, id)) return;
-      ++checks;
-      if (dfa.walk(0, vocab_->bytes(id)) >= 0) set_bit(words, id);
-    };
-    for (int32_t id : p.uncertain) check(id);
+    if (maybe.empty()) maybe.assign((sorted.size() + 31) / 32, 0);
     if (p.uncertain_bits)
-      for (size_t w = 0; w < n; ++w)
-        for (uint32_t bits = (*p.uncertain_bits)[w]; bits; bits &= bits - 1) check(int32_t(w * 32 + size_t(__builtin_ctz(bits))));
+      for (size_t w = 0; w < maybe.size(); ++w) maybe[w] |= (*p.uncertain_bits)[w];
+    for (int32_t rank : p.uncertain) set_bit(maybe.data(), rank);
+  }
+  // The uncertain tokens no top accepts, in byte order, walked as a trie from the whole state: a prefix the state
+  // cannot take rules out every token under it with one step.
+  uint64_t checks = 0;
+  if (!maybe.empty()) {
+    std::vector<int32_t> ranks;
+    for (size_t w = 0; w < maybe.size(); ++w)
+      for (uint32_t bits = maybe[w]; bits; bits &= bits - 1) {
+        const size_t rank = w * 32 + size_t(__builtin_ctz(bits));
+        if (!get_bit(words, sorted[rank])) ranks.push_back(int32_t(rank));
+      }
+    checks = ranks.size();
+    // One pass in byte order: a token starts from the state its common prefix with the one before reached.
+    LazyDfa dfa(*this, s);
+    std::vector<int> at{0};  // at[d]: the state after the previous token's first d bytes
+    size_t dead_at = SIZE_MAX;  // the previous token died on its byte dead_at
+    std::string_view prev;
+    for (int32_t rank : ranks) {
+      const std::string_view b = vocab_->sorted_bytes(size_t(rank));
+      size_t l = 0;
+      const size_t most = std::min(prev.size(), b.size());
+      while (l < most && prev[l] == b[l]) ++l;
+      if (l > dead_at) continue;  // it shares the prefix that died
+      l = std::min(l, at.size() - 1);
+      at.resize(l + 1);
+      dead_at = SIZE_MAX;
+      prev = b;
+      for (size_t d = l; d < b.size(); ++d) {
+        const int ns = dfa.step(at[d], uint8_t(b[d]));
+        if (ns < 0) {
+          dead_at = d;
+          break;
+        }
+        at.push_back(ns);
+      }
+      if (dead_at == SIZE_MAX) set_bit(words, sorted[size_t(rank)]);
+    }
   }
   if (s.complete)
     for (int32_t id : vocab_->end_ids()) set_bit(words, id);
@@ -314,7 +383,7 @@ void CompiledGrammar::fill_mask(const StateRef& ref, uint32_t* words) const {
   ++stats_.mask_misses;
   stats_.uncertain_checks += checks;
   if (masks_.size() >= max_masks_) masks_.clear();
-  masks_.emplace(ref->serial, std::vector<uint32_t>(words, words + n));
+  masks_.emplace(ref->serial, std::make_shared<const std::vector<uint32_t>>(words, words + n));
 }
 
 CompiledGrammar::CacheStats CompiledGrammar::stats() const {

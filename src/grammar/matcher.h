@@ -10,16 +10,19 @@
 // the rest of the stack: walking the vocabulary's sorted byte strings as a trie from that position alone, a token
 // is *accepted* (its bytes are consumed inside the position's rule, whatever the caller does next), *rejected*,
 // or *uncertain* (the rule ends inside the token and the caller decides). A mask is then the union of the tops'
-// accepted sets plus the few uncertain tokens checked against the whole stack, and whole masks are cached by
-// parse state, so a state seen before (inside a string, say) costs one copy.
+// accepted sets plus the uncertain tokens that the whole state takes, found by walking them in byte order as a
+// trie from that state (a prefix it cannot take rules out every token under it at once). Whole masks are cached
+// by parse state, so a state seen before (inside a string, say) costs one copy.
 //
-// Thread rules: a CompiledGrammar is shared (its caches take a mutex); a Matcher belongs to one sequence.
+// Thread rules: a CompiledGrammar is shared (its caches take a mutex; masks are copied outside it, so threads
+// filling masks for different sequences run in parallel); a Matcher belongs to one sequence.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -37,13 +40,19 @@ class Vocabulary {
   const std::string& bytes(int32_t id) const { return bytes_[size_t(id)]; }
   const std::vector<int32_t>& end_ids() const { return end_ids_; }
   bool is_end(int32_t id) const;
-  // Token ids with bytes, sorted by their bytes (the trie the precomputation walks).
+  // Token ids with bytes, sorted by their bytes (the trie the precomputation walks), and the bytes of the token of
+  // each rank in that order, kept one after another: walks in byte order read memory in order.
   const std::vector<int32_t>& sorted() const { return sorted_; }
+  std::string_view sorted_bytes(size_t rank) const {
+    return std::string_view(sorted_text_).substr(sorted_offsets_[rank], sorted_offsets_[rank + 1] - sorted_offsets_[rank]);
+  }
 
  private:
   std::vector<std::string> bytes_;
   std::vector<int32_t> end_ids_;
   std::vector<int32_t> sorted_;
+  std::string sorted_text_;
+  std::vector<uint32_t> sorted_offsets_;
 };
 
 using Stack = std::vector<int32_t>;  // grammar positions, the top at the back
@@ -97,8 +106,8 @@ class CompiledGrammar {
   struct PositionTokens {
     std::shared_ptr<const std::vector<uint32_t>> accepted_bits;  // a bitmask when many tokens are accepted (shared),
     std::vector<int32_t> accepted_ids;    // else their ids
-    std::vector<int32_t> uncertain;                            // ids, or when many
-    std::shared_ptr<const std::vector<uint32_t>> uncertain_bits;  // a bitmask
+    std::vector<int32_t> uncertain;  // by rank in Vocabulary::sorted() (byte order), or when many
+    std::shared_ptr<const std::vector<uint32_t>> uncertain_bits;  // a bitmask of ranks
   };
   void expand(Stack& s, std::vector<Stack>* out, bool* complete) const;
   void normalize(std::vector<Stack>* stacks) const;
@@ -113,7 +122,7 @@ class CompiledGrammar {
   mutable std::unordered_multimap<uint64_t, std::shared_ptr<const std::vector<uint32_t>>> bitmasks_;  // by hash
   mutable std::unordered_map<std::string, StateRef> states_;           // by value
   mutable std::unordered_map<uint64_t, StateRef> steps_;               // by serial * vocab + token; null: dead
-  mutable std::unordered_map<uint64_t, std::vector<uint32_t>> masks_;  // by serial
+  mutable std::unordered_map<uint64_t, std::shared_ptr<const std::vector<uint32_t>>> masks_;  // by serial
   mutable uint64_t next_serial_ = 1;
   mutable CacheStats stats_;
 };
