@@ -320,18 +320,23 @@ TEST_P(EngineTest, GrammarConstrainedRequestsInBatches) {
   cfg.num_blocks = 256;
   cfg.max_batch_tokens = 32;
   cfg.max_num_seqs = 16;
-  auto run = [&](const std::vector<Request>& rs) {
-    Engine engine(*model_, cfg);
+  cfg.grammar_threads = 1;
+  auto run = [&](const std::vector<Request>& rs, int threads) {
+    EngineConfig c = cfg;
+    c.grammar_threads = threads;
+    Engine engine(*model_, c);
     std::vector<std::shared_ptr<RequestStream>> streams;
     for (const auto& r : rs) streams.push_back(engine.submit(r));
     std::vector<Result> out;
     for (auto& st : streams) out.push_back(drain(*st));
     return out;
   };
-  const std::vector<Result> together = run(reqs);
+  const std::vector<Result> together = run(reqs, 1);
+  const std::vector<Result> threaded = run(reqs, 4);  // masks and accepts of the rows on 4 threads
   for (size_t i = 0; i < reqs.size(); i += 2) {
-    const Result alone_result = run({reqs[i]})[0];
+    const Result alone_result = run({reqs[i]}, 1)[0];
     EXPECT_EQ(together[i].tokens, alone_result.tokens) << "request " << i;
+    EXPECT_EQ(threaded[i].tokens, alone_result.tokens) << "request " << i;
     grammar::Matcher m(g);
     std::string text;
     for (int32_t t : together[i].tokens) {

@@ -338,6 +338,14 @@ void Engine::drop_cancelled() {
   for (Sequence* s : cancelled) end_generation(s, FinishReason::Cancelled);
 }
 
+ThreadPool& Engine::grammar_pool() {
+  if (!grammar_pool_) {
+    const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+    grammar_pool_ = std::make_unique<ThreadPool>(config_.grammar_threads > 0 ? config_.grammar_threads : std::clamp(hw / 2, 1, 8));
+  }
+  return *grammar_pool_;
+}
+
 // The step's batch, and the rows it samples: on the device, the argmax when every row is plain greedy, else the
 // whole sampler, and the log-probabilities rows ask for. Only ids and those come back.
 Engine::StepPlan Engine::plan(const std::vector<ScheduledChunk>& chunks) {
@@ -365,12 +373,15 @@ Engine::StepPlan Engine::plan(const std::vector<ScheduledChunk>& chunks) {
   if (std::any_of(p.sampled.begin(), p.sampled.end(), [](const Sequence* s) { return s->matcher != nullptr; })) {
     const int words = (model_.config().vocab_size + 31) / 32;
     p.sampling.mask_words = words;
-    p.sampling.fill_masks = [sampled = p.sampled, words](uint32_t* masks) {
-      for (size_t k = 0; k < sampled.size(); ++k) {
-        uint32_t* row = masks + k * size_t(words);
-        if (sampled[k]->matcher) sampled[k]->matcher->fill_mask(row);
-        else std::fill(row, row + words, ~0u);
-      }
+    ThreadPool& pool = grammar_pool();
+    p.sampling.fill_masks = [sampled = p.sampled, words, &pool](uint32_t* masks) {
+      pool.parallel_for(int64_t(sampled.size()), 1, [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          uint32_t* row = masks + k * words;
+          if (sampled[size_t(k)]->matcher) sampled[size_t(k)]->matcher->fill_mask(row);
+          else std::fill(row, row + words, ~0u);
+        }
+      });
     };
   }
   return p;
@@ -390,6 +401,16 @@ void Engine::postprocess(const std::vector<ScheduledChunk>& chunks, const StepPl
   }
   // Each sampled row's token goes to its sequence and its stream; then the sequences that are done end (after the
   // loop: ending an ordinary request frees the Sequence).
+  // Constrained rows take their tokens first, in parallel (a new parse state costs a pushdown step per byte).
+  std::vector<char> rejected(p.sampled.size(), 0);
+  if (p.sampling.fill_masks)
+    grammar_pool().parallel_for(int64_t(p.sampled.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        Sequence* s = p.sampled[size_t(k)];
+        const int32_t tok = out.ids[size_t(k)];
+        if (s->matcher && tok >= 0) rejected[size_t(k)] = !s->matcher->accept(tok);
+      }
+    });
   std::vector<std::pair<Sequence*, FinishReason>> ended;
   for (size_t k = 0; k < p.sampled.size(); ++k) {
     Sequence* s = p.sampled[k];
@@ -398,7 +419,7 @@ void Engine::postprocess(const std::vector<ScheduledChunk>& chunks, const StepPl
       ended.emplace_back(s, FinishReason::Error);
       continue;
     }
-    if (s->matcher && !s->matcher->accept(tok)) {  // the mask allowed nothing (every allowed logit was NaN)
+    if (rejected[k]) {  // the mask allowed nothing (every allowed logit was NaN)
       ended.emplace_back(s, FinishReason::Error);
       continue;
     }

@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/thread_pool.h"
 #include "engine/model_runner.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
@@ -32,6 +33,9 @@ struct EngineConfig {
   int max_model_len = 0;   // prompt + max_tokens limit; 0: the model's max_position_embeddings
   int max_sessions = 64;   // streaming sessions held at once (create_session refuses more)
   double session_ttl_seconds = 600;  // an idle session is deleted after this long
+  // Threads that compute constrained rows' token masks (while the device runs the step) and take their tokens;
+  // 0: half the hardware threads, 1 to 8.
+  int grammar_threads = 0;
 };
 
 struct EngineMetrics {
@@ -102,6 +106,7 @@ class Engine {
   // The one end-of-sequence check: why s ends after `token` (None: it goes on).
   FinishReason stop_reason(const Sequence& s, int32_t token) const;
   void publish_metrics();
+  ThreadPool& grammar_pool();
 
   // Ends s's generation with its final event. An ordinary request leaves the scheduler (its blocks go back); a
   // session's sequence stays, to run its last token and be parked.
@@ -129,6 +134,9 @@ class Engine {
   uint64_t next_id_ = 1;                              // guarded by mu_
   EngineMetrics metrics_;                             // published by the loop, guarded by mu_
   EngineMetrics counters_;                            // the loop's own
+  // The loop's helpers for constrained rows (masks and accepted tokens, row by row in parallel); made at the first
+  // constrained step.
+  std::unique_ptr<ThreadPool> grammar_pool_;
 };
 
 }  // namespace rill
