@@ -9,7 +9,9 @@
 #include "backend/backend.h"
 #include "cli/model_loading.h"
 #include "engine/engine.h"
+#include "grammar/matcher.h"
 #include "server/http_server.h"
+#include "server/structured.h"
 #include "test_util.h"
 #include "tokenizer/hf_tokenizer.h"
 
@@ -49,6 +51,10 @@ struct Fixture {
     info.bos_token = chat.bos_token;
     info.eos_token = chat.eos_token;
     info.max_model_len = engine->max_model_len();
+    std::vector<std::string> bytes = tok->token_bytes();  // constrained decoding, as `rill serve` sets it up
+    bytes.resize(size_t(model->config().vocab_size));
+    info.vocab = std::make_shared<grammar::Vocabulary>(std::move(bytes), model->config().eos_token_ids);
+    info.grammars = std::make_shared<openai::GrammarCache>();
     sc.port = 0;
     server = std::make_unique<HttpServer>(*engine, info, sc);
     server->bind();
@@ -443,6 +449,27 @@ TEST(Server, StreamingSessions) {
   f.post("/v1/sessions", {{"kv_policy", {{"type", "sink"}, {"window", 4}}}}, &status);
   EXPECT_EQ(status, 400);
   f.post(base + "/generate", {{"temperature", -1}}, &status);
+  EXPECT_EQ(status, 400);
+  // Constrained generations: a JSON Schema, then a GBNF grammar (the session's default ignore_eos does not carry a
+  // generation past the grammar's end), and a schema the compiler refuses.
+  const json schema = {{"type", "object"},
+                       {"properties", {{"ok", {{"type", "boolean"}}}, {"n", {{"type", "integer"}, {"maximum", 9}}}}},
+                       {"required", {"ok", "n"}},
+                       {"additionalProperties", false}};
+  const json structured = f.post(base + "/generate", {{"stream", false}, {"max_tokens", 60}, {"temperature", 1}, {"seed", 3},
+                                                      {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "r"}, {"schema", schema}}}}}},
+                                 &status);
+  ASSERT_EQ(status, 200) << structured.dump();
+  EXPECT_EQ(structured["finish_reason"], "stop") << structured.dump();
+  const json parsed = json::parse(structured["text"].get<std::string>());
+  EXPECT_TRUE(parsed["ok"].is_boolean()) << parsed.dump();
+  EXPECT_LE(parsed["n"].get<int>(), 9) << parsed.dump();
+  const json yes_no = f.post(base + "/generate", {{"stream", false}, {"grammar", "root ::= \"yes\" | \"no\""}}, &status);
+  ASSERT_EQ(status, 200) << yes_no.dump();
+  EXPECT_TRUE(yes_no["text"] == "yes" || yes_no["text"] == "no") << yes_no.dump();
+  EXPECT_EQ(yes_no["finish_reason"], "stop");
+  EXPECT_EQ(f.post(base + "/generate", {{"response_format", {{"type", "json_schema"}, {"json_schema", {{"schema", {{"multipleOf", 2}}}}}}}}, &status)["error"]["param"],
+            "response_format");
   EXPECT_EQ(status, 400);
   auto del = c.Delete(base.c_str());
   ASSERT_TRUE(del);

@@ -70,6 +70,7 @@ SessionGeneration parse_session_generation(const json& defaults, const json& cal
   g.request.max_tokens = int(integer(b, "max_tokens", std::min(256, model.max_tokens_limit), 1, model.max_tokens_limit));
   g.stop = parse_stop(b);
   g.stream = boolean(b, "stream", true);
+  g.request.grammar = parse_constraint(b, false, model, nullptr);  // response_format or grammar, as on completions
   return g;
 }
 
