@@ -98,6 +98,14 @@ curl -s "$url/v1/sessions/$sid/append" "${auth[@]}" -d '{"text": "Once upon a ti
 curl -sN "$url/v1/sessions/$sid/generate" "${auth[@]}" -d '{"max_tokens": 300, "seed": 4}' >/tmp/sess.txt
 tail -2 /tmp/sess.txt
 grep -q '^data: \[DONE\]' /tmp/sess.txt || fail "session generate"
+curl -s "$url/v1/sessions/$sid/generate" "${auth[@]}" -d '{"stream": false, "max_tokens": 200, "seed": 5,
+  "response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": {"type": "object",
+  "properties": {"name": {"type": "string", "maxLength": 12}, "legs": {"type": "integer", "maximum": 8}},
+  "required": ["name", "legs"], "additionalProperties": false}}}}' | python3 -c '
+import json, sys
+g = json.load(sys.stdin); print(g["text"])
+o = json.loads(g["text"]); assert g["finish_reason"] == "stop" and set(o) == {"name", "legs"} and len(o["name"]) <= 12 and o["legs"] <= 8
+' || fail "session generate under a JSON Schema"
 curl -s "$url/v1/sessions/$sid" "${auth[@]}"; echo
 curl -s "$url/metrics" "${auth[@]}" | grep -E '^rill_(requests_running|kv_blocks_used|sessions|generation_tokens_total) '
 echo "-- SIGTERM"
