@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <optional>
 #include <random>
 #include <regex>
 #include <set>
@@ -403,6 +404,36 @@ TEST(JsonSchema, IntegerRangesAreExact) {
                         vocab_of({"a"}));
   for (const char* ok : {"0.01", "1", "4.99", "3.5"}) EXPECT_TRUE(open5.accepts(ok)) << ok;
   for (const char* bad : {"0", "0.0", "5", "5.0"}) EXPECT_FALSE(open5.accepts(bad)) << bad;
+  // Integer bounds of either sign, either one missing, inclusive or not: a number the grammar takes lies within
+  // them; one strictly inside them (or on an inclusive bound, written as an integer) is taken, but for -0.
+  struct Range {
+    std::optional<double> lo, hi;
+    bool lo_ex = false, hi_ex = false;
+  };
+  const std::vector<Range> ranges = {{-90.0, 90.0},  {-180.0, 180.0, true, false}, {-1.0, 0.0, true, false},
+                                     {-5.0, -2.0},   {-5.0, -2.0, false, true},    {std::nullopt, 10.0},
+                                     {std::nullopt, -3.0, false, true}, {-7.0, std::nullopt}, {0.0, 0.0},
+                                     {-1.0, 1.0, true, true}};
+  std::vector<std::string> numbers;
+  for (int i = -200; i <= 200; ++i)
+    for (const char* frac : {"", ".5", ".25", ".0", ".05", ".999"}) {
+      numbers.push_back(std::to_string(i) + frac);
+      if (i == 0) numbers.push_back(std::string("-0") + frac);
+    }
+  for (const Range& r : ranges) {
+    nlohmann::ordered_json s{{"type", "number"}};
+    if (r.lo) s[r.lo_ex ? "exclusiveMinimum" : "minimum"] = *r.lo;
+    if (r.hi) s[r.hi_ex ? "exclusiveMaximum" : "maximum"] = *r.hi;
+    CompiledGrammar g(json_schema_grammar(s), vocab_of({"a"}));
+    for (const std::string& n : numbers) {
+      const double v = std::stod(n);
+      const bool above = !r.lo || (r.lo_ex ? v > *r.lo : v >= *r.lo), below = !r.hi || (r.hi_ex ? v < *r.hi : v <= *r.hi);
+      const bool inside = (!r.lo || v > *r.lo) && (!r.hi || v < *r.hi) && !(v == 0 && n[0] == '-');  // -0: not written
+      const bool on_bound = n.find('.') == std::string::npos && n != "-0" && above && below;
+      if (g.accepts(n)) ASSERT_TRUE(above && below) << s.dump() << " took " << n;
+      else ASSERT_FALSE(inside || on_bound) << s.dump() << " refused " << n;
+    }
+  }
   const auto open = nlohmann::ordered_json{{"type", "integer"}, {"exclusiveMinimum", 10}};
   CompiledGrammar g(json_schema_grammar(open), vocab_of({"a"}));
   EXPECT_FALSE(g.accepts("10"));

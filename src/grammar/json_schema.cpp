@@ -565,22 +565,38 @@ class SchemaCompiler {
       if (a && z && *a > *z) fail(lo.key, path, "no integer lies between the bounds");
       return def("int-range", int_range(a, z));
     }
-    // Numbers: integer bounds with a lower bound >= 0.
+    // Numbers: integer bounds of either sign. x >= 0 and x < 0 (written "-" y, y > 0) each take a range of
+    // non-negative numbers. Exponents are not written.
     for (const Bound* b : {&lo, &hi})
       if (b->set && (b->v != std::floor(b->v) || std::fabs(b->v) > 1e15))
         fail(b->key, path, "number bounds are supported when they are integers");
-    if (!lo.set || lo.v < 0) fail(lo.set ? lo.key : hi.key, path, "number bounds are supported with a lower bound >= 0");
-    const int64_t L0 = int64_t(lo.v);
-    const int64_t H = hi.set ? int64_t(hi.v) : std::numeric_limits<int64_t>::max();
     std::vector<Seq> alts;
-    const int64_t first = lo.exclusive ? L0 + 1 : L0;  // integer parts that may take any fraction: [first, H - 1]
-    const int frac_opt = def("fraction-opt", {Seq{}, R(fraction())});
-    if (H - 1 >= first) alts.push_back(R(def("int-range", nonneg_range(first, hi.set ? H - 1 : -1))) + R(frac_opt));
-    if (lo.exclusive && H > L0)  // L0 itself only with a non-zero fraction
-      alts.push_back(L(std::to_string(L0) + ".") + Seq{rep(digits('0', '9'), 0, 14, "frac"), digits('1', '9')});
-    if (hi.set && !hi.exclusive && H >= first) alts.push_back(L(std::to_string(H)));
-    if (alts.empty()) fail(lo.key, path, "no number lies between the bounds");
+    const bool nonneg = !hi.set || hi.v > 0 || (hi.v == 0 && !hi.exclusive);
+    if (nonneg) {
+      const bool from_lo = lo.set && lo.v >= 0;
+      nonneg_number(from_lo ? int64_t(lo.v) : 0, from_lo && lo.exclusive, hi.set ? std::optional<int64_t>(int64_t(hi.v)) : std::nullopt,
+                    hi.exclusive, &alts, "");
+    }
+    if (!lo.set || lo.v < 0) {
+      const bool to_hi = hi.set && hi.v < 0;  // else y > 0
+      nonneg_number(to_hi ? int64_t(-hi.v) : 0, to_hi ? hi.exclusive : true,
+                    lo.set ? std::optional<int64_t>(int64_t(-lo.v)) : std::nullopt, lo.exclusive, &alts, "-");
+    }
+    if (alts.empty()) fail(lo.set ? lo.key : hi.key, path, "no number lies between the bounds");
     return def("number-range", std::move(alts));
+  }
+
+  // The alternatives for a number y >= 0 with lo <= y (lo < y when lo_ex) and y <= hi (y < hi), each after `sign`.
+  void nonneg_number(int64_t lo, bool lo_ex, std::optional<int64_t> hi, bool hi_ex, std::vector<Seq>* alts,
+                     const std::string& sign) {
+    const int64_t first = lo_ex ? lo + 1 : lo;  // integer parts that may take any fraction: [first, hi - 1]
+    if (!hi || *hi - 1 >= first) {
+      const int frac_opt = def("fraction-opt", {Seq{}, R(fraction())});
+      alts->push_back(L(sign) + R(def("int-range", nonneg_range(first, hi ? *hi - 1 : -1))) + R(frac_opt));
+    }
+    if (lo_ex && (!hi || *hi > lo))  // lo itself only with a non-zero fraction
+      alts->push_back(L(sign + std::to_string(lo) + ".") + Seq{rep(digits('0', '9'), 0, 14, "frac"), digits('1', '9')});
+    if (hi && !hi_ex && *hi >= first) alts->push_back(L(sign + std::to_string(*hi)));
   }
 
   const json& root_;
