@@ -163,6 +163,23 @@ TEST(Sampler, EveryLogitNaNIsAnError) {
   EXPECT_THROW(s.sample(l.data(), 5), Error);
 }
 
+// A masked logit (-inf: a token a grammar does not allow) is never drawn. The draw's running sum could end a
+// rounding error short of uniform * total and fall through to the last candidate, a masked one.
+TEST(Sampler, MaskedLogitsAreNeverDrawn) {
+  std::vector<float> logits = {1.16f, 1.84f, 4.48f, 6.14f, 5.95f, 6.58f, 6.76f};
+  logits.resize(20, -INFINITY);
+  SampleRow row;
+  row.uniform = 0.99999999999999989;  // the largest double below 1
+  for (int top_k : {0, 10}) {
+    row.params.top_k = top_k;
+    std::vector<float> l = logits;
+    const int32_t t = sample_row(l.data(), int(l.size()), row, nullptr);
+    EXPECT_TRUE(t >= 0 && t < 7) << "top_k " << top_k << ": token " << t;
+  }
+  std::vector<float> masked(8, -INFINITY);
+  EXPECT_EQ(sample_row(masked.data(), 8, row, nullptr), -1) << "nothing allowed: no token";
+}
+
 // top_logprobs_row against a plain computation: log-softmax in double, a full sort by (value, id).
 TEST(Sampler, TopLogprobsRowIsTheLogSoftmaxRanked) {
   std::mt19937 rng{11};

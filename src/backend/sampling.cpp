@@ -36,8 +36,8 @@ int32_t sample_row(float* logits, int vocab, const SampleRow& p, const PenaltyEn
   // Candidates sorted by logit (descending; ties by id), then filtered.
   std::vector<std::pair<float, int32_t>> cand;
   cand.reserve(size_t(vocab));
-  for (int i = 0; i < vocab; ++i)
-    if (!std::isnan(logits[i])) cand.emplace_back(logits[i] / p.params.temperature, i);
+  for (int i = 0; i < vocab; ++i)  // masked tokens (-inf) have no chance: never candidates
+    if (!std::isnan(logits[i]) && logits[i] != -INFINITY) cand.emplace_back(logits[i] / p.params.temperature, i);
   if (cand.empty()) return -1;
   auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
   if (p.params.top_k > 0 && size_t(p.params.top_k) < cand.size()) {

@@ -50,7 +50,8 @@ struct PenaltyEntry {
   int32_t output_count = 0;
 };
 
-// Applies the penalties to logits [vocab] in place and returns the token, or -1 when every logit is NaN.
+// Applies the penalties to logits [vocab] in place and returns the token, or -1 when no logit is a number above
+// -inf (every one NaN, or masked). A masked (-inf) logit is never drawn.
 int32_t sample_row(float* logits, int vocab, const SampleRow& row, const PenaltyEntry* penalties);
 
 // The most log-probabilities any request may ask for (OpenAI's top_logprobs limit).
