@@ -119,6 +119,17 @@ TEST_F(CudaOps, SampleRowsMatchTheHostSampler) {
     flat.uniform = 0.7731;  // not on a boundary: u * total = 0.77 * 500 is one, where rounding decides
     rows.push_back(flat);
     logits.insert(logits.end(), size_t(vocab), 1.f);
+    // Rows under a grammar's mask: a few tokens allowed (fewer than top_k), the rest -inf; the draw at the top of
+    // [0, 1) (the host fell through to a masked token there); and nothing allowed (no token: -1).
+    for (int allowed : {7, 0}) {
+      SampleRow masked = cases[2];  // T 1
+      masked.params.top_k = 50;
+      masked.uniform = 0.99999999999999989;
+      rows.push_back(masked);
+      const size_t at = logits.size();
+      logits.insert(logits.end(), size_t(vocab), -INFINITY);
+      for (int a = 0; a < allowed && a < vocab; ++a) logits[at + size_t(a * 131 % vocab)] = 1.16f + 0.8f * float(a % 5);
+    }
 
     std::vector<float> host = logits;
     std::vector<int32_t> want(rows.size());
@@ -128,7 +139,8 @@ TEST_F(CudaOps, SampleRowsMatchTheHostSampler) {
     for (size_t i = 0; i < rows.size(); ++i)
       EXPECT_EQ(got[i], want[i]) << "vocab " << vocab << ", row " << i << " (case " << i / 6 << ", uniform "
                                  << rows[i].uniform << ")";
-    EXPECT_EQ(want[rows.size() - 2], -1);
+    EXPECT_EQ(want[rows.size() - 4], -1);
+    EXPECT_EQ(want[rows.size() - 1], -1);
     EXPECT_EQ(sample_on(*gpu_, logits, vocab, rows, pen), got) << "the same inputs gave other tokens";
   }
 }

@@ -207,15 +207,16 @@ struct RowTokens {  // the whole row, in global memory
   float temp;
   Extra extra;
   static constexpr bool shared = false;
+  // Masked tokens (-inf) take no part, as NaN ones: they have no chance, and a mask leaves most of a row -inf.
   __device__ bool get(int i, float& x, int& id) const {
     x = row[i] / temp, id = i;
-    return !isnan(x) && extra(x, id);
+    return !isnan(x) && x > -INFINITY && extra(x, id);
   }
   template <class F>
   __device__ void visit(const F& f) const {
     for_each_in_row(row, n, [&](float l, int i) {
       const float x = l / temp;
-      if (!isnan(x) && extra(x, i)) f(x, i);
+      if (!isnan(x) && x > -INFINITY && extra(x, i)) f(x, i);
     });
   }
 };
@@ -380,7 +381,8 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
-  // The largest logit / temperature (the raw logit when greedy) and its first id; the count of the others.
+  // The largest logit / temperature (the raw logit when greedy) and its first id; the count of those above -inf
+  // (a row under a grammar's mask may have fewer than top_k, and then top-k keeps them all).
   const bool greedy = p.params.temperature == 0.f;
   float best = -INFINITY;
   int best_i = INT_MAX;
@@ -388,7 +390,7 @@ __global__ void __launch_bounds__(kThreads)
   for_each_in_row(row, V, [&](float l, int i) {
     const float x = greedy ? l : l / p.params.temperature;
     if (isnan(x)) return;
-    ++valid;
+    if (x > -INFINITY) ++valid;
     if (x > best || best_i == INT_MAX) best = x, best_i = i;
   });
   for (int o = 16; o > 0; o >>= 1) {
@@ -404,8 +406,9 @@ __global__ void __launch_bounds__(kThreads)
     if (oi != INT_MAX && (best_i == INT_MAX || ov > best || (ov == best && oi < best_i))) best = ov, best_i = oi;
   }
   __syncthreads();
-  if (best_i == INT_MAX || greedy) {  // every logit NaN, or greedy: done
-    if (threadIdx.x == 0) ids[blockIdx.x] = best_i == INT_MAX ? -1 : best_i;
+  const bool none = best_i == INT_MAX || (!greedy && best == -INFINITY);  // every logit NaN, or masked when sampling
+  if (none || greedy) {
+    if (threadIdx.x == 0) ids[blockIdx.x] = none ? -1 : best_i;
     return;
   }
   valid = block_sum(valid, sm);
