@@ -249,8 +249,55 @@ TEST(Server, ErrorsAreOpenAiShaped) {
   EXPECT_EQ(c.Get("/v1/nothing")->status, 404);
   auto big = c.Post("/v1/completions", std::string(10000, ' '), "application/json");
   EXPECT_EQ(big->status, 413);
+  // Issue 26: the body limit did not hold for chunked uploads (100 MiB were read and tokenized; this one was read
+  // whole and answered 400 for its JSON).
+  size_t sent = 0;
+  auto chunked = c.Post(
+      "/v1/completions",
+      [&](size_t, httplib::DataSink& sink) {
+        const std::string piece = sent == 0 ? "{\"prompt\": \"" : std::string(1000, 'a');
+        sent += piece.size();
+        if (sent > (1u << 20)) {
+          sink.done();
+          return true;
+        }
+        return sink.write(piece.data(), piece.size());
+      },
+      "application/json");
+  ASSERT_TRUE(chunked);
+  EXPECT_EQ(chunked->status, 413) << chunked->body;
+  EXPECT_EQ(json::parse(chunked->body)["error"]["code"], 413);
+  // A chunked body within the limit is read.
+  const std::string small = json({{"prompt", "x"}, {"max_tokens", 1}}).dump();
+  auto chunked_ok = c.Post(
+      "/v1/completions",
+      [&](size_t, httplib::DataSink& sink) {
+        sink.write(small.data(), small.size());
+        sink.done();
+        return true;
+      },
+      "application/json");
+  ASSERT_TRUE(chunked_ok);
+  EXPECT_EQ(chunked_ok->status, 200) << chunked_ok->body;
+  // A multipart body is not JSON: a 4xx naming it, not a 500.
+  auto multipart = c.Post("/v1/completions", httplib::MultipartFormDataItems{{"prompt", "x", "", ""}});
+  ASSERT_TRUE(multipart);
+  EXPECT_EQ(multipart->status, 415) << multipart->body;
   EXPECT_EQ(c.Get("/health")->status, 200);
   EXPECT_EQ(f.blocks_used(), 0);
+}
+
+// Issue 26: curl -d (the README's examples) sends Content-Type application/x-www-form-urlencoded, and a body of
+// such a type past 8 KiB was refused as "larger than 16777216 bytes" (the HTTP library's form limit).
+TEST(Server, FormContentTypeBodiesAreJson) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  auto c = f.client();
+  const std::string body = json({{"prompt", std::string(8500, 'x')}, {"max_tokens", 1}}).dump();
+  auto r = c.Post("/v1/completions", body, "application/x-www-form-urlencoded");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(json::parse(r->body)["usage"]["completion_tokens"], 1);
 }
 
 // Issue 26: a body nested 100k levels deep crashed the server (nlohmann copies and dumps recurse per level).

@@ -64,7 +64,7 @@ Run add_serve(CLI::App& app) {
       ->check(CLI::PositiveNumber);
   app.add_option("--session-ttl", a->session_ttl, "Seconds an idle session lives before it is deleted")
       ->check(CLI::PositiveNumber);
-  app.add_option("--max-body-bytes", a->max_body, "Largest request body accepted (413 beyond)");
+  app.add_option("--max-body-bytes", a->max_body, "Largest request body accepted, chunked or not (413 beyond)");
   app.add_option("--max-tokens-limit", a->max_tokens_limit,
                  "Largest max_tokens a request or session generation may ask for (400 beyond); under the sink and "
                  "window policies nothing else bounds it")

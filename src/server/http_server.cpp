@@ -56,22 +56,59 @@ struct HttpServer::Impl {
     };
   }
 
+  // A POST route whose body rill reads rather than the library: the body limit then also holds for chunked
+  // uploads (the library read those whole), and any Content-Type is read as JSON (the library parsed curl -d's
+  // default, application/x-www-form-urlencoded, as a form and refused one past 8 KiB).
+  void post(const std::string& pattern, Handler h) {
+    svr.Post(pattern, [this, h = std::move(h)](const httplib::Request& req, httplib::Response& res,
+                                               const httplib::ContentReader& read) {
+      guarded(res, [&] {
+        const size_t limit = ctx.config.max_body_bytes;
+        auto too_large = [&] {
+          return openai::ApiError(413, "invalid_request_error", "the request body is larger than " + std::to_string(limit) + " bytes");
+        };
+        if (req.is_multipart_form_data())
+          throw openai::ApiError(415, "invalid_request_error", "the request body must be JSON, not multipart/form-data");
+        // Past the limit the rest is read and dropped, up to 1 MiB more (then the connection is cut): a client
+        // still sending when the answer comes and the socket closes would get a reset instead of the 413.
+        std::string body;
+        bool over = false;
+        size_t dropped = 0;
+        const bool whole = read([&](const char* data, size_t n) {
+          if (!over && n <= limit - body.size()) {
+            body.append(data, n);
+            return true;
+          }
+          over = true;
+          dropped += n;
+          return dropped <= (size_t(1) << 20);
+        });
+        if (over || res.status == 413) throw too_large();
+        if (!whole) throw openai::bad_request("the request body could not be read");
+        res.status = -1;  // (the reader may have set it)
+        httplib::Request with_body = req;
+        with_body.body = std::move(body);
+        h(with_body, res);
+      });
+    });
+  }
+
   void session_routes() {
-    svr.Post("/v1/sessions", route([this](const auto& req, auto& res) { create_session(ctx, req, res); }));
+    post("/v1/sessions", [this](const auto& req, auto& res) { create_session(ctx, req, res); });
     svr.Get("/v1/sessions", route([this](const auto&, auto& res) { list_sessions(ctx, res); }));
     svr.Get(R"(/v1/sessions/([^/]+))",
             route([this](const auto& req, auto& res) { get_session(ctx, req.matches[1], res); }));
     svr.Delete(R"(/v1/sessions/([^/]+))",
                route([this](const auto& req, auto& res) { delete_session(ctx, req.matches[1], res); }));
-    svr.Post(R"(/v1/sessions/([^/]+)/append)",
-             route([this](const auto& req, auto& res) { append_session(ctx, req.matches[1], req, res); }));
-    svr.Post(R"(/v1/sessions/([^/]+)/generate)",
-             route([this](const auto& req, auto& res) { generate_session(ctx, req.matches[1], req, res); }));
+    post(R"(/v1/sessions/([^/]+)/append)",
+         [this](const auto& req, auto& res) { append_session(ctx, req.matches[1], req, res); });
+    post(R"(/v1/sessions/([^/]+)/generate)",
+         [this](const auto& req, auto& res) { generate_session(ctx, req.matches[1], req, res); });
   }
 
   void tokenizer_routes() {
     const openai::ModelInfo& model = ctx.model;
-    svr.Post("/tokenize", route([&model](const auto& req, auto& res) {
+    post("/tokenize", [&model](const auto& req, auto& res) {
                const json b = openai::parse_body(req.body);
                if (!b.contains("prompt") || !b["prompt"].is_string())
                  throw openai::bad_request("'prompt' must be a string", "prompt");
@@ -79,13 +116,13 @@ struct HttpServer::Impl {
                const auto ids = model.tokenizer->encode(b["prompt"].template get<std::string>(), add);
                res.set_content(openai::dump(json({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", model.max_model_len}})),
                                "application/json");
-             }));
-    svr.Post("/detokenize", route([&model](const auto& req, auto& res) {
+             });
+    post("/detokenize", [&model](const auto& req, auto& res) {
                const json b = openai::parse_body(req.body);
                if (!b.contains("tokens")) throw openai::bad_request("'tokens' must be a list of ids", "tokens");
                const std::vector<int32_t> ids = openai::token_array(b["tokens"], model.tokenizer->vocab_size(), "tokens");
                res.set_content(openai::dump(json({{"prompt", model.tokenizer->decode(ids)}})), "application/json");
-             }));
+             });
   }
 
   // The listening socket, the worker pool, authentication and the errors the library itself answers.
@@ -132,8 +169,8 @@ struct HttpServer::Impl {
                             {"max_model_len", m.max_model_len}};
               res.set_content(openai::dump(json({{"object", "list"}, {"data", {model}}})), "application/json");
             }));
-    svr.Post("/v1/completions", route([this](const auto& req, auto& res) { post_completion(ctx, req, res, false); }));
-    svr.Post("/v1/chat/completions", route([this](const auto& req, auto& res) { post_completion(ctx, req, res, true); }));
+    post("/v1/completions", [this](const auto& req, auto& res) { post_completion(ctx, req, res, false); });
+    post("/v1/chat/completions", [this](const auto& req, auto& res) { post_completion(ctx, req, res, true); });
     session_routes();
     tokenizer_routes();
   }
