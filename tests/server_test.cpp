@@ -1,7 +1,12 @@
 // The HTTP server end to end, in-process, over loopback: a tiny random model with a real tokenizer and chat
 // template (the text is noise; the API is what is tested).
+#include <arpa/inet.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <future>
 #include <regex>
 #include <thread>
@@ -327,6 +332,46 @@ TEST(Server, DeeplyNestedBodiesAre400) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200) << r->body;
   EXPECT_EQ(c.Get("/health")->status, 200);
+}
+
+// Issue 26: a non-streamed request (a completion, or a session generation) went on generating after its client
+// left, up to max_tokens (with a sink policy, minutes); now the connection is watched while it runs.
+TEST(Server, NonStreamedRequestsEndWhenTheirClientLeaves) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f;
+  const json sink = {{"type", "sink"}, {"sinks", 4}, {"window", 60}};
+  const std::string id = f.post("/v1/sessions", {{"kv_policy", sink}})["id"];
+  f.post("/v1/sessions/" + id + "/append", {{"text", "Once"}});
+  const std::vector<std::pair<std::string, json>> calls = {
+      {"/v1/completions", {{"prompt", "x"}, {"max_tokens", 200000}, {"ignore_eos", true}, {"kv_policy", sink}}},
+      {"/v1/sessions/" + id + "/generate", {{"max_tokens", 200000}, {"ignore_eos", true}, {"stream", false}}}};
+  for (const auto& [path, body] : calls) {
+    // The client sends the request, reads the first bytes of the answer, and leaves.
+    const int sock = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(sock, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(uint16_t(f.server->port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    const std::string payload = body.dump();
+    const std::string request = "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                                std::to_string(payload.size()) + "\r\n\r\n" + payload;
+    ASSERT_EQ(::send(sock, request.data(), request.size(), MSG_NOSIGNAL), ssize_t(request.size()));
+    timeval wait{2, 0};
+    setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    char head[64];
+    const ssize_t got = ::recv(sock, head, sizeof head, 0);
+    EXPECT_GT(got, 0) << path << ": no answer begun within 2 s (nothing is sent until the generation ends)";
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    ::close(sock);
+    const auto left = std::chrono::steady_clock::now();
+    while (f.engine->metrics().running > 0 && std::chrono::steady_clock::now() - left < std::chrono::seconds(5))
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    EXPECT_EQ(f.engine->metrics().running, 0) << path << ": still generating 5 s after its client left";
+    EXPECT_LT(f.engine->metrics().generated_tokens, 150000) << path;
+  }
+  EXPECT_EQ(f.client().Get("/health")->status, 200);
 }
 
 // Issue 26: under the sink policy max_tokens up to 2^30 was accepted, and a request generated for minutes after

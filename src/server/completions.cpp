@@ -55,6 +55,27 @@ bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply, std
 
 }  // namespace
 
+void reply_when_done(httplib::Response& res, std::function<bool(Until)> step, std::function<std::string()> body,
+                     std::function<void()> cancel) {
+  res.set_chunked_content_provider(
+      "application/json",
+      [step = std::move(step), body = std::move(body), cancel](size_t, httplib::DataSink& sink) {
+        try {
+          if (!step(std::chrono::steady_clock::now() + std::chrono::milliseconds(100)))
+            return sink.write(" ", 1);  // not done: called again while the client is there
+          const std::string b = body();
+          sink.write(b.data(), b.size());
+          sink.done();
+          return true;
+        } catch (const std::exception& e) {  // end this reply, never the server
+          std::fprintf(stderr, "rill: reply failed: %s\n", e.what());
+          cancel();
+          return false;
+        }
+      },
+      [cancel](bool) { cancel(); });
+}
+
 void post_completion(ServerContext& ctx, const httplib::Request& req, httplib::Response& res, bool chat) {
   const json body = openai::parse_body(req.body);
   auto cr = std::make_shared<const openai::CompletionRequest>(openai::parse_completion(body, chat, ctx.model));
@@ -85,15 +106,25 @@ void post_completion(ServerContext& ctx, const httplib::Request& req, httplib::R
     throw openai::bad_request(e.what());
   }
   if (!cr->stream) {
-    for (auto& c : *choices) {
-      while (!c.done) {
-        const Event e = *c.stream->next();
-        c.apply(e, ctx.metrics);
-        if (e.token >= 0 && cr->logprobs >= 0 && !c.stopped_by_string)
-          c.logprobs.push_back(openai::token_logprobs(*ctx.model.tokenizer, e, true));
-      }
-    }
-    res.set_content(openai::dump(reply->response(*choices)), "application/json");
+    reply_when_done(
+        res,
+        [&ctx, cr, choices](Until until) {
+          for (auto& c : *choices)
+            while (!c.done) {
+              if (std::chrono::steady_clock::now() > until) return false;
+              const auto e = c.stream->next(0.05);
+              if (!e) return false;
+              c.apply(*e, ctx.metrics);
+              if (e->token >= 0 && cr->logprobs >= 0 && !c.stopped_by_string)
+                c.logprobs.push_back(openai::token_logprobs(*ctx.model.tokenizer, *e, true));
+            }
+          return true;
+        },
+        [reply, choices] { return openai::dump(reply->response(*choices)); },
+        [choices] {
+          for (auto& c : *choices)
+            if (!c.done) c.stream->cancel();
+        });
     return;
   }
   res.set_header("Cache-Control", "no-cache");

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <memory>
 
+#include "server/completions.h"
 #include "server/responses.h"
 
 namespace rill {
@@ -172,8 +173,21 @@ void generate_session(ServerContext& ctx, const std::string& id, const httplib::
   c->stream = ctx.engine.generate_session(sid, std::move(g.request));
   const std::string& name = id;
   if (!g.stream) {
-    while (!c->done) c->apply(*c->stream->next(), ctx.metrics);
-    res.set_content(openai::dump(generation_json(ctx, name, *c)), "application/json");
+    reply_when_done(
+        res,
+        [&ctx, c](Until until) {
+          while (!c->done) {
+            if (std::chrono::steady_clock::now() > until) return false;
+            const auto e = c->stream->next(0.05);
+            if (!e) return false;
+            c->apply(*e, ctx.metrics);
+          }
+          return true;
+        },
+        [&ctx, c, name] { return openai::dump(generation_json(ctx, name, *c)); },
+        [c] {
+          if (!c->done) c->stream->cancel();  // the generation stops, the session stays
+        });
     return;
   }
   res.set_header("Cache-Control", "no-cache");
