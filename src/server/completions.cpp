@@ -56,7 +56,7 @@ bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply, std
 }  // namespace
 
 void reply_when_done(httplib::Response& res, std::function<bool(Until)> step, std::function<std::string()> body,
-                     std::function<void()> cancel) {
+                     const std::function<void()>& cancel) {
   res.set_chunked_content_provider(
       "application/json",
       [step = std::move(step), body = std::move(body), cancel](size_t, httplib::DataSink& sink) {

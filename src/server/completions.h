@@ -22,6 +22,6 @@ void post_completion(ServerContext& ctx, const httplib::Request& req, httplib::R
 // done, `body` is sent. The reply is chunked: its length is not known when the headers go out.
 using Until = std::chrono::steady_clock::time_point;
 void reply_when_done(httplib::Response& res, std::function<bool(Until)> step, std::function<std::string()> body,
-                     std::function<void()> cancel);
+                     const std::function<void()>& cancel);
 
 }  // namespace rill
