@@ -12,7 +12,8 @@ packages=(
   libbenchmark-dev     # micro-benchmarks (Google Benchmark)
   libpcre2-dev         # tokenizer pre-tokenization regexes (Unicode properties, JIT)
   libutf8proc-dev      # Unicode NFC normalization (Qwen2 tokenizers)
-  libcpp-httplib-dev   # the HTTP server (rill serve)
+  libboost-dev         # Asio and Beast (header-only): the HTTP server of rill serve
+  libcpp-httplib-dev   # an HTTP client for the server tests and the load benchmark
   gnuplot-nox          # benchmark plots (bench/serve_load --plot)
   curl                 # examples and the serve shutdown test
 )

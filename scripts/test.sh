@@ -18,11 +18,11 @@ if [ "${RILL_SKIP_SANITIZERS:-0}" != 1 ]; then
   ninja -C build-asan
   (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
     ctest --output-on-failure -j "$jobs")
-  echo "== engine, sessions, thread pool, backend and shared grammars under TSan =="
+  echo "== engine, sessions, thread pool, backend, shared grammars and the HTTP server under TSan =="
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRILL_CUDA=OFF -DRILL_BENCH=OFF \
     -DCMAKE_CXX_FLAGS=-fsanitize=thread -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread >/dev/null
-  ninja -C build-tsan engine_test backend_test session_soak_test grammar_test make_random_model
-  (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" -R '^(Models/Engine|Backend|ThreadPool|SessionSoak|Grammar.SharedBetweenThreads)')
+  ninja -C build-tsan engine_test backend_test session_soak_test grammar_test http_test make_random_model
+  (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j "$jobs" -R '^(Models/Engine|Backend|ThreadPool|SessionSoak|Grammar.SharedBetweenThreads|Http\.)')
 fi
 if [ "${RILL_LINT:-0}" = 1 ]; then
   echo "== clang-tidy =="

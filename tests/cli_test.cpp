@@ -185,7 +185,8 @@ TEST(Cli, ChatAndGenerateWithHfTokenizer) {
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 2) << "one line per answer: " << r.out;
 }
 
-// rill serve starts, answers, and on SIGTERM stops accepting, cancels what runs and exits 0.
+// rill serve starts, answers, and on SIGTERM stops accepting, lets what runs go on until --shutdown-timeout,
+// then cancels it (a stream ends with an error event and [DONE]) and exits 0 (issue 26 defect 7: no deadline).
 TEST(Cli, ServeShutsDownCleanly) {
   if (!std::filesystem::exists(shared("data/tokenizers/qwen2-style"))) GTEST_SKIP();
   TempDir dir;
@@ -195,7 +196,8 @@ TEST(Cli, ServeShutsDownCleanly) {
   EXPECT_NE(tiny_kv.out.find("holds no KV block"), std::string::npos) << tiny_kv.out;
 
   const std::string log = dir / "serve.log";
-  std::vector<std::string> args = {RILL_BINARY, "serve", "--model", model, "--port", "0", "--kv-cache-memory", "64MiB"};
+  std::vector<std::string> args = {RILL_BINARY, "serve", "--model", model, "--port", "0", "--kv-cache-memory", "64MiB",
+                                   "--shutdown-timeout", "1"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
@@ -220,10 +222,26 @@ TEST(Cli, ServeShutsDownCleanly) {
   std::string code;
   h >> code;
   EXPECT_EQ(code, "200");
+  // A stream that would run for minutes, under way when the signal comes.
+  const std::string streamed = dir / "stream";
+  std::system(("curl -sN localhost:" + port + "/v1/completions -d '{\"prompt\":\"x\",\"max_tokens\":60000,\"stream\":true," +
+               "\"ignore_eos\":true,\"kv_policy\":{\"type\":\"sink\",\"sinks\":4,\"window\":60}}' > " + streamed + " &")
+                  .c_str());
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const auto signalled = std::chrono::steady_clock::now();
   ASSERT_EQ(kill(pid, SIGTERM), 0);
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - signalled).count();
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  EXPECT_GT(took, 0.9) << "running requests may go on until the deadline";
+  EXPECT_LT(took, 4.0) << "the deadline is 1 s";
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  std::ifstream in(streamed);
+  const std::string text(std::istreambuf_iterator<char>(in), {});
+  EXPECT_NE(text.find("\"text\""), std::string::npos) << "the stream was under way";
+  EXPECT_NE(text.find("data: {\"error\":"), std::string::npos) << text.substr(text.size() > 400 ? text.size() - 400 : 0);
+  EXPECT_EQ(text.size() >= 14 ? text.substr(text.size() - 14) : text, "data: [DONE]\n\n");
 }
 
 // Without --model, every command uses the embedded model models/rill-tiny.

@@ -2,7 +2,6 @@
 #include <signal.h>
 
 #include <csignal>
-
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
@@ -24,10 +23,12 @@ Run add_serve(CLI::App& app) {
   struct Args {
     std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory;
     double gpu_memory_fraction = 0.9;
-    int port = 8000, block_size = kDefaultBlockSize, max_batch_tokens = 512, max_num_seqs = 64, max_waiting = 1024;
+    int port = 8000, block_size = kDefaultBlockSize, max_batch_tokens = 512, max_num_seqs = 64,
+        max_waiting = 1024;
     int max_model_len = 0, max_sessions = 64, max_tokens_limit = openai::kDefaultMaxTokensLimit;
     DeviceArgs device;
-    double session_ttl = 600;
+    double session_ttl = 600, shutdown_timeout = 30, header_timeout = 10, write_timeout = 30;
+    size_t max_connections = 16384, max_connections_per_address = 0;
     KvPolicyArgs kv;
     size_t max_body = 16u << 20;
   };
@@ -38,37 +39,68 @@ Run add_serve(CLI::App& app) {
   app.add_option("--chat-template", a->chat_template, "Jinja template file to use instead of the model's");
   app.add_option("--host", a->host, "Address to listen on");
   app.add_option("--port", a->port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
-  app.add_option("--api-key", a->api_key, "Require 'Authorization: Bearer KEY' on /v1 routes (also RILL_API_KEY)");
-  app.add_option("--served-model-name", a->served_name, "Model name in the API (default: the model path's last part)");
+  app.add_option("--api-key", a->api_key,
+                 "Require 'Authorization: Bearer KEY' on /v1 routes (also RILL_API_KEY)");
+  app.add_option("--served-model-name", a->served_name,
+                 "Model name in the API (default: the model path's last part)");
   add_device_options(app, a->device);
-  app.add_option("--kv-cache-memory", a->kv_memory,
-                 "Memory for the KV cache: a size (2GiB, 512MiB) or a share of the memory available at start (40%). "
-                 "Default: 2GiB on the CPU; on a GPU, what --gpu-memory-fraction leaves");
-  app.add_option("--gpu-memory-fraction", a->gpu_memory_fraction,
-                 "Share of the GPU's memory rill may use in all (weights, activations, KV cache); the KV cache gets "
-                 "what the rest leaves")
+  app.add_option(
+      "--kv-cache-memory", a->kv_memory,
+      "Memory for the KV cache: a size (2GiB, 512MiB) or a share of the memory available at start (40%). "
+      "Default: 2GiB on the CPU; on a GPU, what --gpu-memory-fraction leaves");
+  app.add_option(
+         "--gpu-memory-fraction", a->gpu_memory_fraction,
+         "Share of the GPU's memory rill may use in all (weights, activations, KV cache); the KV cache gets "
+         "what the rest leaves")
       ->check(CLI::Range(0.05, 1.0));
   app.add_option("--block-size", a->block_size, "Tokens per KV cache block")->check(CLI::Range(1, 1024));
-  app.add_option("--max-batch-tokens", a->max_batch_tokens, "Token budget of one engine step (decodes + prefill chunks)")
+  app.add_option("--max-batch-tokens", a->max_batch_tokens,
+                 "Token budget of one engine step (decodes + prefill chunks)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--max-num-seqs", a->max_num_seqs, "Most requests generating at once")->check(CLI::PositiveNumber);
-  app.add_option("--max-waiting", a->max_waiting, "Most requests queued before the server answers 503")->check(CLI::PositiveNumber);
-  app.add_option("--max-model-len", a->max_model_len, "Context limit for prompt + max_tokens (0: the model's)")
+  app.add_option("--max-num-seqs", a->max_num_seqs, "Most requests generating at once")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-waiting", a->max_waiting, "Most requests queued before the server answers 503")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-model-len", a->max_model_len,
+                 "Context limit for prompt + max_tokens (0: the model's)")
       ->check(CLI::NonNegativeNumber);
   add_kv_policy_options(app, a->kv);
   app.get_option("--kv-policy")
-      ->description("KV cache policy for requests without a \"kv_policy\" field: dense (the context is bounded), sink "
-                    "(attention sinks + a window of the latest tokens: no context limit, constant memory), window (no sinks). "
-                    "Sessions use sink unless created with another");
-  app.add_option("--max-sessions", a->max_sessions, "Streaming sessions open at once (/v1/sessions; 503 beyond)")
+      ->description(
+          "KV cache policy for requests without a \"kv_policy\" field: dense (the context is bounded), sink "
+          "(attention sinks + a window of the latest tokens: no context limit, constant memory), window (no "
+          "sinks). "
+          "Sessions use sink unless created with another");
+  app.add_option("--max-sessions", a->max_sessions,
+                 "Streaming sessions open at once (/v1/sessions; 503 beyond)")
       ->check(CLI::PositiveNumber);
   app.add_option("--session-ttl", a->session_ttl, "Seconds an idle session lives before it is deleted")
       ->check(CLI::PositiveNumber);
-  app.add_option("--max-body-bytes", a->max_body, "Largest request body accepted, chunked or not (413 beyond)");
-  app.add_option("--max-tokens-limit", a->max_tokens_limit,
-                 "Largest max_tokens a request or session generation may ask for (400 beyond); under the sink and "
-                 "window policies nothing else bounds it")
+  app.add_option("--max-body-bytes", a->max_body,
+                 "Largest request body accepted, chunked or not (413 beyond)");
+  app.add_option(
+         "--max-tokens-limit", a->max_tokens_limit,
+         "Largest max_tokens a request or session generation may ask for (400 beyond); under the sink and "
+         "window policies nothing else bounds it")
       ->check(CLI::PositiveNumber);
+  app.add_option("--shutdown-timeout", a->shutdown_timeout,
+                 "Seconds running requests may go on after SIGTERM/SIGINT (new ones are refused, queued ones "
+                 "get 503); "
+                 "then they are cancelled, each ending with an error event, and the server exits")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option(
+         "--header-timeout", a->header_timeout,
+         "Seconds a client has to send a request's headers (and an idle keep-alive connection lives); "
+         "slow clients cost a socket, not a thread")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--write-timeout", a->write_timeout,
+                 "Seconds a client may go without reading its response before it is dropped (its request is "
+                 "cancelled)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-connections", a->max_connections, "Open connections at most (503 beyond)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-connections-per-address", a->max_connections_per_address,
+                 "Open connections from one client address at most (503 beyond; 0: no limit)");
   return [a] {
     a->model = model_or_default(a->model);
     // Signals are taken by one thread (below), not by whichever thread they land on.
@@ -87,11 +119,13 @@ Run add_serve(CLI::App& app) {
     std::optional<size_t> kv_bytes;
     if (!a->kv_memory.empty()) {
       kv_bytes = parse_memory_size(a->kv_memory, device_memory ? free_bytes : available_system_memory());
-      RILL_CHECK(kv_bytes, "--kv-cache-memory: '" + a->kv_memory + "' is not a size (e.g. 2GiB, 512MiB, 1000000, 40%)");
+      RILL_CHECK(kv_bytes,
+                 "--kv-cache-memory: '" + a->kv_memory + "' is not a size (e.g. 2GiB, 512MiB, 1000000, 40%)");
     } else if (!device_memory) {
       kv_bytes = size_t(2) << 30;
     } else {
-      // The weights are loaded: the KV cache gets what --gpu-memory-fraction allows beyond what is in use now.
+      // The weights are loaded: the KV cache gets what --gpu-memory-fraction allows beyond what is in use
+      // now.
       kv_bytes = kv_bytes_on_device(model.config(), free_bytes, total_bytes, a->gpu_memory_fraction,
                                     a->max_batch_tokens, a->max_num_seqs);
       RILL_CHECK(*kv_bytes > 0, "--gpu-memory-fraction " + std::to_string(a->gpu_memory_fraction) +
@@ -99,7 +133,8 @@ Run add_serve(CLI::App& app) {
                                     std::to_string((total_bytes - free_bytes) >> 20) + " MiB in use of " +
                                     std::to_string(total_bytes >> 20) + " MiB)");
     }
-    RILL_CHECK(m.tokenizer, a->model + ": serving needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
+    RILL_CHECK(m.tokenizer,
+               a->model + ": serving needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
     const Tokenizer& tok = *m.tokenizer;
     std::unique_ptr<ChatTemplate> tmpl;
     openai::ModelInfo info;
@@ -117,9 +152,10 @@ Run add_serve(CLI::App& app) {
     EngineConfig ec;
     ec.block_size = a->block_size;
     ec.num_blocks = KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size, backend.kv_dtype());
-    RILL_CHECK(ec.num_blocks > 0, (a->kv_memory.empty() ? "the KV cache's " + std::to_string(*kv_bytes >> 20) + " MiB"
-                                                        : "--kv-cache-memory " + a->kv_memory) +
-                                      " holds no KV block for this model");
+    RILL_CHECK(ec.num_blocks > 0,
+               (a->kv_memory.empty() ? "the KV cache's " + std::to_string(*kv_bytes >> 20) + " MiB"
+                                     : "--kv-cache-memory " + a->kv_memory) +
+                   " holds no KV block for this model");
     ec.max_batch_tokens = a->max_batch_tokens;
     ec.max_num_seqs = a->max_num_seqs;
     ec.max_waiting = a->max_waiting;
@@ -141,14 +177,17 @@ Run add_serve(CLI::App& app) {
     info.block_size = a->block_size;
     info.max_tokens_limit = a->max_tokens_limit;
     {
-      // Constrained decoding: each token's bytes, over the model's vocabulary (ids past the tokenizer's have none).
+      // Constrained decoding: each token's bytes, over the model's vocabulary (ids past the tokenizer's have
+      // none).
       std::vector<std::string> bytes = tok.token_bytes();
       bytes.resize(size_t(model.config().vocab_size));
       std::vector<int32_t> ends;
       for (int id : model.config().eos_token_ids)
         if (id >= 0 && id < model.config().vocab_size) ends.push_back(id);
       for (int32_t id : info.stop_ids)
-        if (id >= 0 && id < model.config().vocab_size && std::find(ends.begin(), ends.end(), id) == ends.end()) ends.push_back(id);
+        if (id >= 0 && id < model.config().vocab_size &&
+            std::find(ends.begin(), ends.end(), id) == ends.end())
+          ends.push_back(id);
       info.vocab = std::make_shared<grammar::Vocabulary>(std::move(bytes), std::move(ends));
       info.grammars = std::make_shared<openai::GrammarCache>();
     }
@@ -162,6 +201,10 @@ Run add_serve(CLI::App& app) {
     sc.port = a->port;
     sc.api_key = a->api_key;
     sc.max_body_bytes = a->max_body;
+    sc.header_timeout_s = a->header_timeout;
+    sc.write_timeout_s = a->write_timeout;
+    sc.max_connections = a->max_connections;
+    sc.max_connections_per_address = a->max_connections_per_address;
     HttpServer server(engine, info, sc);
     server.bind();
     std::fprintf(stderr, "rill: serving '%s' on http://%s:%d (%d KV blocks of %d tokens, %s)\n", name.c_str(),
@@ -169,9 +212,12 @@ Run add_serve(CLI::App& app) {
     std::thread waiter([&] {
       int sig = 0;
       sigwait(&signals, &sig);
-      std::fprintf(stderr, "rill: %s: cancelling in-flight requests and stopping\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      std::fprintf(stderr, "rill: %s: refusing new requests; running ones may finish within %gs\n",
+                   sig == SIGINT ? "SIGINT" : "SIGTERM", a->shutdown_timeout);
+      const size_t cancelled = server.shutdown(a->shutdown_timeout, [&] { engine.shutdown(); });
       engine.shutdown();
-      server.stop();
+      if (cancelled > 0)
+        std::fprintf(stderr, "rill: cancelled %zu requests at the shutdown deadline\n", cancelled);
     });
     server.serve();
     // If serve() ended for another reason, wake the waiter from sigwait() (the signal is blocked, so it only

@@ -12,25 +12,29 @@ using openai::json;
 namespace {
 
 // Sends the choices' events as server-sent events until every choice is done; false once the client is gone.
-bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply, std::vector<openai::Choice>& choices,
-                   httplib::DataSink& sink) {
+bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply,
+                   std::vector<openai::Choice>& choices, http::Sink& sink) {
   const openai::CompletionRequest& cr = reply.request;
   auto send = [&](const json& j) {
     const std::string line = "data: " + openai::dump(j) + "\n\n";
-    return sink.write(line.data(), line.size());  // false once the client is gone
+    return sink.write(line);  // false once the client is gone
   };
   if (cr.chat)
     for (const auto& c : choices)
       if (!send(reply.chunk(c.index, "", json(), "", true))) return false;
   if (!cr.chat && cr.echo)
     for (const auto& c : choices)
-      if (!send(reply.chunk(c.index, cr.prompt_texts[size_t(c.prompt_index)], json(), "", false))) return false;
+      if (!send(reply.chunk(c.index, cr.prompt_texts[size_t(c.prompt_index)], json(), "", false)))
+        return false;
   size_t open = choices.size();
   while (open > 0) {
     for (auto& c : choices) {
       if (c.done) continue;
-      auto e = c.stream->next(choices.size() == 1 ? -1.0 : 0.002);
-      if (!e) continue;
+      auto e = c.stream->next(choices.size() == 1 ? 0.05 : 0.002);
+      if (!e) {
+        if (!sink.alive()) return false;
+        continue;
+      }
       const std::string text = c.apply(*e, ctx.metrics);
       const bool want_lp = e->token >= 0 && cr.logprobs >= 0 && !c.stopped_by_string;
       const json logprob = want_lp ? openai::token_logprobs(*ctx.model.tokenizer, *e, true) : json();
@@ -40,6 +44,9 @@ bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply, std
       }
       if (c.done) {
         --open;
+        if ((c.end.finish == FinishReason::Cancelled || c.end.finish == FinishReason::Error) &&
+            !c.stopped_by_string)
+          return sink.write(stream_error_event(c.end) + "data: [DONE]\n\n");
         if (!send(reply.chunk(c.index, text, json(), c.finish_reason(), false))) return false;
       } else if (!text.empty() || want_lp) {
         if (!send(reply.chunk(c.index, text, logprob, "", false))) return false;
@@ -47,40 +54,42 @@ bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply, std
     }
   }
   if (cr.include_usage && !send(reply.usage_chunk(choices))) return false;
-  const std::string done = "data: [DONE]\n\n";
-  sink.write(done.data(), done.size());
-  sink.done();
-  return true;
+  return sink.write("data: [DONE]\n\n");
 }
 
 }  // namespace
 
-void reply_when_done(httplib::Response& res, std::function<bool(Until)> step, std::function<std::string()> body,
-                     const std::function<void()>& cancel) {
-  res.set_chunked_content_provider(
-      "application/json",
-      [step = std::move(step), body = std::move(body), cancel](size_t, httplib::DataSink& sink) {
-        try {
-          if (!step(std::chrono::steady_clock::now() + std::chrono::milliseconds(100)))
-            return sink.write(" ", 1);  // not done: called again while the client is there
-          const std::string b = body();
-          sink.write(b.data(), b.size());
-          sink.done();
-          return true;
-        } catch (const std::exception& e) {  // end this reply, never the server
-          std::fprintf(stderr, "rill: reply failed: %s\n", e.what());
-          cancel();
-          return false;
-        }
-      },
-      [cancel](bool) { cancel(); });
+void reply_when_done(const http::Request& req, http::Response& res, const std::function<bool(Until)>& step,
+                     const std::function<std::string()>& body, const std::function<void()>& cancel) {
+  try {
+    while (!step(std::chrono::steady_clock::now() + std::chrono::milliseconds(100)))
+      if (req.client_gone()) {
+        cancel();
+        res.status = 499;  // (nginx's "client closed request": nobody reads it; the metrics do)
+        return;
+      }
+    res.set_content(body(), "application/json");
+  } catch (...) {
+    cancel();
+    throw;
+  }
 }
 
-void post_completion(ServerContext& ctx, const httplib::Request& req, httplib::Response& res, bool chat) {
+std::string stream_error_event(const Event& end) {
+  const openai::ApiError e = end.finish == FinishReason::Cancelled
+                                 ? openai::ApiError(503, "server_shutting_down",
+                                                    "the server cancelled the request: it is shutting down")
+                                 : openai::ApiError(500, "internal_error", "generation failed: " + end.error);
+  return "data: " + openai::dump(e.body()) + "\n\n";
+}
+
+void post_completion(ServerContext& ctx, const http::Request& req, http::Response& res, bool chat) {
   const json body = openai::parse_body(req.body);
-  auto cr = std::make_shared<const openai::CompletionRequest>(openai::parse_completion(body, chat, ctx.model));
-  auto reply = std::make_shared<openai::CompletionReply>(openai::CompletionReply{
-      *cr, (chat ? "chatcmpl-" : "cmpl-") + std::to_string(ctx.next_id++), ctx.model.name, openai::unix_time()});
+  auto cr =
+      std::make_shared<const openai::CompletionRequest>(openai::parse_completion(body, chat, ctx.model));
+  auto reply = std::make_shared<openai::CompletionReply>(
+      openai::CompletionReply{*cr, (chat ? "chatcmpl-" : "cmpl-") + std::to_string(ctx.next_id++),
+                              ctx.model.name, openai::unix_time()});
   auto choices = std::make_shared<std::vector<openai::Choice>>();
   try {
     for (size_t p = 0; p < cr->prompts.size(); ++p)
@@ -107,7 +116,7 @@ void post_completion(ServerContext& ctx, const httplib::Request& req, httplib::R
   }
   if (!cr->stream) {
     reply_when_done(
-        res,
+        req, res,
         [&ctx, cr, choices](Until until) {
           for (auto& c : *choices)
             while (!c.done) {
@@ -128,21 +137,19 @@ void post_completion(ServerContext& ctx, const httplib::Request& req, httplib::R
     return;
   }
   res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [&ctx, cr, reply, choices](size_t, httplib::DataSink& sink) {
-        try {
-          return stream_events(ctx, *reply, *choices, sink);
-        } catch (const std::exception& e) {  // end this stream, never the server
-          std::fprintf(stderr, "rill: stream %s failed: %s\n", reply->id.c_str(), e.what());
-          for (auto& c : *choices) c.stream->cancel();
-          return false;
-        }
-      },
-      [choices](bool) {
-        for (auto& c : *choices)
-          if (!c.done) c.stream->cancel();  // the client went away: free its blocks
-      });
+  res.content_type = "text/event-stream";
+  res.stream = [&ctx, cr, reply, choices](http::Sink& sink) {  // (reply refers to *cr)
+    try {
+      return stream_events(ctx, *reply, *choices, sink);
+    } catch (const std::exception& e) {  // end this stream, never the server
+      std::fprintf(stderr, "rill: stream %s failed: %s\n", reply->id.c_str(), e.what());
+      return false;
+    }
+  };
+  res.finally = [choices] {
+    for (auto& c : *choices)
+      if (!c.done) c.stream->cancel();  // the client went away (or the stream failed): free its blocks
+  };
 }
 
 }  // namespace rill

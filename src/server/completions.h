@@ -3,25 +3,27 @@
 // requests, which frees their KV blocks.
 #pragma once
 
-#include <httplib.h>
-
 #include <chrono>
 #include <functional>
 #include <string>
 
 #include "server/context.h"
+#include "server/http.h"
 
 namespace rill {
 
-void post_completion(ServerContext& ctx, const httplib::Request& req, httplib::Response& res, bool chat);
+void post_completion(ServerContext& ctx, const http::Request& req, http::Response& res, bool chat);
 
 // A whole (non-streamed) JSON reply to work that runs while its client waits. `step(until)` takes what the engine
-// has produced until that time and says whether the work is done. While it is not, a space goes out (JSON allows
-// whitespace before a value), so that a client that has left is noticed by the failed write within a fraction of
-// a second and ends the work (`cancel`, also called at the end: it must do nothing once the work is done). Once
-// done, `body` is sent. The reply is chunked: its length is not known when the headers go out.
+// has produced until that time and says whether the work is done; between steps the client is checked, and one
+// that has left ends the work (`cancel`, also called on an error: it must do nothing once the work is done).
+// Once done, `body` is the reply.
 using Until = std::chrono::steady_clock::time_point;
-void reply_when_done(httplib::Response& res, std::function<bool(Until)> step, std::function<std::string()> body,
-                     const std::function<void()>& cancel);
+void reply_when_done(const http::Request& req, http::Response& res, const std::function<bool(Until)>& step,
+                     const std::function<std::string()>& body, const std::function<void()>& cancel);
+
+// The server-sent event that ends a stream the engine ended without finishing it (cancelled by the server's
+// shutdown, or failed): an OpenAI error object, as the SDKs read mid-stream errors.
+std::string stream_error_event(const Event& end);
 
 }  // namespace rill

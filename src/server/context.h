@@ -20,6 +20,8 @@ struct ServerConfig {
   std::string api_key;  // empty: no authentication
   size_t max_body_bytes = 16u << 20;
   int threads = 0;  // HTTP worker threads; 0: enough for max_num_seqs streams plus headroom
+  double header_timeout_s = 10, body_timeout_s = 60, write_timeout_s = 30;
+  size_t max_connections = 16384, max_connections_per_address = 0;  // 0: no limit per address
 };
 
 struct ServerContext {

@@ -1,11 +1,10 @@
 #include "server/http_server.h"
 
-#include <httplib.h>
-#include <sys/socket.h>
-
+#include <chrono>
 #include <functional>
 
 #include "server/completions.h"
+#include "server/http.h"
 #include "server/responses.h"
 #include "server/session_routes.h"
 
@@ -15,19 +14,51 @@ using openai::json;
 
 struct HttpServer::Impl {
   ServerContext ctx;
-  httplib::Server svr;
+  http::Server svr;
   int bound_port = 0;
-  int listen_fd = -1;
 
-  Impl(Engine& e, openai::ModelInfo m, ServerConfig c) : ctx{e, std::move(m), std::move(c)} {}
+  Impl(Engine& e, openai::ModelInfo m, ServerConfig c)
+      : ctx{e, std::move(m), std::move(c)}, svr(transport_config(ctx), hooks(ctx)) {}
 
-  static void send_error(httplib::Response& res, const openai::ApiError& e) {
+  static http::Config transport_config(const ServerContext& ctx) {
+    const ServerConfig& c = ctx.config;
+    http::Config t;
+    t.host = c.host;
+    t.port = c.port;
+    t.max_body_bytes = c.max_body_bytes;
+    t.header_timeout = std::chrono::milliseconds(int64_t(c.header_timeout_s * 1000));
+    t.body_timeout = std::chrono::milliseconds(int64_t(c.body_timeout_s * 1000));
+    t.write_timeout = std::chrono::milliseconds(int64_t(c.write_timeout_s * 1000));
+    t.max_connections = c.max_connections;
+    t.max_connections_per_address = c.max_connections_per_address;
+    t.workers = c.threads > 0 ? c.threads : ctx.engine.config().max_num_seqs + 16;
+    return t;
+  }
+
+  static void send_error(http::Response& res, const openai::ApiError& e) {
     res.status = e.status;
     res.set_content(openai::dump(e.body()), "application/json");
   }
 
+  static http::Hooks hooks(ServerContext& ctx) {
+    http::Hooks h;
+    h.error = [](int status, const std::string& message, http::Response& res) {
+      const char* type = status == 401   ? "authentication_error"
+                         : status == 404 ? "not_found_error"
+                         : status == 503 ? "server_overloaded"
+                         : status >= 500 ? "internal_error"
+                                         : "invalid_request_error";
+      send_error(res, openai::ApiError(status, type, message));
+    };
+    h.authorize = [&ctx](const http::Request& req) {
+      return ctx.config.api_key.empty() || req.header("Authorization") == "Bearer " + ctx.config.api_key;
+    };
+    h.on_response = [&ctx](int status) { ctx.metrics.response(status); };
+    return h;
+  }
+
   // Runs a route, turning every exception into an OpenAI-style error response.
-  void guarded(httplib::Response& res, const std::function<void()>& route) {
+  static void guarded(http::Response& res, const std::function<void()>& route) {
     try {
       route();
     } catch (const openai::ApiError& e) {
@@ -44,133 +75,84 @@ struct HttpServer::Impl {
     } catch (const std::exception& e) {
       send_error(res, openai::ApiError(500, "internal_error", e.what()));
     }
-    // cpp-httplib leaves a response it has not sent yet at status -1 and sends it as 200.
-    if (res.status < 0) res.status = 200;
-    ctx.metrics.response(res.status);
   }
 
-  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
-  Handler route(Handler h) {
-    return [this, h = std::move(h)](const httplib::Request& req, httplib::Response& res) {
+  void add(const char* method, const std::string& pattern, http::Handler h) {
+    svr.route(method, pattern, [h = std::move(h)](const http::Request& req, http::Response& res) {
       guarded(res, [&] { h(req, res); });
-    };
+    });
   }
-
-  // A POST route whose body rill reads rather than the library: the body limit then also holds for chunked
-  // uploads (the library read those whole), and any Content-Type is read as JSON (the library parsed curl -d's
-  // default, application/x-www-form-urlencoded, as a form and refused one past 8 KiB).
-  void post(const std::string& pattern, Handler h) {
-    svr.Post(pattern, [this, h = std::move(h)](const httplib::Request& req, httplib::Response& res,
-                                               const httplib::ContentReader& read) {
-      guarded(res, [&] {
-        const size_t limit = ctx.config.max_body_bytes;
-        auto too_large = [&] {
-          return openai::ApiError(413, "invalid_request_error", "the request body is larger than " + std::to_string(limit) + " bytes");
-        };
-        if (req.is_multipart_form_data())
-          throw openai::ApiError(415, "invalid_request_error", "the request body must be JSON, not multipart/form-data");
-        // Past the limit the rest is read and dropped, up to 1 MiB more (then the connection is cut): a client
-        // still sending when the answer comes and the socket closes would get a reset instead of the 413.
-        std::string body;
-        bool over = false;
-        size_t dropped = 0;
-        const bool whole = read([&](const char* data, size_t n) {
-          if (!over && n <= limit - body.size()) {
-            body.append(data, n);
-            return true;
-          }
-          over = true;
-          dropped += n;
-          return dropped <= (size_t(1) << 20);
-        });
-        if (over || res.status == 413) throw too_large();
-        if (!whole) throw openai::bad_request("the request body could not be read");
-        res.status = -1;  // (the reader may have set it)
-        httplib::Request with_body = req;
-        with_body.body = std::move(body);
-        h(with_body, res);
-      });
+  void get(const std::string& pattern, http::Handler h) { add("GET", pattern, std::move(h)); }
+  void post(const std::string& pattern, http::Handler h) {
+    add("POST", pattern, [h = std::move(h)](const http::Request& req, http::Response& res) {
+      if (req.header("Content-Type").rfind("multipart/form-data", 0) == 0)
+        throw openai::ApiError(415, "invalid_request_error",
+                               "the request body must be JSON, not multipart/form-data");
+      h(req, res);
     });
   }
 
   void session_routes() {
     post("/v1/sessions", [this](const auto& req, auto& res) { create_session(ctx, req, res); });
-    svr.Get("/v1/sessions", route([this](const auto&, auto& res) { list_sessions(ctx, res); }));
-    svr.Get(R"(/v1/sessions/([^/]+))",
-            route([this](const auto& req, auto& res) { get_session(ctx, req.matches[1], res); }));
-    svr.Delete(R"(/v1/sessions/([^/]+))",
-               route([this](const auto& req, auto& res) { delete_session(ctx, req.matches[1], res); }));
+    get("/v1/sessions", [this](const auto&, auto& res) { list_sessions(ctx, res); });
+    get(R"(/v1/sessions/([^/]+))",
+        [this](const auto& req, auto& res) { get_session(ctx, req.params[0], res); });
+    add("DELETE", R"(/v1/sessions/([^/]+))",
+        [this](const auto& req, auto& res) { delete_session(ctx, req.params[0], res); });
     post(R"(/v1/sessions/([^/]+)/append)",
-         [this](const auto& req, auto& res) { append_session(ctx, req.matches[1], req, res); });
+         [this](const auto& req, auto& res) { append_session(ctx, req.params[0], req, res); });
     post(R"(/v1/sessions/([^/]+)/generate)",
-         [this](const auto& req, auto& res) { generate_session(ctx, req.matches[1], req, res); });
+         [this](const auto& req, auto& res) { generate_session(ctx, req.params[0], req, res); });
   }
 
   void tokenizer_routes() {
     const openai::ModelInfo& model = ctx.model;
     post("/tokenize", [&model](const auto& req, auto& res) {
-               const json b = openai::parse_body(req.body);
-               if (!b.contains("prompt") || !b["prompt"].is_string())
-                 throw openai::bad_request("'prompt' must be a string", "prompt");
-               const bool add = openai::boolean(b, "add_special_tokens", true);
-               const auto ids = model.tokenizer->encode(b["prompt"].template get<std::string>(), add);
-               res.set_content(openai::dump(json({{"tokens", ids}, {"count", ids.size()}, {"max_model_len", model.max_model_len}})),
-                               "application/json");
-             });
+      const json b = openai::parse_body(req.body);
+      if (!b.contains("prompt") || !b["prompt"].is_string())
+        throw openai::bad_request("'prompt' must be a string", "prompt");
+      const bool add = openai::boolean(b, "add_special_tokens", true);
+      const auto ids = model.tokenizer->encode(b["prompt"].template get<std::string>(), add);
+      res.set_content(openai::dump(json(
+                          {{"tokens", ids}, {"count", ids.size()}, {"max_model_len", model.max_model_len}})),
+                      "application/json");
+    });
     post("/detokenize", [&model](const auto& req, auto& res) {
-               const json b = openai::parse_body(req.body);
-               if (!b.contains("tokens")) throw openai::bad_request("'tokens' must be a list of ids", "tokens");
-               const std::vector<int32_t> ids = openai::token_array(b["tokens"], model.tokenizer->vocab_size(), "tokens");
-               res.set_content(openai::dump(json({{"prompt", model.tokenizer->decode(ids)}})), "application/json");
-             });
-  }
-
-  // The listening socket, the worker pool, authentication and the errors the library itself answers.
-  void wiring() {
-    const ServerConfig& config = ctx.config;
-    // The packaged cpp-httplib listens with a backlog of 5: a burst of clients overflows it and connections
-    // fail. Keep the socket (with the library's SO_REUSEADDR) so bind() can raise the backlog.
-    svr.set_socket_options([this](int sock) {
-      int yes = 1;
-      setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-      listen_fd = int(sock);
-    });
-    svr.set_payload_max_length(config.max_body_bytes);
-    const int threads = config.threads > 0 ? config.threads : ctx.engine.config().max_num_seqs + 16;
-    svr.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
-    svr.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      const std::string& key = ctx.config.api_key;
-      if (key.empty() || req.path == "/health" || req.path == "/metrics") return httplib::Server::HandlerResponse::Unhandled;
-      if (req.get_header_value("Authorization") == "Bearer " + key) return httplib::Server::HandlerResponse::Unhandled;
-      send_error(res, openai::ApiError(401, "authentication_error", "missing or wrong API key (send 'Authorization: Bearer KEY')"));
-      ctx.metrics.response(401);
-      return httplib::Server::HandlerResponse::Handled;
-    });
-    svr.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
-      if (!res.body.empty()) return;
-      if (res.status == 404) send_error(res, openai::ApiError(404, "not_found_error", "no route " + req.method + " " + req.path));
-      else if (res.status == 413)
-        send_error(res, openai::ApiError(413, "invalid_request_error", "the request body is larger than " +
-                                                                           std::to_string(ctx.config.max_body_bytes) + " bytes"));
-      else send_error(res, openai::ApiError(res.status, "error", "HTTP " + std::to_string(res.status)));
-      ctx.metrics.response(res.status);
+      const json b = openai::parse_body(req.body);
+      if (!b.contains("tokens")) throw openai::bad_request("'tokens' must be a list of ids", "tokens");
+      const std::vector<int32_t> ids =
+          openai::token_array(b["tokens"], model.tokenizer->vocab_size(), "tokens");
+      res.set_content(openai::dump(json({{"prompt", model.tokenizer->decode(ids)}})), "application/json");
     });
   }
 
   void routes() {
-    wiring();
-    svr.Get("/health", [](const httplib::Request&, httplib::Response& res) { res.set_content("", "text/plain"); });
-    svr.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-      res.set_content(ctx.metrics.render(ctx.engine.metrics()), "text/plain; version=0.0.4");
-    });
-    svr.Get("/v1/models", route([this](const auto&, auto& res) {
-              const openai::ModelInfo& m = ctx.model;
-              json model = {{"id", m.name}, {"object", "model"}, {"created", openai::unix_time()}, {"owned_by", "rill"},
-                            {"max_model_len", m.max_model_len}};
-              res.set_content(openai::dump(json({{"object", "list"}, {"data", {model}}})), "application/json");
-            }));
+    // Answered on the I/O threads, however busy generation is, and without a key.
+    svr.route(
+        "GET", "/health",
+        [](const http::Request&, http::Response& res) { res.set_content("", "text/plain"); },
+        /*fast=*/true, /*public_route=*/true);
+    svr.route(
+        "GET", "/metrics",
+        [this](const http::Request&, http::Response& res) {
+          res.set_content(ctx.metrics.render(ctx.engine.metrics()), "text/plain; version=0.0.4");
+        },
+        true, true);
+    svr.route(
+        "GET", "/v1/models",
+        [this](const http::Request&, http::Response& res) {
+          const openai::ModelInfo& m = ctx.model;
+          json model = {{"id", m.name},
+                        {"object", "model"},
+                        {"created", openai::unix_time()},
+                        {"owned_by", "rill"},
+                        {"max_model_len", m.max_model_len}};
+          res.set_content(openai::dump(json({{"object", "list"}, {"data", {model}}})), "application/json");
+        },
+        true);
     post("/v1/completions", [this](const auto& req, auto& res) { post_completion(ctx, req, res, false); });
-    post("/v1/chat/completions", [this](const auto& req, auto& res) { post_completion(ctx, req, res, true); });
+    post("/v1/chat/completions",
+         [this](const auto& req, auto& res) { post_completion(ctx, req, res, true); });
     session_routes();
     tokenizer_routes();
   }
@@ -184,22 +166,19 @@ HttpServer::HttpServer(Engine& engine, openai::ModelInfo model, ServerConfig con
 HttpServer::~HttpServer() = default;
 
 void HttpServer::bind() {
-  auto& i = *impl_;
-  const ServerConfig& c = i.ctx.config;
-  if (c.port == 0) {
-    i.bound_port = i.svr.bind_to_any_port(c.host);
-    RILL_CHECK(i.bound_port > 0, "cannot listen on " + c.host + " (any port)");
-  } else {
-    RILL_CHECK(i.svr.bind_to_port(c.host, c.port),
-               "cannot listen on " + c.host + ":" + std::to_string(c.port) + " (in use, or no permission?)");
-    i.bound_port = c.port;
-  }
-  // Raise the backlog of the socket the library is listening on (Linux accepts a second listen()).
-  if (i.listen_fd >= 0) ::listen(i.listen_fd, 4096);
+  impl_->bound_port = impl_->svr.bind();
 }
-
-void HttpServer::serve() { impl_->svr.listen_after_bind(); }
-void HttpServer::stop() { impl_->svr.stop(); }
-int HttpServer::port() const { return impl_->bound_port; }
+void HttpServer::serve() {
+  impl_->svr.serve();
+}
+void HttpServer::stop() {
+  impl_->svr.shutdown(std::chrono::milliseconds(0), [this] { impl_->ctx.engine.shutdown(); });
+}
+size_t HttpServer::shutdown(double deadline_s, const std::function<void()>& at_deadline) {
+  return impl_->svr.shutdown(std::chrono::milliseconds(int64_t(deadline_s * 1000)), at_deadline);
+}
+int HttpServer::port() const {
+  return impl_->bound_port;
+}
 
 }  // namespace rill

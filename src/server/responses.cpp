@@ -180,6 +180,8 @@ json CompletionReply::response(const std::vector<Choice>& choices) const {
   for (const auto& c : choices) {
     if (c.end.finish == FinishReason::Error && !c.stopped_by_string)
       throw ApiError(500, "internal_error", "generation failed: " + c.end.error);
+    if (c.end.finish == FinishReason::Cancelled && !c.stopped_by_string)
+      throw ApiError(503, "server_shutting_down", "the server cancelled the request: it is shutting down");
     if (cr.chat) {
       json lp;
       if (cr.logprobs >= 0) lp = {{"content", c.logprobs}};

@@ -28,7 +28,8 @@ SessionStatus session_named(ServerContext& ctx, const std::string& text) {
   if (text.size() != 37 || text.rfind("sess-", 0) != 0 ||
       text.find_first_not_of("0123456789abcdef", 5) != std::string::npos)
     throw missing;
-  const uint64_t id = std::stoull(text.substr(5, 16), nullptr, 16), secret = std::stoull(text.substr(21), nullptr, 16);
+  const uint64_t id = std::stoull(text.substr(5, 16), nullptr, 16),
+                 secret = std::stoull(text.substr(21), nullptr, 16);
   SessionStatus st;
   try {
     st = ctx.engine.session_status(id);
@@ -45,13 +46,23 @@ json policy_json(const KvPolicy& p) {
 }
 
 // The defaults a session was created with (kept by the engine as the JSON text of an object).
-json defaults_of(const SessionStatus& st) { return st.defaults.empty() ? json::object() : json::parse(st.defaults); }
+json defaults_of(const SessionStatus& st) {
+  return st.defaults.empty() ? json::object() : json::parse(st.defaults);
+}
 
 json session_json(const ServerContext& ctx, const SessionStatus& st) {
-  return {{"id", session_name(st)}, {"object", "session"}, {"model", ctx.model.name},
-          {"kv_policy", policy_json(st.kv_policy)}, {"tokens", st.tokens}, {"tokens_cached", st.tokens_cached},
-          {"pending_tokens", st.pending}, {"kv_blocks", st.blocks}, {"kv_bytes", st.kv_bytes},
-          {"generating", st.generating}, {"idle_seconds", st.idle_seconds}, {"defaults", defaults_of(st)}};
+  return {{"id", session_name(st)},
+          {"object", "session"},
+          {"model", ctx.model.name},
+          {"kv_policy", policy_json(st.kv_policy)},
+          {"tokens", st.tokens},
+          {"tokens_cached", st.tokens_cached},
+          {"pending_tokens", st.pending},
+          {"kv_blocks", st.blocks},
+          {"kv_bytes", st.kv_bytes},
+          {"generating", st.generating},
+          {"idle_seconds", st.idle_seconds},
+          {"defaults", defaults_of(st)}};
 }
 
 // The tokens an append adds: exactly one of text, token ids, or chat messages rendered with the template (the
@@ -66,15 +77,16 @@ std::vector<int32_t> append_tokens(ServerContext& ctx, uint64_t id, const json& 
     return model.tokenizer->encode(b["text"].get<std::string>(), first());
   }
   if (b.contains("tokens")) return openai::token_array(b["tokens"], model.tokenizer->vocab_size(), "tokens");
-  if (!model.chat_template) throw openai::bad_request("this model has no chat template: append 'text'", "messages");
+  if (!model.chat_template)
+    throw openai::bad_request("this model has no chat template: append 'text'", "messages");
   if (!b["messages"].is_array() || b["messages"].empty())
     throw openai::bad_request("'messages' must be a non-empty list", "messages");
   for (size_t i = 0; i < b["messages"].size(); ++i) {
     const json& msg = b["messages"][i];
     if (!msg.is_object() || !msg.contains("role") || !msg["role"].is_string() || !msg.contains("content") ||
         !msg["content"].is_string())
-      throw openai::bad_request("'messages[" + std::to_string(i) + "]' must be {\"role\": ..., \"content\": \"...\"}",
-                                "messages");
+      throw openai::bad_request(
+          "'messages[" + std::to_string(i) + "]' must be {\"role\": ..., \"content\": \"...\"}", "messages");
   }
   json ctx_vars = {{"messages", b["messages"]},
                    {"add_generation_prompt", openai::boolean(b, "add_generation_prompt", false)},
@@ -84,78 +96,90 @@ std::vector<int32_t> append_tokens(ServerContext& ctx, uint64_t id, const json& 
   try {
     text = model.chat_template->render(ctx_vars);
   } catch (const Error& e) {
-    throw openai::bad_request(std::string("the chat template rejected these messages: ") + e.what(), "messages");
+    throw openai::bad_request(std::string("the chat template rejected these messages: ") + e.what(),
+                              "messages");
   }
   return model.tokenizer->encode(text, false);
 }
 
 // The reply to a whole generation, and the last chunk of a streamed one.
 json generation_json(const ServerContext& ctx, const std::string& name, const openai::Choice& c) {
-  return {{"id", name}, {"object", "session.generation"}, {"model", ctx.model.name}, {"text", c.text},
+  return {{"id", name},
+          {"object", "session.generation"},
+          {"model", ctx.model.name},
+          {"text", c.text},
           {"finish_reason", c.finish_reason()},
-          {"usage", {{"prompt_tokens", c.end.prompt_tokens}, {"completion_tokens", c.end.completion_tokens},
-                     {"total_tokens", c.end.prompt_tokens + c.end.completion_tokens}}}};
+          {"usage",
+           {{"prompt_tokens", c.end.prompt_tokens},
+            {"completion_tokens", c.end.completion_tokens},
+            {"total_tokens", c.end.prompt_tokens + c.end.completion_tokens}}}};
 }
 
 // Streams a generation's text as server-sent events; false once the client is gone.
-bool stream_generation(ServerContext& ctx, const std::string& name, openai::Choice& c, httplib::DataSink& sink) {
+bool stream_generation(ServerContext& ctx, const std::string& name, openai::Choice& c, http::Sink& sink) {
   while (!c.done) {
     const auto e = c.stream->next(0.05);
-    if (!e) return sink.is_writable();  // keep the connection; check for a disconnected client
+    if (!e) {
+      if (!sink.alive()) return false;  // the client left
+      continue;
+    }
     const std::string text = c.apply(*e, ctx.metrics);
+    if (c.done && c.end.finish == FinishReason::Cancelled && !c.stopped_by_string)
+      return sink.write(stream_error_event(c.end) + "data: [DONE]\n\n");
     if (text.empty()) continue;
     const json chunk = {{"id", name}, {"object", "session.chunk"}, {"model", ctx.model.name}, {"text", text}};
     const std::string line = "data: " + openai::dump(chunk) + "\n\n";
-    if (!sink.write(line.data(), line.size())) return false;
+    if (!sink.write(line)) return false;
   }
   json last = generation_json(ctx, name, c);
   last["object"] = "session.chunk";
   last["text"] = "";
   const std::string line = "data: " + openai::dump(last) + "\n\ndata: [DONE]\n\n";
-  sink.write(line.data(), line.size());
-  sink.done();
-  return true;
+  return sink.write(line);
 }
 
 }  // namespace
 
-void create_session(ServerContext& ctx, const httplib::Request& req, httplib::Response& res) {
+void create_session(ServerContext& ctx, const http::Request& req, http::Response& res) {
   const json b = openai::parse_body(req.body);
   const openai::ModelInfo& model = ctx.model;
   if (b.contains("model") && (!b["model"].is_string() || b["model"].get<std::string>() != model.name))
-    throw openai::ApiError(404, "not_found_error",
-                           "the model " + b["model"].dump() + " does not exist (this server has '" + model.name + "')",
-                           "model");
+    throw openai::ApiError(
+        404, "not_found_error",
+        "the model " + b["model"].dump() + " does not exist (this server has '" + model.name + "')", "model");
   // Sessions are unbounded streams: the sink policy unless the body (or the server default) says otherwise.
   openai::ModelInfo m = model;
   if (!m.default_kv_policy.is_sink_window())
     m.default_kv_policy = KvPolicy::parse("sink", 4, std::min(1024, model.max_model_len - 4));
   const KvPolicy policy = openai::parse_kv_policy(b, m);
   const json defaults = b.contains("defaults") ? b["defaults"] : json::object();
-  if (!defaults.is_object()) throw openai::bad_request("'defaults' must be an object of generation parameters", "defaults");
+  if (!defaults.is_object())
+    throw openai::bad_request("'defaults' must be an object of generation parameters", "defaults");
   openai::parse_session_generation(defaults, json::object(), model);  // validated now, used by every generate
   const uint64_t id = ctx.engine.create_session(policy, openai::dump(defaults));
   res.set_content(openai::dump(session_json(ctx, ctx.engine.session_status(id))), "application/json");
 }
 
-void list_sessions(ServerContext& ctx, httplib::Response& res) {
+void list_sessions(ServerContext& ctx, http::Response& res) {
   json data = json::array();
   for (const auto& st : ctx.engine.list_sessions()) data.push_back(session_json(ctx, st));
   res.set_content(openai::dump(json({{"object", "list"}, {"data", data}})), "application/json");
 }
 
-void get_session(ServerContext& ctx, const std::string& id, httplib::Response& res) {
+void get_session(ServerContext& ctx, const std::string& id, http::Response& res) {
   res.set_content(openai::dump(session_json(ctx, session_named(ctx, id))), "application/json");
 }
 
-void delete_session(ServerContext& ctx, const std::string& id, httplib::Response& res) {
+void delete_session(ServerContext& ctx, const std::string& id, http::Response& res) {
   const uint64_t sid = session_named(ctx, id).id;
-  if (!ctx.engine.delete_session(sid)) throw openai::ApiError(404, "not_found_error", "no session '" + id + "'");
+  if (!ctx.engine.delete_session(sid))
+    throw openai::ApiError(404, "not_found_error", "no session '" + id + "'");
   res.set_content(openai::dump(json({{"id", id}, {"object", "session.deleted"}, {"deleted", true}})),
                   "application/json");
 }
 
-void append_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res) {
+void append_session(ServerContext& ctx, const std::string& id, const http::Request& req,
+                    http::Response& res) {
   const uint64_t sid = session_named(ctx, id).id;
   const json b = openai::parse_body(req.body);
   const std::vector<int32_t> ids = append_tokens(ctx, sid, b);
@@ -164,7 +188,8 @@ void append_session(ServerContext& ctx, const std::string& id, const httplib::Re
   res.set_content(openai::dump(out), "application/json");
 }
 
-void generate_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res) {
+void generate_session(ServerContext& ctx, const std::string& id, const http::Request& req,
+                      http::Response& res) {
   const SessionStatus st = session_named(ctx, id);
   const uint64_t sid = st.id;
   const json call = openai::parse_body(req.body);
@@ -174,7 +199,7 @@ void generate_session(ServerContext& ctx, const std::string& id, const httplib::
   const std::string& name = id;
   if (!g.stream) {
     reply_when_done(
-        res,
+        req, res,
         [&ctx, c](Until until) {
           while (!c->done) {
             if (std::chrono::steady_clock::now() > until) return false;
@@ -184,27 +209,30 @@ void generate_session(ServerContext& ctx, const std::string& id, const httplib::
           }
           return true;
         },
-        [&ctx, c, name] { return openai::dump(generation_json(ctx, name, *c)); },
+        [&ctx, c, name] {
+          if (c->end.finish == FinishReason::Cancelled && !c->stopped_by_string)
+            throw openai::ApiError(503, "server_shutting_down",
+                                   "the server cancelled the generation: it is shutting down");
+          return openai::dump(generation_json(ctx, name, *c));
+        },
         [c] {
           if (!c->done) c->stream->cancel();  // the generation stops, the session stays
         });
     return;
   }
   res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [&ctx, c, name](size_t, httplib::DataSink& sink) {
-        try {
-          return stream_generation(ctx, name, *c, sink);
-        } catch (const std::exception& e) {
-          std::fprintf(stderr, "rill: session stream %s failed: %s\n", name.c_str(), e.what());
-          c->stream->cancel();
-          return false;
-        }
-      },
-      [c](bool) {
-        if (!c->done) c->stream->cancel();  // the client went away: the generation stops, the session stays
-      });
+  res.content_type = "text/event-stream";
+  res.stream = [&ctx, c, name](http::Sink& sink) {
+    try {
+      return stream_generation(ctx, name, *c, sink);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "rill: session stream %s failed: %s\n", name.c_str(), e.what());
+      return false;
+    }
+  };
+  res.finally = [c] {
+    if (!c->done) c->stream->cancel();  // the client went away: the generation stops, the session stays
+  };
 }
 
 }  // namespace rill

@@ -3,19 +3,19 @@
 // whole) and delete. Sessions themselves live in the engine (engine/sessions).
 #pragma once
 
-#include <httplib.h>
 
 #include <string>
 
 #include "server/context.h"
+#include "server/http.h"
 
 namespace rill {
 
-void create_session(ServerContext& ctx, const httplib::Request& req, httplib::Response& res);
-void list_sessions(ServerContext& ctx, httplib::Response& res);
-void get_session(ServerContext& ctx, const std::string& id, httplib::Response& res);
-void delete_session(ServerContext& ctx, const std::string& id, httplib::Response& res);
-void append_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res);
-void generate_session(ServerContext& ctx, const std::string& id, const httplib::Request& req, httplib::Response& res);
+void create_session(ServerContext& ctx, const http::Request& req, http::Response& res);
+void list_sessions(ServerContext& ctx, http::Response& res);
+void get_session(ServerContext& ctx, const std::string& id, http::Response& res);
+void delete_session(ServerContext& ctx, const std::string& id, http::Response& res);
+void append_session(ServerContext& ctx, const std::string& id, const http::Request& req, http::Response& res);
+void generate_session(ServerContext& ctx, const std::string& id, const http::Request& req, http::Response& res);
 
 }  // namespace rill
