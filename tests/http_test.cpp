@@ -216,7 +216,8 @@ TEST(Http, SlowClientsAndBusyWorkersDoNotStarveHealth) {
     std::this_thread::sleep_for(20ms);
   }
   std::sort(ms.begin(), ms.end());
-  // (the bench holds it to 100 ms at full scale; here, beside other tests and sanitizers, to what starving is not)
+  // (the bench holds it to 100 ms at full scale; here, beside other tests and sanitizers, to what starving is
+  // not)
   EXPECT_LT(ms[ms.size() * 99 / 100], 500.0) << "health p99 under load; it was a 10 s timeout";
   EXPECT_EQ(s.blocked, 4) << "four workers busy, four requests queued";
   // The trickling connections end at the header timeout: answered 408, then closed.

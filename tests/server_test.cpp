@@ -38,10 +38,13 @@ struct Fixture {
   explicit Fixture(EngineConfig ec = {}, ServerConfig sc = {}) {
     const std::string tok_dir = shared("data/tokenizers/qwen2-style");
     const std::string m = dir / "m";
-    if (std::system((make_random_model_bin() + " --out " + m +
-                     " --dim 32 --layers 2 --heads 4 --ffn 64 --vocab 16022 --dtype f32 --context 512 > /dev/null").c_str()) != 0)
+    if (std::system(
+            (make_random_model_bin() + " --out " + m +
+             " --dim 32 --layers 2 --heads 4 --ffn 64 --vocab 16022 --dtype f32 --context 512 > /dev/null")
+                .c_str()) != 0)
       throw std::runtime_error("make_random_model failed");
-    for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) std::filesystem::copy_file(tok_dir + "/" + f, m + "/" + f);
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+      std::filesystem::copy_file(tok_dir + "/" + f, m + "/" + f);
     backend = make_cpu_backend(2);
     model = std::make_unique<Model>(read_checkpoint(m), *backend);
     tok = HfTokenizer::load(m + "/tokenizer.json");
@@ -105,12 +108,18 @@ struct Fixture {
   }
 };
 
-bool have_fixtures() { return std::filesystem::exists(shared("data/tokenizers/qwen2-style")); }
+bool have_fixtures() {
+  return std::filesystem::exists(shared("data/tokenizers/qwen2-style"));
+}
 
 TEST(Server, CompletionsStreamedEqualsWhole) {
   if (!have_fixtures()) GTEST_SKIP();
   Fixture f;
-  const json req = {{"model", "tiny"}, {"prompt", "Once upon a time"}, {"max_tokens", 12}, {"temperature", 0}, {"ignore_eos", true}};
+  const json req = {{"model", "tiny"},
+                    {"prompt", "Once upon a time"},
+                    {"max_tokens", 12},
+                    {"temperature", 0},
+                    {"ignore_eos", true}};
   int status;
   const json whole = f.post("/v1/completions", req, &status);
   ASSERT_EQ(status, 200) << whole.dump();
@@ -137,7 +146,10 @@ TEST(Server, CompletionsStreamedEqualsWhole) {
 TEST(Server, ChatCompletionsAndStreaming) {
   if (!have_fixtures()) GTEST_SKIP();
   Fixture f;
-  const json req = {{"model", "tiny"}, {"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"max_tokens", 6}, {"temperature", 0}};
+  const json req = {{"model", "tiny"},
+                    {"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                    {"max_tokens", 6},
+                    {"temperature", 0}};
   int status;
   const json whole = f.post("/v1/chat/completions", req, &status);
   ASSERT_EQ(status, 200) << whole.dump();
@@ -184,7 +196,8 @@ TEST(Server, StopStringsAcrossTokenBoundaries) {
 TEST(Server, SeedsNLogprobsEchoAndPromptForms) {
   if (!have_fixtures()) GTEST_SKIP();
   Fixture f;
-  json req = {{"prompt", "Hello"}, {"max_tokens", 8}, {"temperature", 0.9}, {"seed", 42}, {"n", 2}, {"ignore_eos", true}};
+  json req = {{"prompt", "Hello"}, {"max_tokens", 8}, {"temperature", 0.9},
+              {"seed", 42},        {"n", 2},          {"ignore_eos", true}};
   const json a = f.post("/v1/completions", req), b = f.post("/v1/completions", req);
   ASSERT_EQ(a["choices"].size(), 2u);
   EXPECT_EQ(a["choices"], b["choices"]) << "same seed, same text";
@@ -192,22 +205,28 @@ TEST(Server, SeedsNLogprobsEchoAndPromptForms) {
   req["seed"] = 43;
   EXPECT_NE(f.post("/v1/completions", req)["choices"][0]["text"], a["choices"][0]["text"]);
 
-  const json lp = f.post("/v1/completions", {{"prompt", "Hello"}, {"max_tokens", 3}, {"logprobs", 2}, {"ignore_eos", true}});
+  const json lp = f.post("/v1/completions",
+                         {{"prompt", "Hello"}, {"max_tokens", 3}, {"logprobs", 2}, {"ignore_eos", true}});
   EXPECT_EQ(lp["choices"][0]["logprobs"]["tokens"].size(), 3u);
   EXPECT_EQ(lp["choices"][0]["logprobs"]["top_logprobs"][0].size(), 2u);
   EXPECT_LE(lp["choices"][0]["logprobs"]["token_logprobs"][0].get<double>(), 0.0);
-  const json clp = f.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"max_tokens", 2},
-                                                    {"logprobs", true}, {"top_logprobs", 3}});
+  const json clp = f.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "x"}}}},
+                                                   {"max_tokens", 2},
+                                                   {"logprobs", true},
+                                                   {"top_logprobs", 3}});
   EXPECT_EQ(clp["choices"][0]["logprobs"]["content"][0]["top_logprobs"].size(), 3u);
 
-  const json echo = f.post("/v1/completions", {{"prompt", "Hello"}, {"max_tokens", 2}, {"echo", true}, {"temperature", 0}});
+  const json echo =
+      f.post("/v1/completions", {{"prompt", "Hello"}, {"max_tokens", 2}, {"echo", true}, {"temperature", 0}});
   EXPECT_EQ(echo["choices"][0]["text"].get<std::string>().rfind("Hello", 0), 0u);
   const json two = f.post("/v1/completions", {{"prompt", {"a", "b"}}, {"max_tokens", 2}});
   EXPECT_EQ(two["choices"].size(), 2u);
   const json ids = f.post("/v1/completions", {{"prompt", {1, 2, 3}}, {"max_tokens", 2}});
   EXPECT_EQ(ids["usage"]["prompt_tokens"], 3);
-  EXPECT_EQ(f.post("/tokenize", {{"prompt", "Hello world"}})["count"], int(f.tok->encode("Hello world", true).size()));
-  EXPECT_EQ(f.post("/detokenize", {{"tokens", f.tok->encode("Hello world", false)}})["prompt"], "Hello world");
+  EXPECT_EQ(f.post("/tokenize", {{"prompt", "Hello world"}})["count"],
+            int(f.tok->encode("Hello world", true).size()));
+  EXPECT_EQ(f.post("/detokenize", {{"tokens", f.tok->encode("Hello world", false)}})["prompt"],
+            "Hello world");
 }
 
 TEST(Server, ErrorsAreOpenAiShaped) {
@@ -241,7 +260,8 @@ TEST(Server, ErrorsAreOpenAiShaped) {
   }
   int status;
   const json ctx = f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 100000}}, &status);
-  EXPECT_NE(ctx["error"]["message"].get<std::string>().find("maximum context length is 512"), std::string::npos);
+  EXPECT_NE(ctx["error"]["message"].get<std::string>().find("maximum context length is 512"),
+            std::string::npos);
   EXPECT_EQ(f.post("/v1/chat/completions", {{"messages", "hi"}}, &status)["error"]["param"], "messages");
   // Issue 26: 2^64-1 was reported as "got -1".
   const json huge = f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", UINT64_MAX}}, &status);
@@ -254,8 +274,8 @@ TEST(Server, ErrorsAreOpenAiShaped) {
   EXPECT_EQ(c.Get("/v1/nothing")->status, 404);
   auto big = c.Post("/v1/completions", std::string(10000, ' '), "application/json");
   EXPECT_EQ(big->status, 413);
-  // Issue 26: the body limit did not hold for chunked uploads (100 MiB were read and tokenized; this one was read
-  // whole and answered 400 for its JSON).
+  // Issue 26: the body limit did not hold for chunked uploads (100 MiB were read and tokenized; this one was
+  // read whole and answered 400 for its JSON).
   size_t sent = 0;
   auto chunked = c.Post(
       "/v1/completions",
@@ -292,8 +312,8 @@ TEST(Server, ErrorsAreOpenAiShaped) {
   EXPECT_EQ(f.blocks_used(), 0);
 }
 
-// Issue 26: curl -d (the README's examples) sends Content-Type application/x-www-form-urlencoded, and a body of
-// such a type past 8 KiB was refused as "larger than 16777216 bytes" (the HTTP library's form limit).
+// Issue 26: curl -d (the README's examples) sends Content-Type application/x-www-form-urlencoded, and a body
+// of such a type past 8 KiB was refused as "larger than 16777216 bytes" (the HTTP library's form limit).
 TEST(Server, FormContentTypeBodiesAreJson) {
   if (!have_fixtures()) GTEST_SKIP();
   Fixture f;
@@ -314,8 +334,10 @@ TEST(Server, DeeplyNestedBodiesAre400) {
   const std::string deep = std::string(100000, '[') + std::string(100000, ']');
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"/v1/sessions", "{\"model\":" + deep + "}"},
-      {"/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\", \"x\": " + deep + "}]}"},
-      {"/v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": " + deep + "}"},
+      {"/v1/chat/completions",
+       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\", \"x\": " + deep + "}]}"},
+      {"/v1/chat/completions",
+       "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": " + deep + "}"},
       {"/v1/completions", "{\"prompt\": \"x\", \"user\": " + deep + "}"},
       {"/tokenize", "{\"prompt\": " + deep + "}"},
   };
@@ -323,7 +345,8 @@ TEST(Server, DeeplyNestedBodiesAre400) {
     auto r = c.Post(path.c_str(), body, "application/json");
     ASSERT_TRUE(r) << path << ": no response (the server died?)";
     EXPECT_EQ(r->status, 400) << path;
-    EXPECT_NE(r->body.find("nested deeper than"), std::string::npos) << path << ": " << r->body.substr(0, 200);
+    EXPECT_NE(r->body.find("nested deeper than"), std::string::npos)
+        << path << ": " << r->body.substr(0, 200);
   }
   // 128 levels are fine (a JSON Schema in tools nests a few dozen at most).
   std::string ok = "{\"prompt\": \"x\", \"max_tokens\": 1, \"user\": \"u\", \"metadata\": ";
@@ -334,8 +357,8 @@ TEST(Server, DeeplyNestedBodiesAre400) {
   EXPECT_EQ(c.Get("/health")->status, 200);
 }
 
-// Issue 26: a non-streamed request (a completion, or a session generation) went on generating after its client
-// left, up to max_tokens (with a sink policy, minutes); now the connection is watched while it runs.
+// Issue 26: a non-streamed request (a completion, or a session generation) went on generating after its
+// client left, up to max_tokens (with a sink policy, minutes); now the connection is watched while it runs.
 TEST(Server, NonStreamedRequestsEndWhenTheirClientLeaves) {
   if (!have_fixtures()) GTEST_SKIP();
   Fixture f;
@@ -343,8 +366,10 @@ TEST(Server, NonStreamedRequestsEndWhenTheirClientLeaves) {
   const std::string id = f.post("/v1/sessions", {{"kv_policy", sink}})["id"];
   f.post("/v1/sessions/" + id + "/append", {{"text", "Once"}});
   const std::vector<std::pair<std::string, json>> calls = {
-      {"/v1/completions", {{"prompt", "x"}, {"max_tokens", 200000}, {"ignore_eos", true}, {"kv_policy", sink}}},
-      {"/v1/sessions/" + id + "/generate", {{"max_tokens", 200000}, {"ignore_eos", true}, {"stream", false}}}};
+      {"/v1/completions",
+       {{"prompt", "x"}, {"max_tokens", 200000}, {"ignore_eos", true}, {"kv_policy", sink}}},
+      {"/v1/sessions/" + id + "/generate",
+       {{"max_tokens", 200000}, {"ignore_eos", true}, {"stream", false}}}};
   for (const auto& [path, body] : calls) {
     // The client sends the request, waits a moment, and leaves.
     const int sock = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -355,13 +380,15 @@ TEST(Server, NonStreamedRequestsEndWhenTheirClientLeaves) {
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ASSERT_EQ(::connect(sock, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
     const std::string payload = body.dump();
-    const std::string request = "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+    const std::string request = "POST " + path +
+                                " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
                                 std::to_string(payload.size()) + "\r\n\r\n" + payload;
     ASSERT_EQ(::send(sock, request.data(), request.size(), MSG_NOSIGNAL), ssize_t(request.size()));
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     ::close(sock);
     const auto left = std::chrono::steady_clock::now();
-    while (f.engine->metrics().running > 0 && std::chrono::steady_clock::now() - left < std::chrono::seconds(5))
+    while (f.engine->metrics().running > 0 &&
+           std::chrono::steady_clock::now() - left < std::chrono::seconds(5))
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     EXPECT_EQ(f.engine->metrics().running, 0) << path << ": still generating 5 s after its client left";
     EXPECT_LT(f.engine->metrics().generated_tokens, 150000) << path;
@@ -369,21 +396,24 @@ TEST(Server, NonStreamedRequestsEndWhenTheirClientLeaves) {
   EXPECT_EQ(f.client().Get("/health")->status, 200);
 }
 
-// Issue 26: under the sink policy max_tokens up to 2^30 was accepted, and a request generated for minutes after
-// its client left. rill serve --max-tokens-limit bounds it, for requests and session generations alike.
+// Issue 26: under the sink policy max_tokens up to 2^30 was accepted, and a request generated for minutes
+// after its client left. rill serve --max-tokens-limit bounds it, for requests and session generations alike.
 TEST(Server, MaxTokensLimitBoundsSinkRequests) {
   if (!have_fixtures()) GTEST_SKIP();
   Fixture f;
   const json sink = {{"type", "sink"}, {"sinks", 4}, {"window", 60}};
   int status;
-  json r = f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1 << 29}, {"kv_policy", sink}}, &status);
+  json r =
+      f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1 << 29}, {"kv_policy", sink}}, &status);
   EXPECT_EQ(status, 400);
   EXPECT_EQ(r["error"]["param"], "max_tokens");
   EXPECT_NE(r["error"]["message"].get<std::string>().find(std::to_string(openai::kDefaultMaxTokensLimit)),
             std::string::npos)
       << r.dump();
   r = f.post("/v1/chat/completions",
-             {{"messages", {{{"role", "user"}, {"content", "hi"}}}}, {"max_completion_tokens", 1 << 29}, {"kv_policy", sink}},
+             {{"messages", {{{"role", "user"}, {"content", "hi"}}}},
+              {"max_completion_tokens", 1 << 29},
+              {"kv_policy", sink}},
              &status);
   EXPECT_EQ(status, 400);
   EXPECT_EQ(r["error"]["param"], "max_completion_tokens");
@@ -394,7 +424,8 @@ TEST(Server, MaxTokensLimitBoundsSinkRequests) {
   EXPECT_EQ(r["error"]["param"], "max_tokens");
   // Within the limit, past the context: served.
   r = f.post("/v1/completions",
-             {{"prompt", "x"}, {"max_tokens", 700}, {"ignore_eos", true}, {"seed", 1}, {"kv_policy", sink}}, &status);
+             {{"prompt", "x"}, {"max_tokens", 700}, {"ignore_eos", true}, {"seed", 1}, {"kv_policy", sink}},
+             &status);
   EXPECT_EQ(status, 200) << r.dump();
   EXPECT_EQ(r["usage"]["completion_tokens"], 700);
   EXPECT_EQ(f.client().Delete(("/v1/sessions/" + id).c_str())->status, 200);
@@ -402,8 +433,8 @@ TEST(Server, MaxTokensLimitBoundsSinkRequests) {
 }
 
 // Issue 26: a 16 MiB prompt was tokenized in full (+0.67 GB, 5 s) before the context check. Under the dense
-// policy tokenizing now stops past the context, and the 400 says so ("more than that": the full count is never
-// known). The server's body limit is raised for this test.
+// policy tokenizing now stops past the context, and the 400 says so ("more than that": the full count is
+// never known). The server's body limit is raised for this test.
 TEST(Server, HugePromptsStopTokenizingAtTheContext) {
   if (!have_fixtures()) GTEST_SKIP();
   ServerConfig sc;
@@ -415,21 +446,25 @@ TEST(Server, HugePromptsStopTokenizingAtTheContext) {
   const json r = f.post("/v1/completions", {{"prompt", text}, {"max_tokens", 1}}, &status);
   EXPECT_EQ(status, 400);
   EXPECT_EQ(r["error"]["param"], "prompt");
-  EXPECT_NE(r["error"]["message"].get<std::string>().find("maximum context length is 512 tokens; the prompt has more than that"),
+  EXPECT_NE(r["error"]["message"].get<std::string>().find(
+                "maximum context length is 512 tokens; the prompt has more than that"),
             std::string::npos)
       << r.dump().substr(0, 300);
-  const json c = f.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", text}}}}}, &status);
+  const json c =
+      f.post("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", text}}}}}, &status);
   EXPECT_EQ(status, 400);
   EXPECT_EQ(c["error"]["param"], "messages");
 }
 
-// A conversation longer than the model's context: 400 with the dense policy, answered under "kv_policy": sink.
+// A conversation longer than the model's context: 400 with the dense policy, answered under "kv_policy":
+// sink.
 TEST(Server, SinkPolicyServesPromptsBeyondTheContext) {
   if (!have_fixtures()) GTEST_SKIP();
   Fixture f;
   std::string history;
   for (int i = 0; i < 200; ++i) history += "word" + std::to_string(i) + " ";
-  json req = {{"messages", {{{"role", "user"}, {"content", history}}}}, {"max_tokens", 40}, {"temperature", 0}};
+  json req = {
+      {"messages", {{{"role", "user"}, {"content", history}}}}, {"max_tokens", 40}, {"temperature", 0}};
   int status = 0;
   const json refused = f.post("/v1/chat/completions", req, &status);
   EXPECT_EQ(status, 400) << refused.dump();
@@ -450,8 +485,9 @@ TEST(Server, SinkPolicyServesPromptsBeyondTheContext) {
   EXPECT_EQ(streamed, r["choices"][0]["message"]["content"].get<std::string>());
   EXPECT_EQ(f.blocks_used(), 0);
   // Bad policies are 400s naming kv_policy.
-  for (const json& bad : {json("sink"), json({{"type", "rolling"}}), json({{"type", "sink"}, {"window", 8}}),
-                          json({{"type", "sink"}, {"window", 4096}}), json({{"type", "sink"}, {"sinks", -1}})}) {
+  for (const json& bad :
+       {json("sink"), json({{"type", "rolling"}}), json({{"type", "sink"}, {"window", 8}}),
+        json({{"type", "sink"}, {"window", 4096}}), json({{"type", "sink"}, {"sinks", -1}})}) {
     const json e = f.post("/v1/completions", {{"prompt", "x"}, {"kv_policy", bad}}, &status);
     EXPECT_EQ(status, 400) << bad.dump();
     EXPECT_EQ(e["error"]["param"].get<std::string>().rfind("kv_policy", 0), 0u) << e.dump();
@@ -463,12 +499,14 @@ TEST(Server, StreamingSessions) {
   if (!have_fixtures()) GTEST_SKIP();
   Fixture f;
   int status = 0;
-  const json created = f.post("/v1/sessions", {{"kv_policy", {{"type", "sink"}, {"sinks", 4}, {"window", 64}}},
-                                              {"defaults", {{"temperature", 0}, {"max_tokens", 12}, {"ignore_eos", true}}}}, &status);
+  const json created = f.post("/v1/sessions",
+                              {{"kv_policy", {{"type", "sink"}, {"sinks", 4}, {"window", 64}}},
+                               {"defaults", {{"temperature", 0}, {"max_tokens", 12}, {"ignore_eos", true}}}},
+                              &status);
   ASSERT_EQ(status, 200) << created.dump();
   const std::string id = created["id"], base = "/v1/sessions/" + id;
-  // Issue 26: ids were sequential ("sess-1"), so any client could name another's session. Now 128 random bits,
-  // and a name with a wrong half is as unknown as one never made.
+  // Issue 26: ids were sequential ("sess-1"), so any client could name another's session. Now 128 random
+  // bits, and a name with a wrong half is as unknown as one never made.
   EXPECT_TRUE(std::regex_match(id, std::regex("sess-[0-9a-f]{32}"))) << id;
   {
     const std::string other = f.post("/v1/sessions", json::object())["id"];
@@ -477,7 +515,8 @@ TEST(Server, StreamingSessions) {
     std::string forged = id;
     forged.back() = forged.back() == '0' ? '1' : '0';  // right id, wrong secret
     int st;
-    EXPECT_EQ(f.post("/v1/sessions/" + forged + "/append", {{"text", "x"}}, &st)["error"]["type"], "not_found_error");
+    EXPECT_EQ(f.post("/v1/sessions/" + forged + "/append", {{"text", "x"}}, &st)["error"]["type"],
+              "not_found_error");
     EXPECT_EQ(st, 404);
     EXPECT_EQ(f.client().Delete(("/v1/sessions/" + forged).c_str())->status, 404);
     EXPECT_EQ(f.client().Delete(("/v1/sessions/" + other).c_str())->status, 200);
@@ -498,7 +537,9 @@ TEST(Server, StreamingSessions) {
   ASSERT_EQ(status, 200) << whole.dump();
   EXPECT_EQ(whole["usage"]["completion_tokens"], 12);
   EXPECT_EQ(whole["finish_reason"], "length");
-  json st = f.post(base + "/append", {{"messages", {{{"role", "user"}, {"content", "hello"}}}}, {"add_generation_prompt", true}}, &status);
+  json st = f.post(
+      base + "/append",
+      {{"messages", {{{"role", "user"}, {"content", "hello"}}}}, {"add_generation_prompt", true}}, &status);
   ASSERT_EQ(status, 200) << st.dump();
   std::string streamed;
   bool finished = false;
@@ -519,7 +560,8 @@ TEST(Server, StreamingSessions) {
   auto list = c.Get("/v1/sessions");
   EXPECT_EQ(json::parse(list->body)["data"].size(), 1u);
   // Errors.
-  EXPECT_EQ(f.post("/v1/sessions/sess-999/append", {{"text", "x"}}, &status)["error"]["type"], "not_found_error");
+  EXPECT_EQ(f.post("/v1/sessions/sess-999/append", {{"text", "x"}}, &status)["error"]["type"],
+            "not_found_error");
   EXPECT_EQ(status, 404);
   f.post(base + "/append", {{"text", "x"}, {"tokens", {1}}}, &status);
   EXPECT_EQ(status, 400);
@@ -537,25 +579,35 @@ TEST(Server, StreamingSessions) {
   EXPECT_EQ(status, 400);
   f.post(base + "/generate", {{"temperature", -1}}, &status);
   EXPECT_EQ(status, 400);
-  // Constrained generations: a JSON Schema, then a GBNF grammar (the session's default ignore_eos does not carry a
-  // generation past the grammar's end), and a schema the compiler refuses.
-  const json schema = {{"type", "object"},
-                       {"properties", {{"ok", {{"type", "boolean"}}}, {"n", {{"type", "integer"}, {"maximum", 9}}}}},
-                       {"required", {"ok", "n"}},
-                       {"additionalProperties", false}};
-  const json structured = f.post(base + "/generate", {{"stream", false}, {"max_tokens", 60}, {"temperature", 1}, {"seed", 3},
-                                                      {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "r"}, {"schema", schema}}}}}},
-                                 &status);
+  // Constrained generations: a JSON Schema, then a GBNF grammar (the session's default ignore_eos does not
+  // carry a generation past the grammar's end), and a schema the compiler refuses.
+  const json schema = {
+      {"type", "object"},
+      {"properties", {{"ok", {{"type", "boolean"}}}, {"n", {{"type", "integer"}, {"maximum", 9}}}}},
+      {"required", {"ok", "n"}},
+      {"additionalProperties", false}};
+  const json structured = f.post(
+      base + "/generate",
+      {{"stream", false},
+       {"max_tokens", 60},
+       {"temperature", 1},
+       {"seed", 3},
+       {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "r"}, {"schema", schema}}}}}},
+      &status);
   ASSERT_EQ(status, 200) << structured.dump();
   EXPECT_EQ(structured["finish_reason"], "stop") << structured.dump();
   const json parsed = json::parse(structured["text"].get<std::string>());
   EXPECT_TRUE(parsed["ok"].is_boolean()) << parsed.dump();
   EXPECT_LE(parsed["n"].get<int>(), 9) << parsed.dump();
-  const json yes_no = f.post(base + "/generate", {{"stream", false}, {"grammar", "root ::= \"yes\" | \"no\""}}, &status);
+  const json yes_no =
+      f.post(base + "/generate", {{"stream", false}, {"grammar", "root ::= \"yes\" | \"no\""}}, &status);
   ASSERT_EQ(status, 200) << yes_no.dump();
   EXPECT_TRUE(yes_no["text"] == "yes" || yes_no["text"] == "no") << yes_no.dump();
   EXPECT_EQ(yes_no["finish_reason"], "stop");
-  EXPECT_EQ(f.post(base + "/generate", {{"response_format", {{"type", "json_schema"}, {"json_schema", {{"schema", {{"multipleOf", 2}}}}}}}}, &status)["error"]["param"],
+  EXPECT_EQ(f.post(base + "/generate",
+                   {{"response_format",
+                     {{"type", "json_schema"}, {"json_schema", {{"schema", {{"multipleOf", 2}}}}}}}},
+                   &status)["error"]["param"],
             "response_format");
   EXPECT_EQ(status, 400);
   auto del = c.Delete(base.c_str());
@@ -568,16 +620,59 @@ TEST(Server, StreamingSessions) {
 TEST(Server, ApiKey) {
   if (!have_fixtures()) GTEST_SKIP();
   ServerConfig sc;
-  sc.api_key = "s3cret";
+  sc.api_keys = {"s3cret"};
   Fixture f({}, sc);
   int status;
   f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status);
   EXPECT_EQ(status, 401);
-  f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status, {{"Authorization", "Bearer wrong"}});
+  f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status,
+         {{"Authorization", "Bearer wrong"}});
   EXPECT_EQ(status, 401);
-  f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status, {{"Authorization", "Bearer s3cret"}});
+  f.post("/v1/completions", {{"prompt", "x"}, {"max_tokens", 1}}, &status,
+         {{"Authorization", "Bearer s3cret"}});
   EXPECT_EQ(status, 200);
   EXPECT_EQ(f.client().Get("/health")->status, 200);
+}
+
+// Issue 26: any client could list, use and delete any session. With API keys a session belongs to the key
+// that made it: to another key it does not exist. --max-sessions-per-key bounds one key's sessions (429).
+TEST(Server, SessionsBelongToTheKeyThatMadeThem) {
+  if (!have_fixtures()) GTEST_SKIP();
+  ServerConfig sc;
+  sc.api_keys = {"key-a", "key-b"};
+  sc.max_sessions_per_key = 2;
+  Fixture f({}, sc);
+  const httplib::Headers a = {{"Authorization", "Bearer key-a"}}, b = {{"Authorization", "Bearer key-b"}};
+  int status = 0;
+  const std::string id = f.post("/v1/sessions", json::object(), &status, a)["id"];
+  ASSERT_EQ(status, 200);
+  const std::string path = "/v1/sessions/" + id;
+  f.post(path + "/append", {{"text", "Once upon a time"}}, &status, a);
+  EXPECT_EQ(status, 200);
+  auto c = f.client();
+  // Key b: not listed, not found, cannot append, generate or delete.
+  auto listed = [&](const httplib::Headers& h) {
+    return json::parse(c.Get("/v1/sessions", h)->body)["data"].size();
+  };
+  EXPECT_EQ(listed(a), 1u);
+  EXPECT_EQ(listed(b), 0u);
+  EXPECT_EQ(c.Get(path.c_str(), b)->status, 404);
+  f.post(path + "/append", {{"text", "x"}}, &status, b);
+  EXPECT_EQ(status, 404);
+  f.post(path + "/generate", {{"max_tokens", 2}, {"stream", false}}, &status, b);
+  EXPECT_EQ(status, 404);
+  EXPECT_EQ(c.Delete(path.c_str(), b)->status, 404);
+  EXPECT_EQ(c.Get(path.c_str(), a)->status, 200) << "still there for its owner";
+  // The per-key limit: a's third session is refused, b's first is not.
+  f.post("/v1/sessions", json::object(), &status, a);
+  EXPECT_EQ(status, 200);
+  const json third = f.post("/v1/sessions", json::object(), &status, a);
+  EXPECT_EQ(status, 429) << third.dump();
+  f.post("/v1/sessions", json::object(), &status, b);
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(c.Delete(path.c_str(), a)->status, 200);
+  f.post("/v1/sessions", json::object(), &status, a);
+  EXPECT_EQ(status, 200) << "a deleted one: room again";
 }
 
 TEST(Server, OverloadAnswers503WithRetryAfter) {
@@ -590,7 +685,9 @@ TEST(Server, OverloadAnswers503WithRetryAfter) {
   for (int i = 0; i < 8; ++i)
     pending.push_back(std::async(std::launch::async, [&] {
       auto c = f.client();
-      return c.Post("/v1/completions", json({{"prompt", "x"}, {"max_tokens", 200}, {"ignore_eos", true}}).dump(), "application/json");
+      return c.Post("/v1/completions",
+                    json({{"prompt", "x"}, {"max_tokens", 200}, {"ignore_eos", true}}).dump(),
+                    "application/json");
     }));
   int ok = 0, overloaded = 0;
   for (auto& p : pending) {
@@ -618,7 +715,9 @@ TEST(Server, DisconnectFreesBlocks) {
     req.path = "/v1/completions";
     req.headers = {{"Content-Type", "application/json"}};
     req.body = json({{"prompt", "x"}, {"max_tokens", 400}, {"stream", true}, {"ignore_eos", true}}).dump();
-    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };  // read a little, hang up
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+      return ++chunks < 3;
+    };  // read a little, hang up
     httplib::Response res;
     httplib::Error err;
     c.send(req, res, err);
@@ -666,8 +765,10 @@ TEST(Server, PrefixReuseReportsCachedTokens) {
   std::string system;
   for (int i = 0; i < 60; ++i) system += " rule" + std::to_string(i);
   auto ask = [&](const std::string& q) {
-    return f.post("/v1/chat/completions", {{"messages", {{{"role", "system"}, {"content", system}}, {{"role", "user"}, {"content", q}}}},
-                                          {"max_tokens", 2}});
+    return f.post(
+        "/v1/chat/completions",
+        {{"messages", {{{"role", "system"}, {"content", system}}, {{"role", "user"}, {"content", q}}}},
+         {"max_tokens", 2}});
   };
   const json first = ask("first question");
   const json second = ask("second question");

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <optional>
+#include <sstream>
 #include <thread>
 
 #include "cli/commands.h"
@@ -21,26 +22,35 @@ namespace rill::cli {
 
 Run add_serve(CLI::App& app) {
   struct Args {
-    std::string model, tokenizer, chat_template, host = "127.0.0.1", api_key, served_name, kv_memory;
+    std::string model, tokenizer, chat_template, host = "127.0.0.1", served_name, kv_memory;
+    std::vector<std::string> api_keys;
     double gpu_memory_fraction = 0.9;
     int port = 8000, block_size = kDefaultBlockSize, max_batch_tokens = 512, max_num_seqs = 64,
         max_waiting = 1024;
     int max_model_len = 0, max_sessions = 64, max_tokens_limit = openai::kDefaultMaxTokensLimit;
     DeviceArgs device;
     double session_ttl = 600, shutdown_timeout = 30, header_timeout = 10, write_timeout = 30;
-    size_t max_connections = 16384, max_connections_per_address = 0;
+    size_t max_connections = 16384, max_connections_per_address = 0, max_sessions_per_key = 0;
     KvPolicyArgs kv;
     size_t max_body = 16u << 20;
   };
   auto a = std::make_shared<Args>();
-  if (const char* key = std::getenv("RILL_API_KEY")) a->api_key = key;
+  if (const char* keys = std::getenv("RILL_API_KEY")) {
+    std::stringstream list(keys);
+    for (std::string k; std::getline(list, k, ',');)
+      if (!k.empty()) a->api_keys.push_back(k);
+  }
   add_model_option(app, a->model, "Model: a Hugging Face directory (with tokenizer.json) or a llama2.c .bin");
   app.add_option("--tokenizer", a->tokenizer, "tokenizer.json / tokenizer.bin (default: beside the model)");
   app.add_option("--chat-template", a->chat_template, "Jinja template file to use instead of the model's");
   app.add_option("--host", a->host, "Address to listen on");
   app.add_option("--port", a->port, "Port to listen on (0: any free port)")->check(CLI::Range(0, 65535));
-  app.add_option("--api-key", a->api_key,
-                 "Require 'Authorization: Bearer KEY' on /v1 routes (also RILL_API_KEY)");
+  app.add_option(
+      "--api-key", a->api_keys,
+      "Require 'Authorization: Bearer KEY' on /v1 routes; give it again for more keys (also RILL_API_KEY, "
+      "keys separated by commas). A session belongs to the key that made it");
+  app.add_option("--max-sessions-per-key", a->max_sessions_per_key,
+                 "Sessions one API key may hold at once (429 beyond; 0: no limit but --max-sessions)");
   app.add_option("--served-model-name", a->served_name,
                  "Model name in the API (default: the model path's last part)");
   add_device_options(app, a->device);
@@ -199,7 +209,8 @@ Run add_serve(CLI::App& app) {
     ServerConfig sc;
     sc.host = a->host;
     sc.port = a->port;
-    sc.api_key = a->api_key;
+    sc.api_keys = a->api_keys;
+    sc.max_sessions_per_key = a->max_sessions_per_key;
     sc.max_body_bytes = a->max_body;
     sc.header_timeout_s = a->header_timeout;
     sc.write_timeout_s = a->write_timeout;

@@ -1,6 +1,6 @@
-// POST /v1/completions and /v1/chat/completions: a request becomes one engine request per prompt and per choice
-// (n), whose tokens come back as one JSON response or as server-sent events; a client that goes away cancels its
-// requests, which frees their KV blocks.
+// POST /v1/completions and /v1/chat/completions: a request becomes one engine request per prompt and per
+// choice (n), whose tokens come back as one JSON response or as server-sent events; a client that goes away
+// cancels its requests, which frees their KV blocks.
 #pragma once
 
 #include <chrono>
@@ -14,10 +14,10 @@ namespace rill {
 
 void post_completion(ServerContext& ctx, const http::Request& req, http::Response& res, bool chat);
 
-// A whole (non-streamed) JSON reply to work that runs while its client waits. `step(until)` takes what the engine
-// has produced until that time and says whether the work is done; between steps the client is checked, and one
-// that has left ends the work (`cancel`, also called on an error: it must do nothing once the work is done).
-// Once done, `body` is the reply.
+// A whole (non-streamed) JSON reply to work that runs while its client waits. `step(until)` takes what the
+// engine has produced until that time and says whether the work is done; between steps the client is checked,
+// and one that has left ends the work (`cancel`, also called on an error: it must do nothing once the work is
+// done). Once done, `body` is the reply.
 using Until = std::chrono::steady_clock::time_point;
 void reply_when_done(const http::Request& req, http::Response& res, const std::function<bool(Until)>& step,
                      const std::function<std::string()>& body, const std::function<void()>& cancel);

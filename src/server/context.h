@@ -6,7 +6,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
+#include <unordered_map>
+#include <vector>
 
 #include "engine/engine.h"
 #include "server/metrics.h"
@@ -16,12 +19,19 @@ namespace rill {
 
 struct ServerConfig {
   std::string host = "127.0.0.1";
-  int port = 8000;  // 0: any free port (see HttpServer::port())
-  std::string api_key;  // empty: no authentication
+  int port = 8000;                    // 0: any free port (see HttpServer::port())
+  std::vector<std::string> api_keys;  // empty: no authentication; else each client sends one ("Bearer KEY")
+  size_t max_sessions_per_key = 0;    // 0: no limit (beyond the engine's --max-sessions)
   size_t max_body_bytes = 16u << 20;
   int threads = 0;  // HTTP worker threads; 0: enough for max_num_seqs streams plus headroom
   double header_timeout_s = 10, body_timeout_s = 60, write_timeout_s = 30;
   size_t max_connections = 16384, max_connections_per_address = 0;  // 0: no limit per address
+};
+
+// Which API key made each session (with --api-key): a session is reached only with the key that made it.
+struct SessionOwners {
+  std::mutex m;
+  std::unordered_map<uint64_t, std::string> by_session;
 };
 
 struct ServerContext {
@@ -30,6 +40,13 @@ struct ServerContext {
   ServerConfig config;
   ServerMetrics metrics;
   std::atomic<uint64_t> next_id{1};
+  SessionOwners owners;
+
+  // The key a request was made with ("" without authentication).
+  std::string caller(const std::string& authorization) const {
+    return config.api_keys.empty() || authorization.rfind("Bearer ", 0) != 0 ? std::string()
+                                                                             : authorization.substr(7);
+  }
 };
 
 }  // namespace rill

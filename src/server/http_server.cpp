@@ -1,5 +1,6 @@
 #include "server/http_server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 
@@ -51,7 +52,11 @@ struct HttpServer::Impl {
       send_error(res, openai::ApiError(status, type, message));
     };
     h.authorize = [&ctx](const http::Request& req) {
-      return ctx.config.api_key.empty() || req.header("Authorization") == "Bearer " + ctx.config.api_key;
+      const auto& keys = ctx.config.api_keys;
+      if (keys.empty()) return true;
+      const std::string auth = req.header("Authorization");
+      return auth.rfind("Bearer ", 0) == 0 &&
+             std::find(keys.begin(), keys.end(), auth.substr(7)) != keys.end();
     };
     h.on_response = [&ctx](int status) { ctx.metrics.response(status); };
     return h;
@@ -94,11 +99,11 @@ struct HttpServer::Impl {
 
   void session_routes() {
     post("/v1/sessions", [this](const auto& req, auto& res) { create_session(ctx, req, res); });
-    get("/v1/sessions", [this](const auto&, auto& res) { list_sessions(ctx, res); });
+    get("/v1/sessions", [this](const auto& req, auto& res) { list_sessions(ctx, req, res); });
     get(R"(/v1/sessions/([^/]+))",
-        [this](const auto& req, auto& res) { get_session(ctx, req.params[0], res); });
+        [this](const auto& req, auto& res) { get_session(ctx, req.params[0], req, res); });
     add("DELETE", R"(/v1/sessions/([^/]+))",
-        [this](const auto& req, auto& res) { delete_session(ctx, req.params[0], res); });
+        [this](const auto& req, auto& res) { delete_session(ctx, req.params[0], req, res); });
     post(R"(/v1/sessions/([^/]+)/append)",
          [this](const auto& req, auto& res) { append_session(ctx, req.params[0], req, res); });
     post(R"(/v1/sessions/([^/]+)/generate)",
@@ -135,7 +140,16 @@ struct HttpServer::Impl {
     svr.route(
         "GET", "/metrics",
         [this](const http::Request&, http::Response& res) {
-          res.set_content(ctx.metrics.render(ctx.engine.metrics()), "text/plain; version=0.0.4");
+          std::string text = ctx.metrics.render(ctx.engine.metrics());
+          text +=
+              "# HELP rill_http_connections Open HTTP connections.\n# TYPE rill_http_connections "
+              "gauge\nrill_http_connections " +
+              std::to_string(svr.connections()) + "\n";
+          text +=
+              "# HELP rill_http_requests_in_flight Requests taken by a worker or queued for one.\n"
+              "# TYPE rill_http_requests_in_flight gauge\nrill_http_requests_in_flight " +
+              std::to_string(svr.running()) + "\n";
+          res.set_content(std::move(text), "text/plain; version=0.0.4");
         },
         true, true);
     svr.route(

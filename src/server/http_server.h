@@ -1,8 +1,9 @@
 // HttpServer: the OpenAI-compatible HTTP front of an Engine. Thin by design: this file wires the routes,
-// authentication and errors onto the event-driven HTTP server (http.h); the routes live beside it (completions,
-// session_routes), requests are read by openai and json_body, replies built by responses, and /metrics by
-// metrics. Routes run on the HTTP server's worker threads (health and metrics on its I/O threads); the engine is
-// thread-safe to submit to, and each request's stream is read by the one route that owns it.
+// authentication and errors onto the event-driven HTTP server (http.h); the routes live beside it
+// (completions, session_routes), requests are read by openai and json_body, replies built by responses, and
+// /metrics by metrics. Routes run on the HTTP server's worker threads (health and metrics on its I/O
+// threads); the engine is thread-safe to submit to, and each request's stream is read by the one route that
+// owns it.
 #pragma once
 
 #include <cstddef>
@@ -25,8 +26,8 @@ class HttpServer {
   // Stops at once: in-flight requests are cancelled (engine.shutdown()), queued ones answered 503.
   void stop();
   // Graceful: stops accepting, answers queued requests 503, lets running ones end for up to `deadline_s`
-  // seconds, then calls `at_deadline` (which should cancel what still runs) and ends serve(). Returns how many
-  // requests were still running at the deadline.
+  // seconds, then calls `at_deadline` (which should cancel what still runs) and ends serve(). Returns how
+  // many requests were still running at the deadline.
   size_t shutdown(double deadline_s, const std::function<void()>& at_deadline);
   int port() const;
 

@@ -8,7 +8,11 @@
 namespace rill::openai {
 
 json ApiError::body() const {
-  return {{"error", {{"message", what()}, {"type", type}, {"param", param.empty() ? json() : json(param)}, {"code", status}}}};
+  return {{"error",
+           {{"message", what()},
+            {"type", type},
+            {"param", param.empty() ? json() : json(param)},
+            {"code", status}}}};
 }
 
 ApiError bad_request(const std::string& message, const std::string& param) {
@@ -28,15 +32,17 @@ json parse_body(const std::string& body) {
   return b;
 }
 
-std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 double number(const json& b, const char* key, double fallback, double lo, double hi) {
   if (!b.contains(key) || b[key].is_null()) return fallback;
   if (!b[key].is_number()) throw bad_request(std::string("'") + key + "' must be a number", key);
   const double v = b[key].get<double>();
   if (!std::isfinite(v) || v < lo || v > hi)
-    throw bad_request(std::string("'") + key + "' must be between " + json(lo).dump() + " and " + json(hi).dump() +
-                          " (got " + json(v).dump() + ")",
+    throw bad_request(std::string("'") + key + "' must be between " + json(lo).dump() + " and " +
+                          json(hi).dump() + " (got " + json(v).dump() + ")",
                       key);
   return v;
 }
@@ -48,8 +54,8 @@ int64_t integer(const json& b, const char* key, int64_t fallback, int64_t lo, in
   const bool huge = b[key].is_number_unsigned() && b[key].get<uint64_t>() > uint64_t(INT64_MAX);
   const int64_t v = huge ? INT64_MAX : b[key].get<int64_t>();
   if (huge || v < lo || v > hi)
-    throw bad_request(std::string("'") + key + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi) +
-                          " (got " + b[key].dump() + ")",
+    throw bad_request(std::string("'") + key + "' must be between " + std::to_string(lo) + " and " +
+                          std::to_string(hi) + " (got " + b[key].dump() + ")",
                       key);
   return v;
 }

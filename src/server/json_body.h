@@ -1,13 +1,12 @@
-// JSON request bodies and replies: parsing a body, reading its typed fields (absent or null gives the fallback; a
-// wrong type or range is a 400 naming the field), the OpenAI-style error every failure becomes, and serialising
-// replies. No sockets and no engine here.
+// JSON request bodies and replies: parsing a body, reading its typed fields (absent or null gives the
+// fallback; a wrong type or range is a 400 naming the field), the OpenAI-style error every failure becomes,
+// and serialising replies. No sockets and no engine here.
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 

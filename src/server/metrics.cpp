@@ -11,8 +11,11 @@ void Histogram::observe(double v) {
 
 void Histogram::render(std::ostringstream& out, const std::string& name, const std::string& help) const {
   out << "# HELP " << name << " " << help << "\n# TYPE " << name << " histogram\n";
-  for (size_t i = 0; i < kBounds.size(); ++i) out << name << "_bucket{le=\"" << kBounds[i] << "\"} " << counts_[i] << "\n";
-  out << name << "_bucket{le=\"+Inf\"} " << count_ << "\n" << name << "_sum " << sum_ << "\n" << name << "_count " << count_ << "\n";
+  for (size_t i = 0; i < kBounds.size(); ++i)
+    out << name << "_bucket{le=\"" << kBounds[i] << "\"} " << counts_[i] << "\n";
+  out << name << "_bucket{le=\"+Inf\"} " << count_ << "\n"
+      << name << "_sum " << sum_ << "\n"
+      << name << "_count " << count_ << "\n";
 }
 
 void ServerMetrics::first_token(double seconds) {
@@ -38,7 +41,8 @@ void ServerMetrics::response(int status) {
 std::string ServerMetrics::render(const EngineMetrics& m) const {
   std::ostringstream out;
   auto metric = [&](const char* type, const char* name, const char* help, double v) {
-    out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << v << "\n";
+    out << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n"
+        << name << " " << v << "\n";
   };
   auto gauge = [&](const char* name, const char* help, double v) { metric("gauge", name, help, v); };
   auto counter = [&](const char* name, const char* help, double v) { metric("counter", name, help, v); };
@@ -46,26 +50,35 @@ std::string ServerMetrics::render(const EngineMetrics& m) const {
   gauge("rill_requests_waiting", "Requests waiting for admission.", m.waiting);
   gauge("rill_kv_blocks_total", "KV cache blocks.", m.blocks_total);
   gauge("rill_kv_blocks_used", "KV cache blocks held by requests.", m.blocks_total - m.blocks_free);
-  gauge("rill_kv_blocks_free", "KV cache blocks free (including cached prefixes nobody uses).", m.blocks_free);
-  gauge("rill_kv_blocks_cached_free", "Free blocks that still hold a reusable cached prefix.", m.blocks_cached_free);
+  gauge("rill_kv_blocks_free", "KV cache blocks free (including cached prefixes nobody uses).",
+        m.blocks_free);
+  gauge("rill_kv_blocks_cached_free", "Free blocks that still hold a reusable cached prefix.",
+        m.blocks_cached_free);
   gauge("rill_prefix_cache_hit_rate", "Prompt tokens found in the prefix cache / prompt tokens looked up.",
         m.prefix_lookup_tokens ? double(m.prefix_hit_tokens) / double(m.prefix_lookup_tokens) : 0.0);
-  counter("rill_prefix_cache_queries_tokens_total", "Prompt tokens looked up in the prefix cache.", double(m.prefix_lookup_tokens));
-  counter("rill_prefix_cache_hits_tokens_total", "Prompt tokens found in the prefix cache.", double(m.prefix_hit_tokens));
-  counter("rill_prompt_tokens_total", "Prompt tokens computed (cached ones excluded).", double(m.prompt_tokens));
+  counter("rill_prefix_cache_queries_tokens_total", "Prompt tokens looked up in the prefix cache.",
+          double(m.prefix_lookup_tokens));
+  counter("rill_prefix_cache_hits_tokens_total", "Prompt tokens found in the prefix cache.",
+          double(m.prefix_hit_tokens));
+  counter("rill_prompt_tokens_total", "Prompt tokens computed (cached ones excluded).",
+          double(m.prompt_tokens));
   counter("rill_generation_tokens_total", "Tokens generated.", double(m.generated_tokens));
-  counter("rill_requests_finished_total", "Engine requests finished (any reason).", double(m.requests_finished));
+  counter("rill_requests_finished_total", "Engine requests finished (any reason).",
+          double(m.requests_finished));
   counter("rill_preemptions_total", "Sequences preempted for lack of KV blocks.", double(m.preemptions));
   counter("rill_engine_steps_total", "Engine steps (forward passes).", double(m.steps));
   gauge("rill_sessions", "Streaming sessions open.", m.sessions);
   gauge("rill_session_kv_blocks", "KV blocks held by streaming sessions.", m.session_blocks);
-  counter("rill_sessions_expired_total", "Sessions deleted after --session-ttl idle.", double(m.sessions_expired));
+  counter("rill_sessions_expired_total", "Sessions deleted after --session-ttl idle.",
+          double(m.sessions_expired));
   std::lock_guard<std::mutex> lock(mu_);
   ttft_.render(out, "rill_time_to_first_token_seconds", "Time from request to its first token.");
   itl_.render(out, "rill_inter_token_latency_seconds", "Time between consecutive tokens of a request.");
   e2e_.render(out, "rill_e2e_request_latency_seconds", "Time from request to its last token.");
-  out << "# HELP rill_http_responses_total HTTP responses by status.\n# TYPE rill_http_responses_total counter\n";
-  for (const auto& [status, n] : responses_by_status_) out << "rill_http_responses_total{status=\"" << status << "\"} " << n << "\n";
+  out << "# HELP rill_http_responses_total HTTP responses by status.\n# TYPE rill_http_responses_total "
+         "counter\n";
+  for (const auto& [status, n] : responses_by_status_)
+    out << "rill_http_responses_total{status=\"" << status << "\"} " << n << "\n";
   return out.str();
 }
 

@@ -1,6 +1,6 @@
-// ServerMetrics: what /metrics reports beside the engine's own counters: request latencies (time to first token,
-// between tokens, to the last token) as Prometheus histograms, and HTTP responses by status. Thread-safe: every
-// handler records into it.
+// ServerMetrics: what /metrics reports beside the engine's own counters: request latencies (time to first
+// token, between tokens, to the last token) as Prometheus histograms, and HTTP responses by status.
+// Thread-safe: every handler records into it.
 #pragma once
 
 #include <array>
@@ -22,7 +22,7 @@ class Histogram {
 
  private:
   static constexpr std::array<double, 15> kBounds = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                                    0.5,   1.0,    2.5,   5.0,  10.0,  30.0, 60.0};
+                                                     0.5,   1.0,    2.5,   5.0,  10.0,  30.0, 60.0};
   std::array<uint64_t, 15> counts_{};
   uint64_t count_ = 0;
   double sum_ = 0;

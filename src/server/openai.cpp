@@ -9,8 +9,8 @@ namespace {
 
 // A prompt's tokens. Under the dense policy the context bounds the prompt, so tokenizing stops once it is
 // passed: a 16 MiB prompt costs what max_model_len tokens cost, not 4M tokens of work and memory.
-std::vector<int32_t> encode_prompt(const ModelInfo& m, const Request& r, const std::string& text, bool add_special,
-                                   const char* param) {
+std::vector<int32_t> encode_prompt(const ModelInfo& m, const Request& r, const std::string& text,
+                                   bool add_special, const char* param) {
   if (r.kv_policy.is_sink_window()) return m.tokenizer->encode(text, add_special);
   try {
     return m.tokenizer->encode_at_most(text, add_special, size_t(m.max_model_len));
@@ -28,8 +28,10 @@ std::string message_text(const json& content, size_t index) {
   if (!content.is_array()) throw bad_request("'" + param + "' must be a string or a list of parts", param);
   std::string text;
   for (const auto& part : content) {
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
-      throw bad_request("'" + param + "': only text parts ({\"type\": \"text\", \"text\": ...}) are supported", param);
+    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+        !part["text"].is_string())
+      throw bad_request(
+          "'" + param + "': only text parts ({\"type\": \"text\", \"text\": ...}) are supported", param);
     text += part["text"].get<std::string>();
   }
   return text;
@@ -41,8 +43,9 @@ KvPolicy parse_kv_policy(const json& b, const ModelInfo& m) {
   if (!b.contains("kv_policy") || b["kv_policy"].is_null()) return m.default_kv_policy;
   const json& k = b["kv_policy"];
   if (!k.is_object() || !k.contains("type") || !k["type"].is_string())
-    throw bad_request("'kv_policy' must be an object like {\"type\": \"sink\", \"sinks\": 4, \"window\": 1024}",
-                      "kv_policy");
+    throw bad_request(
+        "'kv_policy' must be an object like {\"type\": \"sink\", \"sinks\": 4, \"window\": 1024}",
+        "kv_policy");
   int sinks = 0, window = 0;
   try {
     sinks = int(integer(k, "sinks", 4, 0, 1 << 20));
@@ -52,7 +55,8 @@ KvPolicy parse_kv_policy(const json& b, const ModelInfo& m) {
   }
   try {
     KvPolicy p = KvPolicy::parse(k["type"].get<std::string>(), sinks, window, "kv_policy.type");
-    if (p.is_sink_window() && p.sinks == 0 && !k.contains("window")) p.window = std::min(1024, m.max_model_len);
+    if (p.is_sink_window() && p.sinks == 0 && !k.contains("window"))
+      p.window = std::min(1024, m.max_model_len);
     p.validate(m.block_size, m.max_model_len, "kv_policy");
     return p;
   } catch (const ApiError&) {
@@ -67,10 +71,12 @@ SessionGeneration parse_session_generation(const json& defaults, const json& cal
   for (const auto& [k, v] : call.items()) b[k] = v;  // the call's parameters over the defaults
   SessionGeneration g;
   g.request = parse_request_params(b, model);
-  g.request.max_tokens = int(integer(b, "max_tokens", std::min(256, model.max_tokens_limit), 1, model.max_tokens_limit));
+  g.request.max_tokens =
+      int(integer(b, "max_tokens", std::min(256, model.max_tokens_limit), 1, model.max_tokens_limit));
   g.stop = parse_stop(b);
   g.stream = boolean(b, "stream", true);
-  g.request.grammar = parse_constraint(b, false, model, nullptr);  // response_format or grammar, as on completions
+  g.request.grammar =
+      parse_constraint(b, false, model, nullptr);  // response_format or grammar, as on completions
   return g;
 }
 
@@ -100,10 +106,12 @@ std::vector<std::string> parse_stop(const json& b) {
   std::vector<std::string> stop;
   if (b.contains("stop") && !b["stop"].is_null()) {
     const json& s = b["stop"];
-    if (s.is_string()) stop.push_back(s.get<std::string>());
+    if (s.is_string())
+      stop.push_back(s.get<std::string>());
     else if (s.is_array() && s.size() <= 16) {
       for (const auto& x : s) {
-        if (!x.is_string()) throw bad_request("'stop' must be a string or a list of up to 16 strings", "stop");
+        if (!x.is_string())
+          throw bad_request("'stop' must be a string or a list of up to 16 strings", "stop");
         stop.push_back(x.get<std::string>());
       }
     } else {
@@ -120,12 +128,16 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
   if (!b.is_object()) throw bad_request("the request body must be a JSON object");
   if (b.contains("model") && !b["model"].is_string()) throw bad_request("'model' must be a string", "model");
   if (b.contains("model") && b["model"].get<std::string>() != m.name)
-    throw ApiError(404, "not_found_error", "the model '" + b["model"].get<std::string>() + "' does not exist (this server has '" + m.name + "')", "model");
+    throw ApiError(
+        404, "not_found_error",
+        "the model '" + b["model"].get<std::string>() + "' does not exist (this server has '" + m.name + "')",
+        "model");
   CompletionRequest r;
   r.chat = chat;
   r.stream = boolean(b, "stream", false);
   if (b.contains("stream_options") && !b["stream_options"].is_null()) {
-    if (!b["stream_options"].is_object()) throw bad_request("'stream_options' must be an object", "stream_options");
+    if (!b["stream_options"].is_object())
+      throw bad_request("'stream_options' must be an object", "stream_options");
     r.include_usage = boolean(b["stream_options"], "include_usage", false);
   }
   r.n = int(integer(b, "n", 1, 1, 16));
@@ -139,10 +151,12 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
   base.grammar = parse_constraint(b, chat, m, &r.tools);
 
   if (chat) {
-    if (boolean(b, "logprobs", false)) r.logprobs = int(integer(b, "top_logprobs", 0, 0, 20));
+    if (boolean(b, "logprobs", false))
+      r.logprobs = int(integer(b, "top_logprobs", 0, 0, 20));
     else if (b.contains("top_logprobs") && !b["top_logprobs"].is_null())
       throw bad_request("'top_logprobs' needs 'logprobs': true", "top_logprobs");
-    if (!m.chat_template) throw bad_request("this model has no chat template: use /v1/completions", "messages");
+    if (!m.chat_template)
+      throw bad_request("this model has no chat template: use /v1/completions", "messages");
     if (!b.contains("messages") || !b["messages"].is_array() || b["messages"].empty())
       throw bad_request("'messages' must be a non-empty list", "messages");
     json messages = json::array();
@@ -152,15 +166,14 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
       if (!msg.is_object() || !msg.contains("role") || !msg["role"].is_string())
         throw bad_request("'" + param + "' must be an object with a 'role'", param);
       json copy = msg;  // keeps tool_calls and other fields the template may use
-      if (msg.contains("content")) copy["content"] = msg["content"].is_null() ? json() : json(message_text(msg["content"], i));
+      if (msg.contains("content"))
+        copy["content"] = msg["content"].is_null() ? json() : json(message_text(msg["content"], i));
       messages.push_back(copy);
     }
-    json ctx = {{"messages", messages},
-                {"tools", r.tools.render ? b["tools"] : json()},
-                {"documents", json()},
-                {"add_generation_prompt", boolean(b, "add_generation_prompt", true)},
-                {"bos_token", m.bos_token},
-                {"eos_token", m.eos_token}};
+    json ctx = {
+        {"messages", messages},     {"tools", r.tools.render ? b["tools"] : json()},
+        {"documents", json()},      {"add_generation_prompt", boolean(b, "add_generation_prompt", true)},
+        {"bos_token", m.bos_token}, {"eos_token", m.eos_token}};
     std::string text;
     try {
       text = m.chat_template->render(ctx);
@@ -207,19 +220,22 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
     if (r.prompts.size() > 64) throw bad_request("'prompt' may hold at most 64 prompts", "prompt");
   }
   for (auto& q : r.prompts) {
-    if (q.prompt.empty()) throw bad_request("the prompt is empty after tokenization", chat ? "messages" : "prompt");
+    if (q.prompt.empty())
+      throw bad_request("the prompt is empty after tokenization", chat ? "messages" : "prompt");
     q.logprobs = r.logprobs;
     const int room = m.max_model_len - int(q.prompt.size());
-    const char* key = b.contains("max_completion_tokens") && !b["max_completion_tokens"].is_null() ? "max_completion_tokens" : "max_tokens";
-    // Under the sink-window KV policy there is no context limit: a chat answer defaults to the model's context.
-    const int64_t fallback =
-        std::min<int64_t>(chat ? (q.kv_policy.is_sink_window() ? m.max_model_len : std::max(1, room)) : 16,
-                          m.max_tokens_limit);
+    const char* key = b.contains("max_completion_tokens") && !b["max_completion_tokens"].is_null()
+                          ? "max_completion_tokens"
+                          : "max_tokens";
+    // Under the sink-window KV policy there is no context limit: a chat answer defaults to the model's
+    // context.
+    const int64_t fallback = std::min<int64_t>(
+        chat ? (q.kv_policy.is_sink_window() ? m.max_model_len : std::max(1, room)) : 16, m.max_tokens_limit);
     q.max_tokens = int(integer(b, key, fallback, 1, m.max_tokens_limit));
     if (!q.kv_policy.is_sink_window() && int64_t(q.prompt.size()) + q.max_tokens > m.max_model_len)
       throw bad_request("this model's maximum context length is " + std::to_string(m.max_model_len) +
-                            " tokens; the prompt has " + std::to_string(q.prompt.size()) + " tokens and " + key + " is " +
-                            std::to_string(q.max_tokens),
+                            " tokens; the prompt has " + std::to_string(q.prompt.size()) + " tokens and " +
+                            key + " is " + std::to_string(q.max_tokens),
                         key);
   }
   return r;

@@ -1,6 +1,6 @@
-// OpenAI requests as rill reads them: completion, chat and session bodies -> engine requests (validated, every
-// error a 400 naming its parameter). No sockets here (http_server and the route files call these), and no model
-// logic: the engine runs what these describe.
+// OpenAI requests as rill reads them: completion, chat and session bodies -> engine requests (validated,
+// every error a 400 naming its parameter). No sockets here (http_server and the route files call these), and
+// no model logic: the engine runs what these describe.
 #pragma once
 
 #include <memory>
@@ -29,11 +29,11 @@ struct ModelInfo {
   int max_model_len = 0;
   int block_size = kDefaultBlockSize;
   KvPolicy default_kv_policy;  // for requests without "kv_policy" (rill serve --kv-policy)
-  // The largest max_tokens one request or session generation may ask for (rill serve --max-tokens-limit). Under
-  // the dense policy the context bounds it anyway; under sink and window nothing else does.
+  // The largest max_tokens one request or session generation may ask for (rill serve --max-tokens-limit).
+  // Under the dense policy the context bounds it anyway; under sink and window nothing else does.
   int max_tokens_limit = kDefaultMaxTokensLimit;
-  // Constrained decoding: the tokens' bytes (null: response_format, grammar and forced tool calls are refused),
-  // the compiled grammars, and how the chat template's model writes tool calls.
+  // Constrained decoding: the tokens' bytes (null: response_format, grammar and forced tool calls are
+  // refused), the compiled grammars, and how the chat template's model writes tool calls.
   std::shared_ptr<const grammar::Vocabulary> vocab;
   std::shared_ptr<GrammarCache> grammars;
   ToolStyle tool_style = ToolStyle::Json;
@@ -43,9 +43,9 @@ struct CompletionRequest {
   bool chat = false;
   bool stream = false, include_usage = false, echo = false;
   int n = 1;
-  int logprobs = -1;  // completions: logprobs=k; chat: top_logprobs when logprobs is true
-  std::vector<Request> prompts;            // one engine request per prompt (n copies are made later)
-  std::vector<std::string> prompt_texts;   // the prompt as text (echo)
+  int logprobs = -1;                      // completions: logprobs=k; chat: top_logprobs when logprobs is true
+  std::vector<Request> prompts;           // one engine request per prompt (n copies are made later)
+  std::vector<std::string> prompt_texts;  // the prompt as text (echo)
   std::vector<std::string> stop;
   std::string user;
   ToolRequest tools;  // chat: whether the output is parsed for tool calls

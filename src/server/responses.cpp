@@ -40,7 +40,9 @@ double now_seconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-int64_t unix_time() { return int64_t(std::time(nullptr)); }
+int64_t unix_time() {
+  return int64_t(std::time(nullptr));
+}
 
 Choice::Choice(const Tokenizer& tokenizer, const std::vector<int32_t>& prompt, std::vector<std::string> stops)
     : detok(std::make_unique<IncrementalDecoder>(tokenizer, true, prompt)),
@@ -60,8 +62,10 @@ std::string Choice::apply(const Event& e, ServerMetrics& metrics) {
     metrics.request_done(t - submitted);
     return tail;
   }
-  if (tokens == 0) metrics.first_token(t - submitted);
-  else metrics.between_tokens(t - last_token);
+  if (tokens == 0)
+    metrics.first_token(t - submitted);
+  else
+    metrics.between_tokens(t - last_token);
   last_token = t;
   ++tokens;
   if (stop->stopped()) return "";  // tokens that raced the cancellation
@@ -76,7 +80,8 @@ std::string Choice::apply(const Event& e, ServerMetrics& metrics) {
 }
 
 std::string Choice::finish_reason() const {
-  if (tools && !tools->calls().empty() && (stopped_by_string || end.finish == FinishReason::Stop)) return "tool_calls";
+  if (tools && !tools->calls().empty() && (stopped_by_string || end.finish == FinishReason::Stop))
+    return "tool_calls";
   if (stopped_by_string) return "stop";
   return openai::finish_reason(end.finish);
 }
@@ -95,11 +100,16 @@ json token_logprobs(const Tokenizer& tok, const Event& e, bool chat) {
 
 std::string finish_reason(FinishReason r) {
   switch (r) {
-    case FinishReason::Stop: return "stop";
-    case FinishReason::Length: return "length";
-    case FinishReason::Cancelled: return "abort";
-    case FinishReason::Error: return "error";
-    default: return "";
+    case FinishReason::Stop:
+      return "stop";
+    case FinishReason::Length:
+      return "length";
+    case FinishReason::Cancelled:
+      return "abort";
+    case FinishReason::Error:
+      return "error";
+    default:
+      return "";
   }
 }
 
@@ -121,24 +131,35 @@ json completion_top(const json& chat_style) {
 
 }  // namespace
 
-json CompletionReply::chunk(int index, const std::string& text, const json& logprob, const std::string& finish,
-                            bool role) const {
+json CompletionReply::chunk(int index, const std::string& text, const json& logprob,
+                            const std::string& finish, bool role) const {
   const CompletionRequest& cr = request;
   json choice;
   if (cr.chat) {
     json delta = json::object();
     if (role) delta["role"] = "assistant";
     if (!text.empty() || role) delta["content"] = text;
-    choice = {{"index", index}, {"delta", delta}, {"logprobs", logprob.is_null() ? json() : json{{"content", {logprob}}}},
+    choice = {{"index", index},
+              {"delta", delta},
+              {"logprobs", logprob.is_null() ? json() : json{{"content", {logprob}}}},
               {"finish_reason", finish.empty() ? json() : json(finish)}};
   } else {
     json lp;
     if (!logprob.is_null())
-      lp = {{"tokens", {logprob["token"]}}, {"token_logprobs", {logprob["logprob"]}}, {"top_logprobs", {completion_top(logprob)}}, {"text_offset", {0}}};
-    choice = {{"index", index}, {"text", text}, {"logprobs", lp}, {"finish_reason", finish.empty() ? json() : json(finish)}};
+      lp = {{"tokens", {logprob["token"]}},
+            {"token_logprobs", {logprob["logprob"]}},
+            {"top_logprobs", {completion_top(logprob)}},
+            {"text_offset", {0}}};
+    choice = {{"index", index},
+              {"text", text},
+              {"logprobs", lp},
+              {"finish_reason", finish.empty() ? json() : json(finish)}};
   }
-  json c = {{"id", id}, {"object", cr.chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
-            {"model", model}, {"choices", {choice}}};
+  json c = {{"id", id},
+            {"object", cr.chat ? "chat.completion.chunk" : "text_completion"},
+            {"created", created},
+            {"model", model},
+            {"choices", {choice}}};
   if (cr.include_usage) c["usage"] = nullptr;
   return c;
 }
@@ -156,8 +177,12 @@ json CompletionReply::tool_calls_chunk(int index, const std::vector<json>& calls
 }
 
 json CompletionReply::usage_chunk(const std::vector<Choice>& choices) const {
-  return {{"id", id}, {"object", request.chat ? "chat.completion.chunk" : "text_completion"}, {"created", created},
-          {"model", model}, {"choices", json::array()}, {"usage", total_usage(choices)}};
+  return {{"id", id},
+          {"object", request.chat ? "chat.completion.chunk" : "text_completion"},
+          {"created", created},
+          {"model", model},
+          {"choices", json::array()},
+          {"usage", total_usage(choices)}};
 }
 
 json CompletionReply::total_usage(const std::vector<Choice>& choices) const {
@@ -190,7 +215,8 @@ json CompletionReply::response(const std::vector<Choice>& choices) const {
         message["tool_calls"] = c.tools->calls();
         if (c.text.find_first_not_of(" \t\r\n") == std::string::npos) message["content"] = nullptr;
       }
-      out.push_back({{"index", c.index}, {"message", message}, {"logprobs", lp}, {"finish_reason", c.finish_reason()}});
+      out.push_back(
+          {{"index", c.index}, {"message", message}, {"logprobs", lp}, {"finish_reason", c.finish_reason()}});
     } else {
       json lp;
       if (cr.logprobs >= 0) {
@@ -203,14 +229,17 @@ json CompletionReply::response(const std::vector<Choice>& choices) const {
           offsets.push_back(offset);
           offset += t["token"].get<std::string>().size();
         }
-        lp = {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
+        lp = {
+            {"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
       }
       const std::string text = (cr.echo ? cr.prompt_texts[size_t(c.prompt_index)] : "") + c.text;
-      out.push_back({{"index", c.index}, {"text", text}, {"logprobs", lp}, {"finish_reason", c.finish_reason()}});
+      out.push_back(
+          {{"index", c.index}, {"text", text}, {"logprobs", lp}, {"finish_reason", c.finish_reason()}});
     }
   }
-  return {{"id", id}, {"object", cr.chat ? "chat.completion" : "text_completion"}, {"created", created},
-          {"model", model}, {"choices", out}, {"usage", total_usage(choices)}};
+  return {{"id", id},           {"object", cr.chat ? "chat.completion" : "text_completion"},
+          {"created", created}, {"model", model},
+          {"choices", out},     {"usage", total_usage(choices)}};
 }
 
 }  // namespace rill::openai

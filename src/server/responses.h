@@ -1,6 +1,6 @@
-// What goes back to a client: each choice's text as the engine's tokens arrive (detokenized incrementally, held
-// back where a stop string may begin), and the OpenAI reply objects built from it: streamed chunks, whole
-// responses, usage and log-probabilities. No sockets here.
+// What goes back to a client: each choice's text as the engine's tokens arrive (detokenized incrementally,
+// held back where a stop string may begin), and the OpenAI reply objects built from it: streamed chunks,
+// whole responses, usage and log-probabilities. No sockets here.
 #pragma once
 
 #include <cstdint>
@@ -31,7 +31,8 @@ class StopMatcher {
   bool stopped_ = false;
 };
 
-// One choice of a completion (or a session's generation): its engine stream and the text it has produced so far.
+// One choice of a completion (or a session's generation): its engine stream and the text it has produced so
+// far.
 struct Choice {
   Choice(const Tokenizer& tokenizer, const std::vector<int32_t>& prompt, std::vector<std::string> stops);
 
@@ -71,7 +72,8 @@ struct CompletionReply {
 
   // One streamed chunk of choice `index`: its new text, its token's log-probabilities (or null), its finish
   // reason (or empty), and, for the first chat chunk, the assistant role.
-  json chunk(int index, const std::string& text, const json& logprob, const std::string& finish, bool role) const;
+  json chunk(int index, const std::string& text, const json& logprob, const std::string& finish,
+             bool role) const;
   // A chunk of choice `index` with tool calls calls[from..] (delta.tool_calls, each with its index).
   json tool_calls_chunk(int index, const std::vector<json>& calls, size_t from) const;
   // The chunk after the last choice's with the usage of them all (stream_options.include_usage).

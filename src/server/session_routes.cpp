@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 #include <memory>
+#include <mutex>
+#include <unordered_map>
 
 #include "server/completions.h"
 #include "server/responses.h"
@@ -22,8 +24,32 @@ std::string session_name(const SessionStatus& st) {
   return std::string("sess-") + hex;
 }
 
-// The status of the session `text` names; 404 for a malformed name, an unknown id or a wrong secret alike.
-SessionStatus session_named(ServerContext& ctx, const std::string& text) {
+// The key that made session `id` ("" without authentication, or when it is not known).
+std::string owner_of(ServerContext& ctx, uint64_t id) {
+  std::lock_guard<std::mutex> lk(ctx.owners.m);
+  auto it = ctx.owners.by_session.find(id);
+  return it == ctx.owners.by_session.end() ? std::string() : it->second;
+}
+
+// The engine's sessions that `caller` may see; forgets the owners of sessions that are gone (deleted,
+// expired).
+std::vector<SessionStatus> sessions_of(ServerContext& ctx, const std::string& caller) {
+  std::vector<SessionStatus> all = ctx.engine.list_sessions(), mine;
+  std::lock_guard<std::mutex> lk(ctx.owners.m);
+  std::unordered_map<uint64_t, std::string> live;
+  for (const auto& st : all) {
+    auto it = ctx.owners.by_session.find(st.id);
+    const std::string owner = it == ctx.owners.by_session.end() ? std::string() : it->second;
+    if (it != ctx.owners.by_session.end()) live.emplace(st.id, owner);
+    if (owner == caller) mine.push_back(st);
+  }
+  ctx.owners.by_session.swap(live);
+  return mine;
+}
+
+// The status of the session `text` names, if `caller` made it; 404 for a malformed name, an unknown id, a
+// wrong secret or another key's session alike.
+SessionStatus session_named(ServerContext& ctx, const std::string& text, const std::string& caller) {
   const openai::ApiError missing(404, "not_found_error", "no session '" + text + "'");
   if (text.size() != 37 || text.rfind("sess-", 0) != 0 ||
       text.find_first_not_of("0123456789abcdef", 5) != std::string::npos)
@@ -36,7 +62,7 @@ SessionStatus session_named(ServerContext& ctx, const std::string& text) {
   } catch (const SessionNotFound&) {
     throw missing;
   }
-  if (st.secret != secret) throw missing;
+  if (st.secret != secret || owner_of(ctx, id) != caller) throw missing;
   return st;
 }
 
@@ -156,31 +182,49 @@ void create_session(ServerContext& ctx, const http::Request& req, http::Response
   if (!defaults.is_object())
     throw openai::bad_request("'defaults' must be an object of generation parameters", "defaults");
   openai::parse_session_generation(defaults, json::object(), model);  // validated now, used by every generate
+  const std::string caller = ctx.caller(req.header("Authorization"));
+  const size_t limit = ctx.config.max_sessions_per_key;
+  if (limit > 0 && !ctx.config.api_keys.empty() && sessions_of(ctx, caller).size() >= limit)
+    throw openai::ApiError(
+        429, "rate_limit_exceeded",
+        "this API key holds " + std::to_string(limit) + " sessions, its limit: delete one first");
   const uint64_t id = ctx.engine.create_session(policy, openai::dump(defaults));
+  {
+    std::lock_guard<std::mutex> lk(ctx.owners.m);
+    ctx.owners.by_session[id] = caller;
+  }
   res.set_content(openai::dump(session_json(ctx, ctx.engine.session_status(id))), "application/json");
 }
 
-void list_sessions(ServerContext& ctx, http::Response& res) {
+void list_sessions(ServerContext& ctx, const http::Request& req, http::Response& res) {
   json data = json::array();
-  for (const auto& st : ctx.engine.list_sessions()) data.push_back(session_json(ctx, st));
+  for (const auto& st : sessions_of(ctx, ctx.caller(req.header("Authorization"))))
+    data.push_back(session_json(ctx, st));
   res.set_content(openai::dump(json({{"object", "list"}, {"data", data}})), "application/json");
 }
 
-void get_session(ServerContext& ctx, const std::string& id, http::Response& res) {
-  res.set_content(openai::dump(session_json(ctx, session_named(ctx, id))), "application/json");
+void get_session(ServerContext& ctx, const std::string& id, const http::Request& req, http::Response& res) {
+  res.set_content(
+      openai::dump(session_json(ctx, session_named(ctx, id, ctx.caller(req.header("Authorization"))))),
+      "application/json");
 }
 
-void delete_session(ServerContext& ctx, const std::string& id, http::Response& res) {
-  const uint64_t sid = session_named(ctx, id).id;
+void delete_session(ServerContext& ctx, const std::string& id, const http::Request& req,
+                    http::Response& res) {
+  const uint64_t sid = session_named(ctx, id, ctx.caller(req.header("Authorization"))).id;
   if (!ctx.engine.delete_session(sid))
     throw openai::ApiError(404, "not_found_error", "no session '" + id + "'");
+  {
+    std::lock_guard<std::mutex> lk(ctx.owners.m);
+    ctx.owners.by_session.erase(sid);
+  }
   res.set_content(openai::dump(json({{"id", id}, {"object", "session.deleted"}, {"deleted", true}})),
                   "application/json");
 }
 
 void append_session(ServerContext& ctx, const std::string& id, const http::Request& req,
                     http::Response& res) {
-  const uint64_t sid = session_named(ctx, id).id;
+  const uint64_t sid = session_named(ctx, id, ctx.caller(req.header("Authorization"))).id;
   const json b = openai::parse_body(req.body);
   const std::vector<int32_t> ids = append_tokens(ctx, sid, b);
   json out = session_json(ctx, ctx.engine.append_session(sid, ids));
@@ -190,7 +234,7 @@ void append_session(ServerContext& ctx, const std::string& id, const http::Reque
 
 void generate_session(ServerContext& ctx, const std::string& id, const http::Request& req,
                       http::Response& res) {
-  const SessionStatus st = session_named(ctx, id);
+  const SessionStatus st = session_named(ctx, id, ctx.caller(req.header("Authorization")));
   const uint64_t sid = st.id;
   const json call = openai::parse_body(req.body);
   openai::SessionGeneration g = openai::parse_session_generation(defaults_of(st), call, ctx.model);

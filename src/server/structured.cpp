@@ -42,7 +42,9 @@ grammar::Grammar forced_calls(const json& tools, const std::string& only, ToolSt
     const std::string name = f["name"].get<std::string>();
     if (!only.empty() && name != only) continue;
     json call = {{"type", "object"},
-                 {"properties", {{"name", {{"const", name}}}, {args, f.contains("parameters") ? f["parameters"] : json{{"type", "object"}}}}},
+                 {"properties",
+                  {{"name", {{"const", name}}},
+                   {args, f.contains("parameters") ? f["parameters"] : json{{"type", "object"}}}}},
                  {"required", {"name", args}},
                  {"additionalProperties", false}};
     any.push_back(call);
@@ -93,7 +95,8 @@ std::shared_ptr<const grammar::CompiledGrammar> parse_constraint(const json& b, 
   std::string key, param;
   std::function<grammar::Grammar()> build;
   auto want = [&](const std::string& p) {
-    if (!param.empty()) throw bad_request("'" + p + "' and '" + param + "' cannot both constrain the output", p);
+    if (!param.empty())
+      throw bad_request("'" + p + "' and '" + param + "' cannot both constrain the output", p);
     param = p;
   };
 
@@ -108,15 +111,18 @@ std::shared_ptr<const grammar::CompiledGrammar> parse_constraint(const json& b, 
       build = [] { return grammar::json_object_grammar(); };
     } else if (type == "json_schema") {
       if (!rf.contains("json_schema") || !rf["json_schema"].is_object())
-        throw bad_request("'response_format' of type json_schema needs a 'json_schema' object", "response_format");
+        throw bad_request("'response_format' of type json_schema needs a 'json_schema' object",
+                          "response_format");
       const json& js = rf["json_schema"];
       if (!js.contains("schema") || !(js["schema"].is_object() || js["schema"].is_boolean()))
-        throw bad_request("'response_format.json_schema.schema' must be a JSON Schema object", "response_format");
+        throw bad_request("'response_format.json_schema.schema' must be a JSON Schema object",
+                          "response_format");
       want("response_format");
       key = "schema:" + js["schema"].dump();
       build = [schema = js["schema"]] { return grammar::json_schema_grammar(schema); };
     } else if (type != "text") {
-      throw bad_request("'response_format.type' must be 'text', 'json_object' or 'json_schema'", "response_format");
+      throw bad_request("'response_format.type' must be 'text', 'json_object' or 'json_schema'",
+                        "response_format");
     }
   }
   if (b.contains("grammar") && !b["grammar"].is_null()) {
@@ -136,7 +142,8 @@ std::shared_ptr<const grammar::CompiledGrammar> parse_constraint(const json& b, 
     for (size_t i = 0; i < t.size(); ++i) {
       const std::string p = "tools[" + std::to_string(i) + "]";
       if (!t[i].is_object() || t[i].value("type", "") != "function" || !t[i].contains("function") ||
-          !t[i]["function"].is_object() || !t[i]["function"].contains("name") || !t[i]["function"]["name"].is_string())
+          !t[i]["function"].is_object() || !t[i]["function"].contains("name") ||
+          !t[i]["function"]["name"].is_string())
         throw bad_request("'" + p + "' must be {\"type\": \"function\", \"function\": {\"name\": ...}}", p);
       const json& f = t[i]["function"];
       if (f.contains("parameters") && !f["parameters"].is_object())
@@ -155,23 +162,28 @@ std::shared_ptr<const grammar::CompiledGrammar> parse_constraint(const json& b, 
         choice = "function";
         only = tc["function"]["name"].get<std::string>();
         if (std::find(names.begin(), names.end(), only) == names.end())
-          throw bad_request("'tool_choice' names the function '" + only + "', which 'tools' does not have", "tool_choice");
+          throw bad_request("'tool_choice' names the function '" + only + "', which 'tools' does not have",
+                            "tool_choice");
       } else {
         throw bad_request("'tool_choice' must be 'none', 'auto', 'required' or a function", "tool_choice");
       }
     }
     if ((choice == "required" || choice == "function") && t.empty())
       throw bad_request("'tool_choice' asks for a tool call but 'tools' is empty", "tool_choice");
-    const bool parallel = b.contains("parallel_tool_calls") && !b["parallel_tool_calls"].is_null()
-                              ? (b["parallel_tool_calls"].is_boolean() ? b["parallel_tool_calls"].get<bool>()
-                                                                       : throw bad_request("'parallel_tool_calls' must be a boolean", "parallel_tool_calls"))
-                              : true;
+    const bool parallel =
+        b.contains("parallel_tool_calls") && !b["parallel_tool_calls"].is_null()
+            ? (b["parallel_tool_calls"].is_boolean()
+                   ? b["parallel_tool_calls"].get<bool>()
+                   : throw bad_request("'parallel_tool_calls' must be a boolean", "parallel_tool_calls"))
+            : true;
     tools->render = tools->parse = choice != "none";
     if (choice == "required" || choice == "function") {
       want("tool_choice");
       const ToolStyle style = m.tool_style;
       key = "tools:" + std::to_string(int(style)) + (parallel ? "p:" : "1:") + only + ":" + t.dump();
-      build = [all = t, only, style, parallel] { return forced_calls(all, only, style, parallel && only.empty()); };
+      build = [all = t, only, style, parallel] {
+        return forced_calls(all, only, style, parallel && only.empty());
+      };
     }
   }
   if (!build) return nullptr;
@@ -196,10 +208,14 @@ bool ToolCallParser::add_call(const std::string& body) {
   const json list = j.is_array() ? j : json::array({j});
   for (const auto& c : list) {
     if (!c.is_object() || !c.contains("name") || !c["name"].is_string()) return false;
-    const json args = c.contains("arguments") ? c["arguments"] : c.contains("parameters") ? c["parameters"] : json::object();
-    found.push_back({{"id", call_id()},
-                     {"type", "function"},
-                     {"function", {{"name", c["name"]}, {"arguments", args.is_string() ? args.get<std::string>() : args.dump()}}}});
+    const json args = c.contains("arguments")    ? c["arguments"]
+                      : c.contains("parameters") ? c["parameters"]
+                                                 : json::object();
+    found.push_back(
+        {{"id", call_id()},
+         {"type", "function"},
+         {"function",
+          {{"name", c["name"]}, {"arguments", args.is_string() ? args.get<std::string>() : args.dump()}}}});
   }
   if (found.empty()) return false;
   calls_.insert(calls_.end(), found.begin(), found.end());
@@ -225,7 +241,9 @@ std::string ToolCallParser::feed(const std::string& text) {
       const size_t at = pending_.find(kCallOpen);
       if (at == std::string::npos) {
         size_t hold = partial_suffix(pending_, kCallOpen);
-        while (hold < pending_.size() && std::isspace(static_cast<unsigned char>(pending_[pending_.size() - 1 - hold]))) ++hold;
+        while (hold < pending_.size() &&
+               std::isspace(static_cast<unsigned char>(pending_[pending_.size() - 1 - hold])))
+          ++hold;
         out += pending_.substr(0, pending_.size() - hold);
         pending_.erase(0, pending_.size() - hold);
         break;
