@@ -1,12 +1,13 @@
 // tokenizer.json against Hugging Face tokenizers' own output, for every tokenizer in
 // ../shared/data/tokenizers and every text of the fixture corpus.
+#include "tokenizer/hf_tokenizer.h"
+
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "template/chat_template.h"
-#include "tokenizer/hf_tokenizer.h"
 #include "core/utf8.h"
+#include "template/chat_template.h"
 #include "test_util.h"
 
 namespace rill::test {
@@ -14,8 +15,8 @@ namespace {
 
 using nlohmann::json;
 
-const std::vector<std::string> kNames = {"llama3-style", "qwen2-style", "deepseek-r1-qwen-style", "gpt2-style", "llama2-sentencepiece",
-                        "mistral-style"};
+const std::vector<std::string> kNames = {"llama3-style", "qwen2-style",          "deepseek-r1-qwen-style",
+                                         "gpt2-style",   "llama2-sentencepiece", "mistral-style"};
 
 class HfTokenizerFixture : public testing::TestWithParam<std::string> {
  protected:
@@ -34,13 +35,15 @@ class HfTokenizerFixture : public testing::TestWithParam<std::string> {
 TEST_P(HfTokenizerFixture, EncodeMatchesReference) {
   for (const auto& c : ref_["cases"]) {
     const std::string text = c["text"];
-    EXPECT_EQ(tok_->encode(text, false), c["ids_no_special"].get<std::vector<int32_t>>()) << json(text).dump();
-    EXPECT_EQ(tok_->encode(text, true), c["ids_with_special"].get<std::vector<int32_t>>()) << json(text).dump();
+    EXPECT_EQ(tok_->encode(text, false), c["ids_no_special"].get<std::vector<int32_t>>())
+        << json(text).dump();
+    EXPECT_EQ(tok_->encode(text, true), c["ids_with_special"].get<std::vector<int32_t>>())
+        << json(text).dump();
   }
 }
 
-// encode_at_most is encode() while the ids fit, and TooManyTokens one id past the bound (every tokenizer kind:
-// byte-level, metaspace, added tokens at the end).
+// encode_at_most is encode() while the ids fit, and TooManyTokens one id past the bound (every tokenizer
+// kind: byte-level, metaspace, added tokens at the end).
 TEST_P(HfTokenizerFixture, EncodeAtMostStopsPastTheBound) {
   for (const auto& c : ref_["cases"]) {
     const std::string text = c["text"];
@@ -55,7 +58,8 @@ TEST_P(HfTokenizerFixture, DecodeMatchesReference) {
   for (const auto& c : ref_["cases"]) {
     const auto ids = c["ids_with_special"].get<std::vector<int32_t>>();
     EXPECT_EQ(tok_->decode(ids, false), c["decoded"].get<std::string>()) << json(c["text"]).dump();
-    EXPECT_EQ(tok_->decode(ids, true), c["decoded_skip_special"].get<std::string>()) << json(c["text"]).dump();
+    EXPECT_EQ(tok_->decode(ids, true), c["decoded_skip_special"].get<std::string>())
+        << json(c["text"]).dump();
   }
 }
 
@@ -131,7 +135,8 @@ TEST(HfTokenizer, StreamingAfterContextEndingMidCharacter) {
   const std::string path = shared("data/tokenizers/qwen2-style/tokenizer.json");
   if (!std::filesystem::exists(path)) GTEST_SKIP();
   auto tok = HfTokenizer::load(path);
-  const int32_t c3 = tok->token_to_id("\xC3\x83"), a9 = tok->token_to_id("\xC2\xA9");  // byte-level 0xC3, 0xA9
+  const int32_t c3 = tok->token_to_id("\xC3\x83"),
+                a9 = tok->token_to_id("\xC2\xA9");  // byte-level 0xC3, 0xA9
   ASSERT_GE(c3, 0);
   ASSERT_GE(a9, 0);
   const int32_t x = tok->encode("x", false)[0];
@@ -152,7 +157,8 @@ TEST(HfTokenizer, StreamingAfterContextEndingMidCharacter) {
 TEST(HfTokenizer, EmbeddedModelTokenizerMatchesTransformers) {
   const std::string dir = models_dir() + "/rill-tiny";
   auto tok = HfTokenizer::load(dir + "/tokenizer.json");
-  const auto ref = nlohmann::json::parse(std::ifstream(test_data_dir() + "/rill-tiny/tokenizer-reference.json"));
+  const auto ref =
+      nlohmann::json::parse(std::ifstream(test_data_dir() + "/rill-tiny/tokenizer-reference.json"));
   ASSERT_GE(ref["encodings"].size(), 10u);
   for (const auto& c : ref["encodings"]) {
     const std::string text = c["text"];
@@ -166,8 +172,10 @@ TEST(HfTokenizer, EmbeddedModelTokenizerMatchesTransformers) {
   const ChatTemplate tmpl(cfg.chat_template);
   ASSERT_EQ(ref["chat"].size(), 2u);
   for (const auto& c : ref["chat"]) {
-    nlohmann::ordered_json ctx = {{"messages", c["messages"]}, {"add_generation_prompt", c["add_generation_prompt"]},
-                                  {"bos_token", cfg.bos_token}, {"eos_token", cfg.eos_token}};
+    nlohmann::ordered_json ctx = {{"messages", c["messages"]},
+                                  {"add_generation_prompt", c["add_generation_prompt"]},
+                                  {"bos_token", cfg.bos_token},
+                                  {"eos_token", cfg.eos_token}};
     EXPECT_EQ(tmpl.render(ctx), c["text"].get<std::string>());
   }
 }
@@ -188,13 +196,31 @@ TEST(HfTokenizer, CorruptFilesAreErrors) {
   TempDir dir;
   std::ofstream(dir / "a.json") << "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}";
   EXPECT_THROW(HfTokenizer::load(dir / "a.json"), Error);
-  std::ofstream(dir / "b.json") << "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}";
+  std::ofstream(dir / "b.json")
+      << "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": [\"a b\"]}}";
   EXPECT_THROW(HfTokenizer::load(dir / "b.json"), Error);  // merge uses a missing token
   std::ofstream(dir / "c.json") << "{not json";
   EXPECT_THROW(HfTokenizer::load(dir / "c.json"), Error);
   std::ofstream(dir / "d.json")
       << R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(unclosed"}}})";
   EXPECT_THROW(HfTokenizer::load(dir / "d.json"), Error);
+  // Found by fuzz/tokenizer_json: a Sequence without its list read past a missing key (heap-use-after-free
+  // under ASan); fields of the wrong type escaped as the JSON library's exceptions.
+  const std::string bpe = R"("model": {"type": "BPE", "vocab": {"a": 0}, "merges": []})";
+  for (const std::string& bad :
+       {R"({"decoder": {"type": "Sequence", "normaldecoders": []}, )" + bpe + "}",
+        R"({"normalizer": {"type": "Sequence"}, )" + bpe + "}",
+        R"({"decoder": {"type": "Replace", "pattern": {"String": 5}, "content": " "}, )" + bpe + "}",
+        R"({"decoder": {"type": "Replace", "patt%rn": {"String": "x"}, "content": " "}, )" + bpe + "}",
+        R"({"added_tokens": [{"id": 1, "content": "x", "special": "yes"}], )" + bpe + "}"}) {
+    std::ofstream(dir / "e.json") << bad;
+    try {
+      HfTokenizer::load(dir / "e.json");
+      ADD_FAILURE() << "loaded: " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("e.json"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

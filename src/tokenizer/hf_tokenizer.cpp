@@ -18,8 +18,8 @@
 
 #include "core/error.h"
 #include "core/strings.h"
-#include "formats/json_file.h"
 #include "core/utf8.h"
+#include "formats/json_file.h"
 
 namespace rill {
 using nlohmann::json;
@@ -28,7 +28,7 @@ namespace {
 
 // GPT-2's reversible byte <-> printable-code-point map used by ByteLevel (pre-tokenizer and decoder).
 struct ByteMap {
-  std::string byte_to_char[256];           // UTF-8 of the code point standing for each byte
+  std::string byte_to_char[256];  // UTF-8 of the code point standing for each byte
   std::unordered_map<uint32_t, uint8_t> char_to_byte;
   ByteMap() {
     int extra = 0;
@@ -53,8 +53,8 @@ class Regex {
   Regex(const std::string& pattern, const std::string& where) {
     int err;
     PCRE2_SIZE off;
-    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &err,
-                          &off, nullptr);
+    code_ = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
+                          &err, &off, nullptr);
     if (!code_) {
       PCRE2_UCHAR msg[256];
       pcre2_get_error_message(err, msg, sizeof msg);
@@ -66,7 +66,8 @@ class Regex {
   ~Regex() { pcre2_code_free(code_); }
   Regex(const Regex&) = delete;
 
-  // Calls on_match(begin, end) for each non-overlapping match in s; on_match may throw (encode_at_most stops so).
+  // Calls on_match(begin, end) for each non-overlapping match in s; on_match may throw (encode_at_most stops
+  // so).
   template <typename F>
   void for_each_match(std::string_view s, F on_match) const {
     const std::unique_ptr<pcre2_match_data, decltype(&pcre2_match_data_free)> owner(
@@ -74,8 +75,9 @@ class Regex {
     pcre2_match_data* md = owner.get();
     size_t pos = 0;
     while (pos <= s.size()) {
-      const int rc = jit_ ? pcre2_jit_match(code_, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, 0, md, nullptr)
-                          : pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, 0, md, nullptr);
+      const int rc =
+          jit_ ? pcre2_jit_match(code_, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, 0, md, nullptr)
+               : pcre2_match(code_, reinterpret_cast<PCRE2_SPTR>(s.data()), s.size(), pos, 0, md, nullptr);
       if (rc < 0) break;
       const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
       if (ov[1] == ov[0]) {  // empty match: step over one character
@@ -196,7 +198,8 @@ struct HfTokenizer::Impl {
   std::string normalize(std::string s) const;
   // Runs pre-tokenizer steps [step, end) on `text` and calls sink(piece) for every final piece, without
   // materializing the intermediate lists. `first`: the piece starts the input (Metaspace "first").
-  void pre_tokenize(size_t step, std::string_view text, bool first, const std::function<void(std::string_view)>& sink) const;
+  void pre_tokenize(size_t step, std::string_view text, bool first,
+                    const std::function<void(std::string_view)>& sink) const;
   void bpe(std::string_view word, std::vector<int32_t>& out) const;
   void bpe_uncached(std::string_view word, std::vector<int32_t>& out) const;
   std::string where(const std::string& field) const { return path + ": " + field; }
@@ -209,20 +212,23 @@ std::string str_field(const json& j, const char* key, const std::string& where) 
   return j[key].get<std::string>();
 }
 
-// The type of tokenizer.json component `c` (named `what` in errors), or "" when nothing is left to do: c is null,
-// or a Sequence, whose parts (listed under `parts`) went to `parse` one by one.
+// The type of tokenizer.json component `c` (named `what` in errors), or "" when nothing is left to do: c is
+// null, or a Sequence, whose parts (listed under `parts`) went to `parse` one by one.
 template <class Parse>
 std::string component_type(const json& c, const std::string& what, const char* parts, Parse parse) {
   if (c.is_null()) return "";
   const std::string type = str_field(c, "type", what);
   if (type != "Sequence") return type;
+  RILL_CHECK(c.contains(parts) && c[parts].is_array(), what + ": a Sequence needs a list '" + parts + "'");
   for (const auto& part : c[parts]) parse(part);
   return "";
 }
 
 std::string pattern_of(const json& p, const std::string& where) {
-  RILL_CHECK(p.is_object() && (p.contains("String") || p.contains("Regex")), where + ": pattern must be {String|Regex}");
-  return p.contains("String") ? p["String"].get<std::string>() : p["Regex"].get<std::string>();
+  RILL_CHECK(p.is_object() && ((p.contains("String") && p.at("String").is_string()) ||
+                               (p.contains("Regex") && p.at("Regex").is_string())),
+             where + ": pattern must be {String|Regex}");
+  return p.contains("String") ? p.at("String").get<std::string>() : p.at("Regex").get<std::string>();
 }
 
 // Escapes a literal for use inside a PCRE2 pattern.
@@ -241,8 +247,8 @@ void HfTokenizer::Impl::parse_model(const json& m) {
   RILL_CHECK(m.is_object(), where("model") + " is not an object");
   const std::string type = m.value("type", "BPE");
   RILL_CHECK(type == "BPE", where("model.type") + " '" + type + "' is not supported (supported: BPE)");
-  RILL_CHECK(m.contains("vocab") && m["vocab"].is_object(), where("model.vocab") + " missing");
-  for (auto& [tok, id] : m["vocab"].items()) {
+  RILL_CHECK(m.contains("vocab") && m.at("vocab").is_object(), where("model.vocab") + " missing");
+  for (auto& [tok, id] : m.at("vocab").items()) {
     RILL_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() < (1 << 24),
                where("model.vocab['" + tok + "']") + " is not a valid id");
     const int32_t i = id.get<int32_t>();
@@ -253,10 +259,11 @@ void HfTokenizer::Impl::parse_model(const json& m) {
   byte_fallback = m.value("byte_fallback", false);
   fuse_unk = m.value("fuse_unk", false);
   ignore_merges = m.value("ignore_merges", false);
-  RILL_CHECK(m.value("continuing_subword_prefix", json()).is_null() && m.value("end_of_word_suffix", json()).is_null(),
+  RILL_CHECK(m.value("continuing_subword_prefix", json()).is_null() &&
+                 m.value("end_of_word_suffix", json()).is_null(),
              where("model") + ": continuing_subword_prefix / end_of_word_suffix are not supported");
-  if (m.contains("unk_token") && m["unk_token"].is_string()) {
-    auto it = tok_to_id.find(m["unk_token"].get<std::string>());
+  if (m.contains("unk_token") && m.at("unk_token").is_string()) {
+    auto it = tok_to_id.find(m.at("unk_token").get<std::string>());
     if (it != tok_to_id.end()) unk = it->second;
   }
   std::fill(std::begin(byte_ids), std::end(byte_ids), -1);
@@ -265,15 +272,15 @@ void HfTokenizer::Impl::parse_model(const json& m) {
     std::snprintf(name, sizeof name, "<0x%02X>", b);
     if (auto it = tok_to_id.find(name); it != tok_to_id.end()) byte_ids[b] = it->second;
   }
-  RILL_CHECK(m.contains("merges") && m["merges"].is_array(), where("model.merges") + " missing");
-  merges.reserve(m["merges"].size());
+  RILL_CHECK(m.contains("merges") && m.at("merges").is_array(), where("model.merges") + " missing");
+  merges.reserve(m.at("merges").size());
   char_id.assign(0x110000, -1);
   for (const auto& [tok, id] : tok_to_id) {
     size_t i = 0;
     if (utf8::sequence_length(tok, 0) == tok.size() && !tok.empty()) char_id[utf8::next(tok, i)] = id;
   }
   int32_t rank = 0;
-  for (const auto& mg : m["merges"]) {
+  for (const auto& mg : m.at("merges")) {
     std::string a, b;
     if (mg.is_string()) {  // "a b"
       const std::string s = mg.get<std::string>();
@@ -297,14 +304,15 @@ void HfTokenizer::Impl::parse_model(const json& m) {
 }
 
 void HfTokenizer::Impl::parse_normalizer(const json& n) {
-  const std::string type =
-      component_type(n, where("normalizer"), "normalizers", [&](const json& part) { parse_normalizer(part); });
+  const std::string type = component_type(n, where("normalizer"), "normalizers",
+                                          [&](const json& part) { parse_normalizer(part); });
   if (type.empty()) return;
   if (type == "Prepend") {
     normalizer.push_back({NormalizerStep::Prepend, str_field(n, "prepend", where("normalizer")), ""});
   } else if (type == "Replace") {
-    RILL_CHECK(n["pattern"].contains("String"), where("normalizer.Replace") + ": only String patterns are supported");
-    normalizer.push_back({NormalizerStep::Replace, pattern_of(n["pattern"], where("normalizer")),
+    RILL_CHECK(n.at("pattern").contains("String"),
+               where("normalizer.Replace") + ": only String patterns are supported");
+    normalizer.push_back({NormalizerStep::Replace, pattern_of(n.at("pattern"), where("normalizer")),
                           str_field(n, "content", where("normalizer"))});
   } else if (type == "NFC") {
     normalizer.push_back({NormalizerStep::NFC, "", ""});
@@ -313,27 +321,35 @@ void HfTokenizer::Impl::parse_normalizer(const json& n) {
   } else if (type == "Lowercase") {
     normalizer.push_back({NormalizerStep::Lowercase, "", ""});
   } else {
-    throw Error(where("normalizer") + ": type '" + type + "' is not supported (supported: Sequence, Prepend, Replace, NFC, NFKC, Lowercase)");
+    throw Error(where("normalizer") + ": type '" + type +
+                "' is not supported (supported: Sequence, Prepend, Replace, NFC, NFKC, Lowercase)");
   }
 }
 
 void HfTokenizer::Impl::parse_pre_tokenizer(const json& p) {
-  const std::string type =
-      component_type(p, where("pre_tokenizer"), "pretokenizers", [&](const json& part) { parse_pre_tokenizer(part); });
+  const std::string type = component_type(p, where("pre_tokenizer"), "pretokenizers",
+                                          [&](const json& part) { parse_pre_tokenizer(part); });
   if (type.empty()) return;
   PreTokenizerStep s{};
   if (type == "Split") {
     s.kind = PreTokenizerStep::Split;
-    const bool is_regex = p["pattern"].contains("Regex");
-    const std::string pat = pattern_of(p["pattern"], where("pre_tokenizer.Split"));
-    s.regex = std::make_shared<Regex>(is_regex ? pat : regex_escape(pat), where("pre_tokenizer.Split.pattern"));
+    const bool is_regex = p.at("pattern").contains("Regex");
+    const std::string pat = pattern_of(p.at("pattern"), where("pre_tokenizer.Split"));
+    s.regex =
+        std::make_shared<Regex>(is_regex ? pat : regex_escape(pat), where("pre_tokenizer.Split.pattern"));
     const std::string b = p.value("behavior", "Isolated");
-    if (b == "Isolated") s.behavior = SplitBehavior::Isolated;
-    else if (b == "Removed") s.behavior = SplitBehavior::Removed;
-    else if (b == "MergedWithPrevious") s.behavior = SplitBehavior::MergedWithPrevious;
-    else if (b == "MergedWithNext") s.behavior = SplitBehavior::MergedWithNext;
-    else if (b == "Contiguous") s.behavior = SplitBehavior::Contiguous;
-    else throw Error(where("pre_tokenizer.Split.behavior") + ": '" + b + "' is not supported");
+    if (b == "Isolated")
+      s.behavior = SplitBehavior::Isolated;
+    else if (b == "Removed")
+      s.behavior = SplitBehavior::Removed;
+    else if (b == "MergedWithPrevious")
+      s.behavior = SplitBehavior::MergedWithPrevious;
+    else if (b == "MergedWithNext")
+      s.behavior = SplitBehavior::MergedWithNext;
+    else if (b == "Contiguous")
+      s.behavior = SplitBehavior::Contiguous;
+    else
+      throw Error(where("pre_tokenizer.Split.behavior") + ": '" + b + "' is not supported");
     s.invert = p.value("invert", false);
     RILL_CHECK(!s.invert, where("pre_tokenizer.Split") + ": invert is not supported");
   } else if (type == "ByteLevel") {
@@ -350,7 +366,8 @@ void HfTokenizer::Impl::parse_pre_tokenizer(const json& p) {
   } else if (type == "Digits") {
     s.kind = PreTokenizerStep::Digits;
     s.individual_digits = p.value("individual_digits", false);
-    s.regex = std::make_shared<Regex>(s.individual_digits ? "\\p{N}" : "\\p{N}+", where("pre_tokenizer.Digits"));
+    s.regex =
+        std::make_shared<Regex>(s.individual_digits ? "\\p{N}" : "\\p{N}+", where("pre_tokenizer.Digits"));
   } else {
     throw Error(where("pre_tokenizer") + ": type '" + type +
                 "' is not supported (supported: Sequence, Split, ByteLevel, Metaspace, Digits)");
@@ -359,39 +376,44 @@ void HfTokenizer::Impl::parse_pre_tokenizer(const json& p) {
 }
 
 void HfTokenizer::Impl::parse_post_processor(const json& p) {
-  const std::string type =
-      component_type(p, where("post_processor"), "processors", [&](const json& part) { parse_post_processor(part); });
+  const std::string type = component_type(p, where("post_processor"), "processors",
+                                          [&](const json& part) { parse_post_processor(part); });
   if (type.empty()) return;
   if (type == "ByteLevel") {
     // Offsets only: ids are unchanged.
   } else if (type == "TemplateProcessing") {
-    RILL_CHECK(p.contains("single") && p["single"].is_array(), where("post_processor.single") + " missing");
+    RILL_CHECK(p.contains("single") && p.at("single").is_array(),
+               where("post_processor.single") + " missing");
     bool seen_sequence = false;
-    for (const auto& item : p["single"]) {
+    for (const auto& item : p.at("single")) {
       if (item.contains("Sequence")) {
         seen_sequence = true;
         continue;
       }
-      RILL_CHECK(item.contains("SpecialToken"), where("post_processor.single") + ": unknown item " + item.dump());
-      const std::string name = item["SpecialToken"]["id"].get<std::string>();
-      RILL_CHECK(p.contains("special_tokens") && p["special_tokens"].contains(name),
+      RILL_CHECK(item.contains("SpecialToken"),
+                 where("post_processor.single") + ": unknown item " + item.dump());
+      const std::string name = item.at("SpecialToken").at("id").get<std::string>();
+      RILL_CHECK(p.contains("special_tokens") && p.at("special_tokens").contains(name),
                  where("post_processor.special_tokens") + ": '" + name + "' missing");
-      for (const auto& id : p["special_tokens"][name]["ids"])
+      for (const auto& id : p.at("special_tokens")[name].at("ids"))
         (seen_sequence ? post_suffix : post_prefix).push_back(id.get<int32_t>());
     }
   } else {
-    throw Error(where("post_processor") + ": type '" + type + "' is not supported (supported: Sequence, ByteLevel, TemplateProcessing)");
+    throw Error(where("post_processor") + ": type '" + type +
+                "' is not supported (supported: Sequence, ByteLevel, TemplateProcessing)");
   }
 }
 
 void HfTokenizer::Impl::parse_decoder(const json& d) {
   has_decoder = has_decoder || !d.is_null();
-  const std::string type = component_type(d, where("decoder"), "decoders", [&](const json& part) { parse_decoder(part); });
+  const std::string type =
+      component_type(d, where("decoder"), "decoders", [&](const json& part) { parse_decoder(part); });
   if (type.empty()) return;
   if (type == "ByteLevel") {
     decoder.push_back({DecoderStep::ByteLevel});
   } else if (type == "Replace") {
-    decoder.push_back({DecoderStep::Replace, pattern_of(d["pattern"], where("decoder.Replace")), str_field(d, "content", where("decoder"))});
+    decoder.push_back({DecoderStep::Replace, pattern_of(d.at("pattern"), where("decoder.Replace")),
+                       str_field(d, "content", where("decoder"))});
   } else if (type == "ByteFallback") {
     decoder.push_back({DecoderStep::ByteFallback});
   } else if (type == "Fuse") {
@@ -403,27 +425,32 @@ void HfTokenizer::Impl::parse_decoder(const json& d) {
     decoder.push_back(s);
   } else if (type == "Metaspace") {
     DecoderStep s{DecoderStep::Metaspace, d.value("replacement", std::string("\xE2\x96\x81"))};
-    s.add_prefix_space = d.value("prepend_scheme", std::string(d.value("add_prefix_space", true) ? "always" : "never")) != "never";
+    s.add_prefix_space =
+        d.value("prepend_scheme", std::string(d.value("add_prefix_space", true) ? "always" : "never")) !=
+        "never";
     decoder.push_back(s);
   } else {
-    throw Error(where("decoder") + ": type '" + type +
-                "' is not supported (supported: Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace)");
+    throw Error(
+        where("decoder") + ": type '" + type +
+        "' is not supported (supported: Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace)");
   }
 }
 
-std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
+std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) try {  // (a function try block)
   const json j = read_json_file(path);
   RILL_CHECK(j.is_object(), path + ": not a JSON object");
   auto impl = std::make_unique<Impl>();
   impl->path = path;
   RILL_CHECK(j.contains("model"), path + ": missing field 'model'");
-  impl->parse_model(j["model"]);
+  impl->parse_model(j.at("model"));
   for (const auto& a : j.value("added_tokens", json::array())) {
     AddedToken t;
     t.content = str_field(a, "content", path + ": added_tokens");
-    RILL_CHECK(a.contains("id") && a["id"].is_number_integer(), path + ": added_tokens: '" + t.content + "' has no id");
-    t.id = a["id"].get<int32_t>();
-    RILL_CHECK(t.id >= 0 && t.id < (1 << 24) && !t.content.empty(), path + ": added_tokens: bad entry '" + t.content + "'");
+    RILL_CHECK(a.contains("id") && a.at("id").is_number_integer(),
+               path + ": added_tokens: '" + t.content + "' has no id");
+    t.id = a.at("id").get<int32_t>();
+    RILL_CHECK(t.id >= 0 && t.id < (1 << 24) && !t.content.empty(),
+               path + ": added_tokens: bad entry '" + t.content + "'");
     t.special = a.value("special", false);
     t.lstrip = a.value("lstrip", false);
     t.rstrip = a.value("rstrip", false);
@@ -440,13 +467,16 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
     impl->added_by_first_byte[static_cast<unsigned char>(impl->added[i].content[0])].push_back(i);
   }
   for (auto& v : impl->added_by_first_byte)  // longest first, so the longest match wins
-    std::sort(v.begin(), v.end(), [&](size_t a, size_t b) { return impl->added[a].content.size() > impl->added[b].content.size(); });
+    std::sort(v.begin(), v.end(), [&](size_t a, size_t b) {
+      return impl->added[a].content.size() > impl->added[b].content.size();
+    });
   impl->parse_normalizer(j.value("normalizer", json()));
   impl->parse_pre_tokenizer(j.value("pre_tokenizer", json()));
   impl->parse_post_processor(j.value("post_processor", json()));
   impl->parse_decoder(j.value("decoder", json()));
   // transformers rebuilds the post-processor of Llama/Gemma tokenizers from add_bos_token/add_eos_token.
-  const std::string config_path = (std::filesystem::path(path).parent_path() / "tokenizer_config.json").string();
+  const std::string config_path =
+      (std::filesystem::path(path).parent_path() / "tokenizer_config.json").string();
   if (std::filesystem::exists(config_path)) {
     const json c = read_json_file(config_path);
     const std::string cls = c.is_object() ? c.value("tokenizer_class", "") : "";
@@ -454,18 +484,20 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
       auto token_id = [&](const char* key) -> int32_t {
         if (!c.contains(key)) return -1;
         const json& t = c[key];
-        const std::string s = t.is_string() ? t.get<std::string>() : t.is_object() ? t.value("content", "") : "";
+        const std::string s = t.is_string()   ? t.get<std::string>()
+                              : t.is_object() ? t.value("content", "")
+                                              : "";
         auto it = impl->tok_to_id.find(s);
         return it == impl->tok_to_id.end() ? -1 : it->second;
       };
       const int32_t bos = token_id("bos_token"), eos = token_id("eos_token");
-      if (c.contains("add_bos_token") && c["add_bos_token"].is_boolean()) {
+      if (c.contains("add_bos_token") && c.at("add_bos_token").is_boolean()) {
         impl->post_prefix.clear();
-        if (c["add_bos_token"].get<bool>() && bos >= 0) impl->post_prefix.push_back(bos);
+        if (c.at("add_bos_token").get<bool>() && bos >= 0) impl->post_prefix.push_back(bos);
       }
-      if (c.contains("add_eos_token") && c["add_eos_token"].is_boolean()) {
+      if (c.contains("add_eos_token") && c.at("add_eos_token").is_boolean()) {
         impl->post_suffix.clear();
-        if (c["add_eos_token"].get<bool>() && eos >= 0) impl->post_suffix.push_back(eos);
+        if (c.at("add_eos_token").get<bool>() && eos >= 0) impl->post_suffix.push_back(eos);
       }
     }
   }
@@ -480,16 +512,21 @@ std::unique_ptr<HfTokenizer> HfTokenizer::load(const std::string& path) {
     impl->split_at_metaspace = safe;
   }
   impl->byte_piece.assign(impl->id_to_tok.size(), 0);
-  if (std::any_of(impl->decoder.begin(), impl->decoder.end(), [](const DecoderStep& d) { return d.kind == DecoderStep::ByteFallback; }))
+  if (std::any_of(impl->decoder.begin(), impl->decoder.end(),
+                  [](const DecoderStep& d) { return d.kind == DecoderStep::ByteFallback; }))
     for (int32_t id : impl->byte_ids)
       if (id >= 0) impl->byte_piece[size_t(id)] = 1;
   return std::unique_ptr<HfTokenizer>(new HfTokenizer(std::move(impl)));
+} catch (const nlohmann::json::exception& e) {  // a field of the wrong type, say: an error naming the file
+  throw Error(path + ": " + e.what());
 }
 
 HfTokenizer::HfTokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 HfTokenizer::~HfTokenizer() = default;
 
-int HfTokenizer::vocab_size() const { return int(impl_->id_to_tok.size()); }
+int HfTokenizer::vocab_size() const {
+  return int(impl_->id_to_tok.size());
+}
 
 const std::string& HfTokenizer::id_to_token(int32_t id) const {
   static const std::string empty;
@@ -520,7 +557,8 @@ std::string HfTokenizer::Impl::normalize(std::string s) const {
         break;
       case NormalizerStep::NFC:
       case NormalizerStep::NFKC:
-        if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; })) break;
+        if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+          break;
         [[fallthrough]];  // ASCII is already in NFC and NFKC
       case NormalizerStep::Lowercase: {
         const int opts = UTF8PROC_STABLE | UTF8PROC_COMPOSE |
@@ -560,11 +598,24 @@ void HfTokenizer::Impl::pre_tokenize(size_t k, std::string_view text, bool first
     re.for_each_match(t, [&](size_t b, size_t e) {
       const size_t from = pending != std::string_view::npos ? pending : last;
       switch (behavior) {
-        case SplitBehavior::Isolated: out(from, b); out(b, e); pending = std::string_view::npos; break;
-        case SplitBehavior::Removed: out(from, b); pending = std::string_view::npos; break;
-        case SplitBehavior::MergedWithPrevious: out(from, e); pending = std::string_view::npos; break;
+        case SplitBehavior::Isolated:
+          out(from, b);
+          out(b, e);
+          pending = std::string_view::npos;
+          break;
+        case SplitBehavior::Removed:
+          out(from, b);
+          pending = std::string_view::npos;
+          break;
+        case SplitBehavior::MergedWithPrevious:
+          out(from, e);
+          pending = std::string_view::npos;
+          break;
         case SplitBehavior::MergedWithNext:
-        case SplitBehavior::Contiguous: out(from, b); pending = b; break;
+        case SplitBehavior::Contiguous:
+          out(from, b);
+          pending = b;
+          break;
       }
       last = e;
     });
@@ -573,7 +624,8 @@ void HfTokenizer::Impl::pre_tokenize(size_t k, std::string_view text, bool first
   switch (step.kind) {
     case PreTokenizerStep::Split:
     case PreTokenizerStep::Digits:
-      split_by(text, *step.regex, step.kind == PreTokenizerStep::Digits ? SplitBehavior::Isolated : step.behavior, first,
+      split_by(text, *step.regex,
+               step.kind == PreTokenizerStep::Digits ? SplitBehavior::Isolated : step.behavior, first,
                [&](std::string_view piece, bool f) { pre_tokenize(k + 1, piece, f, sink); });
       break;
     case PreTokenizerStep::ByteLevel: {
@@ -588,15 +640,19 @@ void HfTokenizer::Impl::pre_tokenize(size_t k, std::string_view text, bool first
         for (unsigned char c : piece) mapped += byte_map().byte_to_char[c];
         pre_tokenize(k + 1, mapped, f, sink);
       };
-      if (step.use_regex) split_by(text, *step.regex, SplitBehavior::Isolated, first, map_and_continue);
-      else map_and_continue(text, first);
+      if (step.use_regex)
+        split_by(text, *step.regex, SplitBehavior::Isolated, first, map_and_continue);
+      else
+        map_and_continue(text, first);
       break;
     }
     case PreTokenizerStep::Metaspace: {
       std::string t;
       for (char c : text) {
-        if (c == ' ') t += step.replacement;
-        else t += c;
+        if (c == ' ')
+          t += step.replacement;
+        else
+          t += c;
       }
       const bool prepend = step.prepend_scheme == "always" || (step.prepend_scheme == "first" && first);
       if (prepend && t.compare(0, step.replacement.size(), step.replacement) != 0) t = step.replacement + t;
@@ -607,7 +663,8 @@ void HfTokenizer::Impl::pre_tokenize(size_t k, std::string_view text, bool first
       size_t start = 0;
       for (size_t i = step.replacement.size(); i <= t.size(); ++i) {
         if (i == t.size() || t.compare(i, step.replacement.size(), step.replacement) == 0) {
-          if (i > start) pre_tokenize(k + 1, std::string_view(t).substr(start, i - start), first && start == 0, sink);
+          if (i > start)
+            pre_tokenize(k + 1, std::string_view(t).substr(start, i - start), first && start == 0, sink);
           start = i;
         }
       }
@@ -629,7 +686,8 @@ void HfTokenizer::Impl::bpe_uncached(std::string_view word, std::vector<int32_t>
   for (size_t i = 0; i < word.size();) {
     const size_t n = std::max<size_t>(1, utf8::sequence_length(word, i));
     size_t at = i;
-    const int32_t id = n > 1 || static_cast<unsigned char>(word[i]) < 0x80 ? char_id[utf8::next(word, at)] : -1;
+    const int32_t id =
+        n > 1 || static_cast<unsigned char>(word[i]) < 0x80 ? char_id[utf8::next(word, at)] : -1;
     if (id >= 0) {
       sym.push_back(id);
     } else if (byte_fallback && byte_ids[static_cast<unsigned char>(word[i])] >= 0) {
@@ -653,7 +711,8 @@ void HfTokenizer::Impl::bpe_uncached(std::string_view word, std::vector<int32_t>
   };
   std::vector<Cand> storage;
   storage.reserve(size_t(n));
-  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap(std::greater<Cand>(), std::move(storage));
+  std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap(std::greater<Cand>(),
+                                                                        std::move(storage));
   auto push = [&](int i) {
     if (i < 0) return;
     const int j = next[size_t(i)];
@@ -696,7 +755,8 @@ void HfTokenizer::Impl::bpe(std::string_view word, std::vector<int32_t>& out) co
   if (cache.size() < kMaxEntries) cache.emplace(key_word, std::move(ids));
 }
 
-std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_special, bool parse_special) const {
+std::vector<int32_t> HfTokenizer::encode(const std::string& text, bool add_special,
+                                         bool parse_special) const {
   return encode_bounded(text, add_special, parse_special, SIZE_MAX);
 }
 
@@ -705,16 +765,19 @@ std::vector<int32_t> HfTokenizer::encode_at_most(const std::string& text, bool a
   return encode_bounded(text, add_special, parse_special, max_tokens);
 }
 
-std::vector<int32_t> HfTokenizer::encode_bounded(const std::string& text, bool add_special, bool parse_special,
-                                                 size_t max_tokens) const {
+std::vector<int32_t> HfTokenizer::encode_bounded(const std::string& text, bool add_special,
+                                                 bool parse_special, size_t max_tokens) const {
   const Impl& m = *impl_;
   const size_t bad = utf8::first_invalid(text);
   RILL_CHECK(bad == std::string::npos, "input text is not valid UTF-8 (byte " + std::to_string(bad) + ")");
   std::vector<int32_t> ids(m.post_prefix.begin(), add_special ? m.post_prefix.end() : m.post_prefix.begin());
-  auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; };
+  auto is_space = [](char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+  };
   auto is_word = [](unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; };
   auto check = [&] {
-    if (ids.size() > max_tokens) throw TooManyTokens("the text has more than " + std::to_string(max_tokens) + " tokens");
+    if (ids.size() > max_tokens)
+      throw TooManyTokens("the text has more than " + std::to_string(max_tokens) + " tokens");
   };
   auto bpe = [&](std::string_view piece) {
     m.bpe(piece, ids);
@@ -728,7 +791,8 @@ std::vector<int32_t> HfTokenizer::encode_bounded(const std::string& text, bool a
       const std::string_view v(seg);
       size_t start = 0;
       for (size_t at = v.find(ms, 1); at != std::string_view::npos; at = v.find(ms, at + ms.size())) {
-        if (at >= start + ms.size() && v.compare(at - ms.size(), ms.size(), ms) == 0) continue;  // inside a ▁ run
+        if (at >= start + ms.size() && v.compare(at - ms.size(), ms.size(), ms) == 0)
+          continue;  // inside a ▁ run
         if (at > start) bpe(v.substr(start, at - start));
         start = at;
       }
@@ -747,7 +811,8 @@ std::vector<int32_t> HfTokenizer::encode_bounded(const std::string& text, bool a
       if (!parse_special && t.special) continue;
       if (text.compare(i, t.content.size(), t.content) != 0) continue;
       if (t.single_word && ((i > 0 && is_word(static_cast<unsigned char>(text[i - 1]))) ||
-                            (i + t.content.size() < text.size() && is_word(static_cast<unsigned char>(text[i + t.content.size()])))))
+                            (i + t.content.size() < text.size() &&
+                             is_word(static_cast<unsigned char>(text[i + t.content.size()])))))
         continue;
       hit = &t;
       break;
@@ -789,7 +854,8 @@ bool byte_level_bytes(const std::string& t, std::string* out) {
 
 // A byte-fallback token "<0xNN>": its byte.
 bool fallback_byte(const std::string& t, unsigned* b) {
-  return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' && std::sscanf(t.c_str() + 3, "%2X", b) == 1;
+  return t.size() == 6 && t.compare(0, 3, "<0x") == 0 && t[5] == '>' &&
+         std::sscanf(t.c_str() + 3, "%2X", b) == 1;
 }
 
 }  // namespace
@@ -836,7 +902,8 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
   std::vector<std::string> toks;
   toks.reserve(ids.size());
   for (int32_t id : ids) {
-    RILL_CHECK(id >= 0 && size_t(id) < m.id_to_tok.size(), "token id " + std::to_string(id) + " is outside the vocabulary");
+    RILL_CHECK(id >= 0 && size_t(id) < m.id_to_tok.size(),
+               "token id " + std::to_string(id) + " is outside the vocabulary");
     if (skip_special && m.special[size_t(id)]) continue;
     toks.push_back(m.id_to_tok[size_t(id)]);
   }
@@ -850,7 +917,8 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
       case DecoderStep::ByteLevel: {
         std::string bytes;
         std::string tb;
-        for (const auto& t : toks) bytes += byte_level_bytes(t, &tb) ? tb : t;  // characters outside the map: as they are
+        for (const auto& t : toks)
+          bytes += byte_level_bytes(t, &tb) ? tb : t;  // characters outside the map: as they are
         toks = {utf8::lossy(bytes)};
         break;
       }
@@ -862,7 +930,8 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
         std::string run;  // consecutive <0xNN> bytes
         auto flush = [&] {
           if (run.empty()) return;
-          if (utf8::first_invalid(run) == std::string::npos) out.push_back(run);
+          if (utf8::first_invalid(run) == std::string::npos)
+            out.push_back(run);
           else
             for (size_t k = 0; k < run.size(); ++k) out.emplace_back("\xEF\xBF\xBD");
           run.clear();
@@ -892,7 +961,8 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
           size_t b = 0, e = t.size();
           while (s < d.start && b < e && t.compare(b, d.a.size(), d.a) == 0) b += d.a.size(), ++s;
           s = 0;
-          while (s < d.stop && e >= b + d.a.size() && t.compare(e - d.a.size(), d.a.size(), d.a) == 0) e -= d.a.size(), ++s;
+          while (s < d.stop && e >= b + d.a.size() && t.compare(e - d.a.size(), d.a.size(), d.a) == 0)
+            e -= d.a.size(), ++s;
           t = t.substr(b, e - b);
         }
         break;
