@@ -194,5 +194,8 @@ size_t HttpServer::shutdown(double deadline_s, const std::function<void()>& at_d
 int HttpServer::port() const {
   return impl_->bound_port;
 }
+size_t HttpServer::connections() const {
+  return impl_->svr.connections();
+}
 
 }  // namespace rill

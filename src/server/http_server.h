@@ -30,6 +30,7 @@ class HttpServer {
   // many requests were still running at the deadline.
   size_t shutdown(double deadline_s, const std::function<void()>& at_deadline);
   int port() const;
+  size_t connections() const;  // open HTTP connections
 
  private:
   struct Impl;
