@@ -123,9 +123,10 @@ class Renderer {
     g["raise_exception"] = Value::function([](std::vector<Value>& a, Kwargs&) -> Value {
       throw Error("chat template raised an exception: " + (a.empty() ? std::string() : to_str(a[0])));
     });
-    g["namespace"] = Value::function([](std::vector<Value>& a, Kwargs& kw) {
+    g["namespace"] = Value::function([this](std::vector<Value>& a, Kwargs& kw) {
       Value ns = a.empty() || a[0].kind != Value::DictK ? Value::make_dict() : Value::make_dict(*a[0].dict);
       ns.is_namespace = true;
+      namespaces_.push_back(ns.dict);
       for (auto& [k, v] : kw) ns.set(k, v);
       return ns;
     });
@@ -831,6 +832,15 @@ class Renderer {
   std::string& out_;
   std::vector<Frame> frames_;
   int depth_ = 0;
+  // Namespaces are the template's only mutable objects, so the only way to a reference cycle
+  // (`{% set ns.me = ns %}`): emptied when the rendering ends, which breaks any cycle (found by fuzz/chat_template).
+  std::vector<std::weak_ptr<Dict>> namespaces_;
+
+ public:
+  ~Renderer() {
+    for (auto& w : namespaces_)
+      if (auto d = w.lock()) d->clear();
+  }
 };
 
 }  // namespace
