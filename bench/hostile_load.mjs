@@ -14,7 +14,9 @@ import OpenAI from 'openai';
 
 const [mode, base] = process.argv.slice(2, 4);
 const url = new URL(base);
-const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'none', maxRetries: 0, timeout: 600_000 });
+// HOSTILE_TIMEOUT_MS: how long a client waits for its answer (600 s; shorter against a server known to starve).
+const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'none', maxRetries: 0,
+                            timeout: Number(process.env.HOSTILE_TIMEOUT_MS ?? 600_000) });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function percentile(xs, p) {

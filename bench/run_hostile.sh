@@ -4,6 +4,7 @@
 # slowloris connections trickle header bytes and /health is polled on fresh connections: /health latency, lost,
 # duplicated and failed responses, KV blocks held at the end. (2) 1000 long streams under way, then SIGTERM with
 # --shutdown-timeout 5: seconds to exit and how every client ended. Writes bench/results/hostile-<host>-<date>.json.
+# RILL_HOSTILE_OUT names the result file instead (e.g. for a baseline build's run).
 #   bench/run_hostile.sh [build-dir] [clients=1000] [slowloris=200]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,9 +46,10 @@ exit_s=$(python3 -c "print(round($t_exit - $t_sig, 2))")
 stamp="$(date -u +%Y-%m-%d)"
 host="$(hostname -s | tr -c 'A-Za-z0-9-\n' '-')"
 mkdir -p bench/results
-python3 - "$load" "$sig" "$exit_s" "$rc" > "bench/results/hostile-$host-$stamp.json" <<'PYEOF'
+out=${RILL_HOSTILE_OUT:-bench/results/hostile-$host-$stamp.json}
+python3 - "$load" "$sig" "$exit_s" "$rc" > "$out" <<'PYEOF'
 import json, sys
 print(json.dumps({"load": json.loads(sys.argv[1]), "sigterm": {**json.loads(sys.argv[2]), "exit_seconds_after_signal": float(sys.argv[3]),
                   "exit_status": int(sys.argv[4]), "shutdown_timeout_s": 5}}, indent=1))
 PYEOF
-echo "wrote bench/results/hostile-$host-$stamp.json"
+echo "wrote $out"

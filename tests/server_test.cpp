@@ -222,6 +222,27 @@ TEST(Server, ErrorsAreOpenAiShaped) {
   EXPECT_EQ(multipart->status, 415) << multipart->body;
   EXPECT_EQ(c.Get("/health")->status, 200);
   EXPECT_EQ(f.blocks_used(), 0);
+  // tool_choice and parallel_tool_calls are checked without tools too (found by the OpenAPI conformance test:
+  // tool_choice 12345 was answered 200).
+  for (const json& tc :
+       {json(12345), json("required"), json({{"type", "function"}, {"function", {{"name", "f"}}}})}) {
+    const json r =
+        f.post("/v1/chat/completions",
+               {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"tool_choice", tc}}, &status);
+    EXPECT_EQ(status, 400) << tc.dump();
+    EXPECT_EQ(r["error"]["param"], "tool_choice") << r.dump();
+  }
+  f.post("/v1/chat/completions",
+         {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"parallel_tool_calls", "yes"}}, &status);
+  EXPECT_EQ(status, 400);
+  // max_tokens beside max_completion_tokens is still checked (it was ignored, "wrong" answered 200).
+  const json both = f.post("/v1/chat/completions",
+                           {{"messages", {{{"role", "user"}, {"content", "x"}}}},
+                            {"max_completion_tokens", 4},
+                            {"max_tokens", "wrong"}},
+                           &status);
+  EXPECT_EQ(status, 400);
+  EXPECT_EQ(both["error"]["param"], "max_tokens") << both.dump();
 }
 
 // Issue 26: curl -d (the README's examples) sends Content-Type application/x-www-form-urlencoded, and a body

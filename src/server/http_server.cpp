@@ -11,6 +11,8 @@
 
 namespace rill {
 
+extern const char* const kOpenApiJson;  // src/server/openapi.json, compiled in (openapi.cpp.in)
+
 using openai::json;
 
 struct HttpServer::Impl {
@@ -151,6 +153,10 @@ struct HttpServer::Impl {
               std::to_string(svr.running()) + "\n";
           res.set_content(std::move(text), "text/plain; version=0.0.4");
         },
+        true, true);
+    svr.route(
+        "GET", "/openapi.json",
+        [](const http::Request&, http::Response& res) { res.set_content(kOpenApiJson, "application/json"); },
         true, true);
     svr.route(
         "GET", "/v1/models",

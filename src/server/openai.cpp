@@ -232,6 +232,8 @@ CompletionRequest parse_completion(const json& b, bool chat, const ModelInfo& m)
     const int64_t fallback = std::min<int64_t>(
         chat ? (q.kv_policy.is_sink_window() ? m.max_model_len : std::max(1, room)) : 16, m.max_tokens_limit);
     q.max_tokens = int(integer(b, key, fallback, 1, m.max_tokens_limit));
+    if (key != std::string("max_tokens"))
+      (void)integer(b, "max_tokens", 1, 1, m.max_tokens_limit);  // checked anyway
     if (!q.kv_policy.is_sink_window() && int64_t(q.prompt.size()) + q.max_tokens > m.max_model_len)
       throw bad_request("this model's maximum context length is " + std::to_string(m.max_model_len) +
                             " tokens; the prompt has " + std::to_string(q.prompt.size()) + " tokens and " +

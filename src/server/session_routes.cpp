@@ -96,6 +96,7 @@ json session_json(const ServerContext& ctx, const SessionStatus& st) {
 std::vector<int32_t> append_tokens(ServerContext& ctx, uint64_t id, const json& b) {
   const openai::ModelInfo& model = ctx.model;
   auto first = [&] { return ctx.engine.session_status(id).tokens == 0; };
+  (void)openai::boolean(b, "add_generation_prompt", false);  // checked whatever is appended
   const int keys = int(b.contains("text")) + int(b.contains("tokens")) + int(b.contains("messages"));
   if (keys != 1) throw openai::bad_request("give exactly one of 'text', 'tokens' or 'messages'");
   if (b.contains("text")) {

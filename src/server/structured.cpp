@@ -186,6 +186,17 @@ std::shared_ptr<const grammar::CompiledGrammar> parse_constraint(const json& b, 
       };
     }
   }
+  if (chat && !has_tools) {  // tool_choice without tools: only a choice of no call
+    const json tc = b.value("tool_choice", json());
+    if (!tc.is_null() && !(tc.is_string() && (tc == "none" || tc == "auto"))) {
+      if (tc.is_string() && tc == "required")
+        throw bad_request("'tool_choice' asks for a tool call but 'tools' is empty", "tool_choice");
+      throw bad_request("'tool_choice' must be 'none' or 'auto' without 'tools'", "tool_choice");
+    }
+    const json pc = b.value("parallel_tool_calls", json());
+    if (!pc.is_null() && !pc.is_boolean())
+      throw bad_request("'parallel_tool_calls' must be a boolean", "parallel_tool_calls");
+  }
   if (!build) return nullptr;
   if (!m.vocab || !m.grammars) throw bad_request("this server cannot constrain output", param);
   try {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end test with the official `openai` npm client: installs it (once, into the build folder, with ajv,
 # ajv-formats and zod for structured output), starts `rill serve` on a tiny random model with a real tokenizer and
-# chat template and on the embedded rill-tiny, runs openai_e2e.mjs and structured_e2e.mjs against them, and stops
+# chat template and on the embedded rill-tiny, runs openai_e2e.mjs, structured_e2e.mjs and openapi_conformance.mjs
+# (every route against src/server/openapi.json) against them, and stops
 # the servers with SIGTERM (which must exit 0). RILL_SCHEMA_SAMPLES sets the generations per corpus schema (2),
 # RILL_SCHEMA_EVERY=k takes every k-th schema (1). Exit 77 (CTest: skipped) when node or the npm
 # registry is unavailable.
@@ -41,7 +42,8 @@ tiny_port=$(port_of "$model/tiny.log")
 [ -n "$tiny_port" ] || { echo "rill serve (rill-tiny) did not start:"; cat "$model/tiny.log"; exit 1; }
 export RILL_E2E_URL="http://127.0.0.1:$port/v1" RILL_E2E_KEY=e2e-key RILL_TINY_URL="http://127.0.0.1:$tiny_port/v1"
 export RILL_SCHEMAS="$here/../data/json_schemas.json" NODE_PATH="$work/node_modules"
-node --test "$here/openai_e2e.mjs" "$here/structured_e2e.mjs"
+export RILL_OPENAPI="$here/../../src/server/openapi.json"
+node --test "$here/openai_e2e.mjs" "$here/structured_e2e.mjs" "$here/openapi_conformance.mjs"
 status=$?
 kill -TERM $pid $tiny_pid
 wait $pid

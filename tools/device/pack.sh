@@ -30,8 +30,7 @@ fixtures=${FIXTURES:-$(ls ../shared/fixtures/models)}
 [ "$fixtures" = none ] && fixtures=""
 (cd ../shared && tar cJf "$OLDPWD/$out/shared.tar.xz" data/models/stories260K data/models/stories260K-hf \
   $(for f in $fixtures; do echo fixtures/models/$f; done))
-# rill links these Debian libraries, which Ubuntu (the device) lacks: tokenizer regexes and Unicode, and the
-# HTTP server (cpp-httplib with brotli).
-for l in libpcre2-8.so.0 libutf8proc.so.2 libcpp-httplib.so.0.11 libbrotlicommon.so.1 libbrotlidec.so.1 \
-  libbrotlienc.so.1; do cp -L /usr/lib/x86_64-linux-gnu/$l "$out/lib/"; done
+# rill links these Debian libraries, which Ubuntu (the device) lacks: tokenizer regexes and Unicode (its HTTP
+# server, Boost.Beast, is header-only).
+for l in libpcre2-8.so.0 libutf8proc.so.2; do cp -L /usr/lib/x86_64-linux-gnu/$l "$out/lib/"; done
 du -sh "$out"

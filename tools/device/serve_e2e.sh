@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # rill as its user runs it, on the GPU: `rill generate` and `rill chat` on the embedded model, then `rill serve
 # --device cuda` driven over HTTP (a streamed completion, a chat completion, JSON Schema constrained chats, the official `openai` Python SDK
-# when the machine has it, a session created, appended to and generated from, /metrics), then SIGTERM, which
-# must exit 0. Run from the repository root on the device machine with a bundle (tools/device/pack.sh):
+# when the machine has it, a session created, appended to and generated from, /metrics, /health under 200
+# slowloris connections and 64 streams), then SIGTERM with a stream under way, which must end with an error event
+# at --shutdown-timeout and exit 0. Run from the repository root on the device machine with a bundle (tools/device/pack.sh):
 #   bash tools/device/serve_e2e.sh BUNDLE_DIR          (prints each step; exits 1 on the first failure)
 set -uo pipefail
 bundle=$1
@@ -26,7 +27,7 @@ echo
 
 echo "== rill serve --device cuda"
 log=$(mktemp)
-"$rill" serve --device cuda --port 0 --api-key k 2>"$log" &
+"$rill" serve --device cuda --port 0 --api-key k --shutdown-timeout 2 2>"$log" &
 server=$!
 url=""
 for _ in $(seq 600); do
@@ -108,10 +109,44 @@ o = json.loads(g["text"]); assert g["finish_reason"] == "stop" and set(o) == {"n
 ' || fail "session generate under a JSON Schema"
 curl -s "$url/v1/sessions/$sid" "${auth[@]}"; echo
 curl -s "$url/metrics" "${auth[@]}" | grep -E '^rill_(requests_running|kv_blocks_used|sessions|generation_tokens_total) '
-echo "-- SIGTERM"
+echo "-- 200 slowloris connections and 64 streams at once: /health latency (the HTTP front is event-driven)"
+python3 - "$url" <<'PYEOF2' || fail "health under slow clients"
+import http.client, json, socket, sys, threading, time
+host, port = sys.argv[1].replace("http://", "").split(":")
+slow = []
+for _ in range(200):
+    s = socket.create_connection((host, int(port))); s.send(b"GET /health HTTP/1.1\r\nHost: x\r\n"); slow.append(s)
+done = []
+def stream(i):
+    c = http.client.HTTPConnection(host, int(port), timeout=120)
+    c.request("POST", "/v1/completions", json.dumps({"prompt": "Once upon a time", "max_tokens": 200, "stream": True, "ignore_eos": True}),
+              {"Authorization": "Bearer k", "Content-Type": "application/json"})
+    body = c.getresponse().read().decode()
+    done.append(body.rstrip().endswith("data: [DONE]"))
+threads = [threading.Thread(target=stream, args=(i,)) for i in range(64)]
+for t in threads: t.start()
+lat = []
+while any(t.is_alive() for t in threads):
+    for s in slow: s.send(b"X")
+    t0 = time.time(); c = http.client.HTTPConnection(host, int(port), timeout=10); c.request("GET", "/health")
+    assert c.getresponse().status == 200; lat.append((time.time() - t0) * 1000); c.close(); time.sleep(0.02)
+for t in threads: t.join()
+lat.sort()
+print(f"health polls {len(lat)}: p50 {lat[len(lat)//2]:.1f} ms, p99 {lat[len(lat)*99//100]:.1f} ms, max {lat[-1]:.1f} ms; streams complete {sum(done)}/64")
+assert sum(done) == 64 and lat[len(lat)*99//100] < 100
+PYEOF2
+echo "-- SIGTERM with a long stream under way (--shutdown-timeout 2): it ends with an error event, the server exits 0"
+curl -sN "$url/v1/completions" "${auth[@]}" -d '{"prompt": "x", "max_tokens": 100000, "stream": true, "ignore_eos": true,
+  "kv_policy": {"type": "sink", "sinks": 4, "window": 252}}' > /tmp/long.txt &
+sleep 1
+t0=$(date +%s.%N)
 kill -TERM $server
 wait $server
 rc=$?
-tail -2 "$log"
+echo "exit after $(python3 -c "import time; print(round(time.time() - $t0, 2))") s"
+tail -3 "$log"
 [ "$rc" = 0 ] || fail "serve exited $rc after SIGTERM"
+sleep 0.2
+tail -c 300 /tmp/long.txt; echo
+grep -q '"server_shutting_down"' /tmp/long.txt && tail -1 /tmp/long.txt | grep -q '^data: \[DONE\]' || fail "the long stream did not end with the error event and [DONE]"
 echo "serve_e2e: all passed"
