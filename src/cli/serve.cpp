@@ -223,8 +223,10 @@ Run add_serve(CLI::App& app) {
     std::thread waiter([&] {
       int sig = 0;
       sigwait(&signals, &sig);
-      std::fprintf(stderr, "rill: %s: refusing new requests; running ones may finish within %gs\n",
-                   sig == SIGINT ? "SIGINT" : "SIGTERM", a->shutdown_timeout);
+      std::fprintf(
+          stderr,
+          "rill: %s: refusing new requests; running ones may finish, and the server exits, within %gs\n",
+          sig == SIGINT ? "SIGINT" : "SIGTERM", a->shutdown_timeout);
       const size_t cancelled = server.shutdown(a->shutdown_timeout, [&] { engine.shutdown(); });
       engine.shutdown();
       if (cancelled > 0)

@@ -710,14 +710,13 @@ size_t Server::shutdown(std::chrono::milliseconds deadline, const std::function<
   auto wait_until = [&i](Clock::time_point t) {
     while (i.running > 0 && Clock::now() < t) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   };
-  wait_until(Clock::now() + deadline);
+  const auto at = Clock::now() + deadline, end = at + grace;
+  wait_until(at);
   const size_t left = i.running;
   if (left > 0 && at_deadline) at_deadline();
-  wait_until(Clock::now() + grace);
-  // Let the last responses leave, then end serve().
-  const auto flush_end = Clock::now() + std::chrono::milliseconds(1000);
-  while (Clock::now() < flush_end && connections() > 0)
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  wait_until(end);
+  // Let the last responses leave (within the grace), then end serve().
+  while (Clock::now() < end && connections() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   i.stopped = true;
   i.work.reset();
   i.ioc.stop();

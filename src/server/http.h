@@ -112,8 +112,8 @@ class Server {
   void serve();
   // Stops accepting, answers queued requests and new requests on open connections with 503, closes idle
   // connections, and waits up to `deadline` for running requests to end; then calls `at_deadline` (the
-  // application aborts what still runs: its routes end their responses), waits up to `grace` more, and ends
-  // serve(). Returns how many requests were still running at the deadline.
+  // application aborts what still runs: its routes end their responses), waits up to `grace` more for them and
+  // for the last bytes to leave, and ends serve(): it returns within deadline + grace. Returns how many requests were still running at the deadline.
   size_t shutdown(std::chrono::milliseconds deadline, const std::function<void()>& at_deadline,
                   std::chrono::milliseconds grace = std::chrono::milliseconds(5000));
   // Connections open and requests running now (for tests and metrics).

@@ -194,8 +194,10 @@ void HttpServer::serve() {
 void HttpServer::stop() {
   impl_->svr.shutdown(std::chrono::milliseconds(0), [this] { impl_->ctx.engine.shutdown(); });
 }
-size_t HttpServer::shutdown(double deadline_s, const std::function<void()>& at_deadline) {
-  return impl_->svr.shutdown(std::chrono::milliseconds(int64_t(deadline_s * 1000)), at_deadline);
+size_t HttpServer::shutdown(double timeout_s, const std::function<void()>& at_deadline) {
+  const auto total = std::chrono::milliseconds(int64_t(std::max(0.0, timeout_s) * 1000));
+  const auto margin = std::min(std::chrono::milliseconds(500), total / 10);
+  return impl_->svr.shutdown(total - margin, at_deadline, margin);
 }
 int HttpServer::port() const {
   return impl_->bound_port;
