@@ -608,6 +608,37 @@ TEST(Server, SessionsBelongToTheKeyThatMadeThem) {
   EXPECT_EQ(status, 200) << "a deleted one: room again";
 }
 
+// Issue 26: --request-timeout cancels a request that runs too long: a 504 for a whole answer, an error event
+// and [DONE] for a stream; its blocks are freed.
+TEST(Server, RequestTimeoutEndsLongRequests) {
+  if (!have_fixtures()) GTEST_SKIP();
+  ServerConfig sc;
+  sc.request_timeout_s = 0.5;
+  Fixture f({}, sc);
+  const json sink = {{"type", "sink"}, {"sinks", 4}, {"window", 60}};
+  const json body = {{"prompt", "x"}, {"max_tokens", 200000}, {"ignore_eos", true}, {"kv_policy", sink}};
+  int status = 0;
+  auto t0 = std::chrono::steady_clock::now();
+  const json r = f.post("/v1/completions", body, &status);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(status, 504) << r.dump();
+  EXPECT_EQ(r["error"]["type"], "request_timeout") << r.dump();
+  EXPECT_LT(took, 3.0);
+  json streamed = body;
+  streamed["stream"] = true;
+  const auto events = f.stream("/v1/completions", streamed);
+  ASSERT_GE(events.size(), 2u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  EXPECT_EQ(json::parse(events[events.size() - 2])["error"]["type"], "request_timeout");
+  const std::string id = f.post("/v1/sessions", {{"kv_policy", sink}})["id"];
+  f.post("/v1/sessions/" + id + "/append", {{"text", "Once"}});
+  const json g = f.post("/v1/sessions/" + id + "/generate",
+                        {{"max_tokens", 200000}, {"ignore_eos", true}, {"stream", false}}, &status);
+  EXPECT_EQ(status, 504) << g.dump();
+  f.client().Delete(("/v1/sessions/" + id).c_str());
+  EXPECT_EQ(f.blocks_used(), 0);
+}
+
 TEST(Server, OverloadAnswers503WithRetryAfter) {
   if (!have_fixtures()) GTEST_SKIP();
   EngineConfig ec;

@@ -29,7 +29,8 @@ Run add_serve(CLI::App& app) {
         max_waiting = 1024;
     int max_model_len = 0, max_sessions = 64, max_tokens_limit = openai::kDefaultMaxTokensLimit;
     DeviceArgs device;
-    double session_ttl = 600, shutdown_timeout = 30, header_timeout = 10, write_timeout = 30;
+    double session_ttl = 600, shutdown_timeout = 30, header_timeout = 10, write_timeout = 30,
+           request_timeout = 0;
     size_t max_connections = 16384, max_connections_per_address = 0, max_sessions_per_key = 0;
     KvPolicyArgs kv;
     size_t max_body = 16u << 20;
@@ -107,6 +108,11 @@ Run add_serve(CLI::App& app) {
                  "Seconds a client may go without reading its response before it is dropped (its request is "
                  "cancelled)")
       ->check(CLI::PositiveNumber);
+  app.add_option(
+         "--request-timeout", a->request_timeout,
+         "Seconds a request may run before it is cancelled: a 504, or a stream ending with an error event "
+         "(0: no limit)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-connections", a->max_connections, "Open connections at most (503 beyond)")
       ->check(CLI::PositiveNumber);
   app.add_option("--max-connections-per-address", a->max_connections_per_address,
@@ -214,6 +220,7 @@ Run add_serve(CLI::App& app) {
     sc.max_body_bytes = a->max_body;
     sc.header_timeout_s = a->header_timeout;
     sc.write_timeout_s = a->write_timeout;
+    sc.request_timeout_s = a->request_timeout;
     sc.max_connections = a->max_connections;
     sc.max_connections_per_address = a->max_connections_per_address;
     HttpServer server(engine, info, sc);

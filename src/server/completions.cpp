@@ -13,7 +13,7 @@ namespace {
 
 // Sends the choices' events as server-sent events until every choice is done; false once the client is gone.
 bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply,
-                   std::vector<openai::Choice>& choices, http::Sink& sink) {
+                   std::vector<openai::Choice>& choices, http::Sink& sink, Until deadline) {
   const openai::CompletionRequest& cr = reply.request;
   auto send = [&](const json& j) {
     const std::string line = "data: " + openai::dump(j) + "\n\n";
@@ -28,6 +28,8 @@ bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply,
         return false;
   size_t open = choices.size();
   while (open > 0) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return sink.write(stream_timeout_event(ctx) + "data: [DONE]\n\n");
     for (auto& c : choices) {
       if (c.done) continue;
       auto e = c.stream->next(choices.size() == 1 ? 0.05 : 0.002);
@@ -59,20 +61,27 @@ bool stream_events(ServerContext& ctx, const openai::CompletionReply& reply,
 
 }  // namespace
 
-void reply_when_done(const http::Request& req, http::Response& res, const std::function<bool(Until)>& step,
-                     const std::function<std::string()>& body, const std::function<void()>& cancel) {
+void reply_when_done(ServerContext& ctx, const http::Request& req, http::Response& res, Until deadline,
+                     const std::function<bool(Until)>& step, const std::function<std::string()>& body,
+                     const std::function<void()>& cancel) {
   try {
-    while (!step(std::chrono::steady_clock::now() + std::chrono::milliseconds(100)))
+    while (!step(std::chrono::steady_clock::now() + std::chrono::milliseconds(100))) {
+      if (std::chrono::steady_clock::now() > deadline) throw ctx.timed_out();
       if (req.client_gone()) {
         cancel();
         res.status = 499;  // (nginx's "client closed request": nobody reads it; the metrics do)
         return;
       }
+    }
     res.set_content(body(), "application/json");
   } catch (...) {
     cancel();
     throw;
   }
+}
+
+std::string stream_timeout_event(const ServerContext& ctx) {
+  return "data: " + openai::dump(ctx.timed_out().body()) + "\n\n";
 }
 
 std::string stream_error_event(const Event& end) {
@@ -84,6 +93,7 @@ std::string stream_error_event(const Event& end) {
 }
 
 void post_completion(ServerContext& ctx, const http::Request& req, http::Response& res, bool chat) {
+  const Until deadline = ctx.request_deadline();
   const json body = openai::parse_body(req.body);
   auto cr =
       std::make_shared<const openai::CompletionRequest>(openai::parse_completion(body, chat, ctx.model));
@@ -116,7 +126,7 @@ void post_completion(ServerContext& ctx, const http::Request& req, http::Respons
   }
   if (!cr->stream) {
     reply_when_done(
-        req, res,
+        ctx, req, res, deadline,
         [&ctx, cr, choices](Until until) {
           for (auto& c : *choices)
             while (!c.done) {
@@ -138,9 +148,9 @@ void post_completion(ServerContext& ctx, const http::Request& req, http::Respons
   }
   res.set_header("Cache-Control", "no-cache");
   res.content_type = "text/event-stream";
-  res.stream = [&ctx, cr, reply, choices](http::Sink& sink) {  // (reply refers to *cr)
+  res.stream = [&ctx, cr, reply, choices, deadline](http::Sink& sink) {  // (reply refers to *cr)
     try {
-      return stream_events(ctx, *reply, *choices, sink);
+      return stream_events(ctx, *reply, *choices, sink, deadline);
     } catch (const std::exception& e) {  // end this stream, never the server
       std::fprintf(stderr, "rill: stream %s failed: %s\n", reply->id.c_str(), e.what());
       return false;

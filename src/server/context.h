@@ -4,8 +4,10 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -25,6 +27,7 @@ struct ServerConfig {
   size_t max_body_bytes = 16u << 20;
   int threads = 0;  // HTTP worker threads; 0: enough for max_num_seqs streams plus headroom
   double header_timeout_s = 10, body_timeout_s = 60, write_timeout_s = 30;
+  double request_timeout_s = 0;  // a request running longer is cancelled (504 / an error event); 0: no limit
   size_t max_connections = 16384, max_connections_per_address = 0;  // 0: no limit per address
 };
 
@@ -41,6 +44,20 @@ struct ServerContext {
   ServerMetrics metrics;
   std::atomic<uint64_t> next_id{1};
   SessionOwners owners;
+
+  // When a request that starts now must end (--request-timeout; far away without one).
+  std::chrono::steady_clock::time_point request_deadline() const {
+    if (config.request_timeout_s <= 0) return std::chrono::steady_clock::time_point::max();
+    return std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                                  std::chrono::duration<double>(config.request_timeout_s));
+  }
+  openai::ApiError timed_out() const {
+    char s[32];
+    std::snprintf(s, sizeof s, "%g", config.request_timeout_s);
+    return openai::ApiError(
+        504, "request_timeout",
+        std::string("the request ran longer than the server's --request-timeout (") + s + " s)");
+  }
 
   // The key a request was made with ("" without authentication).
   std::string caller(const std::string& authorization) const {

@@ -143,8 +143,11 @@ json generation_json(const ServerContext& ctx, const std::string& name, const op
 }
 
 // Streams a generation's text as server-sent events; false once the client is gone.
-bool stream_generation(ServerContext& ctx, const std::string& name, openai::Choice& c, http::Sink& sink) {
+bool stream_generation(ServerContext& ctx, const std::string& name, openai::Choice& c, http::Sink& sink,
+                       Until deadline) {
   while (!c.done) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return sink.write(stream_timeout_event(ctx) + "data: [DONE]\n\n");
     const auto e = c.stream->next(0.05);
     if (!e) {
       if (!sink.alive()) return false;  // the client left
@@ -235,6 +238,7 @@ void append_session(ServerContext& ctx, const std::string& id, const http::Reque
 
 void generate_session(ServerContext& ctx, const std::string& id, const http::Request& req,
                       http::Response& res) {
+  const Until deadline = ctx.request_deadline();
   const SessionStatus st = session_named(ctx, id, ctx.caller(req.header("Authorization")));
   const uint64_t sid = st.id;
   const json call = openai::parse_body(req.body);
@@ -244,7 +248,7 @@ void generate_session(ServerContext& ctx, const std::string& id, const http::Req
   const std::string& name = id;
   if (!g.stream) {
     reply_when_done(
-        req, res,
+        ctx, req, res, deadline,
         [&ctx, c](Until until) {
           while (!c->done) {
             if (std::chrono::steady_clock::now() > until) return false;
@@ -267,9 +271,9 @@ void generate_session(ServerContext& ctx, const std::string& id, const http::Req
   }
   res.set_header("Cache-Control", "no-cache");
   res.content_type = "text/event-stream";
-  res.stream = [&ctx, c, name](http::Sink& sink) {
+  res.stream = [&ctx, c, name, deadline](http::Sink& sink) {
     try {
-      return stream_generation(ctx, name, *c, sink);
+      return stream_generation(ctx, name, *c, sink, deadline);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "rill: session stream %s failed: %s\n", name.c_str(), e.what());
       return false;
