@@ -22,8 +22,8 @@ if [ "${RILL_SKIP_SANITIZERS:-0}" != 1 ]; then
   ninja -C build-asan
   (cd build-asan && UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 ASAN_OPTIONS=detect_leaks=1 \
     ctest --output-on-failure -j "$jobs")
-  echo "== fuzzers, ${RILL_FUZZ_SECONDS:-15} s each (RILL_FUZZ_SECONDS) =="
-  RILL_FUZZ_BUILD=build-asan RILL_FUZZ_SECONDS=${RILL_FUZZ_SECONDS:-15} bash scripts/fuzz.sh
+  echo "== fuzzers, ${RILL_FUZZ_SECONDS:-10} s each (RILL_FUZZ_SECONDS) =="
+  RILL_FUZZ_BUILD=build-asan RILL_FUZZ_SECONDS=${RILL_FUZZ_SECONDS:-10} bash scripts/fuzz.sh
   echo "== engine, sessions, thread pool, backend, shared grammars and the HTTP server under TSan =="
   cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DRILL_CUDA=OFF -DRILL_BENCH=OFF \
     -DCMAKE_CXX_FLAGS=-fsanitize=thread -DCMAKE_EXE_LINKER_FLAGS=-fsanitize=thread >/dev/null

@@ -120,6 +120,15 @@ int status_of(const std::string& response) {
   return std::stoi(response.substr(9, 3));
 }
 
+// A GET on its own connection, without cpp-httplib: concurrent httplib clients race inside the library's
+// uninstrumented code as ThreadSanitizer sees it (std::regex in libcpp-httplib.so), which is not this server.
+std::pair<int, std::string> raw_get(int port, const std::string& path) {
+  const std::string r =
+      talk(port, "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 20000ms);
+  const size_t body = r.find("\r\n\r\n");
+  return {status_of(r), body == std::string::npos ? std::string() : r.substr(body + 4)};
+}
+
 TEST(Http, RoutesMethodsAndErrors) {
   Served s;
   auto c = s.client();
@@ -194,9 +203,9 @@ TEST(Http, SlowClientsAndBusyWorkersDoNotStarveHealth) {
   c.workers = 4;
   c.header_timeout = 2000ms;
   Served s(c);
-  std::vector<std::future<httplib::Result>> busy;
+  std::vector<std::future<std::pair<int, std::string>>> busy;
   for (int i = 0; i < 8; ++i)
-    busy.push_back(std::async(std::launch::async, [&s] { return s.client().Get("/block"); }));
+    busy.push_back(std::async(std::launch::async, [&s] { return raw_get(s.port, "/block"); }));
   std::vector<int> slow;
   for (int i = 0; i < 200; ++i) {
     const int fd = connect_to(s.port);
@@ -209,9 +218,7 @@ TEST(Http, SlowClientsAndBusyWorkersDoNotStarveHealth) {
   while (Clock::now() < until) {
     for (int fd : slow) ::send(fd, "E", 1, MSG_NOSIGNAL | MSG_DONTWAIT);  // a byte each, never a whole head
     const auto t = Clock::now();
-    auto r = s.client().Get("/health");
-    ASSERT_TRUE(r);
-    EXPECT_EQ(r->status, 200);
+    EXPECT_EQ(raw_get(s.port, "/health").first, 200);
     ms.push_back(ms_since(t));
     std::this_thread::sleep_for(20ms);
   }
@@ -228,7 +235,7 @@ TEST(Http, SlowClientsAndBusyWorkersDoNotStarveHealth) {
   EXPECT_EQ(status_of(std::string(buf, size_t(n))), 408);
   for (int fd : slow) ::close(fd);
   s.release = true;
-  for (auto& f : busy) EXPECT_EQ(f.get()->body, "released");
+  for (auto& f : busy) EXPECT_EQ(f.get().second, "released");
 }
 
 TEST(Http, ConnectionCapsPerAddress) {
@@ -302,9 +309,9 @@ TEST(Http, ShutdownAnswersEveryClientWithinItsDeadline) {
   http::Config c;
   c.workers = 2;
   auto s = std::make_unique<Served>(c);
-  std::vector<std::future<httplib::Result>> calls;
+  std::vector<std::future<std::pair<int, std::string>>> calls;
   for (int i = 0; i < 6; ++i)
-    calls.push_back(std::async(std::launch::async, [&s] { return s->client().Get("/block"); }));
+    calls.push_back(std::async(std::launch::async, [&s] { return raw_get(s->port, "/block"); }));
   for (int i = 0; i < 400 && s->blocked < 2; ++i) std::this_thread::sleep_for(5ms);
   std::this_thread::sleep_for(100ms);  // the other four are queued
   ASSERT_EQ(s->blocked, 2);
@@ -319,10 +326,10 @@ TEST(Http, ShutdownAnswersEveryClientWithinItsDeadline) {
   EXPECT_LT(ms_since(t), 2000);
   int ok = 0, refused = 0;
   for (auto& f : calls) {
-    auto r = f.get();
-    ASSERT_TRUE(r) << "every client gets an answer";
-    if (r->status == 200) ++ok;
-    if (r->status == 503) ++refused;
+    const int status = f.get().first;
+    EXPECT_GT(status, 0) << "every client gets an answer";
+    if (status == 200) ++ok;
+    if (status == 503) ++refused;
   }
   EXPECT_EQ(ok, 2);
   EXPECT_EQ(refused, 4);
