@@ -212,7 +212,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   // Queues bytes of the response (any thread); waits while much is unsent; false once the client is gone.
-  bool send(std::string_view bytes) {
+  bool send(std::string_view bytes, bool wait = true) {
     std::unique_lock<std::mutex> lk(m_);
     if (closed_) return false;
     pending_.append(bytes);
@@ -220,7 +220,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
       writing_ = true;
       net::post(stream_.get_executor(), [self = shared_from_this()] { self->write_pending(); });
     }
-    cv_.wait(lk, [&] { return closed_ || pending_.size() < kMaxUnsent; });
+    // (Not on the connection's own strand, as a fast route's or an error's answer is sent: it would wait for
+    // itself. Those answers are small.)
+    if (wait) cv_.wait(lk, [&] { return closed_ || pending_.size() < kMaxUnsent; });
     return !closed_;
   }
   // The response is all queued: once written, the connection reads the next request (or closes).
@@ -235,18 +237,22 @@ class Connection : public std::enable_shared_from_this<Connection> {
     return closed_;
   }
 
-  // Writes a whole response (any thread) and finishes it.
-  void respond(const Response& res, bool head_only = false) {
+  // Writes a whole response and finishes it: from a worker (`wait`: while much is unsent), or on the strand.
+  void respond(const Response& res, bool head_only = false, bool wait = true) {
     srv_.hooks.on_response(res.status);
     const bool keep = keep_alive_now();
-    send(response_head(res, res.body.size(), false, keep) + (head_only ? std::string() : res.body));
+    send(response_head(res, res.body.size(), false, keep) + (head_only ? std::string() : res.body), wait);
     finish(keep);
   }
-  void respond_error(int status, const std::string& message, bool close_after = false) {
+  void respond_error(int status, const std::string& message, bool close_after = false, bool wait = true) {
     Response res;
     srv_.answer_error(status, message, res);
     if (close_after) set_keep_alive(false);
-    respond(res);
+    respond(res, false, wait);
+  }
+  // The same on the connection's strand (an error found while reading, a fast route).
+  void answer_here(int status, const std::string& message, bool close_after = false) {
+    respond_error(status, message, close_after, false);
   }
 
  private:
@@ -298,18 +304,18 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (ec == beast::error::timeout) {
       // Nothing started: an idle keep-alive connection ends quietly; a request that stalled gets a 408.
       if (buffer_.size() == 0 && (!parser_ || !parser_->got_some())) return close();
-      return respond_error(408, std::string("the request's ") + what + " did not arrive in time", true);
+      return answer_here(408, std::string("the request's ") + what + " did not arrive in time", true);
     }
     if (ec == bh::error::body_limit)
-      return respond_error(
+      return answer_here(
           413, "the request body is larger than " + std::to_string(srv_.config.max_body_bytes) + " bytes",
           true);
     if (ec == bh::error::header_limit)
-      return respond_error(
+      return answer_here(
           431,
           "the request's headers are larger than " + std::to_string(srv_.config.max_header_bytes) + " bytes",
           true);
-    respond_error(400, "malformed HTTP request (" + ec.message() + ")", true);
+    answer_here(400, "malformed HTTP request (" + ec.message() + ")", true);
   }
 
   void on_header(beast::error_code ec) {
@@ -318,7 +324,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     in_request_ = true;
     const auto& h = parser_->get();
     if (size_t(std::distance(h.begin(), h.end())) > srv_.config.max_headers)
-      return respond_error(
+      return answer_here(
           431, "the request has more than " + std::to_string(srv_.config.max_headers) + " headers", true);
     set_keep_alive(h.keep_alive());
     version_ = h.version();
@@ -355,7 +361,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     for (const auto& f : msg) req.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
     req.body = std::move(msg.body());
     req.remote = remote_;
-    if (srv_.draining) return respond_error(503, "the server is shutting down", true);
+    if (srv_.draining) return answer_here(503, "the server is shutting down", true);
 
     const bool head = req.method == "HEAD";
     const Route* route = nullptr;
@@ -371,23 +377,23 @@ class Connection : public std::enable_shared_from_this<Connection> {
       if (allowed.find(r.method) == std::string::npos) allowed += (allowed.empty() ? "" : ", ") + r.method;
     }
     if (!route) {
-      if (allowed.empty()) return respond_error(404, "no route " + req.method + " " + req.path);
+      if (allowed.empty()) return answer_here(404, "no route " + req.method + " " + req.path);
       Response res;
       srv_.answer_error(
           405, "method " + req.method + " is not allowed on " + req.path + " (allowed: " + allowed + ")",
           res);
       res.set_header("Allow", allowed);
-      return respond(res);
+      return respond(res, false, false);
     }
     if (!route->public_route && !srv_.hooks.authorize(req)) {
       Response res;
       srv_.answer_error(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", res);
-      return respond(res);
+      return respond(res, false, false);
     }
     if (route->fast) {
       Response res;
       run(*route, req, res);
-      return respond(res, head);
+      return respond(res, head, false);
     }
     // A route that may block: on a worker, with the socket watched for the client leaving meanwhile.
     ++srv_.running;
