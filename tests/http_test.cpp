@@ -14,6 +14,8 @@
 #include <future>
 #include <thread>
 
+#include "loopback.h"
+
 namespace rill::test {
 namespace {
 
@@ -82,23 +84,10 @@ struct Served {
   }
 };
 
-int connect_to(int port) {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(uint16_t(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(s);
-    return -1;
-  }
-  return s;
-}
-
 // Sends raw bytes and returns what comes back until the server closes or `wait` passes.
 std::string talk(int port, const std::string& bytes, std::chrono::milliseconds wait = 3000ms,
                  bool close_after = true) {
-  const int s = connect_to(port);
+  const int s = connect_loopback(port);
   if (s < 0) return "(no connection)";
   ::send(s, bytes.data(), bytes.size(), MSG_NOSIGNAL);
   std::string got;
@@ -208,7 +197,7 @@ TEST(Http, SlowClientsAndBusyWorkersDoNotStarveHealth) {
     busy.push_back(std::async(std::launch::async, [&s] { return raw_get(s.port, "/block"); }));
   std::vector<int> slow;
   for (int i = 0; i < 200; ++i) {
-    const int fd = connect_to(s.port);
+    const int fd = connect_loopback(s.port);
     ASSERT_GE(fd, 0);
     ::send(fd, "G", 1, MSG_NOSIGNAL);
     slow.push_back(fd);
@@ -243,7 +232,7 @@ TEST(Http, ConnectionCapsPerAddress) {
   c.max_connections_per_address = 3;
   Served s(c);
   std::vector<int> held;
-  for (int i = 0; i < 3; ++i) held.push_back(connect_to(s.port));
+  for (int i = 0; i < 3; ++i) held.push_back(connect_loopback(s.port));
   std::this_thread::sleep_for(100ms);
   const std::string refused = talk(s.port, "GET /health HTTP/1.1\r\n\r\n", 1000ms);
   EXPECT_EQ(status_of(refused), 503) << refused;
@@ -257,7 +246,7 @@ TEST(Http, ConnectionCapsPerAddress) {
 // A route learns that its client left without writing anything (issue 26 defect 5).
 TEST(Http, ClientGoneIsSeenWhileARouteRuns) {
   Served s;
-  const int fd = connect_to(s.port);
+  const int fd = connect_loopback(s.port);
   const std::string req = "GET /block HTTP/1.1\r\nHost: x\r\n\r\n";
   ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
   for (int i = 0; i < 200 && s.blocked == 0; ++i) std::this_thread::sleep_for(5ms);
@@ -277,7 +266,7 @@ TEST(Http, ReadersThatDoNotDrainAreDropped) {
   http::Config c;
   c.write_timeout = 500ms;
   Served s(c);
-  const int fd = connect_to(s.port);
+  const int fd = connect_loopback(s.port);
   int small = 4096;
   setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
   const std::string req = "GET /firehose HTTP/1.1\r\nHost: x\r\n\r\n";

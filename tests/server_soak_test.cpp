@@ -15,6 +15,7 @@
 #include <mutex>
 #include <random>
 
+#include "loopback.h"
 #include "server_fixture.h"
 
 namespace rill::test {
@@ -30,19 +31,6 @@ size_t rss_bytes() {
   size_t pages = 0, resident = 0;
   in >> pages >> resident;
   return resident * size_t(sysconf(_SC_PAGESIZE));
-}
-
-int raw_connect(int port) {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(uint16_t(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(s);
-    return -1;
-  }
-  return s;
 }
 
 std::string raw_post(const std::string& path, const std::string& body) {
@@ -84,7 +72,7 @@ void client_loop(Fixture& f, uint32_t seed, std::chrono::steady_clock::time_poin
         const json body = {
             {"prompt", prompt}, {"max_tokens", 4 + pick(40)}, {"stream", true}, {"ignore_eos", true}};
         if (leave) {
-          const int s = raw_connect(f.server->port());
+          const int s = connect_loopback(f.server->port());
           if (s < 0) break;
           const std::string req = raw_post("/v1/completions", body.dump());
           ::send(s, req.data(), req.size(), MSG_NOSIGNAL);
@@ -157,7 +145,7 @@ void client_loop(Fixture& f, uint32_t seed, std::chrono::steady_clock::time_poin
         break;
       }
       case 4: {  // a client that sends a long request and leaves before the answer
-        const int s = raw_connect(f.server->port());
+        const int s = connect_loopback(f.server->port());
         if (s < 0) {
           t.problem("connect failed");
           break;
@@ -175,7 +163,7 @@ void client_loop(Fixture& f, uint32_t seed, std::chrono::steady_clock::time_poin
         break;
       }
       case 5: {  // a slow reader: a stream read a few bytes at a time, then dropped
-        const int s = raw_connect(f.server->port());
+        const int s = connect_loopback(f.server->port());
         if (s < 0) break;
         int small = 2048;
         setsockopt(s, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
@@ -212,7 +200,7 @@ void client_loop(Fixture& f, uint32_t seed, std::chrono::steady_clock::time_poin
         break;
       }
       case 7: {  // not HTTP at all
-        const int s = raw_connect(f.server->port());
+        const int s = connect_loopback(f.server->port());
         if (s < 0) break;
         const std::string junk = "\x16\x03\x01 not http \r\n\r\n";
         ::send(s, junk.data(), junk.size(), MSG_NOSIGNAL);
