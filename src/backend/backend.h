@@ -81,6 +81,9 @@ class Backend {
   virtual Tensor alloc(DType dtype, Shape shape) = 0;  // contents undefined
   // Makes a host weight usable by ops. May alias host memory (CPU, supported dtype) or copy/convert.
   virtual Tensor upload_weight(const Tensor& host) = 0;
+  // Called once the last weight is uploaded: a backend that stages uploads (CUDA: pinned buffers, copies in
+  // flight) finishes them and frees what staging held.
+  virtual void end_upload() {}
   virtual void write(const Tensor& dst, const void* src, size_t bytes) = 0;  // host -> device, ordered
   virtual void read(void* dst, const Tensor& src, size_t bytes) = 0;         // device -> host, blocks
   virtual void fill_zero(const Tensor& t) = 0;
@@ -93,6 +96,15 @@ class Backend {
   virtual bool can_record() const { return false; }
   virtual bool begin_capture() { return false; }
   virtual std::unique_ptr<Graph> end_capture() { return nullptr; }
+
+  // Tuning: a backend that chooses how to run a shape by trying (CUDA: the GEMM algorithm of each matrix
+  // shape, timed among cuBLASLt's candidates) may keep its choices in `dir` between runs, keyed by the
+  // device, driver and library versions ("": nowhere, the default). Loading it is at once; save_tuning()
+  // writes what was chosen since. A file that is unreadable or of another device is ignored, never fatal.
+  virtual void set_tuning_cache(const std::string& dir) { (void)dir; }
+  virtual void save_tuning() {}
+  // What tuning did so far, for a startup line ("" where the backend tunes nothing).
+  virtual std::string tuning_summary() const { return {}; }
 
   // out[i] = table[ids[i]]. ids: i32 [n]; out: f32 [n, d].
   virtual void embedding(const Tensor& out, const Tensor& table, const Tensor& ids) = 0;

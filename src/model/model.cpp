@@ -26,6 +26,7 @@ std::string layer_name(int l, const std::string& suffix) {
 
 Model::Model(const Checkpoint& ck, Backend& backend) : config_(ck.config), backend_(backend) {
   bind(ck);
+  backend_.end_upload();
   const std::vector<double> inv_freq = rope_inv_freq(config_, 0);
   attention_factor_ = float(rope_attention_factor(config_));
   inv_freq_dev_ = backend_.alloc(DType::F64, {1, int64_t(inv_freq.size())});

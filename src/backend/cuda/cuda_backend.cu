@@ -1,18 +1,27 @@
-#include "backend/cuda/cuda_backend.h"
-
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
+#include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <nlohmann/json.hpp>
 #include <tuple>
 #include <vector>
 
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/kernels.h"
+#include "core/thread_pool.h"
 
 namespace rill {
 
@@ -82,6 +91,7 @@ class CudaBackend final : public Backend {
   }
   ~CudaBackend() override {
     cudaStreamSynchronize(st_->stream);
+    staging_.reset();
     plans_.clear();
     if (lt_) cublasLtDestroy(lt_);
   }
@@ -122,35 +132,30 @@ class CudaBackend final : public Backend {
     return t;
   }
 
+  // Host weights go through pinned staging buffers: host threads copy (and so fault in, from the page cache
+  // or the disk, several places at once) into one buffer while the copy engine moves the one before to the
+  // device. f16 and f32 weights are converted on the device.
   Tensor upload_weight(const Tensor& host) override {
     expect(host.dtype == DType::F32 || host.dtype == DType::BF16 || host.dtype == DType::F16, "upload_weight",
            "weights of dtype " + std::string(dtype_name(host.dtype)) + " are not supported");
     Tensor t = alloc(dt_, host.shape);
     if (host.device == Device::CUDA) {
-      expect(host.dtype != DType::F16, "upload_weight",
-             "f16 weights already on the device are not supported");
       cuda::convert(st_->stream, t.data, dt_, host.data, host.dtype, host.numel());
       return t;
     }
     if (host.dtype == dt_) {
-      write(t, host.data, host.nbytes());
+      staged_copy(t.data, host.data, host.nbytes());
       return t;
     }
-    auto value = [&](int64_t i) {
-      return host.dtype == DType::F32    ? host.ptr<float>()[i]
-             : host.dtype == DType::BF16 ? bf16_to_f32(host.ptr<uint16_t>()[i])
-                                         : f16_to_f32(host.ptr<uint16_t>()[i]);
-    };
-    if (dt_ == DType::F32) {
-      std::vector<float> tmp(static_cast<size_t>(host.numel()));
-      for (int64_t i = 0; i < host.numel(); ++i) tmp[size_t(i)] = value(i);
-      write(t, tmp.data(), tmp.size() * 4);
-      return t;
-    }
-    std::vector<uint16_t> tmp(static_cast<size_t>(host.numel()));
-    for (int64_t i = 0; i < host.numel(); ++i) tmp[size_t(i)] = f32_to_bf16(value(i));
-    write(t, tmp.data(), tmp.size() * 2);
+    const Tensor raw = alloc(host.dtype, host.shape);  // freed in stream order, after the conversion
+    staged_copy(raw.data, host.data, host.nbytes());
+    cuda::convert(st_->stream, t.data, dt_, raw.data, host.dtype, host.numel());
     return t;
+  }
+  void end_upload() override {
+    if (!staging_) return;
+    synchronize();
+    staging_.reset();
   }
 
   void write(const Tensor& dst, const void* src, size_t bytes) override {
@@ -218,7 +223,7 @@ class CudaBackend final : public Backend {
     g.rows[0] = o;
     g.count = 1;
     if (batch_invariant_ || dt_ != DType::BF16 || !few_rows(g, out.dtype, x.data, n, in)) {
-      const GemmPlan& plan = gemm_plan(o, n, in, out.dtype);
+      const GemmPlan& plan = gemm_plan(o, n, in, out.dtype, w.data, x.data, out.data);
       const float alpha = 1.f, beta = 0.f;
       check_lt(cublasLtMatmul(lt_, plan.op, &alpha, w.data, plan.a, x.data, plan.b, &beta, out.data, plan.c,
                               out.data, plan.c, &plan.algo, gemm_ws_.data, size_t(kGemmWorkspace), st_->stream),
@@ -444,7 +449,6 @@ class CudaBackend final : public Backend {
  private:
   static constexpr int64_t kGemmWorkspace = 32 << 20;
 
-
   static cuda::AttentionArgs attention_args(const Tensor& out, const Tensor& q, const KvLayer& kv,
                                             const AttentionBatch& batch, int num_heads, float scale,
                                             int sliding_window, const Tensor& q_sink) {
@@ -493,7 +497,9 @@ class CudaBackend final : public Backend {
 
   // cuBLASLt is column-major: the row-major out[n, o] = x[n, i] · w[o, i]^T is, column-major,
   // out(o x n) = w^T(o x i) · x(i x n), with w stored i x o (transposed) and x stored i x n.
-  const GemmPlan& gemm_plan(int64_t o, int64_t n, int64_t in, DType out_t) {
+  // A plan (descriptors) is made per exact shape; its algorithm is chosen once per shape class (algo_for).
+  const GemmPlan& gemm_plan(int64_t o, int64_t n, int64_t in, DType out_t, const void* w, const void* x,
+                            void* out) {
     const auto key = std::make_tuple(o, n, in, int(out_t));
     auto it = plans_.find(key);
     if (it != plans_.end()) return *it->second;
@@ -502,44 +508,280 @@ class CudaBackend final : public Backend {
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
     check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
-    // float32 mode: f32 in and CUBLAS_COMPUTE_32F, which is true f32 (TF32 would need _FAST_TF32).
-    const cudaDataType_t ct = out_t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
-    const cudaDataType_t in_t = dt_ == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
-    check_lt(cublasLtMatrixLayoutCreate(&plan->a, in_t, uint64_t(in), uint64_t(o), in), "layout a");
-    check_lt(cublasLtMatrixLayoutCreate(&plan->b, in_t, uint64_t(in), uint64_t(n), in), "layout b");
-    check_lt(cublasLtMatrixLayoutCreate(&plan->c, ct, uint64_t(o), uint64_t(n), o), "layout c");
-    cublasLtMatmulPreference_t pref;
-    check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
-    const uint64_t ws = kGemmWorkspace;
-    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    cublasLtMatmulHeuristicResult_t results[16];
-    int count = 0;
-    const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(lt_, plan->op, plan->a, plan->b, plan->c, plan->c, pref,
-                                                            16, results, &count);
-    cublasLtMatmulPreferenceDestroy(pref);
-    check_lt(s, "heuristic");
-    expect(count > 0, "linear",
-           "cuBLASLt has no algorithm for " + std::to_string(n) + "x" + std::to_string(in) + " · " +
-               std::to_string(in) + "x" + std::to_string(o));
-    // The heuristic's first choice is the fastest; for skinny (decode) shapes it splits the reduction over
-    // k, which is what keeps every SM streaming weights. With RILL_BATCH_INVARIANT=1, prefer an algorithm
-    // that does not split it: then a row's result does not depend on how many rows are in the batch.
-    int pick = 0;
-    for (int i = 0; batch_invariant_ && i < count; ++i) {
-      int32_t splitk = 1;
-      size_t written = 0;
-      cublasLtMatmulAlgoConfigGetAttribute(&results[i].algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk,
-                                           &written);
-      if (splitk <= 1) {
-        pick = i;
-        break;
-      }
-    }
-    plan->algo = results[pick].algo;
+    make_layouts(*plan, o, n, in, out_t);
+    plan->algo = algo_for(*plan, o, n, in, out_t, w, x, out);
     const GemmPlan& ref = *plan;
     plans_.emplace(key, std::move(plan));
     return ref;
   }
+
+  void make_layouts(GemmPlan& plan, int64_t o, int64_t n, int64_t in, DType out_t) const {
+    // float32 mode: f32 in and CUBLAS_COMPUTE_32F, which is true f32 (TF32 would need _FAST_TF32).
+    const cudaDataType_t ct = out_t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+    const cudaDataType_t in_t = dt_ == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
+    check_lt(cublasLtMatrixLayoutCreate(&plan.a, in_t, uint64_t(in), uint64_t(o), in), "layout a");
+    check_lt(cublasLtMatrixLayoutCreate(&plan.b, in_t, uint64_t(in), uint64_t(n), in), "layout b");
+    check_lt(cublasLtMatrixLayoutCreate(&plan.c, ct, uint64_t(o), uint64_t(n), o), "layout c");
+  }
+
+  // The heuristic's candidates (at most `max`) for the shape `desc` describes.
+  std::vector<cublasLtMatmulHeuristicResult_t> candidates(const GemmPlan& desc, int max) const {
+    cublasLtMatmulPreference_t pref;
+    check_lt(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    const uint64_t ws = kGemmWorkspace;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    std::vector<cublasLtMatmulHeuristicResult_t> results(size_t(std::max(1, max)));
+    int count = 0;
+    const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(
+        lt_, desc.op, desc.a, desc.b, desc.c, desc.c, pref, int(results.size()), results.data(), &count);
+    cublasLtMatmulPreferenceDestroy(pref);
+    check_lt(s, "heuristic");
+    results.resize(size_t(std::max(0, count)));
+    return results;
+  }
+
+  bool supports(const GemmPlan& plan, const cublasLtMatmulAlgo_t& algo) const {
+    cublasLtMatmulHeuristicResult_t r{};
+    return cublasLtMatmulAlgoCheck(lt_, plan.op, plan.a, plan.b, plan.c, plan.c, &algo, &r) ==
+               CUBLAS_STATUS_SUCCESS &&
+           r.workspaceSize <= size_t(kGemmWorkspace);
+  }
+
+  // Shapes share an algorithm by class: the same matrix (o x in) and output dtype, and a row count in the
+  // same power-of-two bucket (exact up to 8). The first shape of a class chooses it: the heuristic's
+  // candidates for the bucket's row count that also run this shape, each timed on this product's own operands
+  // (outside a graph recording), the fastest taken; or the choice kept in the tuning cache. So a prompt of a
+  // length not seen before queries nothing and loads no new kernel once the warm-up (Engine) has run each
+  // bucket. With RILL_BATCH_INVARIANT=1 every exact shape takes the heuristic's first algorithm that does not
+  // split the reduction over k: then a row's result does not depend on how many rows are in the batch.
+  cublasLtMatmulAlgo_t algo_for(const GemmPlan& plan, int64_t o, int64_t n, int64_t in, DType out_t,
+                                const void* w, const void* x, void* out) {
+    auto no_algorithm = [&] {
+      return Error("cuda backend: linear: cuBLASLt has no algorithm for " + std::to_string(n) + "x" +
+                   std::to_string(in) + " · " + std::to_string(in) + "x" + std::to_string(o));
+    };
+    if (batch_invariant_) {
+      const auto results = candidates(plan, 16);
+      if (results.empty()) throw no_algorithm();
+      for (const auto& r : results) {
+        int32_t splitk = 1;
+        size_t written = 0;
+        cublasLtMatmulAlgoConfigGetAttribute(&r.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk,
+                                             &written);
+        if (splitk <= 1) return r.algo;
+      }
+      return results[0].algo;
+    }
+    const int64_t bucket =
+        n <= 8 ? n : std::max<int64_t>(16, int64_t(1) << (64 - __builtin_clzll(uint64_t(n - 1))));
+    const AlgoKey key{o, bucket, in, int(out_t)};
+    if (auto it = algos_.find(key); it != algos_.end() && supports(plan, it->second)) return it->second;
+    if (auto it = cached_.find(key); it != cached_.end() && supports(plan, it->second)) {
+      ++from_cache_;
+      algos_[key] = it->second;
+      return it->second;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<cublasLtMatmulHeuristicResult_t> found;
+    {
+      GemmPlan probe;  // the bucket's shape, for the heuristic
+      check_lt(cublasLtMatmulDescCreate(&probe.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+      const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+      check_lt(cublasLtMatmulDescSetAttribute(probe.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta),
+               "transa");
+      check_lt(cublasLtMatmulDescSetAttribute(probe.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb),
+               "transb");
+      make_layouts(probe, o, bucket, in, out_t);
+      for (const auto& r : candidates(probe, kTuneCandidates))
+        if (supports(plan, r.algo)) found.push_back(r);
+    }
+    if (found.empty()) found = candidates(plan, 1);
+    if (found.empty()) throw no_algorithm();
+    cublasLtMatmulAlgo_t best = found[0].algo;
+    if (!capturing_ && found.size() > 1) {
+      // Each candidate once to load its kernel, then the best of three timed runs.
+      cudaEvent_t a = nullptr, b = nullptr;
+      check_cuda(cudaEventCreate(&a), "event");
+      check_cuda(cudaEventCreate(&b), "event");
+      float best_ms = 1e30f;
+      const float alpha = 1.f, beta = 0.f;
+      for (const auto& r : found) {
+        auto run = [&] {
+          return cublasLtMatmul(lt_, plan.op, &alpha, w, plan.a, x, plan.b, &beta, out, plan.c, out, plan.c,
+                                &r.algo, gemm_ws_.data, size_t(kGemmWorkspace),
+                                st_->stream) == CUBLAS_STATUS_SUCCESS;
+        };
+        if (!run()) continue;
+        float ms = 1e30f;
+        for (int rep = 0; rep < 3; ++rep) {
+          cudaEventRecord(a, st_->stream);
+          const bool ok = run();
+          cudaEventRecord(b, st_->stream);
+          float t = 0;
+          if (ok && cudaEventSynchronize(b) == cudaSuccess && cudaEventElapsedTime(&t, a, b) == cudaSuccess)
+            ms = std::min(ms, t);
+        }
+        if (ms < best_ms) {
+          best_ms = ms;
+          best = r.algo;
+        }
+      }
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
+      cudaGetLastError();
+    }
+    algos_[key] = best;
+    ++tuned_;
+    tune_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return best;
+  }
+
+ public:
+  void set_tuning_cache(const std::string& dir) override {
+    tuning_dir_ = dir;
+    cached_.clear();
+    if (dir.empty()) return;
+    const std::string path = tuning_path();
+    std::ifstream in(path);
+    if (!in) return;  // a first run
+    try {
+      const nlohmann::json j = nlohmann::json::parse(in);
+      if (j.at("key").get<std::string>() != tuning_key()) return;
+      for (const auto& e : j.at("algos")) {
+        const std::string hex = e.at(4).get<std::string>();
+        cublasLtMatmulAlgo_t algo{};
+        if (hex.size() != 2 * sizeof algo)
+          throw Error("algorithm of " + std::to_string(hex.size() / 2) + " bytes");
+        auto* bytes = reinterpret_cast<uint8_t*>(&algo);
+        for (size_t i = 0; i < sizeof algo; ++i)
+          bytes[i] = uint8_t(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
+        cached_[AlgoKey{e.at(0).get<int64_t>(), e.at(1).get<int64_t>(), e.at(2).get<int64_t>(),
+                        e.at(3).get<int>()}] = algo;
+      }
+    } catch (const std::exception& e) {
+      cached_.clear();
+      std::fprintf(stderr, "rill: %s: ignored (%s); it is written anew\n", path.c_str(), e.what());
+    }
+  }
+  void save_tuning() override {
+    if (tuning_dir_.empty() || tuned_ == 0) return;
+    std::map<AlgoKey, cublasLtMatmulAlgo_t> all = cached_;
+    for (const auto& [k, v] : algos_) all[k] = v;
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& [k, algo] : all) {
+      std::string hex;
+      const auto* bytes = reinterpret_cast<const uint8_t*>(&algo);
+      for (size_t i = 0; i < sizeof algo; ++i) {
+        char h[3];
+        std::snprintf(h, sizeof h, "%02x", bytes[i]);
+        hex += h;
+      }
+      list.push_back({std::get<0>(k), std::get<1>(k), std::get<2>(k), std::get<3>(k), hex});
+    }
+    const std::string path = tuning_path(), tmp = path + ".tmp" + std::to_string(::getpid());
+    std::error_code ec;
+    std::filesystem::create_directories(tuning_dir_, ec);
+    {
+      std::ofstream out(tmp);
+      out << nlohmann::json({{"key", tuning_key()}, {"algos", list}}).dump() << "\n";
+      if (!out) {
+        std::fprintf(stderr, "rill: %s: cannot write the tuning cache\n", tmp.c_str());
+        return;
+      }
+    }
+    std::filesystem::rename(tmp, path, ec);
+    if (ec)
+      std::fprintf(stderr, "rill: %s: cannot write the tuning cache (%s)\n", path.c_str(),
+                   ec.message().c_str());
+    cached_ = std::move(all);
+    tuned_total_ += tuned_;
+    tuned_ = 0;
+  }
+  std::string tuning_summary() const override {
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "GEMM algorithms: %d chosen by timing (%.2f s), %d from the tuning cache",
+                  tuned_total_ + tuned_, tune_seconds_, from_cache_);
+    return buf;
+  }
+
+ private:
+  // What a tuning file is valid for: the GPU, its driver, the cuBLASLt version and rill's number format.
+  std::string tuning_key() const {
+    int driver = 0;
+    cudaDriverGetVersion(&driver);
+    return std::string(props_.name) + " sm_" + std::to_string(props_.major) + std::to_string(props_.minor) +
+           " driver " + std::to_string(driver) + " cublasLt " + std::to_string(cublasLtGetVersion()) + " " +
+           std::string(dtype_name(dt_));
+  }
+  std::string tuning_path() const {
+    std::string name = tuning_key();
+    for (char& c : name)
+      if (!std::isalnum(static_cast<unsigned char>(c))) c = '-';
+    return (std::filesystem::path(tuning_dir_) / ("gemm-" + name + ".json")).string();
+  }
+
+  // Pinned staging for upload_weight (made on the first upload, freed by end_upload()).
+  struct Staging {
+    static constexpr size_t kSlot = size_t(64) << 20;
+    static constexpr int kSlots = 3;
+    void* host[kSlots] = {};
+    cudaEvent_t done[kSlots] = {};
+    bool busy[kSlots] = {};
+    int next = 0;
+    ThreadPool pool{8};
+    Staging() {
+      for (int i = 0; i < kSlots; ++i) {
+        check_cuda(cudaHostAlloc(&host[i], kSlot, cudaHostAllocDefault), "cudaHostAlloc (staging)");
+        check_cuda(cudaEventCreateWithFlags(&done[i], cudaEventDisableTiming), "event");
+      }
+    }
+    ~Staging() {
+      for (int i = 0; i < kSlots; ++i) {
+        if (done[i]) {
+          cudaEventSynchronize(done[i]);
+          cudaEventDestroy(done[i]);
+        }
+        if (host[i]) cudaFreeHost(host[i]);
+      }
+    }
+  };
+
+  void staged_copy(void* dst, const void* src, size_t bytes) {
+    expect(!capturing_, "upload_weight", "a recorded graph must not copy from the host");
+    if (!staging_) staging_ = std::make_unique<Staging>();
+    Staging& sg = *staging_;
+    const auto* from = static_cast<const uint8_t*>(src);
+    auto* to = static_cast<uint8_t*>(dst);
+    const size_t page = size_t(::sysconf(_SC_PAGESIZE));
+    for (size_t off = 0; off < bytes; off += Staging::kSlot) {
+      const size_t len = std::min(Staging::kSlot, bytes - off);
+      // Ask the kernel to read the piece after this one while this one is copied (mapped files).
+      if (off + len < bytes) {
+        const uintptr_t begin = reinterpret_cast<uintptr_t>(from + off + len) & ~uintptr_t(page - 1);
+        ::madvise(reinterpret_cast<void*>(begin), std::min(Staging::kSlot, bytes - off - len) + page,
+                  MADV_WILLNEED);
+      }
+      const int s = sg.next;
+      sg.next = (sg.next + 1) % Staging::kSlots;
+      if (sg.busy[s]) check_cuda(cudaEventSynchronize(sg.done[s]), "staging");
+      auto* slot = static_cast<uint8_t*>(sg.host[s]);
+      sg.pool.parallel_for(int64_t(len), int64_t(4) << 20, [&](int64_t b, int64_t e) {
+        std::memcpy(slot + b, from + off + size_t(b), size_t(e - b));
+      });
+      check_cuda(cudaMemcpyAsync(to + off, slot, len, cudaMemcpyHostToDevice, st_->stream), "upload_weight");
+      check_cuda(cudaEventRecord(sg.done[s], st_->stream), "staging");
+      sg.busy[s] = true;
+    }
+  }
+
+  using AlgoKey = std::tuple<int64_t, int64_t, int64_t, int>;  // o, row bucket, in, output dtype
+  static constexpr int kTuneCandidates = 4;
+  std::map<AlgoKey, cublasLtMatmulAlgo_t> algos_;   // chosen in this process
+  std::map<AlgoKey, cublasLtMatmulAlgo_t> cached_;  // read from (and last written to) the tuning cache
+  std::string tuning_dir_;
+  int tuned_ = 0, tuned_total_ = 0, from_cache_ = 0;
+  double tune_seconds_ = 0;
+  std::unique_ptr<Staging> staging_;
 
   std::shared_ptr<StreamState> st_;
   DType dt_;  // weights, activations and KV: bf16, or f32 (float32 mode)

@@ -71,6 +71,7 @@ void silu_mul(cudaStream_t st, void* out, const void* gate, const void* up, DTyp
 // out[i, :] += bias ([o] in bias_t).
 void add_bias(cudaStream_t st, void* out, DType t, const void* bias, DType bias_t, int64_t rows, int64_t o);
 void gather_rows(cudaStream_t st, void* out, const void* x, size_t row_bytes, const int32_t* rows, int64_t m);
+// out (f32 or bf16) = x (f32, bf16, or f16: weights on upload), rounded to nearest even.
 void convert(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, int64_t n);
 void moe_route(cudaStream_t st, int32_t* ids, float* weights, const float* logits, int64_t n, int E, int k,
                bool normalize);

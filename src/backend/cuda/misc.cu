@@ -2,6 +2,7 @@
 // conversion, MoE routing and scatter, argmax; and the device facts the launchers ask (PDL on or off, SM count).
 // Every kernel computes in f32 and rounds once when it stores bf16.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cmath>
 #include <cstdint>
@@ -77,6 +78,13 @@ template <typename TO, typename TX>
 __global__ void convert_kernel(TO* out, const TX* x, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     out[i] = from_f<TO>(to_f(x[i]));
+}
+
+template <typename TO>
+__global__ void convert_f16_kernel(TO* out, const __half* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = from_f<TO>(__half2float(x[i]));
 }
 
 // One thread per token: softmax over E experts, then k rounds of selecting the largest probability
@@ -189,6 +197,15 @@ void gather_rows(cudaStream_t st, void* out, const void* x, size_t row_bytes, co
 
 void convert(cudaStream_t st, void* out, DType out_t, const void* x, DType x_t, int64_t n) {
   if (n == 0) return;
+  if (x_t == DType::F16) {  // weights only: f16 checkpoints, converted once on upload
+    dispatch1(out_t, [&](auto o) {
+      using TO = decltype(o);
+      convert_f16_kernel<<<grid_for(n, 256), 256, 0, st>>>(static_cast<TO*>(out),
+                                                           static_cast<const __half*>(x), n);
+    });
+    check_launch("convert");
+    return;
+  }
   dispatch2(out_t, x_t, [&](auto o, auto i) {
     using TO = decltype(o);
     using TX = decltype(i);
