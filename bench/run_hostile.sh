@@ -17,7 +17,13 @@ if [ ! -f "$node_dir/node_modules/openai/package.json" ]; then
 fi
 export NODE_PATH="$PWD/$node_dir/node_modules"
 cp bench/hostile_load.mjs "$node_dir/hostile_load.mjs"  # (ES modules resolve packages beside the script)
-port_of() { for _ in $(seq 400); do p=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$1"); [ -n "$p" ] && { echo "$p"; return; }; sleep 0.05; done; }
+port_of() {  # once /health answers 200 (the server listens while the model loads)
+  for _ in $(seq 400); do
+    p=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$1" | head -1)
+    [ -n "$p" ] && curl -sf "http://127.0.0.1:$p/health" >/dev/null && { echo "$p"; return; }
+    sleep 0.05
+  done
+}
 log=$(mktemp)
 trap 'kill -KILL $pid 2>/dev/null; rm -f "$log"' EXIT
 

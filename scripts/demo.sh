@@ -14,15 +14,17 @@ got=$(mktemp)
 "$build/rill" serve --port 0 --kv-cache-memory 256MiB 2>"$log" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -f "$log" "$got"' EXIT
+# It listens at once and answers GET /health 503 while the model loads and warms up, then 200.
 url=""
 for _ in $(seq 300); do
-  url=$(grep -o 'http://[0-9.]*:[0-9]*' "$log" || true)
-  [ -n "$url" ] && break
+  url=$(grep -o 'http://[0-9.]*:[0-9]*' "$log" | head -1 || true)
+  [ -n "$url" ] && curl -sf "$url/health" >/dev/null && break
+  url=""
   kill -0 $server 2>/dev/null || break
   sleep 0.1
 done
 [ -n "$url" ] || { echo "rill serve did not start:" >&2; cat "$log" >&2; exit 1; }
-head -1 "$log" >&2
+grep '^rill: ready' "$log" >&2
 echo "POST $url/v1/completions (stream): $prompt" >&2
 body=$(printf '{"prompt": "%s", "max_tokens": 80, "temperature": 0.7, "seed": 3, "stream": true}' "$prompt")
 printf '%s' "$prompt"

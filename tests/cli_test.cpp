@@ -5,13 +5,12 @@
 #include <spawn.h>
 #include <sys/wait.h>
 
-#include <chrono>
-#include <thread>
-
 #include <array>
+#include <chrono>
 #include <fstream>
-#include <sstream>
 #include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
 
 #include "test_util.h"
 
@@ -152,8 +151,12 @@ TEST(Cli, TokenizeDetokenizeChatTemplate) {
 
   TempDir tmp;
   std::ofstream(tmp / "m.json") << R"([{"role": "user", "content": "Hi"}])";
-  r = run("chat-template --model " + dir + " --messages-file " + (tmp / "m.json") + " --add-generation-prompt", true);
-  EXPECT_EQ(r.out, "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+  r = run(
+      "chat-template --model " + dir + " --messages-file " + (tmp / "m.json") + " --add-generation-prompt",
+      true);
+  EXPECT_EQ(r.out,
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>"
+            "assistant<|end_header_id|>\n\n");
   std::ofstream(tmp / "t.jinja") << "{% for m in messages %}[{{ m.content }}]{% endfor %}";
   r = run("chat-template --model " + dir + " --messages-file " + (tmp / "m.json") + " --chat-template " + (tmp / "t.jinja"), true);
   EXPECT_EQ(r.out, "[Hi]");
@@ -216,12 +219,25 @@ TEST(Cli, ServeShutsDownCleanly) {
     if (at != std::string::npos) port = text.substr(at + 17, text.find(' ', at) - at - 17);
   }
   ASSERT_FALSE(port.empty()) << "the server did not start";
+  // It listens while it loads: /health is 503 until the model is loaded and warmed up, then 200.
   const std::string health = dir / "health";
-  std::system(("curl -s -o /dev/null -w '%{http_code}' localhost:" + port + "/health > " + health).c_str());
-  std::ifstream h(health);
   std::string code;
-  h >> code;
+  for (int i = 0; i < 400 && code != "200"; ++i) {
+    std::system(("curl -s -o /dev/null -w '%{http_code}' localhost:" + port + "/health > " + health).c_str());
+    std::ifstream h(health);
+    h >> code;
+    if (code != "200") {
+      EXPECT_EQ(code, "503");
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+  }
   EXPECT_EQ(code, "200");
+  {
+    std::ifstream in(log);
+    const std::string text(std::istreambuf_iterator<char>(in), {});
+    EXPECT_NE(text.find("rill: warm-up "), std::string::npos) << text;
+    EXPECT_NE(text.find("rill: ready in "), std::string::npos) << text;
+  }
   // A stream that would run for minutes, under way when the signal comes.
   const std::string streamed = dir / "stream";
   std::system(("curl -sN localhost:" + port + "/v1/completions -d '{\"prompt\":\"x\",\"max_tokens\":60000,\"stream\":true," +

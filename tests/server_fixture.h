@@ -32,8 +32,10 @@ struct Fixture {
   std::unique_ptr<Engine> engine;
   std::unique_ptr<HttpServer> server;
   std::thread thread;
+  openai::ModelInfo info;
 
-  explicit Fixture(EngineConfig ec = {}, ServerConfig sc = {}) {
+  // ready = false: the server starts as `rill serve` does while it loads the model, and ready() ends that.
+  explicit Fixture(EngineConfig ec = {}, ServerConfig sc = {}, bool ready = true) {
     const std::string tok_dir = shared("data/tokenizers/qwen2-style");
     const std::string m = dir / "m";
     if (std::system(
@@ -50,7 +52,6 @@ struct Fixture {
     tmpl = std::make_unique<ChatTemplate>(chat.template_source);
     if (ec.num_blocks == 0) ec.num_blocks = 512;
     engine = std::make_unique<Engine>(*model, ec);
-    openai::ModelInfo info;
     info.name = "tiny";
     info.tokenizer = tok.get();
     info.chat_template = tmpl.get();
@@ -62,10 +63,16 @@ struct Fixture {
     info.vocab = std::make_shared<grammar::Vocabulary>(std::move(bytes), model->config().eos_token_ids);
     info.grammars = std::make_shared<openai::GrammarCache>();
     sc.port = 0;
-    server = std::make_unique<HttpServer>(*engine, info, sc);
+    if (ready) {
+      server = std::make_unique<HttpServer>(*engine, info, sc);
+    } else {
+      sc.threads = ec.max_num_seqs + 16;
+      server = std::make_unique<HttpServer>(sc);
+    }
     server->bind();
     thread = std::thread([this] { server->serve(); });
   }
+  void make_ready() { server->ready(*engine, info); }
   ~Fixture() {
     engine->shutdown();
     server->stop();

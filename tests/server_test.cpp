@@ -24,6 +24,43 @@
 namespace rill::test {
 namespace {
 
+// While the model loads (rill serve binds first), /health answers 503 {"status": "loading"} and the API 503
+// model_loading with Retry-After; once ready, 200 and answers (issue 29).
+TEST(Server, HealthSaysLoadingUntilReady) {
+  if (!have_fixtures()) GTEST_SKIP();
+  Fixture f({}, {}, /*ready=*/false);
+  auto c = f.client();
+  auto health = c.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 503);
+  EXPECT_EQ(json::parse(health->body), json({{"status", "loading"}}));
+  EXPECT_EQ(health->get_header_value("Retry-After"), "1");
+  int status = 0;
+  const json req = {{"prompt", "Hello"}, {"max_tokens", 3}};
+  json err = f.post("/v1/completions", req, &status);
+  EXPECT_EQ(status, 503);
+  EXPECT_EQ(err["error"]["type"], "model_loading") << err.dump();
+  for (const char* path : {"/v1/models", "/metrics", "/v1/sessions"}) {
+    auto r = c.Get(path);
+    ASSERT_TRUE(r) << path;
+    EXPECT_EQ(r->status, 503) << path;
+  }
+  auto spec = c.Get("/openapi.json");
+  ASSERT_TRUE(spec);
+  EXPECT_EQ(spec->status, 200);
+  EXPECT_FALSE(f.server->is_ready());
+
+  f.make_ready();
+  EXPECT_TRUE(f.server->is_ready());
+  health = c.Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  const json done = f.post("/v1/completions", req, &status);
+  EXPECT_EQ(status, 200) << done.dump();
+  EXPECT_EQ(done["usage"]["completion_tokens"], 3);
+  EXPECT_THROW(f.make_ready(), Error);
+}
+
 TEST(Server, CompletionsStreamedEqualsWhole) {
   if (!have_fixtures()) GTEST_SKIP();
   Fixture f;

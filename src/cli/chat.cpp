@@ -68,7 +68,9 @@ int run_chat(const ChatArgs& a) {
   ec.max_num_seqs = 1;
   ec.max_sessions = 1;
   ec.session_ttl_seconds = std::numeric_limits<double>::infinity();
+  ec.warm_up = a.device.warm_up;
   Engine engine(*m.model, ec);
+  m.backend->save_tuning();
 
   Request answer_params;
   answer_params.sampling = a.sampling.finish();
@@ -144,6 +146,7 @@ Run add_chat(CLI::App& app) {
   app.add_option("-n,--max-tokens", a->n, "Most tokens per answer")->check(CLI::PositiveNumber);
   app.add_option("--context", a->context, "KV cache size in tokens (default: the model's maximum)")->check(CLI::PositiveNumber);
   add_device_options(app, a->device);
+  add_warm_up_option(app, a->device);
   add_sampling_options(app, a->sampling);
   a->kv.policy = "sink";
   add_kv_policy_options(app, a->kv);

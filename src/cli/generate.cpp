@@ -19,7 +19,7 @@ namespace {
 
 struct GenerateArgs {
   std::string model, tokenizer, prompt, prompt_ids, output = "text", dump_logits;
-  int n = 128, prefill_chunk = 512;
+  int n = 128, prefill_chunk = 512, repeat = 1;
   bool ignore_eos = false, no_bos = false;
   DeviceArgs device;
   SamplingArgs sampling;
@@ -47,6 +47,8 @@ void dump_prompt_logits(Model& model, const std::vector<int32_t>& prompt, int ch
 
 int run_generate(const GenerateArgs& a) {
   LoadedModel m = load_model(a.model, a.device, a.tokenizer);
+  std::fprintf(stderr, "rill: loaded %s: %s\n", a.model.c_str(),
+               m.times.describe(m.model->weight_bytes()).c_str());
   const ModelConfig& config = m.config();
   std::vector<int32_t> prompt;
   if (!a.prompt_ids.empty()) {
@@ -72,54 +74,71 @@ int run_generate(const GenerateArgs& a) {
   ec.max_batch_tokens = a.prefill_chunk;
   ec.max_num_seqs = 1;
   ec.max_model_len = int(std::max<int64_t>(config.max_position_embeddings, total));  // as long as asked
-  std::vector<int32_t> ids;
-  std::unique_ptr<IncrementalDecoder> detok;
-  if (m.tokenizer) detok = std::make_unique<IncrementalDecoder>(*m.tokenizer, /*skip_special=*/true, prompt);
-  const bool json_out = a.output == "json";
-  const auto t0 = std::chrono::steady_clock::now();
-  auto t_first = t0, t_last = t0;
-  if (a.n > 0) {
-    Engine engine(*m.model, ec);
-    const auto stream = engine.submit(r);
-    for (;;) {
-      const Event e = *stream->next();
-      if (e.token < 0) {
-        RILL_CHECK(e.finish != FinishReason::Error, "generation failed: " + e.error);
-        break;
+  ec.warm_up = a.device.warm_up;
+  for (int run = 0; run < a.repeat; ++run) {
+    std::vector<int32_t> ids;
+    std::unique_ptr<IncrementalDecoder> detok;
+    if (m.tokenizer)
+      detok = std::make_unique<IncrementalDecoder>(*m.tokenizer, /*skip_special=*/true, prompt);
+    const bool json_out = a.output == "json";
+    // Each run has an engine of its own (an empty KV cache: no prefix of an earlier run is reused), made and
+    // warmed up before the clock starts; the model, its backend and what they set up on the way (GEMM
+    // algorithms, loaded kernels, device memory) stay.
+    std::unique_ptr<Engine> engine;
+    if (a.n > 0) {
+      engine = std::make_unique<Engine>(*m.model, ec);
+      if (run == 0 && ec.warm_up) {
+        std::fprintf(stderr, "rill: %s\n", describe_warm_up(engine->warm_up_report(), *m.backend).c_str());
+        m.backend->save_tuning();
       }
-      t_last = std::chrono::steady_clock::now();
-      if (ids.empty()) t_first = t_last;
-      ids.push_back(e.token);
-      if (json_out) continue;
-      if (detok) {
-        const std::string delta = detok->add(e.token);
-        std::fwrite(delta.data(), 1, delta.size(), stdout);
-      } else {
-        std::printf("%s%d", ids.size() == 1 ? "" : " ", e.token);
-      }
-      std::fflush(stdout);
     }
-  }
+    const auto t0 = std::chrono::steady_clock::now();
+    auto t_first = t0, t_last = t0;
+    if (engine) {
+      const auto stream = engine->submit(r);
+      for (;;) {
+        const Event e = *stream->next();
+        if (e.token < 0) {
+          RILL_CHECK(e.finish != FinishReason::Error, "generation failed: " + e.error);
+          break;
+        }
+        t_last = std::chrono::steady_clock::now();
+        if (ids.empty()) t_first = t_last;
+        ids.push_back(e.token);
+        if (json_out) continue;
+        if (detok) {
+          const std::string delta = detok->add(e.token);
+          std::fwrite(delta.data(), 1, delta.size(), stdout);
+        } else {
+          std::printf("%s%d", ids.size() == 1 ? "" : " ", e.token);
+        }
+        std::fflush(stdout);
+      }
+    }
 
-  if (json_out) {
-    nlohmann::json j;
-    j["prompt_ids"] = prompt;
-    j["ids"] = ids;
-    j["text"] = m.tokenizer ? m.tokenizer->decode(ids, true) : "";
-    std::printf("%s\n", j.dump().c_str());
-  } else {
-    if (detok) {
-      const std::string rest = detok->finish();
-      std::fwrite(rest.data(), 1, rest.size(), stdout);
+    if (json_out) {
+      nlohmann::json j;
+      j["prompt_ids"] = prompt;
+      j["ids"] = ids;
+      j["text"] = m.tokenizer ? m.tokenizer->decode(ids, true) : "";
+      std::printf("%s\n", j.dump().c_str());
+    } else {
+      if (detok) {
+        const std::string rest = detok->finish();
+        std::fwrite(rest.data(), 1, rest.size(), stdout);
+      }
+      std::printf("\n");
     }
-    std::printf("\n");
+    // Prefill: until the first token; decode: the steps after it.
+    const double prefill = seconds(t_first - t0), decode = seconds(t_last - t_first);
+    const size_t steps = ids.empty() ? 0 : ids.size() - 1;
+    const std::string which = a.repeat > 1 ? " (run " + std::to_string(run + 1) + ")" : "";
+    std::fprintf(
+        stderr,
+        "rill: %zu prompt tokens in %.3f s (%.1f tok/s), %zu generated in %.3f s (%.1f tok/s) on %s%s\n",
+        prompt.size(), prefill, prefill > 0 ? double(prompt.size()) / prefill : 0.0, ids.size(), decode,
+        decode > 0 ? double(steps) / decode : 0.0, m.backend->name().c_str(), which.c_str());
   }
-  // Prefill: until the first token; decode: the steps after it.
-  const double prefill = seconds(t_first - t0), decode = seconds(t_last - t_first);
-  const size_t steps = ids.empty() ? 0 : ids.size() - 1;
-  std::fprintf(stderr, "rill: %zu prompt tokens in %.3f s (%.1f tok/s), %zu generated in %.3f s (%.1f tok/s) on %s\n",
-               prompt.size(), prefill, prefill > 0 ? double(prompt.size()) / prefill : 0.0, ids.size(), decode,
-               decode > 0 ? double(steps) / decode : 0.0, m.backend->name().c_str());
   return 0;
 }
 
@@ -143,7 +162,13 @@ Run add_generate(CLI::App& app) {
   app.add_option("--dump-logits", a->dump_logits,
                  "Write the logits at every prompt position to FILE (safetensors, F32 'logits' [prompt_len, vocab])");
   add_device_options(app, a->device);
-  app.add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward step")->check(CLI::PositiveNumber);
+  add_warm_up_option(app, a->device);
+  app.add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward step")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--repeat", a->repeat,
+                 "Run the prompt this many times in one process, each with a fresh KV cache (benchmarking: "
+                 "the first run is the cold one), printing the timing of each")
+      ->check(CLI::Range(1, 1000));
   return [a, prompt, ids] {
     a->model = model_or_default(a->model);
     RILL_CHECK(prompt->count() + ids->count() > 0, "give a prompt: --prompt TEXT or --prompt-ids 1,2,3");

@@ -1,6 +1,8 @@
 #include "cli/model_loading.h"
 
 #include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -67,12 +69,44 @@ std::unique_ptr<Tokenizer> open_tokenizer(const std::string& model_path, const s
   return tok;
 }
 
+std::string LoadTimes::describe(size_t weight_bytes) const {
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "checkpoint %.2f s, device %.2f s, weights %.2f s (%.2f GB, %.2f GB/s), tokenizer %.2f s",
+                checkpoint, device, weights, double(weight_bytes) / 1e9,
+                weights > 0 ? double(weight_bytes) / 1e9 / weights : 0.0, tokenizer);
+  return buf;
+}
+
+std::string describe_warm_up(const WarmUpReport& w, Backend& backend) {
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "warm-up %.2f s (%d steps, %d decode graphs)", w.seconds, w.steps, w.graphs);
+  std::string s = buf;
+  const std::string tuning = backend.tuning_summary();
+  if (!tuning.empty()) s += "; " + tuning;
+  return s;
+}
+
 LoadedModel load_model(const std::string& path, const DeviceArgs& device, const std::string& tokenizer_path) {
   LoadedModel m;
+  using clock = std::chrono::steady_clock;
+  auto t = clock::now();
+  auto lap = [&t] {
+    const auto now = clock::now();
+    const double s = std::chrono::duration<double>(now - t).count();
+    t = now;
+    return s;
+  };
   const Checkpoint ck = read_checkpoint(path);
+  m.times.checkpoint = lap();
   m.backend = make_backend(device.device, device.threads, device.dtype);
+  if (!device.tuning_cache.empty()) m.backend->set_tuning_cache(device.tuning_cache);
+  m.times.device = lap();
   m.model = std::make_unique<Model>(ck, *m.backend);
+  m.backend->synchronize();
+  m.times.weights = lap();
   m.tokenizer = open_tokenizer(path, tokenizer_path, &m.model->config());
+  m.times.tokenizer = lap();
   return m;
 }
 

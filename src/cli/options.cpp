@@ -52,7 +52,20 @@ void add_device_options(CLI::App& app, DeviceArgs& d) {
       ->default_val("auto")
       ->check(CLI::IsMember({"auto", "bfloat16", "bf16", "float32", "f32", "float"}))
       ->envname("RILL_DTYPE");
-  app.add_option("--threads", d.threads, "CPU threads for the model (0: all cores)")->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", d.threads, "CPU threads for the model (0: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option(
+         "--tuning-cache", d.tuning_cache,
+         "Directory where the GPU backend keeps the GEMM algorithms it chose by timing, per GPU, driver "
+         "and cuBLASLt version, so a later start skips the search (also RILL_TUNING_CACHE; default: none)")
+      ->envname("RILL_TUNING_CACHE");
+}
+
+void add_warm_up_option(CLI::App& app, DeviceArgs& d) {
+  app.add_flag(
+      "!--no-warm-up", d.warm_up,
+      "Do not run each kind of engine step once at start (on a GPU: prompt chunks of each size, decode "
+      "graphs, sampling kernels), so the first requests pay for setting them up instead");
 }
 
 SamplingParams SamplingArgs::finish() const {

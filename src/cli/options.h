@@ -2,11 +2,10 @@
 // sampling, and the KV policy; and the functions that turn them into what the engine takes.
 #pragma once
 
+#include <CLI/CLI.hpp>
 #include <cstdint>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
 
 #include "engine/sampler.h"
 #include "formats/model_config.h"
@@ -28,8 +27,12 @@ void add_model_option(CLI::App& app, std::string& target, const std::string& wha
 struct DeviceArgs {
   std::string device = "auto", dtype = "auto";
   int threads = 0;
+  std::string tuning_cache;  // --tuning-cache: where the backend keeps its tuning between runs
+  bool warm_up = true;       // --no-warm-up turns it off (commands that run an Engine)
 };
 void add_device_options(CLI::App& app, DeviceArgs& d);
+// --no-warm-up, for the commands that run an Engine (EngineConfig::warm_up).
+void add_warm_up_option(CLI::App& app, DeviceArgs& d);
 
 // Sampling options (generate and chat); finish() validates them into params.
 struct SamplingArgs {

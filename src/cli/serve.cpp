@@ -1,9 +1,12 @@
 // rill serve: the OpenAI-compatible server.
 #include <signal.h>
 
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -127,91 +130,8 @@ Run add_serve(CLI::App& app) {
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
     std::signal(SIGPIPE, SIG_IGN);
 
-    LoadedModel m = load_model(a->model, a->device, a->tokenizer);
-    Model& model = *m.model;
-    Backend& backend = *m.backend;
-    size_t free_bytes = 0, total_bytes = 0;
-    const bool device_memory = backend.memory_info(&free_bytes, &total_bytes);
-    std::optional<size_t> kv_bytes;
-    if (!a->kv_memory.empty()) {
-      kv_bytes = parse_memory_size(a->kv_memory, device_memory ? free_bytes : available_system_memory());
-      RILL_CHECK(kv_bytes,
-                 "--kv-cache-memory: '" + a->kv_memory + "' is not a size (e.g. 2GiB, 512MiB, 1000000, 40%)");
-    } else if (!device_memory) {
-      kv_bytes = size_t(2) << 30;
-    } else {
-      // The weights are loaded: the KV cache gets what --gpu-memory-fraction allows beyond what is in use
-      // now.
-      kv_bytes = kv_bytes_on_device(model.config(), free_bytes, total_bytes, a->gpu_memory_fraction,
-                                    a->max_batch_tokens, a->max_num_seqs);
-      RILL_CHECK(*kv_bytes > 0, "--gpu-memory-fraction " + std::to_string(a->gpu_memory_fraction) +
-                                    ": the model leaves no room for a KV cache (" +
-                                    std::to_string((total_bytes - free_bytes) >> 20) + " MiB in use of " +
-                                    std::to_string(total_bytes >> 20) + " MiB)");
-    }
-    RILL_CHECK(m.tokenizer,
-               a->model + ": serving needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
-    const Tokenizer& tok = *m.tokenizer;
-    std::unique_ptr<ChatTemplate> tmpl;
-    openai::ModelInfo info;
-    try {
-      const ChatSetup chat = open_chat(a->model, a->chat_template);
-      tmpl = std::make_unique<ChatTemplate>(chat.template_source);
-      info.bos_token = chat.bos_token;
-      info.eos_token = chat.eos_token;
-      info.stop_ids = end_of_turn_ids(chat, tok);
-      info.tool_style = openai::tool_style_of(chat.template_source);
-    } catch (const Error& e) {
-      if (!a->chat_template.empty()) throw;
-      std::fprintf(stderr, "rill: no chat template (%s): /v1/chat/completions is off\n", e.what());
-    }
-    EngineConfig ec;
-    ec.block_size = a->block_size;
-    ec.num_blocks = KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size, backend.kv_dtype());
-    RILL_CHECK(ec.num_blocks > 0,
-               (a->kv_memory.empty() ? "the KV cache's " + std::to_string(*kv_bytes >> 20) + " MiB"
-                                     : "--kv-cache-memory " + a->kv_memory) +
-                   " holds no KV block for this model");
-    ec.max_batch_tokens = a->max_batch_tokens;
-    ec.max_num_seqs = a->max_num_seqs;
-    ec.max_waiting = a->max_waiting;
-    ec.max_model_len = a->max_model_len;
-    ec.max_sessions = a->max_sessions;
-    ec.session_ttl_seconds = a->session_ttl;
-    Engine engine(model, ec);
-
-    std::string name = a->served_name;
-    if (name.empty()) {
-      std::string p = a->model;
-      while (p.size() > 1 && p.back() == '/') p.pop_back();
-      name = p.substr(p.find_last_of('/') + 1);
-    }
-    info.name = name;
-    info.tokenizer = &tok;
-    info.chat_template = tmpl.get();
-    info.max_model_len = engine.max_model_len();
-    info.block_size = a->block_size;
-    info.max_tokens_limit = a->max_tokens_limit;
-    {
-      // Constrained decoding: each token's bytes, over the model's vocabulary (ids past the tokenizer's have
-      // none).
-      std::vector<std::string> bytes = tok.token_bytes();
-      bytes.resize(size_t(model.config().vocab_size));
-      std::vector<int32_t> ends;
-      for (int id : model.config().eos_token_ids)
-        if (id >= 0 && id < model.config().vocab_size) ends.push_back(id);
-      for (int32_t id : info.stop_ids)
-        if (id >= 0 && id < model.config().vocab_size &&
-            std::find(ends.begin(), ends.end(), id) == ends.end())
-          ends.push_back(id);
-      info.vocab = std::make_shared<grammar::Vocabulary>(std::move(bytes), std::move(ends));
-      info.grammars = std::make_shared<openai::GrammarCache>();
-    }
-    {
-      ModelConfig limits = model.config();
-      limits.max_position_embeddings = engine.max_model_len();
-      info.default_kv_policy = a->kv.finish(limits, a->block_size);
-    }
+    // The server listens at once and answers /health 503 {"status": "loading"} while the model loads and
+    // warms up (on a thread of its own), then 200.
     ServerConfig sc;
     sc.host = a->host;
     sc.port = a->port;
@@ -223,27 +143,160 @@ Run add_serve(CLI::App& app) {
     sc.request_timeout_s = a->request_timeout;
     sc.max_connections = a->max_connections;
     sc.max_connections_per_address = a->max_connections_per_address;
-    HttpServer server(engine, info, sc);
+    sc.threads = a->max_num_seqs + 16;
+    HttpServer server(sc);
     server.bind();
-    std::fprintf(stderr, "rill: serving '%s' on http://%s:%d (%d KV blocks of %d tokens, %s)\n", name.c_str(),
-                 a->host.c_str(), server.port(), ec.num_blocks, ec.block_size, backend.name().c_str());
+    std::fprintf(
+        stderr,
+        "rill: listening on http://%s:%d while %s loads (GET /health answers 503 until it is ready)\n",
+        a->host.c_str(), server.port(), a->model.c_str());
+    const auto t_start = std::chrono::steady_clock::now();
+    LoadedModel m;
+    std::unique_ptr<ChatTemplate> tmpl;
+    std::unique_ptr<Engine> engine;
+    std::atomic<Engine*> live_engine{nullptr};
+    std::atomic<bool> loading{true};
+    std::exception_ptr load_error;
+    std::thread loader([&] {
+      try {
+        m = load_model(a->model, a->device, a->tokenizer);
+        std::fprintf(stderr, "rill: loaded %s: %s\n", a->model.c_str(),
+                     m.times.describe(m.model->weight_bytes()).c_str());
+        Model& model = *m.model;
+        Backend& backend = *m.backend;
+        size_t free_bytes = 0, total_bytes = 0;
+        const bool device_memory = backend.memory_info(&free_bytes, &total_bytes);
+        std::optional<size_t> kv_bytes;
+        if (!a->kv_memory.empty()) {
+          kv_bytes = parse_memory_size(a->kv_memory, device_memory ? free_bytes : available_system_memory());
+          RILL_CHECK(kv_bytes, "--kv-cache-memory: '" + a->kv_memory +
+                                   "' is not a size (e.g. 2GiB, 512MiB, 1000000, 40%)");
+        } else if (!device_memory) {
+          kv_bytes = size_t(2) << 30;
+        } else {
+          // The weights are loaded: the KV cache gets what --gpu-memory-fraction allows beyond what is in use
+          // now.
+          kv_bytes = kv_bytes_on_device(model.config(), free_bytes, total_bytes, a->gpu_memory_fraction,
+                                        a->max_batch_tokens, a->max_num_seqs);
+          RILL_CHECK(*kv_bytes > 0, "--gpu-memory-fraction " + std::to_string(a->gpu_memory_fraction) +
+                                        ": the model leaves no room for a KV cache (" +
+                                        std::to_string((total_bytes - free_bytes) >> 20) + " MiB in use of " +
+                                        std::to_string(total_bytes >> 20) + " MiB)");
+        }
+        RILL_CHECK(
+            m.tokenizer,
+            a->model + ": serving needs a tokenizer (tokenizer.json beside the model, or --tokenizer)");
+        const Tokenizer& tok = *m.tokenizer;
+        openai::ModelInfo info;
+        try {
+          const ChatSetup chat = open_chat(a->model, a->chat_template);
+          tmpl = std::make_unique<ChatTemplate>(chat.template_source);
+          info.bos_token = chat.bos_token;
+          info.eos_token = chat.eos_token;
+          info.stop_ids = end_of_turn_ids(chat, tok);
+          info.tool_style = openai::tool_style_of(chat.template_source);
+        } catch (const Error& e) {
+          if (!a->chat_template.empty()) throw;
+          std::fprintf(stderr, "rill: no chat template (%s): /v1/chat/completions is off\n", e.what());
+        }
+        EngineConfig ec;
+        ec.block_size = a->block_size;
+        ec.num_blocks =
+            KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size, backend.kv_dtype());
+        RILL_CHECK(ec.num_blocks > 0,
+                   (a->kv_memory.empty() ? "the KV cache's " + std::to_string(*kv_bytes >> 20) + " MiB"
+                                         : "--kv-cache-memory " + a->kv_memory) +
+                       " holds no KV block for this model");
+        ec.max_batch_tokens = a->max_batch_tokens;
+        ec.max_num_seqs = a->max_num_seqs;
+        ec.max_waiting = a->max_waiting;
+        ec.max_model_len = a->max_model_len;
+        ec.max_sessions = a->max_sessions;
+        ec.session_ttl_seconds = a->session_ttl;
+        ec.warm_up = a->device.warm_up;
+        engine = std::make_unique<Engine>(model, ec);
+        if (ec.warm_up) {
+          std::fprintf(stderr, "rill: %s\n", describe_warm_up(engine->warm_up_report(), backend).c_str());
+          backend.save_tuning();
+        }
+
+        std::string name = a->served_name;
+        if (name.empty()) {
+          std::string p = a->model;
+          while (p.size() > 1 && p.back() == '/') p.pop_back();
+          name = p.substr(p.find_last_of('/') + 1);
+        }
+        info.name = name;
+        info.tokenizer = &tok;
+        info.chat_template = tmpl.get();
+        info.max_model_len = engine->max_model_len();
+        info.block_size = a->block_size;
+        info.max_tokens_limit = a->max_tokens_limit;
+        {
+          // Constrained decoding: each token's bytes, over the model's vocabulary (ids past the tokenizer's
+          // have none).
+          std::vector<std::string> bytes = tok.token_bytes();
+          bytes.resize(size_t(model.config().vocab_size));
+          std::vector<int32_t> ends;
+          for (int id : model.config().eos_token_ids)
+            if (id >= 0 && id < model.config().vocab_size) ends.push_back(id);
+          for (int32_t id : info.stop_ids)
+            if (id >= 0 && id < model.config().vocab_size &&
+                std::find(ends.begin(), ends.end(), id) == ends.end())
+              ends.push_back(id);
+          info.vocab = std::make_shared<grammar::Vocabulary>(std::move(bytes), std::move(ends));
+          info.grammars = std::make_shared<openai::GrammarCache>();
+        }
+        {
+          ModelConfig limits = model.config();
+          limits.max_position_embeddings = engine->max_model_len();
+          info.default_kv_policy = a->kv.finish(limits, a->block_size);
+        }
+        server.ready(*engine, info);
+        live_engine = engine.get();
+        std::fprintf(
+            stderr, "rill: ready in %.2f s: serving '%s' on http://%s:%d (%d KV blocks of %d tokens, %s)\n",
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count(), name.c_str(),
+            a->host.c_str(), server.port(), ec.num_blocks, ec.block_size, backend.name().c_str());
+        loading = false;
+      } catch (...) {
+        load_error = std::current_exception();
+        loading = false;
+        server.stop();
+      }
+    });
+    std::atomic<bool> served{false};
     std::thread waiter([&] {
       int sig = 0;
       sigwait(&signals, &sig);
+      if (served) return;
       std::fprintf(
           stderr,
           "rill: %s: refusing new requests; running ones may finish, and the server exits, within %gs\n",
           sig == SIGINT ? "SIGINT" : "SIGTERM", a->shutdown_timeout);
-      const size_t cancelled = server.shutdown(a->shutdown_timeout, [&] { engine.shutdown(); });
-      engine.shutdown();
+      auto stop_engine = [&] {
+        if (Engine* e = live_engine.load()) e->shutdown();
+      };
+      const size_t cancelled = server.shutdown(a->shutdown_timeout, stop_engine);
+      stop_engine();
       if (cancelled > 0)
         std::fprintf(stderr, "rill: cancelled %zu requests at the shutdown deadline\n", cancelled);
     });
     server.serve();
     // If serve() ended for another reason, wake the waiter from sigwait() (the signal is blocked, so it only
     // ends the wait): not a way of killing the thread.
+    served = true;
     pthread_kill(waiter.native_handle(), SIGTERM);  // NOLINT(bugprone-bad-signal-to-kill-thread)
     waiter.join();
+    if (loading) {
+      // Stopped while the weights are still on their way: nothing is served yet, so nothing is lost by not
+      // waiting for them.
+      std::fprintf(stderr, "rill: exiting before the model finished loading\n");
+      std::fflush(stderr);
+      std::_Exit(0);
+    }
+    loader.join();
+    if (load_error) std::rethrow_exception(load_error);
     return 0;
   };
 }

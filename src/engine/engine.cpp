@@ -21,6 +21,9 @@ Engine::Engine(Model& model, EngineConfig config)
   counters_.blocks_total = config_.num_blocks;
   metrics_ = counters_;
   metrics_.blocks_free = config_.num_blocks;
+  if (config_.warm_up)
+    warm_up_ = runner_.warm_up(kv_, WarmUpShape{config_.max_batch_tokens, config_.max_num_seqs,
+                                                config_.max_model_len, config_.num_blocks});
   thread_ = std::thread([this] { loop(); });
 }
 

@@ -36,6 +36,9 @@ struct EngineConfig {
   // Threads that compute constrained rows' token masks (while the device runs the step) and take their tokens;
   // 0: half the hardware threads, 1 to 8.
   int grammar_threads = 0;
+  // Run every kind of step once before serving (ModelRunner::warm_up), so that the first requests do not pay
+  // for setting them up. Off by default (tests); rill serve, generate and chat turn it on.
+  bool warm_up = false;
 };
 
 struct EngineMetrics {
@@ -78,6 +81,8 @@ class Engine {
   bool delete_session(uint64_t id);
 
   const EngineConfig& config() const { return config_; }
+  // What the warm-up ran (zeros without EngineConfig::warm_up).
+  const WarmUpReport& warm_up_report() const { return warm_up_; }
   int max_model_len() const { return config_.max_model_len; }
 
  private:
@@ -122,6 +127,7 @@ class Engine {
   EngineConfig config_;
   KvCache kv_;
   ModelRunner runner_;
+  WarmUpReport warm_up_;
   Scheduler scheduler_;
   SessionTable sessions_;  // the loop's
 

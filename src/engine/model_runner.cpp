@@ -1,6 +1,7 @@
 #include "engine/model_runner.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <set>
@@ -238,7 +239,7 @@ bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>
     auto g = std::make_unique<GraphState>();
     const GraphState* old = graphs_.get();
     g->capacity = std::max(nb, old && old->kv_id == kv_id ? old->capacity : 0);
-    g->max_blocks = std::max(B, old && old->kv_id == kv_id ? old->max_blocks : 0);
+    g->max_blocks = std::max({B, graph_reserve_blocks_, old && old->kv_id == kv_id ? old->max_blocks : 0});
     graphs_.reset();  // graphs first: they hold the old buffers' addresses
     g->scratch_bytes = std::max(scratch, size_t(1));
     g->kv_id = kv_id;
@@ -328,6 +329,80 @@ bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>
     backend_.read(logits->data(), g.logits, logits->size() * sizeof(float));
   }
   return true;
+}
+
+WarmUpReport ModelRunner::warm_up(KvCache& kv, const WarmUpShape& shape) {
+  const auto t0 = std::chrono::steady_clock::now();
+  WarmUpReport report;
+  const ModelConfig& c = model_.config();
+  const int bs = kv.block_size();
+  const int max_len = shape.max_model_len > 0 ? shape.max_model_len : c.max_position_embeddings;
+  const int capacity = std::min(shape.num_blocks * bs, max_len);  // tokens one scratch sequence may hold
+  const bool gpu = backend_.device() == Device::CUDA;
+  auto table = [&](int blocks) {
+    std::vector<int32_t> t(static_cast<size_t>(std::max(1, blocks)));
+    for (size_t i = 0; i < t.size(); ++i) t[i] = int32_t(i % size_t(shape.num_blocks));
+    return t;
+  };
+  auto tokens = [&](int n, int from) {
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) t[size_t(i)] = (from + i) % std::min(c.vocab_size, 1000);
+    return t;
+  };
+  auto prompt = [&](int start, int len) {
+    if (len <= 0 || start + len > capacity) return;
+    Batch b;
+    b.add_sequence(tokens(len, start), start, start, table((start + len + bs - 1) / bs), bs, Logits::Last);
+    run(b, kv);
+    ++report.steps;
+  };
+  // Prompt chunks.
+  const int chunk = std::min(shape.max_batch_tokens, capacity);
+  if (gpu) {
+    for (int n = 16; n < chunk; n *= 2) prompt(0, n);
+    prompt(0, chunk);
+    prompt(chunk, chunk);
+  } else {
+    prompt(0, std::min(16, chunk));
+  }
+  // Decode steps: every graph bucket, at every block-table width a sequence of max_model_len can reach.
+  const int seqs = std::max(1, std::min(shape.max_num_seqs, 256));
+  int widest = std::max(1, (max_len + bs - 1) / bs);
+  if (gpu && backend_.can_record() && graph_max_batch_ > 0) graph_reserve_blocks_ = pow2_at_least(widest, 8);
+  auto decode = [&](int n, int blocks, const RowSampling& sampling) {
+    Batch b;
+    for (int i = 0; i < n; ++i) b.add_sequence(tokens(1, i), 0, 0, table(blocks), bs, Logits::Last);
+    run(b, kv, sampling);
+    ++report.steps;
+  };
+  std::vector<int> buckets;
+  for (int n = 1; n <= seqs && gpu; n = graph_bucket(n) + 1) buckets.push_back(graph_bucket(n));
+  if (!gpu) buckets = {1};
+  const int runs = gpu && backend_.can_record() && graph_max_batch_ > 0 ? 2 : 1;  // eager, then recorded
+  for (int n : buckets)
+    for (int w = 8;; w *= 2) {
+      for (int r = 0; r < runs; ++r) decode(n, std::min(w, widest), {});
+      if (!gpu || w >= widest) break;
+    }
+  // Sampling, log-probabilities and a grammar's mask.
+  RowSampling s;
+  SampleRow row;
+  row.params.temperature = 0.7f;
+  row.params.top_p = 0.9f;
+  row.params.top_k = 40;
+  row.params.repetition_penalty = 1.1f;
+  row.uniform = 0.5;
+  s.rows = {row};
+  s.penalties = {PenaltyEntry{1, 1}};
+  s.rows[0].penalty_end = 1;
+  s.logprobs = 1;
+  s.mask_words = (c.vocab_size + 31) / 32;
+  s.fill_masks = [&](uint32_t* masks) { std::fill(masks, masks + s.mask_words, ~0u); };
+  decode(1, 1, s);
+  report.graphs = int(graphs_ ? graphs_->graphs.size() : 0);
+  backend_.synchronize();
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return report;
 }
 
 }  // namespace rill

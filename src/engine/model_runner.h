@@ -32,6 +32,21 @@ struct RowSampling {
   int mask_words = 0;
 };
 
+// What ModelRunner::warm_up ran, and how long it took.
+struct WarmUpReport {
+  int steps = 0;   // forward steps
+  int graphs = 0;  // decode graphs recorded
+  double seconds = 0;
+};
+
+// The steps an engine will run: what warm_up covers.
+struct WarmUpShape {
+  int max_batch_tokens = 512;  // the largest step (prefill chunks)
+  int max_num_seqs = 1;        // the largest decode batch
+  int max_model_len = 0;       // the longest sequence (the block-table widths decode graphs are recorded for)
+  int num_blocks = 0;          // the KV cache's blocks (warm-up steps fit in them)
+};
+
 struct StepOutput {
   std::vector<int32_t> ids;     // one per logit row; -1 where every logit is NaN
   std::vector<float> logprobs;  // with RowSampling::logprobs = k >= 0: [rows, 1 + 2k] (Backend::top_logprobs)
@@ -50,6 +65,15 @@ class ModelRunner {
   std::vector<float> logits(const Batch& batch, KvCache& kv);
 
   Model& model() { return model_; }
+  // Runs, once, the kinds of step an engine of this shape will run, so that their one-time costs are paid now
+  // rather than by the first requests: on a GPU, a prompt chunk of every power-of-two size up to
+  // max_batch_tokens and one after a full chunk (GEMM algorithms chosen and their kernels loaded, attention
+  // kernels loaded, workspaces grown), a decode step of every graph bucket up to max_num_seqs at every
+  // block-table width up to max_model_len (graphs recorded), and the sampling, log-probability and masking
+  // kernels; on the CPU, one short prompt and one decode step (the weights paged in, the threads started).
+  // The KV cache's blocks serve as scratch: it must hold no sequence yet, and holds none after (nothing is
+  // cached).
+  WarmUpReport warm_up(KvCache& kv, const WarmUpShape& shape);
   // Decode steps of up to `max_batch` sequences replay recorded graphs on backends that can record them (CUDA
   // graphs), so that a step costs one launch instead of one per op; 0 turns that off. Default: 256, or 0 when
   // the environment sets RILL_CUDA_GRAPHS=0.
@@ -77,6 +101,7 @@ class ModelRunner {
   std::unique_ptr<ModelWorkspace> ws_;  // grown to the largest step seen, never shrunk
   std::unique_ptr<GraphState> graphs_;
   int graph_max_batch_ = 256;
+  int graph_reserve_blocks_ = 0;  // block-table width the graph buffers are made for at least (warm_up)
   uint64_t graph_replays_ = 0;
 };
 

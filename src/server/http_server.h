@@ -18,7 +18,15 @@ namespace rill {
 
 class HttpServer {
  public:
+  // Ready at once.
   HttpServer(Engine& engine, openai::ModelInfo model, ServerConfig config);
+  // Loading: it binds and serves before there is a model. Until ready(), GET /health answers 503
+  // {"status": "loading"} and every route that needs the model 503 (type model_loading, Retry-After);
+  // /openapi.json answers. ServerConfig::threads should be set (no engine to size the workers from yet).
+  explicit HttpServer(ServerConfig config);
+  // The model is loaded and warmed up: from now on every route answers (GET /health 200).
+  void ready(Engine& engine, openai::ModelInfo model);
+  bool is_ready() const;
   ~HttpServer();
   // Binds the port (throws rill::Error naming host:port when it cannot) and serves until stop().
   void bind();

@@ -22,12 +22,14 @@ trap 'kill -TERM $pid $tiny_pid 2>/dev/null; rm -rf "$model"' EXIT
 tiny_pid=
 "$make_model" --out "$model/m" --dim 32 --layers 2 --heads 4 --ffn 64 --vocab 16022 --dtype f32 --context 512 >/dev/null
 cp "$shared/data/tokenizers/qwen2-style/tokenizer.json" "$shared/data/tokenizers/qwen2-style/tokenizer_config.json" "$model/m/"
-# The port a server started with --port 0 reports in its log ($1), or nothing when it does not start in 20 s.
+# The port a server started with --port 0 reports in its log ($1), once its /health answers 200 (it listens while
+# the model loads), or nothing when that does not happen in 20 s.
 port_of() {
   local p=
   for _ in $(seq 400); do
-    p=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$1")
-    [ -n "$p" ] && break
+    p=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$1" | head -1)
+    [ -n "$p" ] && curl -sf "http://127.0.0.1:$p/health" >/dev/null && break
+    p=
     sleep 0.05
   done
   echo "$p"

@@ -19,6 +19,8 @@ done
 { git rev-parse --short HEAD; git diff --quiet HEAD -- src bench tests || echo "(with uncommitted changes)"; } \
   | paste -sd' ' > "$bins/build/COMMIT"
 dirs=(build)
+# LLAMA_BENCH=path: llama.cpp's llama-bench (built with CUDA for sm_90a, see ../shared/peers), packed as llama-bench.
+if [ -n "${LLAMA_BENCH:-}" ]; then strip -o "$bins/llama-bench" "$LLAMA_BENCH" && dirs+=(llama-bench); fi
 if [ -n "${OLD:-}" ]; then
   mkdir -p "$bins/old" && strip -o "$bins/old/gpu_bench" "$OLD/bench/gpu_bench"
   (cd "$OLD" && git rev-parse --short HEAD 2>/dev/null || echo unknown) > "$bins/old/COMMIT"
@@ -29,8 +31,11 @@ rm -rf "$bins"
 fixtures=${FIXTURES:-$(ls ../shared/fixtures/models)}
 [ "$fixtures" = none ] && fixtures=""
 (cd ../shared && tar cJf "$OLDPWD/$out/shared.tar.xz" data/models/stories260K data/models/stories260K-hf \
+  data/tokenizers/llama3-style \
   $(for f in $fixtures; do echo fixtures/models/$f; done))
 # rill links these Debian libraries, which Ubuntu (the device) lacks: tokenizer regexes and Unicode (its HTTP
 # server, Boost.Beast, is header-only).
 for l in libpcre2-8.so.0 libutf8proc.so.2; do cp -L /usr/lib/x86_64-linux-gnu/$l "$out/lib/"; done
+# LLAMA_SRC=path: the llama.cpp source tarball of ../shared/peers (its converter; unpacked beside the binaries).
+if [ -n "${LLAMA_SRC:-}" ]; then cp "$LLAMA_SRC" "$out/llama.cpp-src.tar.xz"; fi
 du -sh "$out"

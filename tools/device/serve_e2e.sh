@@ -31,13 +31,17 @@ log=$(mktemp)
 server=$!
 url=""
 for _ in $(seq 600); do
-  url=$(grep -o 'http://[0-9.]*:[0-9]*' "$log" || true)
+  url=$(grep -o 'http://[0-9.]*:[0-9]*' "$log" | head -1 || true)
   [ -n "$url" ] && break
   kill -0 $server 2>/dev/null || break
   sleep 0.1
 done
 [ -n "$url" ] || { cat "$log"; fail "serve did not start"; }
-head -2 "$log"
+# It listens while the model loads and warms up: /health is 503 {"status": "loading"} until then.
+echo "-- GET /health while loading: $(curl -s -w ' %{http_code}' "$url/health")"
+for _ in $(seq 600); do curl -sf "$url/health" >/dev/null && break; sleep 0.1; done
+curl -sf "$url/health" >/dev/null || { cat "$log"; fail "serve did not become ready"; }
+head -4 "$log"
 auth=(-H 'Authorization: Bearer k' -H 'Content-Type: application/json')
 echo "-- POST /v1/completions (stream)"
 curl -sN "$url/v1/completions" "${auth[@]}" \

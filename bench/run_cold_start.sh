@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Issue 29, on the device in one call: from a cold start to full speed, Llama-3-8B shape (random bf16 weights).
+#   - the disk: the checkpoint's read rate from the disk (page cache dropped for the file) and from the page cache;
+#   - `rill generate`, fresh processes, 512- and 4096-token prompts (ids), each process running the prompt 3 times
+#     (--repeat: run 1 is the cold one, runs 2-3 warm), with the warm-up (default) and with --no-warm-up;
+#   - `rill serve`: seconds from start to GET /health 200, then the TTFT of 3 successive 512-token completions
+#     (distinct prompts: no prefix reuse), without a tuning cache, with one (first start: written; second: read),
+#     with --no-warm-up, and once with the checkpoint out of the page cache;
+#   - llama.cpp (when the bundle has llama-bench built with CUDA and the llama.cpp source): the same weights as
+#     GGUF BF16 (bench/llamacpp_convert.py), llama-bench pp512 / pp4096 (warm: it runs a warm-up first), and
+#     the wall time of a llama-bench run of one tiny prompt, cold and cached (its load time, roughly).
+#   here:   ninja -C build rill make_random_model && FIXTURES=none LLAMA_BENCH=/path/to/llama-bench \
+#             LLAMA_SRC=/path/to/llama.cpp-*.tar.xz bash tools/device/pack.sh
+#   device: bash bench/run_cold_start.sh .device/bundle     (a table on stdout; logs and cold_start.json in $OUT)
+set -uo pipefail
+bundle=${1:-.device/bundle}
+out=${OUT:-/tmp}
+here=$(pwd)
+u=$(mktemp -d)
+for f in "$bundle"/*.tar.xz; do tar xJf "$f" -C "$u"; done
+export LD_LIBRARY_PATH="$here/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+rill=$u/build/rill
+log=$out/cold_start.log
+: >"$log"
+say() { echo "$*" | tee -a "$log"; }
+now() { date +%s.%N; }
+since() { awk "BEGIN{printf \"%.2f\", $(now) - $1}"; }
+
+say "# $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader); $(nproc) cores; rill $(cat $u/build/COMMIT)"
+M=/tmp/llama3-8b-shape
+t=$(now)
+"$u/build/make_random_model" --out $M --dim 4096 --layers 32 --heads 32 --kv-heads 8 --ffn 14336 --vocab 128256 \
+  --context 8192 --dtype bf16 >/dev/null
+cp "$u/data/tokenizers/llama3-style/tokenizer.json" "$u/data/tokenizers/llama3-style/tokenizer_config.json" $M/
+bytes=$(stat -c %s $M/model.safetensors)
+say "model: $M, $(awk "BEGIN{printf \"%.2f\", $bytes/1e9}") GB, written in $(since $t) s"
+drop() { sync; python3 -c "import os,sys
+for p in sys.argv[1:]:
+    fd=os.open(p,os.O_RDONLY); os.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED); os.close(fd)" "$@"; }
+drop $M/model.safetensors
+t=$(now); dd if=$M/model.safetensors of=/dev/null bs=64M status=none; s=$(since $t)
+say "disk read (page cache dropped): $s s, $(awk "BEGIN{printf \"%.2f\", $bytes/1e9/$s}") GB/s"
+t=$(now); dd if=$M/model.safetensors of=/dev/null bs=64M status=none; s=$(since $t)
+say "page-cache read: $s s, $(awk "BEGIN{printf \"%.2f\", $bytes/1e9/$s}") GB/s"
+
+ids() { python3 -c "print(','.join(str((i*7919+$2)%128000+100) for i in range($1)))"; }
+gen() {  # label, prompt tokens, flags...
+  local label=$1 n=$2
+  shift 2
+  t=$(now)
+  "$rill" generate -m $M --prompt-ids "$(ids $n 0)" -n 64 --ignore-eos --temperature 0 --repeat 3 "$@" \
+    2>"$out/gen.err" >/dev/null || { cat "$out/gen.err"; say "generate $label failed"; return; }
+  say "== generate $label (process wall $(since $t) s)"
+  grep '^rill' "$out/gen.err" | tee -a "$log"
+}
+drop $M/model.safetensors
+gen "512 cold disk" 512
+for r in 1 2; do
+  gen "512 #$r" 512
+  gen "4096 #$r" 4096
+done
+gen "512 --no-warm-up" 512 --no-warm-up
+gen "4096 --no-warm-up" 4096 --no-warm-up
+
+serve() {  # label, flags...
+  local label=$1
+  shift
+  local slog=$out/serve.err
+  t=$(now)
+  "$rill" serve -m $M --port 0 "$@" 2>"$slog" &
+  local pid=$! port= ready=
+  for _ in $(seq 2400); do
+    port=$(sed -n 's|.*http://127.0.0.1:\([0-9]*\).*|\1|p' "$slog" | head -1)
+    [ -n "$port" ] && curl -sf "http://127.0.0.1:$port/health" >/dev/null && { ready=$(since $t); break; }
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.05
+  done
+  if [ -z "$ready" ]; then cat "$slog"; say "serve $label did not become ready"; kill -KILL $pid; return; fi
+  local ttft=""
+  for k in 1 2 3; do
+    local body="{\"prompt\": [$(ids 512 $k)], \"max_tokens\": 1, \"temperature\": 0}"
+    ttft+=" $(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/v1/completions" \
+      -H 'Content-Type: application/json' -d "$body")"
+  done
+  kill -TERM $pid
+  wait $pid
+  say "== serve $label: ready in $ready s; TTFT of 512-token prompts 1,2,3:$ttft s"
+  grep '^rill' "$slog" | grep -v SIGTERM | tee -a "$log"
+}
+rm -rf /tmp/tuning
+serve "no tuning cache"
+serve "--tuning-cache (first start: written)" --tuning-cache /tmp/tuning
+serve "--tuning-cache (second start: read)" --tuning-cache /tmp/tuning
+serve "--no-warm-up" --no-warm-up
+drop $M/model.safetensors
+serve "--tuning-cache, checkpoint not in the page cache" --tuning-cache /tmp/tuning
+ls -la /tmp/tuning | tee -a "$log"
+
+if [ -x "$u/llama-bench" ] && [ -d "$u/llama.cpp" ]; then
+  G=/tmp/llama3-8b-shape-bf16.gguf
+  t=$(now)
+  python3 bench/llamacpp_convert.py "$u/llama.cpp" $M $G >"$out/convert.log" 2>&1 || tail -20 "$out/convert.log"
+  say "== llama.cpp: GGUF BF16 written in $(since $t) s ($(stat -c %s $G 2>/dev/null) bytes)"
+  rm -f $M/model.safetensors  # the disk holds both only just
+  "$u/llama-bench" -m $G -ngl 99 -p 512,4096 -n 0 -r 5 -o md 2>"$out/llama-bench.err" | tee -a "$log"
+  "$u/llama-bench" -m $G -ngl 99 -p 0 -n 128 -r 3 -o md 2>>"$out/llama-bench.err" | tee -a "$log"
+  drop $G
+  t=$(now); "$u/llama-bench" -m $G -ngl 99 -p 16 -n 0 -r 1 -o csv >/dev/null 2>>"$out/llama-bench.err"
+  say "llama-bench -p 16 -n 0 -r 1 (load included), GGUF not in the page cache: $(since $t) s"
+  t=$(now); "$u/llama-bench" -m $G -ngl 99 -p 16 -n 0 -r 1 -o csv >/dev/null 2>>"$out/llama-bench.err"
+  say "llama-bench -p 16 -n 0 -r 1 (load included), GGUF in the page cache: $(since $t) s"
+else
+  say "(no llama-bench in the bundle: llama.cpp not measured)"
+fi
