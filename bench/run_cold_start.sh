@@ -21,6 +21,7 @@ for f in "$bundle"/*.tar.xz; do tar xJf "$f" -C "$u"; done
 export LD_LIBRARY_PATH="$here/$bundle/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 rill=$u/build/rill
 log=$out/cold_start.log
+work=$(mktemp -d)
 : >"$log"
 say() { echo "$*" | tee -a "$log"; }
 now() { date +%s.%N; }
@@ -49,9 +50,9 @@ gen() {  # label, prompt tokens, flags...
   shift 2
   t=$(now)
   "$rill" generate -m $M --prompt-ids "$(ids $n 0)" -n 64 --ignore-eos --temperature 0 --repeat 3 "$@" \
-    2>"$out/gen.err" >/dev/null || { cat "$out/gen.err"; say "generate $label failed"; return; }
+    2>"$work/gen.err" >/dev/null || { cat "$work/gen.err"; say "generate $label failed"; return; }
   say "== generate $label (process wall $(since $t) s)"
-  grep '^rill' "$out/gen.err" | tee -a "$log"
+  grep '^rill' "$work/gen.err" | tee -a "$log"
 }
 drop $M/model.safetensors
 gen "512 cold disk" 512
@@ -65,7 +66,7 @@ gen "4096 --no-warm-up" 4096 --no-warm-up
 serve() {  # label, flags...
   local label=$1
   shift
-  local slog=$out/serve.err
+  local slog=$work/serve.err
   t=$(now)
   "$rill" serve -m $M --port 0 "$@" 2>"$slog" &
   local pid=$! port= ready=
@@ -99,15 +100,15 @@ ls -la /tmp/tuning | tee -a "$log"
 if [ -x "$u/llama-bench" ] && [ -d "$u/llama.cpp" ]; then
   G=/tmp/llama3-8b-shape-bf16.gguf
   t=$(now)
-  python3 bench/llamacpp_convert.py "$u/llama.cpp" $M $G >"$out/convert.log" 2>&1 || tail -20 "$out/convert.log"
+  python3 bench/llamacpp_convert.py "$u/llama.cpp" $M $G >"$work/convert.log" 2>&1 || tail -20 "$work/convert.log"
   say "== llama.cpp: GGUF BF16 written in $(since $t) s ($(stat -c %s $G 2>/dev/null) bytes)"
   rm -f $M/model.safetensors  # the disk holds both only just
-  "$u/llama-bench" -m $G -ngl 99 -p 512,4096 -n 0 -r 5 -o md 2>"$out/llama-bench.err" | tee -a "$log"
-  "$u/llama-bench" -m $G -ngl 99 -p 0 -n 128 -r 3 -o md 2>>"$out/llama-bench.err" | tee -a "$log"
+  "$u/llama-bench" -m $G -ngl 99 -p 512,4096 -n 0 -r 5 -o md 2>"$work/llama-bench.err" | tee -a "$log"
+  "$u/llama-bench" -m $G -ngl 99 -p 0 -n 128 -r 3 -o md 2>>"$work/llama-bench.err" | tee -a "$log"
   drop $G
-  t=$(now); "$u/llama-bench" -m $G -ngl 99 -p 16 -n 0 -r 1 -o csv >/dev/null 2>>"$out/llama-bench.err"
+  t=$(now); "$u/llama-bench" -m $G -ngl 99 -p 16 -n 0 -r 1 -o csv >/dev/null 2>>"$work/llama-bench.err"
   say "llama-bench -p 16 -n 0 -r 1 (load included), GGUF not in the page cache: $(since $t) s"
-  t=$(now); "$u/llama-bench" -m $G -ngl 99 -p 16 -n 0 -r 1 -o csv >/dev/null 2>>"$out/llama-bench.err"
+  t=$(now); "$u/llama-bench" -m $G -ngl 99 -p 16 -n 0 -r 1 -o csv >/dev/null 2>>"$work/llama-bench.err"
   say "llama-bench -p 16 -n 0 -r 1 (load included), GGUF in the page cache: $(since $t) s"
 else
   say "(no llama-bench in the bundle: llama.cpp not measured)"
