@@ -548,9 +548,10 @@ class CudaBackend final : public Backend {
   }
 
   // Shapes share an algorithm by class: the same matrix (o x in) and output dtype, and a row count in the
-  // same power-of-two bucket (exact up to 8). The first shape of a class chooses it: the heuristic's
-  // candidates for the bucket's row count that also run this shape, each timed on this product's own operands
-  // (outside a graph recording), the fastest taken; or the choice kept in the tuning cache. So a prompt of a
+  // same power-of-two bucket (exact up to 8). The first shape of a class chooses it among the heuristic's
+  // candidates for the bucket's row count that also run this shape: the first, or, with a tuning cache, the
+  // fastest of them timed on this product's own operands (outside a graph recording), or the choice the cache
+  // kept. So a prompt of a
   // length not seen before queries nothing and loads no new kernel once the warm-up (Engine) has run each
   // bucket. With RILL_BATCH_INVARIANT=1 every exact shape takes the heuristic's first algorithm that does not
   // split the reduction over k: then a row's result does not depend on how many rows are in the batch.
@@ -598,7 +599,10 @@ class CudaBackend final : public Backend {
     if (found.empty()) found = candidates(plan, 1);
     if (found.empty()) throw no_algorithm();
     cublasLtMatmulAlgo_t best = found[0].algo;
-    if (!capturing_ && found.size() > 1) {
+    // Timing picks among near-equal candidates by noise, so two processes could choose differently (and compute
+    // slightly differently in bf16): only with a tuning cache, which makes the choice once for every later run.
+    // Without one, the heuristic's first choice, as deterministic as the library.
+    if (!capturing_ && found.size() > 1 && !tuning_dir_.empty()) {
       // Each candidate once to load its kernel, then the best of three timed runs.
       cudaEvent_t a = nullptr, b = nullptr;
       check_cuda(cudaEventCreate(&a), "event");
@@ -699,7 +703,7 @@ class CudaBackend final : public Backend {
   }
   std::string tuning_summary() const override {
     char buf[160];
-    std::snprintf(buf, sizeof buf, "GEMM algorithms: %d chosen by timing (%.2f s), %d from the tuning cache",
+    std::snprintf(buf, sizeof buf, "GEMM algorithms: %d shape classes chosen (%.2f s), %d from the tuning cache",
                   tuned_total_ + tuned_, tune_seconds_, from_cache_);
     return buf;
   }
