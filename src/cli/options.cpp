@@ -56,8 +56,9 @@ void add_device_options(CLI::App& app, DeviceArgs& d) {
       ->check(CLI::NonNegativeNumber);
   app.add_option(
          "--tuning-cache", d.tuning_cache,
-         "Directory where the GPU backend keeps the GEMM algorithms it chose by timing, per GPU, driver "
-         "and cuBLASLt version, so a later start skips the search (also RILL_TUNING_CACHE; default: none)")
+         "Directory for GEMM tuning (GPU): with it, each matrix shape's algorithm is the fastest of cuBLASLt's "
+         "candidates, timed once and kept there per GPU, driver and cuBLASLt version, so later starts skip the "
+         "search and compute the same; without it, cuBLASLt's first choice (also RILL_TUNING_CACHE)")
       ->envname("RILL_TUNING_CACHE");
 }
 
