@@ -63,6 +63,14 @@ done
 gen "512 --no-warm-up" 512 --no-warm-up
 gen "4096 --no-warm-up" 4096 --no-warm-up
 
+# Where a first prompt's time goes without the warm-up: CUDA API time over a process that runs it twice.
+if command -v nsys >/dev/null; then
+  nsys profile --trace=cuda,osrt --force-overwrite true -o "$work/first" "$rill" generate -m $M \
+    --prompt-ids "$(ids 512 0)" -n 16 --ignore-eos --temperature 0 --no-warm-up --repeat 2 >/dev/null 2>"$work/nsys.err"
+  say "== nsys: CUDA API time of a --no-warm-up process, 512-token prompt run twice (load included)"
+  nsys stats --report cuda_api_sum --format csv "$work/first.nsys-rep" 2>/dev/null | head -16 | tee -a "$log"
+fi
+
 serve() {  # label, flags...
   local label=$1
   shift

@@ -79,8 +79,9 @@ std::string LoadTimes::describe(size_t weight_bytes) const {
 }
 
 std::string describe_warm_up(const WarmUpReport& w, Backend& backend) {
-  char buf[128];
-  std::snprintf(buf, sizeof buf, "warm-up %.2f s (%d steps, %d decode graphs)", w.seconds, w.steps, w.graphs);
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "warm-up %.2f s (%d steps: prompt chunks %.2f s, decode %.2f s, %d graphs)",
+                w.seconds, w.steps, w.prompt_seconds, w.decode_seconds, w.graphs);
   std::string s = buf;
   const std::string tuning = backend.tuning_summary();
   if (!tuning.empty()) s += "; " + tuning;

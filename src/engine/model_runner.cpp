@@ -365,6 +365,9 @@ WarmUpReport ModelRunner::warm_up(KvCache& kv, const WarmUpShape& shape) {
   } else {
     prompt(0, std::min(16, chunk));
   }
+  backend_.synchronize();
+  const auto t_prompts = std::chrono::steady_clock::now();
+  report.prompt_seconds = std::chrono::duration<double>(t_prompts - t0).count();
   // Decode steps: every graph bucket, at every block-table width a sequence of max_model_len can reach.
   const int seqs = std::max(1, std::min(shape.max_num_seqs, 256));
   int widest = std::max(1, (max_len + bs - 1) / bs);
@@ -401,7 +404,9 @@ WarmUpReport ModelRunner::warm_up(KvCache& kv, const WarmUpShape& shape) {
   decode(1, 1, s);
   report.graphs = int(graphs_ ? graphs_->graphs.size() : 0);
   backend_.synchronize();
-  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto t_end = std::chrono::steady_clock::now();
+  report.seconds = std::chrono::duration<double>(t_end - t0).count();
+  report.decode_seconds = std::chrono::duration<double>(t_end - t_prompts).count();
   return report;
 }
 

@@ -36,7 +36,7 @@ struct RowSampling {
 struct WarmUpReport {
   int steps = 0;   // forward steps
   int graphs = 0;  // decode graphs recorded
-  double seconds = 0;
+  double seconds = 0, prompt_seconds = 0, decode_seconds = 0;  // in all, prompt chunks, decode steps
 };
 
 // The steps an engine will run: what warm_up covers.
