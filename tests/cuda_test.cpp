@@ -1,5 +1,7 @@
 // The CUDA backend on whole models: the device itself, decode steps replayed from CUDA graphs against eager
 // ones, and the TinyStories model's greedy tokens against the CPU's (float32 mode and bf16).
+#include <fstream>
+
 #include "cuda_test_util.h"
 
 namespace rill::test {
@@ -87,6 +89,74 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
     }
     EXPECT_GT(graphed.graph_replays(), replays_before);
   }
+}
+
+// The warm-up records the decode graph of every bucket up to max_num_seqs at every block-table width up to
+// max_model_len, so the first real decode step of each replays one: no step of its own is run eagerly.
+TEST(CudaModel, WarmUpRecordsEveryDecodeGraph) {
+  RILL_NEED_GPU();
+  const Checkpoint ck = read_checkpoint(models_dir() + "/rill-tiny");
+  auto gpu = make_backend("cuda");
+  Model model(ck, *gpu);
+  ASSERT_TRUE(model.config().head_dim == 64 || model.config().head_dim == 128);
+  KvCache kv(*gpu, model.config(), 256, 16);
+  ModelRunner runner(model);
+  const WarmUpReport w = runner.warm_up(kv, WarmUpShape{64, 5, 400, 256});
+  EXPECT_EQ(w.graphs, 12) << "buckets 1, 2, 4, 8 at widths 8, 16, 32";
+  EXPECT_GT(w.prompt_seconds, 0);
+  const uint64_t before = runner.graph_replays();
+  for (int seqs : {1, 3, 5})
+    for (int len : {20, 200, 390}) {
+      Batch b;
+      std::vector<int32_t> table;
+      for (int i = 0; i < (len + 16) / 16; ++i) table.push_back(i);
+      for (int s = 0; s < seqs; ++s) b.add_sequence({int32_t(7 + s)}, len, len, table, 16, Logits::Last);
+      runner.run(b, kv);
+    }
+  EXPECT_EQ(runner.graph_replays() - before, 9u) << "every step replayed a graph the warm-up recorded";
+}
+
+// --tuning-cache: the GEMM algorithms chosen (by timing) are written to the directory and a later backend reads
+// them back: it times nothing and computes bit for bit the same. A corrupt file is ignored, not fatal.
+TEST(CudaModel, TuningCacheIsWrittenAndReadBack) {
+  RILL_NEED_GPU();
+  TempDir dir;
+  const Checkpoint ck = read_checkpoint(models_dir() + "/rill-tiny");
+  Batch b;
+  std::vector<int32_t> prompt, table;
+  for (int i = 0; i < 300; ++i) prompt.push_back(int32_t(1 + (i * 37) % 500));
+  for (int i = 0; i < 20; ++i) table.push_back(i);
+  b.add_sequence(prompt, 0, 0, table, 16, Logits::All);
+  auto logits_with_cache = [&](std::string* summary) {
+    auto gpu = make_backend("cuda");
+    gpu->set_tuning_cache(dir.path.string());
+    Model model(ck, *gpu);
+    KvCache kv(*gpu, model.config(), 32, 16);
+    ModelRunner runner(model);
+    std::vector<float> out = runner.logits(b, kv);
+    gpu->save_tuning();
+    *summary = gpu->tuning_summary();
+    return out;
+  };
+  std::string first, second;
+  const std::vector<float> a = logits_with_cache(&first);
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::directory_iterator(dir.path)) files.push_back(e.path().string());
+  ASSERT_EQ(files.size(), 1u);
+  EXPECT_NE(files[0].find("gemm-"), std::string::npos) << files[0];
+  EXPECT_NE(first.find(" 0 from the tuning cache"), std::string::npos) << first;
+  const std::vector<float> c = logits_with_cache(&second);
+  EXPECT_EQ(second.find(" 0 from the tuning cache"), std::string::npos) << second;
+  EXPECT_NE(second.find(": 0 shape classes chosen"), std::string::npos) << second;
+  EXPECT_EQ(a, c) << "the same algorithms compute the same logits";
+  {
+    std::ofstream corrupt(files[0]);
+    corrupt << "{\"key\": 3, \"algos\": [";
+  }
+  std::string third;
+  const std::vector<float> d = logits_with_cache(&third);
+  EXPECT_EQ(d.size(), a.size());
+  EXPECT_NE(third.find(" 0 from the tuning cache"), std::string::npos) << third;
 }
 
 // The TinyStories model (f32 weights, which the GPU stores as bf16) gives the CPU's greedy tokens for 200

@@ -117,6 +117,31 @@ TEST_P(EngineTest, BatchInvariantWithChunkedPrefill) {
   EXPECT_GT(m.steps, 24);
 }
 
+// The warm-up runs every kind of step on the engine's KV cache before the first request (issue 29): afterwards
+// requests get exactly their tokens alone (the scratch KV it wrote is never read as a prefix), every block is
+// free, and on a GPU it recorded the decode graphs of every bucket.
+TEST_P(EngineTest, WarmUpChangesNoTokensAndHoldsNoBlock) {
+  EngineConfig cfg;
+  cfg.num_blocks = 256;
+  cfg.max_batch_tokens = 64;
+  cfg.max_num_seqs = 5;  // buckets 1, 2, 4, 8
+  cfg.max_model_len = 400;
+  cfg.warm_up = true;
+  {
+    Engine engine(*model_, cfg);
+    const WarmUpReport& w = engine.warm_up_report();
+    EXPECT_GT(w.steps, 0);
+    EXPECT_GT(w.seconds, 0);
+    EXPECT_EQ(engine.metrics().blocks_free, cfg.num_blocks);
+    EXPECT_EQ(engine.metrics().steps, 0) << "warm-up steps are not the engine's";
+    const ModelConfig& c = model_->config();
+    const bool graphs = backend_->can_record() && model_->recordable() && (c.head_dim == 64 || c.head_dim == 128);
+    // 4 buckets x block-table widths 8, 16, 32 (400 tokens in 25 blocks).
+    EXPECT_EQ(w.graphs, graphs ? 12 : 0);
+  }
+  run_and_compare(mixed_requests(12, 11), cfg);
+}
+
 // Requests under the sink policy (4 sinks + a 32-token window, far shorter than prompt + output) run beside
 // ordinary ones: both get exactly their tokens alone, and the sink-window ones hold a bounded number of blocks.
 TEST_P(EngineTest, SinkWindowRequestsBesideOrdinaryOnes) {
