@@ -11,8 +11,11 @@
 #     the wall time of a llama-bench run of one tiny prompt, cold and cached (its load time, roughly).
 #   here:   ninja -C build rill make_random_model && FIXTURES=none LLAMA_BENCH=/path/to/llama-bench \
 #             LLAMA_SRC=/path/to/llama.cpp-*.tar.xz bash tools/device/pack.sh
-#   device: bash bench/run_cold_start.sh .device/bundle     (a table on stdout; logs and cold_start.json in $OUT)
+#   device: bash bench/run_cold_start.sh .device/bundle     (the log, $OUT/cold_start.log, is also on stdout)
+#   PARTS="generate llama" (default: "generate nsys serve llama") runs only those parts.
 set -uo pipefail
+parts=" ${PARTS:-generate nsys serve llama} "
+part() { [[ "$parts" == *" $1 "* ]]; }
 bundle=${1:-.device/bundle}
 out=${OUT:-/tmp}
 here=$(pwd)
@@ -54,17 +57,19 @@ gen() {  # label, prompt tokens, flags...
   say "== generate $label (process wall $(since $t) s)"
   grep '^rill' "$work/gen.err" | tee -a "$log"
 }
-drop $M/model.safetensors
-gen "512 cold disk" 512
-for r in 1 2; do
-  gen "512 #$r" 512
-  gen "4096 #$r" 4096
-done
-gen "512 --no-warm-up" 512 --no-warm-up
-gen "4096 --no-warm-up" 4096 --no-warm-up
+if part generate; then
+  drop $M/model.safetensors
+  gen "512 cold disk" 512
+  for r in 1 2; do
+    gen "512 #$r" 512
+    gen "4096 #$r" 4096
+  done
+  gen "512 --no-warm-up" 512 --no-warm-up
+  gen "4096 --no-warm-up" 4096 --no-warm-up
+fi
 
 # Where a first prompt's time goes without the warm-up: CUDA API time over a process that runs it twice.
-if command -v nsys >/dev/null; then
+if part nsys && command -v nsys >/dev/null; then
   nsys profile --trace=cuda,osrt --force-overwrite true -o "$work/first" "$rill" generate -m $M \
     --prompt-ids "$(ids 512 0)" -n 16 --ignore-eos --temperature 0 --no-warm-up --repeat 2 >/dev/null 2>"$work/nsys.err"
   say "== nsys: CUDA API time of a --no-warm-up process, 512-token prompt run twice (load included)"
@@ -96,6 +101,7 @@ serve() {  # label, flags...
   say "== serve $label: ready in $ready s; TTFT of 512-token prompts 1,2,3:$ttft s"
   grep '^rill' "$slog" | grep -v SIGTERM | tee -a "$log"
 }
+if part serve; then
 rm -rf /tmp/tuning
 serve "no tuning cache"
 serve "--tuning-cache (first start: written)" --tuning-cache /tmp/tuning
@@ -104,8 +110,11 @@ serve "--no-warm-up" --no-warm-up
 drop $M/model.safetensors
 serve "--tuning-cache, checkpoint not in the page cache" --tuning-cache /tmp/tuning
 ls -la /tmp/tuning | tee -a "$log"
+fi
 
-if [ -x "$u/llama-bench" ] && [ -d "$u/llama.cpp" ]; then
+if ! part llama; then
+  :
+elif [ -x "$u/llama-bench" ] && [ -d "$u/llama.cpp" ]; then
   G=/tmp/llama3-8b-shape-bf16.gguf
   t=$(now)
   python3 bench/llamacpp_convert.py "$u/llama.cpp" $M $G >"$work/convert.log" 2>&1 || tail -20 "$work/convert.log"

@@ -6,7 +6,7 @@
 # old/gpu_bench, for A/B runs in one call (bench/run_cuda_ab.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-out=.device/bundle
+out=${BUNDLE:-.device/bundle}  # BUNDLE=DIR packs elsewhere
 rm -rf "$out" && mkdir -p "$out/lib"
 # Stripped copies in one archive at xz -9e: every binary holds the same CUDA kernels, and xz's 64 MiB window at
 # -9 stores them once (110 MB of binaries, old gpu_bench included, in 5.3 MB; 20 MB at the default -6).
