@@ -71,10 +71,14 @@ std::unique_ptr<Tokenizer> open_tokenizer(const std::string& model_path, const s
 
 std::string LoadTimes::describe(size_t weight_bytes) const {
   char buf[256];
-  std::snprintf(buf, sizeof buf,
-                "checkpoint %.2f s, device %.2f s, weights %.2f s (%.2f GB, %.2f GB/s), tokenizer %.2f s",
-                checkpoint, device, weights, double(weight_bytes) / 1e9,
-                weights > 0 ? double(weight_bytes) / 1e9 / weights : 0.0, tokenizer);
+  const double gb = double(weight_bytes) / 1e9;
+  if (mapped)
+    std::snprintf(buf, sizeof buf, "checkpoint %.2f s, device %.2f s, weights %.2f s (%.2f GB mapped), tokenizer %.2f s",
+                  checkpoint, device, weights, gb, tokenizer);
+  else
+    std::snprintf(buf, sizeof buf,
+                  "checkpoint %.2f s, device %.2f s, weights %.2f s (%.2f GB, %.2f GB/s), tokenizer %.2f s",
+                  checkpoint, device, weights, gb, weights > 0 ? gb / weights : 0.0, tokenizer);
   return buf;
 }
 
@@ -106,6 +110,7 @@ LoadedModel load_model(const std::string& path, const DeviceArgs& device, const 
   m.model = std::make_unique<Model>(ck, *m.backend);
   m.backend->synchronize();
   m.times.weights = lap();
+  m.times.mapped = m.backend->device() == Device::CPU;
   m.tokenizer = open_tokenizer(path, tokenizer_path, &m.model->config());
   m.times.tokenizer = lap();
   return m;
