@@ -12,7 +12,8 @@
 #   here:   ninja -C build rill make_random_model && FIXTURES=none LLAMA_BENCH=/path/to/llama-bench \
 #             LLAMA_SRC=/path/to/llama.cpp-*.tar.xz bash tools/device/pack.sh
 #   device: bash bench/run_cold_start.sh .device/bundle     (the log, $OUT/cold_start.log, is also on stdout)
-#   PARTS="generate llama" (default: "generate nsys serve llama") runs only those parts.
+#   PARTS="generate llama" (default: "generate nsys serve llama") runs only those parts; ROUNDS=1 (default 2)
+#   runs each generate case once and skips the serve start with the checkpoint out of the page cache.
 set -uo pipefail
 parts=" ${PARTS:-generate nsys serve llama} "
 part() { [[ "$parts" == *" $1 "* ]]; }
@@ -60,7 +61,7 @@ gen() {  # label, prompt tokens, flags...
 if part generate; then
   drop $M/model.safetensors
   gen "512 cold disk" 512
-  for r in 1 2; do
+  for r in $(seq ${ROUNDS:-2}); do
     gen "512 #$r" 512
     gen "4096 #$r" 4096
   done
@@ -107,8 +108,10 @@ serve "no tuning cache"
 serve "--tuning-cache (first start: written)" --tuning-cache /tmp/tuning
 serve "--tuning-cache (second start: read)" --tuning-cache /tmp/tuning
 serve "--no-warm-up" --no-warm-up
-drop $M/model.safetensors
-serve "--tuning-cache, checkpoint not in the page cache" --tuning-cache /tmp/tuning
+if [ "${ROUNDS:-2}" -gt 1 ]; then
+  drop $M/model.safetensors
+  serve "--tuning-cache, checkpoint not in the page cache" --tuning-cache /tmp/tuning
+fi
 ls -la /tmp/tuning | tee -a "$log"
 fi
 
