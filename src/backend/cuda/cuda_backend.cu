@@ -1,3 +1,5 @@
+#include "backend/cuda/cuda_backend.h"
+
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -19,7 +21,6 @@
 #include <vector>
 
 #include "backend/cuda/common.cuh"
-#include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/kernels.h"
 #include "core/thread_pool.h"
 
@@ -504,18 +505,19 @@ class CudaBackend final : public Backend {
     auto it = plans_.find(key);
     if (it != plans_.end()) return *it->second;
     auto plan = std::make_unique<GemmPlan>();
-    check_lt(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
-    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-    check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
-    check_lt(cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
-    make_layouts(*plan, o, n, in, out_t);
+    describe(*plan, o, n, in, out_t);
     plan->algo = algo_for(*plan, o, n, in, out_t, w, x, out);
     const GemmPlan& ref = *plan;
     plans_.emplace(key, std::move(plan));
     return ref;
   }
 
-  void make_layouts(GemmPlan& plan, int64_t o, int64_t n, int64_t in, DType out_t) const {
+  // The operation and layouts of out[n, o] = x[n, in] · w[o, in]^T.
+  void describe(GemmPlan& plan, int64_t o, int64_t n, int64_t in, DType out_t) const {
+    check_lt(cublasLtMatmulDescCreate(&plan.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    check_lt(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), "transa");
+    check_lt(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), "transb");
     // float32 mode: f32 in and CUBLAS_COMPUTE_32F, which is true f32 (TF32 would need _FAST_TF32).
     const cudaDataType_t ct = out_t == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
     const cudaDataType_t in_t = dt_ == DType::F32 ? CUDA_R_32F : CUDA_R_16BF;
@@ -586,13 +588,7 @@ class CudaBackend final : public Backend {
     std::vector<cublasLtMatmulHeuristicResult_t> found;
     {
       GemmPlan probe;  // the bucket's shape, for the heuristic
-      check_lt(cublasLtMatmulDescCreate(&probe.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "matmul desc");
-      const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
-      check_lt(cublasLtMatmulDescSetAttribute(probe.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta),
-               "transa");
-      check_lt(cublasLtMatmulDescSetAttribute(probe.op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb),
-               "transb");
-      make_layouts(probe, o, bucket, in, out_t);
+      describe(probe, o, bucket, in, out_t);
       for (const auto& r : candidates(probe, kTuneCandidates))
         if (supports(plan, r.algo)) found.push_back(r);
     }
