@@ -23,13 +23,17 @@ void BM_Linear(benchmark::State& state) {
                                                  benchmark::Counter::kIsRate, benchmark::Counter::kIs1000);
 }
 
-// Decode GEMV (batch 1) and prefill GEMM (128 tokens) on 110M-model shapes, in bf16 and f32.
+// Decode GEMV (batch 1) and prompt GEMM (128 and 256 tokens) on 110M-model and rill-tiny shapes, in bf16 and f32.
 BENCHMARK(BM_Linear)
     ->ArgNames({"n", "in", "out", "dtype"})
     ->Args({1, 768, 2048, int(rill::DType::BF16)})
     ->Args({1, 768, 32000, int(rill::DType::BF16)})
     ->Args({1, 768, 2048, int(rill::DType::F32)})
     ->Args({128, 768, 2048, int(rill::DType::BF16)})
+    ->Args({256, 768, 768, int(rill::DType::BF16)})
+    ->Args({256, 2048, 768, int(rill::DType::BF16)})
+    ->Args({256, 384, 1024, int(rill::DType::BF16)})
+    ->Args({256, 768, 2048, int(rill::DType::F32)})
     ->UseRealTime();
 
 }  // namespace

@@ -35,31 +35,89 @@ TEST(DType, ConversionsRoundTrip) {
   EXPECT_EQ(f16_to_f32(0x0001), std::ldexp(1.f, -24));  // smallest subnormal
 }
 
-class LinearTest : public testing::TestWithParam<std::tuple<DType, int>> {};
-
-TEST_P(LinearTest, MatchesReference) {
-  const auto [dtype, n] = GetParam();
-  const int in = 67, out = 45;  // not multiples of 8 or of the tile sizes
-  auto backend = make_cpu_backend(3);
-  auto x = randn(size_t(n * in), 1), w = randn(size_t(out * in), 2), b = randn(size_t(out), 3);
-  std::vector<uint16_t> w16(w.size());
+// Weights rounded to `dtype` (w is updated to the rounded values) as a tensor over `w16` or `w`.
+Tensor weight_of(DType dtype, std::vector<float>& w, std::vector<uint16_t>& w16, Shape shape) {
+  w16.resize(w.size());
   for (size_t i = 0; i < w.size(); ++i) {
     w16[i] = dtype == DType::BF16 ? f32_to_bf16(w[i]) : f32_to_f16(w[i]);
     w[i] = dtype == DType::BF16 ? bf16_to_f32(w16[i]) : dtype == DType::F16 ? f16_to_f32(w16[i]) : w[i];
   }
-  Tensor wt = dtype == DType::F32 ? host(w, {out, in}) : Tensor{w16.data(), dtype, {out, in}};
+  return dtype == DType::F32 ? host(w, shape) : Tensor{w16.data(), dtype, shape};
+}
+
+class LinearTest : public testing::TestWithParam<std::tuple<DType, int, int>> {};
+
+TEST_P(LinearTest, MatchesReference) {
+  // Sizes not multiples of the vector width, of the 16-row strips, of the 64-row panels or of the 256-column
+  // blocks of the kernels.
+  const auto [dtype, n, in] = GetParam();
+  const int out = 45 + in;
+  auto backend = make_cpu_backend(3);
+  auto x = randn(size_t(n * in), 1), w = randn(size_t(out * in), 2), b = randn(size_t(out), 3);
+  std::vector<uint16_t> w16;
+  Tensor wt = weight_of(dtype, w, w16, {out, in});
   Tensor y = backend->alloc(DType::F32, {n, out});
   backend->linear(y, host(x, {n, in}), backend->upload_weight(wt), host(b, {out}));
   for (int t = 0; t < n; ++t)
     for (int r = 0; r < out; ++r) {
       double ref = b[size_t(r)];
       for (int i = 0; i < in; ++i) ref += double(x[size_t(t * in + i)]) * w[size_t(r * in + i)];
-      ASSERT_NEAR(y.ptr<float>()[t * out + r], ref, 1e-4) << "token " << t << " row " << r;
+      ASSERT_NEAR(y.ptr<float>()[t * out + r], ref, 1e-4 * std::sqrt(double(in))) << "token " << t << " row " << r;
     }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, LinearTest,
-                         testing::Combine(testing::Values(DType::F32, DType::BF16, DType::F16), testing::Values(1, 3, 50)));
+                         testing::Combine(testing::Values(DType::F32, DType::BF16, DType::F16), testing::Values(1, 3, 50),
+                                          testing::Values(67, 300)));
+
+// A token's output does not depend on how many tokens share the step: the GEMV (one token) and the GEMM (a
+// prompt, or a batch of decodes) sum every row in the same order, so the bits agree. This is what makes greedy
+// results the same alone or batched, and chunked prefill the same as token-by-token decoding.
+TEST(Backend, BatchedRowsEqualSingleRowsBitwise) {
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16}) {
+    const int in = 300, out = 130, n = 13;
+    auto backend = make_cpu_backend(2);
+    auto x = randn(size_t(n * in), 4), w = randn(size_t(out * in), 5);
+    std::vector<uint16_t> w16;
+    const Tensor wt = backend->upload_weight(weight_of(dtype, w, w16, {out, in}));
+    Tensor all = backend->alloc(DType::F32, {n, out}), one = backend->alloc(DType::F32, {1, out});
+    backend->linear(all, host(x, {n, in}), wt, Tensor{});
+    for (int t = 0; t < n; ++t) {
+      backend->linear(one, Tensor{x.data() + t * in, DType::F32, {1, in}}, wt, Tensor{});
+      for (int r = 0; r < out; ++r)
+        ASSERT_EQ(one.ptr<float>()[r], all.ptr<float>()[t * out + r]) << dtype_name(dtype) << " token " << t << " row " << r;
+    }
+  }
+}
+
+// The fused passes (q, k, v from one input; SwiGLU's gate and up) give the bits of the separate ops.
+TEST(Backend, FusedProjectionsEqualSeparateOps) {
+  const int in = 70, f = 90;
+  auto backend = make_cpu_backend(2);
+  for (int n : {1, 9}) {
+    auto x = randn(size_t(n * in), 6), g = randn(size_t(f * in), 7), u = randn(size_t(f * in), 8);
+    auto gb = randn(size_t(f), 9), ub = randn(size_t(f), 10);
+    std::vector<uint16_t> g16, u16;
+    const Tensor gt = weight_of(DType::BF16, g, g16, {f, in}), ut = weight_of(DType::BF16, u, u16, {f, in});
+    Tensor gate = backend->alloc(DType::F32, {n, f}), up = backend->alloc(DType::F32, {n, f});
+    Tensor fused = backend->alloc(DType::F32, {n, f}), expect = backend->alloc(DType::F32, {n, f});
+    backend->swiglu(fused, host(x, {n, in}), gt, host(gb, {f}), ut, host(ub, {f}), gate, up);
+    backend->linear(gate, host(x, {n, in}), gt, host(gb, {f}));
+    backend->linear(up, host(x, {n, in}), ut, host(ub, {f}));
+    backend->silu_mul(expect, gate, up);
+    for (int i = 0; i < n * f; ++i) ASSERT_EQ(fused.ptr<float>()[i], expect.ptr<float>()[i]) << "swiglu, n " << n << ", " << i;
+
+    Tensor a = backend->alloc(DType::F32, {n, f}), b = backend->alloc(DType::F32, {n, f});
+    const Backend::LinearOut both[] = {{a, gt, host(gb, {f})}, {b, ut, Tensor{}}};
+    backend->linears(host(x, {n, in}), both, 2);
+    backend->linear(gate, host(x, {n, in}), gt, host(gb, {f}));
+    backend->linear(up, host(x, {n, in}), ut, Tensor{});
+    for (int i = 0; i < n * f; ++i) {
+      ASSERT_EQ(a.ptr<float>()[i], gate.ptr<float>()[i]) << "linears, n " << n << ", " << i;
+      ASSERT_EQ(b.ptr<float>()[i], up.ptr<float>()[i]) << "linears, n " << n << ", " << i;
+    }
+  }
+}
 
 TEST(Backend, RmsNormAndFusedResidual) {
   auto backend = make_cpu_backend(2);

@@ -4,8 +4,10 @@
 #include <limits>
 #include <cmath>
 #include <cstdlib>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
+#include <mutex>
 
 #include "backend/cpu/vec.h"
 #include "core/error.h"
@@ -40,7 +42,29 @@ void rmsnorm_row(float* out, const float* x, const float* w, int64_t d, float ep
 
 std::unique_ptr<Backend> make_cpu_backend(int num_threads) { return std::make_unique<CpuBackend>(num_threads); }
 
-CpuBackend::CpuBackend(int num_threads) : pool_(num_threads) {}
+CpuBackend::CpuBackend(int num_threads) : pool_(num_threads) {
+  if (const char* env = std::getenv("RILL_CPU_PROFILE"); env && *env && std::string(env) != "0")
+    profile_ = std::make_unique<Profile>();
+}
+
+CpuBackend::~CpuBackend() {
+  if (!profile_ || profile_->ops.empty()) return;
+  double total = 0;
+  for (const auto& [op, st] : profile_->ops) total += st.seconds;
+  std::vector<std::pair<std::string, Profile::Stat>> rows(profile_->ops.begin(), profile_->ops.end());
+  std::sort(rows.begin(), rows.end(), [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
+  std::fprintf(stderr, "rill: cpu ops (RILL_CPU_PROFILE), %.3f s in all:\n", total);
+  for (const auto& [op, st] : rows)
+    std::fprintf(stderr, "  %-28s %8.3f s %5.1f%% %9ld calls %9.1f us/call\n", op.c_str(), st.seconds,
+                 100 * st.seconds / total, long(st.calls), 1e6 * st.seconds / double(st.calls));
+}
+
+CpuBackend::Profile::Timer::~Timer() {
+  if (!p) return;
+  Stat& st = p->ops[std::string(op) + (decode ? " (decode)" : " (prompt)")];
+  st.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ++st.calls;
+}
 
 std::string CpuBackend::name() const {
   return "cpu (" + std::to_string(pool_.size()) + " threads, " + (cpu::has_avx2() ? "avx2+fma" : "portable") +
@@ -78,6 +102,7 @@ void CpuBackend::read(void* dst, const Tensor& src, size_t bytes) {
 void CpuBackend::fill_zero(const Tensor& t) { std::memset(t.data, 0, t.nbytes()); }
 
 void CpuBackend::embedding(const Tensor& out, const Tensor& table, const Tensor& ids) {
+  const auto timer = time_op("embedding", ids.numel());
   const int64_t n = ids.numel(), d = table.row_size(), vocab = table.rows();
   expect(out.dtype == DType::F32 && out.rows() == n && out.row_size() == d, "embedding", "bad output shape");
   const int32_t* id = ids.ptr<int32_t>();
@@ -91,6 +116,7 @@ void CpuBackend::embedding(const Tensor& out, const Tensor& table, const Tensor&
 }
 
 void CpuBackend::rmsnorm(const Tensor& out, const Tensor& x, const Tensor& weight, float eps) {
+  const auto timer = time_op("rmsnorm", x.numel() / weight.numel());
   const int64_t d = weight.numel(), rows = x.numel() / d;
   expect(x.numel() % d == 0 && out.numel() == x.numel(), "rmsnorm", "shape mismatch");
   std::vector<float> tmp;
@@ -102,6 +128,7 @@ void CpuBackend::rmsnorm(const Tensor& out, const Tensor& x, const Tensor& weigh
 
 void CpuBackend::add_rmsnorm(const Tensor& residual, const Tensor& out, const Tensor& delta, const Tensor& weight,
                              float eps) {
+  const auto timer = time_op("add_rmsnorm", residual.numel() / weight.numel());
   const int64_t d = weight.numel(), rows = residual.numel() / d;
   expect(delta.numel() == residual.numel() && out.numel() == residual.numel(), "add_rmsnorm", "shape mismatch");
   std::vector<float> tmp;
@@ -117,57 +144,116 @@ void CpuBackend::add_rmsnorm(const Tensor& residual, const Tensor& out, const Te
 }
 
 void CpuBackend::linear(const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& bias) {
-  const int64_t in = w.shape[1], o = w.shape[0], n = x.numel() / in;
-  expect(w.shape.rank == 2 && is_weight_dtype(w.dtype), "linear", "weight must be a 2-D f32/bf16/f16 matrix");
-  expect(x.dtype == DType::F32 && x.numel() == n * in, "linear",
-         "input " + x.shape.str() + " does not match weight " + w.shape.str());
-  expect(out.numel() == n * o, "linear", "output " + out.shape.str() + " does not match");
+  const LinearOut one[] = {{out, w, bias}};
+  linears(x, one, 1);
+}
+
+void CpuBackend::linears(const Tensor& x, const LinearOut* outs, int count) { project(x, outs, count, nullptr); }
+
+void CpuBackend::swiglu(const Tensor& out, const Tensor& x, const Tensor& gate, const Tensor& gate_bias,
+                        const Tensor& up, const Tensor& up_bias, const Tensor& gate_buf, const Tensor& up_buf) {
+  expect(gate.shape == up.shape, "swiglu", "gate " + gate.shape.str() + " and up " + up.shape.str() + " differ");
+  expect(out.numel() == gate_buf.numel(), "swiglu", "output " + out.shape.str() + " does not match");
+  const LinearOut both[] = {{gate_buf, gate, gate_bias}, {up_buf, up, up_bias}};
+  project(x, both, 2, &out);
+}
+
+CpuBackend::Packed CpuBackend::packed(const Tensor& w) {
+  std::lock_guard<std::mutex> lock(packed_mu_);
+  auto it = packed_weights_.find(w.data);
+  if (it != packed_weights_.end() && w.storage && it->second.owner.lock() == w.storage &&
+      it->second.m.dtype == w.dtype && it->second.m.rows == w.shape[0] && it->second.m.in == w.shape[1])
+    return {it->second.m, it->second.buffer};
+  const int64_t rows = w.shape[0], in = w.shape[1];
+  const size_t bytes = cpu::packed_bytes(w.dtype, rows, in);
+  void* p = std::aligned_alloc(64, (bytes + 63) & ~size_t(63));
+  if (!p) throw Error("cpu backend: out of memory packing a " + w.shape.str() + " weight");
+  std::shared_ptr<void> buffer(p, std::free);
+  const cpu::PackedMatrix m{w.dtype, rows, in, p};
+  pool_.parallel_for(m.panels(), 1, [&](int64_t b, int64_t e) { cpu::pack_panels(w.dtype, w.data, rows, in, b, e, p); });
+  if (w.storage) {  // kept while the weight lives; entries of weights gone are dropped here
+    std::erase_if(packed_weights_, [](const auto& kv) { return kv.second.owner.expired(); });
+    packed_weights_[w.data] = PackedEntry{w.storage, m, buffer};
+  }
+  return {m, buffer};
+}
+
+// The projections of one input, as one parallel pass over their packed weights (cpu::PackedMatrix): one token
+// runs the GEMV, split by panels across threads; more run the GEMM, tasks of (panel, tile of 48 tokens).
+// With `swiglu`, outs[0] and outs[1] (gate, up) are computed panel by panel together and
+// *swiglu = silu(gate) * up is written from the panel's rows while they are in cache.
+void CpuBackend::project(const Tensor& x, const LinearOut* outs, int count, const Tensor* swiglu) {
+  const auto timer = time_op(swiglu ? "swiglu" : count == 1 ? "linear" : count == 3 ? "linears (qkv)" : "linears",
+                             x.numel() / std::max<int64_t>(1, outs[0].w.shape[outs[0].w.shape.rank - 1]));
+  expect(count >= 1 && count <= 4, "linear", "1 to 4 projections per pass");
+  const int64_t in = outs[0].w.shape.rank == 2 ? outs[0].w.shape[1] : 0, n = in > 0 ? x.numel() / in : 0;
+  expect(x.dtype == DType::F32 && in > 0 && x.numel() == n * in, "linear",
+         "input " + x.shape.str() + " does not match weight " + outs[0].w.shape.str());
+  std::vector<float> bias_tmp[4];
+  const float* bias[4] = {};
+  Packed w[4];
+  int64_t first_panel[5] = {0};
+  for (int i = 0; i < count; ++i) {
+    const LinearOut& p = outs[i];
+    const int64_t o = p.w.shape[0];
+    expect(p.w.shape.rank == 2 && is_weight_dtype(p.w.dtype) && p.w.shape[1] == in, "linear",
+           "weight " + p.w.shape.str() + " must be a 2-D f32/bf16/f16 matrix with " + std::to_string(in) + " columns");
+    expect(p.out.dtype == DType::F32 && p.out.numel() == n * o, "linear",
+           "output " + p.out.shape.str() + " does not match [" + std::to_string(n) + ", " + std::to_string(o) + "]");
+    if (!p.bias.empty()) {
+      expect(p.bias.numel() == o, "linear", "bias size does not match the output features");
+      bias[i] = as_f32(p.bias, bias_tmp[i]);
+    }
+    w[i] = packed(p.w);
+    // With swiglu, the tasks run over the panels of gate only, and do up's alongside.
+    first_panel[i + 1] = first_panel[i] + (swiglu && i == 1 ? 0 : w[i].m.panels());
+  }
+  const int64_t total = first_panel[count];
   const float* xp = x.ptr<float>();
-  float* op = out.ptr<float>();
-  if (n <= 4) {
-    // Decode: bound by streaming the weights once; split the output rows across threads.
-    pool_.parallel_for(o, 64, [&](int64_t r0, int64_t r1) {
-      for (int64_t t = 0; t < n; ++t) cpu::gemv_rows(w.dtype, xp + t * in, w.data, in, r0, r1, op + t * o + r0);
-    });
-  } else {
-    // Prefill: tiles of (rows x tokens); a tile's weight rows are converted to f32 once and reused
-    // for every token of the tile.
-    constexpr int64_t kRows = 64, kTokens = 48;
-    const int64_t row_blocks = (o + kRows - 1) / kRows, token_tiles = (n + kTokens - 1) / kTokens;
-    const size_t esz = dtype_size(w.dtype);
-    pool_.parallel_for(row_blocks * token_tiles, 1, [&](int64_t b, int64_t e) {
-      thread_local std::vector<float> wbuf;
-      int64_t converted = -1;
-      for (int64_t item = b; item < e; ++item) {
-        const int64_t rb = item / token_tiles, tt = item % token_tiles;
-        const int64_t r0 = rb * kRows, rows = std::min(kRows, o - r0);
-        const int64_t t0 = tt * kTokens, toks = std::min(kTokens, n - t0);
-        const float* wb;
-        if (w.dtype == DType::F32) {
-          wb = w.ptr<float>() + r0 * in;
-        } else {
-          if (converted != rb) {
-            wbuf.resize(size_t(kRows * in));
-            cpu::to_f32(w.dtype, static_cast<const char*>(w.data) + size_t(r0 * in) * esz, wbuf.data(), rows * in);
-            converted = rb;
-          }
-          wb = wbuf.data();
-        }
-        cpu::gemm_f32_block(xp + t0 * in, toks, wb, rows, in, op + t0 * o + r0, o);
-      }
-    });
-  }
-  if (!bias.empty()) {
-    expect(bias.numel() == o, "linear", "bias size does not match the output features");
-    std::vector<float> tmp;
-    const float* bp = as_f32(bias, tmp);
-    for (int64_t t = 0; t < n; ++t)
-      for (int64_t r = 0; r < o; ++r) op[t * o + r] += bp[r];
-  }
+  const int last = swiglu ? 1 : 0;  // projections a task computes beyond its own
+  // Panel p of projection i for tokens [t0, t1): compute, add the bias, finish the SwiGLU.
+  auto run = [&](int i, int64_t p, int64_t t0, int64_t t1) {
+    const int64_t r0 = p * cpu::kPanelRows, r1 = std::min(r0 + cpu::kPanelRows, w[i].m.rows);
+    for (int j = i; j <= i + last; ++j) {
+      const int64_t o = w[j].m.rows;
+      float* op = outs[j].out.ptr<float>();
+      if (t1 - t0 == 1) cpu::gemv_packed(w[j].m, xp + t0 * in, p, p + 1, op + t0 * o);
+      else cpu::gemm_packed(w[j].m, p, xp + t0 * in, in, t1 - t0, op + t0 * o, o);
+      if (bias[j])
+        for (int64_t t = t0; t < t1; ++t)
+          for (int64_t r = r0; r < r1; ++r) op[t * o + r] += bias[j][r];
+    }
+    if (!swiglu) return;
+    const int64_t f = w[0].m.rows;
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* g = outs[0].out.ptr<float>() + t * f;
+      const float* u = outs[1].out.ptr<float>() + t * f;
+      float* o = swiglu->ptr<float>() + t * f;
+      for (int64_t r = r0; r < r1; ++r) o[r] = g[r] / (1.f + std::exp(-g[r])) * u[r];
+    }
+  };
+  auto locate = [&](int64_t panel) {
+    int i = 0;
+    while (panel >= first_panel[i + 1]) ++i;
+    return i;
+  };
+  // Tasks: (panel, tile of tokens), tiles innermost so that a thread's consecutive tasks reuse the panel in
+  // cache. One token: one tile, and each thread gets a contiguous run of panels to stream.
+  constexpr int64_t kTileTokens = 48;
+  const int64_t tiles = (n + kTileTokens - 1) / kTileTokens;
+  const int64_t grain = n == 1 ? std::max<int64_t>(1, (total + pool_.size() - 1) / pool_.size()) : 1;
+  pool_.parallel_for(total * tiles, grain, [&](int64_t b, int64_t e) {
+    for (int64_t item = b; item < e; ++item) {
+      const int64_t panel = item / tiles, tile = item % tiles;
+      const int i = locate(panel);
+      run(i, panel - first_panel[i], tile * kTileTokens, std::min(n, (tile + 1) * kTileTokens));
+    }
+  });
 }
 
 void CpuBackend::rope(const Tensor& x, int head_dim, const Tensor& positions, const Tensor& inv_freq,
                       const Tensor& rope_row, float attention_factor) {
+  const auto timer = time_op("rope", positions.numel());
   const int64_t n = positions.numel(), half = head_dim / 2, width = x.row_size();
   expect(x.rows() == n && width % head_dim == 0, "rope", "x must be [tokens, heads * head_dim]");
   expect(inv_freq.dtype == DType::F64 && inv_freq.row_size() == half, "rope", "inv_freq must be f64 [rows, head_dim/2]");
@@ -194,6 +280,7 @@ void CpuBackend::rope(const Tensor& x, int head_dim, const Tensor& positions, co
 }
 
 void CpuBackend::kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) {
+  const auto timer = time_op("kv_write", slot_mapping.numel());
   const int64_t n = slot_mapping.numel(), width = kv.k.numel() / (kv.k.shape[0] * kv.k.shape[1]);
   const int64_t slots = kv.k.shape[0] * kv.k.shape[1];
   expect(k.numel() == n * width && v.numel() == n * width, "kv_write", "k/v width does not match the cache");
@@ -207,6 +294,7 @@ void CpuBackend::kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, c
 
 void CpuBackend::attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch,
                            int num_heads, float scale, int sliding_window, const Tensor& q_sink) {
+  const auto timer = time_op("attention", batch.num_tokens);
   const int64_t n = batch.num_tokens, bs = kv.k.shape[1], kv_heads = kv.k.shape[2], hd = kv.k.shape[3];
   expect(q.numel() == n * num_heads * hd && out.numel() == q.numel(), "attention", "q/out shape mismatch");
   expect(num_heads % kv_heads == 0, "attention", "heads not a multiple of kv heads");
@@ -218,9 +306,12 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const KvLayer& kv
   const int32_t* hole_end = batch.hole_end.empty() ? nullptr : batch.hole_end.ptr<int32_t>();
   expect(!sinks || (hole_end && q_sink.numel() == q.numel()), "attention", "sinks need hole_end and q_sink");
   const int64_t group = num_heads / kv_heads, kv_width = kv_heads * hd;
-  pool_.parallel_for(n * num_heads, 4, [&](int64_t b, int64_t e) {
-    std::vector<float> scores;
-    std::vector<float> acc(static_cast<size_t>(hd));
+  const float* kc = kv.k.ptr<float>();
+  const float* vc = kv.v.ptr<float>();
+  pool_.parallel_for(n * num_heads, 1, [&](int64_t b, int64_t e) {
+    thread_local std::vector<float> scores;
+    thread_local std::vector<float> acc;
+    acc.resize(size_t(hd));
     for (int64_t item = b; item < e; ++item) {
       const int64_t t = item / num_heads, h = item % num_heads, kvh = h / group;
       const int s = token_seq[t];
@@ -232,40 +323,40 @@ void CpuBackend::attention(const Tensor& out, const Tensor& q, const KvLayer& kv
       // Sink window: entries [0, ns) are sinks, scored with the sink query; [ns, hole) are skipped.
       const int64_t ns = sinks ? sinks[s] : 0, hole = sinks ? std::max<int64_t>(ns, hole_end[t]) : 0;
       const float* qs = ns > 0 ? q_sink.ptr<float>() + t * num_heads * hd + h * hd : qv;
+      // The keys attended: [lo, ns) with the sink query, then [max(lo, hole), self] (all of [lo, self] without
+      // sinks), each cut at block edges into runs of consecutive slots; `f(j, count, offset)` per run.
+      auto runs = [&](auto&& f) {
+        const int64_t ranges[2][2] = {{lo, std::min(ns, self + 1)}, {std::max(lo, hole), self + 1}};
+        int64_t offset = 0;
+        for (const auto& r : ranges)
+          for (int64_t j = r[0]; j < r[1];) {
+            const int64_t count = std::min(r[1], (j / bs + 1) * bs) - j;
+            f(j, count, offset);
+            j += count;
+            offset += count;
+          }
+        return offset;
+      };
+      const auto slot = [&](int64_t j) { return (int64_t(table[j / bs]) * bs + j % bs) * kv_width + kvh * hd; };
       scores.resize(size_t(self - lo + 1));
-      float mx = -INFINITY;
-      for (int64_t j = lo; j <= self; ++j) {
-        if (j >= ns && j < hole) {
-          scores[size_t(j - lo)] = -INFINITY;
-          continue;
-        }
-        const int64_t slot = int64_t(table[j / bs]) * bs + j % bs;
-        const float sc = cpu::dot_f32(j < ns ? qs : qv, kv.k.ptr<float>() + slot * kv_width + kvh * hd, hd) * scale;
-        scores[size_t(j - lo)] = sc;
-        mx = std::max(mx, sc);
-      }
-      double sum = 0.0;
-      for (float& sc : scores) {
-        sc = std::exp(sc - mx);
-        sum += sc;
-      }
+      const int64_t m = runs([&](int64_t j, int64_t count, int64_t off) {
+        cpu::dot_rows(j < ns ? qs : qv, kc + slot(j), kv_width, count, hd, scale, scores.data() + off);
+      });
+      const float mx = *std::max_element(scores.begin(), scores.begin() + m);
+      const float sum = cpu::exp_sum(scores.data(), m, mx);
       std::fill(acc.begin(), acc.end(), 0.f);
-      for (int64_t j = lo; j <= self; ++j) {
-        if (j >= ns && j < hole) {
-          j = hole - 1;
-          continue;
-        }
-        const int64_t slot = int64_t(table[j / bs]) * bs + j % bs;
-        cpu::axpy_f32(scores[size_t(j - lo)], kv.v.ptr<float>() + slot * kv_width + kvh * hd, acc.data(), hd);
-      }
+      runs([&](int64_t j, int64_t count, int64_t off) {
+        cpu::weighted_sum(scores.data() + off, vc + slot(j), kv_width, count, hd, acc.data());
+      });
       float* o = out.ptr<float>() + t * num_heads * hd + h * hd;
-      const float inv = float(1.0 / sum);
+      const float inv = 1.f / sum;
       for (int64_t i = 0; i < hd; ++i) o[i] = acc[size_t(i)] * inv;
     }
   });
 }
 
 void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) {
+  const auto timer = time_op("silu_mul", gate.rows());
   const int64_t n = out.numel();
   expect(gate.numel() == n && up.numel() == n, "silu_mul", "shape mismatch");
   pool_.parallel_for(n, 1 << 14, [&](int64_t b, int64_t e) {
@@ -302,6 +393,7 @@ void CpuBackend::moe_route(const Tensor& ids, const Tensor& weights, const Tenso
 
 void CpuBackend::moe_experts(const Tensor& out, const Tensor& x, const Tensor& ids, const Tensor& weights,
                              const std::vector<ExpertWeights>& experts) {
+  const auto timer = time_op("moe_experts", x.rows());
   const int64_t n = x.rows(), d = x.row_size(), k = ids.row_size();
   expect(out.numel() == n * d, "moe_experts", "output shape mismatch");
   fill_zero(out);
@@ -342,6 +434,7 @@ void CpuBackend::gather_rows(const Tensor& out, const Tensor& x, const Tensor& r
 }
 
 void CpuBackend::argmax_rows(const Tensor& ids, const Tensor& logits) {
+  const auto timer = time_op("argmax_rows", logits.rows());
   const int64_t m = logits.rows(), vocab = logits.row_size();
   expect(ids.numel() == m && logits.dtype == DType::F32, "argmax_rows", "ids must be [rows], logits f32");
   for (int64_t i = 0; i < m; ++i) {
@@ -363,6 +456,7 @@ void CpuBackend::mask_logits(const Tensor& logits, const Tensor& mask) {
 }
 
 void CpuBackend::sample_rows(const Tensor& ids, const Tensor& logits, const Tensor& rows, const Tensor& penalties) {
+  const auto timer = time_op("sample_rows", logits.rows());
   const int64_t m = logits.rows(), vocab = logits.row_size();
   expect(ids.numel() == m && logits.dtype == DType::F32, "sample_rows", "ids must be [rows], logits f32");
   expect(rows.nbytes() == size_t(m) * sizeof(SampleRow), "sample_rows", "rows must hold one SampleRow per logits row");
@@ -378,6 +472,7 @@ void CpuBackend::sample_rows(const Tensor& ids, const Tensor& logits, const Tens
 }
 
 void CpuBackend::top_logprobs(const Tensor& out, const Tensor& logits, const Tensor& ids, int k) {
+  const auto timer = time_op("top_logprobs", logits.rows());
   const int64_t m = logits.rows(), vocab = logits.row_size();
   expect(logits.dtype == DType::F32 && ids.dtype == DType::I32 && ids.numel() == m, "top_logprobs",
          "logits must be f32 [rows, vocab] and ids i32 [rows]");

@@ -1,7 +1,11 @@
 #include "backend/cpu/vec.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
+#include <vector>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -24,23 +28,46 @@ inline float scalar(const float* p) { return *p; }
 inline float scalar(const bf16_t* p) { return bf16_to_f32(p->bits); }
 inline float scalar(const f16_t* p) { return f16_to_f32(p->bits); }
 
+// Where row r of a 16-row group sits in a packed bf16 panel: the order in which the kernels' two in-lane unpacks
+// (no lane-crossing widen) give rows 0-7 and 8-15 of a 256-bit load of 16 bf16 values.
+inline int bf16_slot(int r) { return (r & ~12) | ((r & 4) << 1) | ((r & 8) >> 1); }
+
 template <typename W>
-void gemv_portable(const float* x, const W* w, int64_t in, int64_t r0, int64_t r1, float* out) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const W* row = w + r * in;
-    float s = 0.f;
-    for (int64_t i = 0; i < in; ++i) s += x[i] * scalar(row + i);
-    out[r - r0] = s;
+void pack_panel(const W* w, int64_t rows, int64_t in, int64_t panel, W* dst) {
+  const bool unpack_order = std::is_same_v<W, bf16_t>;
+  int slot[kPanelRows];
+  for (int r = 0; r < kPanelRows; ++r) slot[r] = unpack_order ? (r & ~15) | bf16_slot(r & 15) : r;
+  constexpr int64_t kBlock = 64;  // columns per pass: the block's 8 KB to 16 KB of output stays in L1
+  for (int64_t k0 = 0; k0 < in; k0 += kBlock) {
+    const int64_t k1 = std::min(in, k0 + kBlock);
+    for (int r = 0; r < kPanelRows; ++r) {
+      const int64_t row = panel * kPanelRows + r;
+      W* d = dst + slot[r];
+      if (row < rows) {
+        const W* src = w + row * in;
+        for (int64_t k = k0; k < k1; ++k) d[k * kPanelRows] = src[k];
+      } else {
+        for (int64_t k = k0; k < k1; ++k) d[k * kPanelRows] = W{};
+      }
+    }
   }
 }
 
-void gemm_portable(const float* x, int64_t n_tok, const float* wb, int64_t n_rows, int64_t in, float* out,
+// The portable kernels: the same packed layout, and the same order of operations for every output as each
+// other (acc += w * x over k, from zero), so a row gets the same bits from the GEMV and from the GEMM.
+template <typename W>
+float packed_weight(const W* panel, int64_t k, int r) {
+  return scalar(panel + k * kPanelRows + (std::is_same_v<W, bf16_t> ? (r & ~15) | bf16_slot(r & 15) : r));
+}
+
+template <typename W>
+void gemm_portable(const W* panel, int64_t in, int r0, int rows, const float* x, int64_t ldx, int tokens, float* out,
                    int64_t ldo) {
-  for (int64_t t = 0; t < n_tok; ++t)
-    for (int64_t r = 0; r < n_rows; ++r) {
-      float s = 0.f;
-      for (int64_t i = 0; i < in; ++i) s += x[t * in + i] * wb[r * in + i];
-      out[t * ldo + r] = s;
+  for (int t = 0; t < tokens; ++t)
+    for (int r = r0; r < r0 + rows; ++r) {
+      float acc = 0.f;
+      for (int64_t k = 0; k < in; ++k) acc = acc + packed_weight(panel, k, r) * x[t * ldx + k];
+      out[t * ldo + r] = acc;
     }
 }
 
@@ -60,81 +87,159 @@ RILL_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-// Four rows at a time share each load of x: the kernel is bound by streaming the weights.
+// Sixteen packed weights of one column (16 rows) as two f32 vectors, rows 0-7 and 8-15.
+RILL_AVX2 inline void load16(const float* p, __m256& lo, __m256& hi) {
+  lo = _mm256_loadu_ps(p);
+  hi = _mm256_loadu_ps(p + 8);
+}
+RILL_AVX2 inline void load16(const f16_t* p, __m256& lo, __m256& hi) {
+  lo = load8(p);
+  hi = load8(p + 8);
+}
+RILL_AVX2 inline void load16(const bf16_t* p, __m256& lo, __m256& hi) {
+  const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), z = _mm256_setzero_si256();
+  lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, v));
+  hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, v));
+}
+
+RILL_AVX2 inline void store16(float* o, int rows, __m256 lo, __m256 hi) {
+  if (rows == 16) {
+    _mm256_storeu_ps(o, lo);
+    _mm256_storeu_ps(o + 8, hi);
+    return;
+  }
+  alignas(32) float tmp[16];
+  _mm256_store_ps(tmp, lo);
+  _mm256_store_ps(tmp + 8, hi);
+  std::memcpy(o, tmp, size_t(rows) * sizeof(float));
+}
+
+// GEMV over one panel: 64 rows in eight accumulators, one broadcast of x per column, the panel read in address
+// order (one sequential stream per thread, which the hardware prefetcher follows best).
 template <typename W>
-RILL_AVX2 void gemv_avx2(const float* x, const W* w, int64_t in, int64_t r0, int64_t r1, float* out) {
-  const int64_t vec_end = in & ~int64_t(7);
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) {
-    const W* w0 = w + r * in;
-    const W* w1 = w0 + in;
-    const W* w2 = w1 + in;
-    const W* w3 = w2 + in;
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (int64_t i = 0; i < vec_end; i += 8) {
-      const __m256 xv = load8(x + i);
-      a0 = _mm256_fmadd_ps(load8(w0 + i), xv, a0);
-      a1 = _mm256_fmadd_ps(load8(w1 + i), xv, a1);
-      a2 = _mm256_fmadd_ps(load8(w2 + i), xv, a2);
-      a3 = _mm256_fmadd_ps(load8(w3 + i), xv, a3);
-    }
-    float s0 = hsum(a0), s1 = hsum(a1), s2 = hsum(a2), s3 = hsum(a3);
-    for (int64_t i = vec_end; i < in; ++i) {
-      s0 += x[i] * scalar(w0 + i);
-      s1 += x[i] * scalar(w1 + i);
-      s2 += x[i] * scalar(w2 + i);
-      s3 += x[i] * scalar(w3 + i);
-    }
-    out[r - r0] = s0;
-    out[r - r0 + 1] = s1;
-    out[r - r0 + 2] = s2;
-    out[r - r0 + 3] = s3;
+RILL_AVX2 void gemv_panel_avx2(const W* panel, int64_t in, const float* x, float* out, int rows) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+  for (int64_t k = 0; k < in; ++k) {
+    const __m256 xb = _mm256_broadcast_ss(x + k);
+    const W* col = panel + k * kPanelRows;
+    __m256 lo, hi;
+    load16(col, lo, hi);
+    a0 = _mm256_fmadd_ps(lo, xb, a0);
+    a1 = _mm256_fmadd_ps(hi, xb, a1);
+    load16(col + 16, lo, hi);
+    a2 = _mm256_fmadd_ps(lo, xb, a2);
+    a3 = _mm256_fmadd_ps(hi, xb, a3);
+    load16(col + 32, lo, hi);
+    a4 = _mm256_fmadd_ps(lo, xb, a4);
+    a5 = _mm256_fmadd_ps(hi, xb, a5);
+    load16(col + 48, lo, hi);
+    a6 = _mm256_fmadd_ps(lo, xb, a6);
+    a7 = _mm256_fmadd_ps(hi, xb, a7);
   }
-  for (; r < r1; ++r) {
-    const W* w0 = w + r * in;
-    __m256 a0 = _mm256_setzero_ps();
-    for (int64_t i = 0; i < vec_end; i += 8) a0 = _mm256_fmadd_ps(load8(w0 + i), load8(x + i), a0);
-    float s0 = hsum(a0);
-    for (int64_t i = vec_end; i < in; ++i) s0 += x[i] * scalar(w0 + i);
-    out[r - r0] = s0;
-  }
+  store16(out, std::clamp(rows, 0, 16), a0, a1);
+  if (rows > 16) store16(out + 16, std::min(rows - 16, 16), a2, a3);
+  if (rows > 32) store16(out + 32, std::min(rows - 32, 16), a4, a5);
+  if (rows > 48) store16(out + 48, std::min(rows - 48, 16), a6, a7);
 }
 
-// T tokens x R rows of accumulators; each step loads T + R vectors for T * R FMAs.
-template <int T, int R>
-RILL_AVX2 inline void micro(const float* x, const float* wb, int64_t in, float* out, int64_t ldo) {
-  const int64_t vec_end = in & ~int64_t(7);
-  __m256 acc[T][R];
-  for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) acc[t][r] = _mm256_setzero_ps();
-  for (int64_t i = 0; i < vec_end; i += 8) {
-    __m256 wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = _mm256_loadu_ps(wb + r * in + i);
-    for (int t = 0; t < T; ++t) {
-      const __m256 xv = _mm256_loadu_ps(x + t * in + i);
-      for (int r = 0; r < R; ++r) acc[t][r] = _mm256_fmadd_ps(xv, wv[r], acc[t][r]);
-    }
+// GEMM tile: 16 rows of a panel x T tokens (T <= 6: 12 accumulators, two weight vectors, one broadcast). Per
+// column, one load of the 16 weights and T broadcasts of x feed 2T FMAs; each output accumulates over k in the
+// same order as in the GEMV, so the two agree to the bit.
+// (Named accumulators, not an array: GCC keeps an array of vectors in memory and stores it every iteration.)
+RILL_AVX2 inline void load_c(const float* o, int rows, __m256& lo, __m256& hi) {
+  if (rows == 16) {
+    lo = _mm256_loadu_ps(o);
+    hi = _mm256_loadu_ps(o + 8);
+    return;
   }
-  for (int t = 0; t < T; ++t)
-    for (int r = 0; r < R; ++r) {
-      float s = hsum(acc[t][r]);
-      for (int64_t i = vec_end; i < in; ++i) s += x[t * in + i] * wb[r * in + i];
-      out[t * ldo + r] = s;
-    }
+  alignas(32) float tmp[16] = {};
+  std::memcpy(tmp, o, size_t(rows) * sizeof(float));
+  lo = _mm256_load_ps(tmp);
+  hi = _mm256_load_ps(tmp + 8);
 }
 
-RILL_AVX2 void gemm_avx2(const float* x, int64_t n_tok, const float* wb, int64_t n_rows, int64_t in, float* out,
-                         int64_t ldo) {
-  int64_t t = 0;
-  for (; t + 3 <= n_tok; t += 3) {
-    int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) micro<3, 4>(x + t * in, wb + r * in, in, out + t * ldo + r, ldo);
-    for (; r < n_rows; ++r) micro<3, 1>(x + t * in, wb + r * in, in, out + t * ldo + r, ldo);
+// Columns [k0, k1) of the tile; from k0 > 0 on, the sums so far are read back from out (exactly: an f32 stored
+// and loaded is the same f32), so the order of operations is that of one pass.
+template <typename W, int T>
+RILL_AVX2 void gemm_tile_avx2(const W* panel, int64_t k0, int64_t k1, int r0, int rows, const float* x, int64_t ldx,
+                              float* out, int64_t ldo) {
+  static_assert(T >= 1 && T <= 6);
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  float* o = out + r0;
+  if (k0 > 0) {
+    load_c(o, rows, c00, c01);
+    if constexpr (T > 1) load_c(o + ldo, rows, c10, c11);
+    if constexpr (T > 2) load_c(o + 2 * ldo, rows, c20, c21);
+    if constexpr (T > 3) load_c(o + 3 * ldo, rows, c30, c31);
+    if constexpr (T > 4) load_c(o + 4 * ldo, rows, c40, c41);
+    if constexpr (T > 5) load_c(o + 5 * ldo, rows, c50, c51);
   }
-  for (; t < n_tok; ++t) {
-    int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) micro<1, 4>(x + t * in, wb + r * in, in, out + t * ldo + r, ldo);
-    for (; r < n_rows; ++r) micro<1, 1>(x + t * in, wb + r * in, in, out + t * ldo + r, ldo);
+  const W* p = panel + r0;
+  const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx, *x4 = x + 4 * ldx, *x5 = x + 5 * ldx;
+  for (int64_t k = k0; k < k1; ++k) {
+    __m256 lo, hi, b;
+    load16(p + k * kPanelRows, lo, hi);
+    b = _mm256_broadcast_ss(x0 + k);
+    c00 = _mm256_fmadd_ps(b, lo, c00);
+    c01 = _mm256_fmadd_ps(b, hi, c01);
+    if constexpr (T > 1) {
+      b = _mm256_broadcast_ss(x1 + k);
+      c10 = _mm256_fmadd_ps(b, lo, c10);
+      c11 = _mm256_fmadd_ps(b, hi, c11);
+    }
+    if constexpr (T > 2) {
+      b = _mm256_broadcast_ss(x2 + k);
+      c20 = _mm256_fmadd_ps(b, lo, c20);
+      c21 = _mm256_fmadd_ps(b, hi, c21);
+    }
+    if constexpr (T > 3) {
+      b = _mm256_broadcast_ss(x3 + k);
+      c30 = _mm256_fmadd_ps(b, lo, c30);
+      c31 = _mm256_fmadd_ps(b, hi, c31);
+    }
+    if constexpr (T > 4) {
+      b = _mm256_broadcast_ss(x4 + k);
+      c40 = _mm256_fmadd_ps(b, lo, c40);
+      c41 = _mm256_fmadd_ps(b, hi, c41);
+    }
+    if constexpr (T > 5) {
+      b = _mm256_broadcast_ss(x5 + k);
+      c50 = _mm256_fmadd_ps(b, lo, c50);
+      c51 = _mm256_fmadd_ps(b, hi, c51);
+    }
+  }
+  store16(o, rows, c00, c01);
+  if constexpr (T > 1) store16(o + ldo, rows, c10, c11);
+  if constexpr (T > 2) store16(o + 2 * ldo, rows, c20, c21);
+  if constexpr (T > 3) store16(o + 3 * ldo, rows, c30, c31);
+  if constexpr (T > 4) store16(o + 4 * ldo, rows, c40, c41);
+  if constexpr (T > 5) store16(o + 5 * ldo, rows, c50, c51);
+}
+
+// A panel's rows for n_tok tokens: blocks of 256 columns, within a block each 16-row strip of the panel (16 KB of
+// cache lines) stays in L1 while every group of 6 tokens (6 KB of x) passes it.
+template <typename W>
+RILL_AVX2 void gemm_panel_avx2(const W* panel, int64_t in, int rows, const float* x, int64_t ldx, int64_t n_tok,
+                               float* out, int64_t ldo) {
+  constexpr int64_t kDepth = 256;
+  for (int64_t k0 = 0; k0 < in; k0 += kDepth) {
+    const int64_t k1 = std::min(in, k0 + kDepth);
+    for (int r0 = 0; r0 < rows; r0 += 16) {
+      const int m = std::min(16, rows - r0);
+      for (int64_t t = 0; t < n_tok; t += 6) {
+        const float* xt = x + t * ldx;
+        float* ot = out + t * ldo;
+        switch (std::min<int64_t>(6, n_tok - t)) {
+          case 6: gemm_tile_avx2<W, 6>(panel, k0, k1, r0, m, xt, ldx, ot, ldo); break;
+          case 5: gemm_tile_avx2<W, 5>(panel, k0, k1, r0, m, xt, ldx, ot, ldo); break;
+          case 4: gemm_tile_avx2<W, 4>(panel, k0, k1, r0, m, xt, ldx, ot, ldo); break;
+          case 3: gemm_tile_avx2<W, 3>(panel, k0, k1, r0, m, xt, ldx, ot, ldo); break;
+          case 2: gemm_tile_avx2<W, 2>(panel, k0, k1, r0, m, xt, ldx, ot, ldo); break;
+          default: gemm_tile_avx2<W, 1>(panel, k0, k1, r0, m, xt, ldx, ot, ldo); break;
+        }
+      }
+    }
   }
 }
 
@@ -161,6 +266,94 @@ RILL_AVX2 void axpy_avx2(float a, const float* x, float* y, int64_t n) {
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += a * x[i];
 }
+// exp(x) for x <= 0 (softmax after subtracting the maximum): 2^(x log2 e) as 2^round * 2^frac, the fraction
+// by a degree-6 polynomial (relative error ~2e-7, as exp in f32); below -87 it flushes to 0.
+RILL_AVX2 inline __m256 exp_neg(__m256 x) {
+  x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+  const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+  const __m256 r = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(t, r);  // [-0.5, 0.5]
+  __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(r), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+RILL_AVX2 float exp_sum_avx2(float* s, int64_t n, float mx) {
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp_neg(_mm256_sub_ps(_mm256_loadu_ps(s + i), m));
+    _mm256_storeu_ps(s + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  float sum = hsum(acc);
+  for (; i < n; ++i) sum += (s[i] = std::exp(s[i] - mx));
+  return sum;
+}
+
+// Eight keys at a time: eight dot products accumulate side by side, then one transpose-and-add turns the eight
+// vectors into a vector of eight scores. A last group of fewer keys repeats its last key, so every key's score
+// takes the same operations wherever it falls in a group: a token's scores do not depend on how its keys are
+// cut into runs (chunked prefill gives the bits of token-by-token decode).
+RILL_AVX2 void dot_rows_avx2(const float* q, const float* k, int64_t stride, int64_t count, int64_t hd, float scale,
+                             float* out) {
+  if (hd % 8 != 0) {
+    for (int64_t j = 0; j < count; ++j) out[j] = dot_avx2(q, k + j * stride, hd) * scale;
+    return;
+  }
+  const __m256 sc = _mm256_set1_ps(scale);
+  for (int64_t j = 0; j < count; j += 8) {
+    const int64_t rem = std::min<int64_t>(8, count - j);
+    const float* kp[8];
+    for (int u = 0; u < 8; ++u) kp[u] = k + (j + std::min<int64_t>(u, rem - 1)) * stride;
+    __m256 a[8];
+    for (int u = 0; u < 8; ++u) a[u] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < hd; d += 8) {
+      const __m256 qv = _mm256_loadu_ps(q + d);
+      for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(kp[u] + d), a[u]);
+    }
+    // a[u] holds key u's eight partial sums: add pairs, then quads, then the two 128-bit halves.
+    const __m256 s01 = _mm256_hadd_ps(a[0], a[1]), s23 = _mm256_hadd_ps(a[2], a[3]);
+    const __m256 s45 = _mm256_hadd_ps(a[4], a[5]), s67 = _mm256_hadd_ps(a[6], a[7]);
+    const __m256 s0123 = _mm256_hadd_ps(s01, s23), s4567 = _mm256_hadd_ps(s45, s67);
+    const __m256 lo = _mm256_permute2f128_ps(s0123, s4567, 0x20), hi = _mm256_permute2f128_ps(s0123, s4567, 0x31);
+    const __m256 r = _mm256_mul_ps(_mm256_add_ps(lo, hi), sc);
+    if (rem == 8) {
+      _mm256_storeu_ps(out + j, r);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, r);
+      std::memcpy(out + j, tmp, size_t(rem) * sizeof(float));
+    }
+  }
+}
+
+// acc += sum_j p[j] * v[j * stride]: 64 dimensions at a time in eight registers, across all the keys.
+RILL_AVX2 void weighted_sum_avx2(const float* p, const float* v, int64_t stride, int64_t count, int64_t hd,
+                                 float* acc) {
+  int64_t d = 0;
+  for (; d + 64 <= hd; d += 64) {
+    __m256 a[8];
+    for (int u = 0; u < 8; ++u) a[u] = _mm256_loadu_ps(acc + d + 8 * u);
+    for (int64_t j = 0; j < count; ++j) {
+      const __m256 pj = _mm256_broadcast_ss(p + j);
+      const float* vj = v + j * stride + d;
+      for (int u = 0; u < 8; ++u) a[u] = _mm256_fmadd_ps(pj, _mm256_loadu_ps(vj + 8 * u), a[u]);
+    }
+    for (int u = 0; u < 8; ++u) _mm256_storeu_ps(acc + d + 8 * u, a[u]);
+  }
+  if (d < hd)
+    for (int64_t j = 0; j < count; ++j)
+      for (int64_t i = d; i < hd; ++i) acc[i] += p[j] * v[j * stride + i];
+}
+
 #endif
 
 }  // namespace
@@ -178,31 +371,59 @@ bool has_avx2() {
 #endif
 }
 
-void gemv_rows(DType wt, const float* x, const void* w, int64_t in, int64_t r0, int64_t r1, float* out) {
-#if defined(__x86_64__)
-  if (has_avx2()) {
-    switch (wt) {
-      case DType::F32: return gemv_avx2(x, static_cast<const float*>(w), in, r0, r1, out);
-      case DType::BF16: return gemv_avx2(x, static_cast<const bf16_t*>(w), in, r0, r1, out);
-      case DType::F16: return gemv_avx2(x, static_cast<const f16_t*>(w), in, r0, r1, out);
+size_t packed_bytes(DType t, int64_t rows, int64_t in) {
+  return size_t((rows + kPanelRows - 1) / kPanelRows) * size_t(in) * kPanelRows * dtype_size(t);
+}
+
+void pack_panels(DType t, const void* w, int64_t rows, int64_t in, int64_t p0, int64_t p1, void* dst) {
+  const size_t per = size_t(in) * kPanelRows;
+  for (int64_t p = p0; p < p1; ++p) switch (t) {
+      case DType::F32: pack_panel(static_cast<const float*>(w), rows, in, p, static_cast<float*>(dst) + p * per); break;
+      case DType::BF16:
+        pack_panel(static_cast<const bf16_t*>(w), rows, in, p, static_cast<bf16_t*>(dst) + p * per);
+        break;
+      case DType::F16: pack_panel(static_cast<const f16_t*>(w), rows, in, p, static_cast<f16_t*>(dst) + p * per); break;
       default: break;
     }
+}
+
+namespace {
+// Calls f(panel pointer as the weight type) for panel p of m.
+template <typename F>
+void with_panel(const PackedMatrix& m, int64_t p, F&& f) {
+  const size_t off = size_t(p) * size_t(m.in) * kPanelRows;
+  switch (m.dtype) {
+    case DType::F32: return f(static_cast<const float*>(m.data) + off);
+    case DType::BF16: return f(static_cast<const bf16_t*>(m.data) + off);
+    case DType::F16: return f(static_cast<const f16_t*>(m.data) + off);
+    default: return;
   }
+}
+}  // namespace
+
+void gemv_packed(const PackedMatrix& m, const float* x, int64_t p0, int64_t p1, float* out) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int rows = int(std::min<int64_t>(kPanelRows, m.rows - p * kPanelRows));
+    float* o = out + p * kPanelRows;
+    with_panel(m, p, [&](const auto* panel) {
+#if defined(__x86_64__)
+      if (has_avx2()) return gemv_panel_avx2(panel, m.in, x, o, rows);
 #endif
-  switch (wt) {
-    case DType::F32: return gemv_portable(x, static_cast<const float*>(w), in, r0, r1, out);
-    case DType::BF16: return gemv_portable(x, static_cast<const bf16_t*>(w), in, r0, r1, out);
-    case DType::F16: return gemv_portable(x, static_cast<const f16_t*>(w), in, r0, r1, out);
-    default: break;
+      gemm_portable(panel, m.in, 0, rows, x, m.in, 1, o, 0);
+    });
   }
 }
 
-void gemm_f32_block(const float* x, int64_t n_tok, const float* wb, int64_t n_rows, int64_t in, float* out,
-                    int64_t ldo) {
+void gemm_packed(const PackedMatrix& m, int64_t p, const float* x, int64_t ldx, int64_t n_tok, float* out,
+                 int64_t ldo) {
+  const int rows = int(std::min<int64_t>(kPanelRows, m.rows - p * kPanelRows));
+  float* o = out + p * kPanelRows;
+  with_panel(m, p, [&](const auto* panel) {
 #if defined(__x86_64__)
-  if (has_avx2()) return gemm_avx2(x, n_tok, wb, n_rows, in, out, ldo);
+    if (has_avx2()) return gemm_panel_avx2(panel, m.in, rows, x, ldx, n_tok, o, ldo);
 #endif
-  gemm_portable(x, n_tok, wb, n_rows, in, out, ldo);
+    gemm_portable(panel, m.in, 0, rows, x, ldx, int(n_tok), o, ldo);
+  });
 }
 
 void to_f32(DType t, const void* src, float* dst, int64_t n) {
@@ -226,6 +447,30 @@ void to_f32(DType t, const void* src, float* dst, int64_t n) {
       return;
     default: break;
   }
+}
+
+void dot_rows(const float* q, const float* k, int64_t stride, int64_t count, int64_t hd, float scale, float* out) {
+#if defined(__x86_64__)
+  if (has_avx2()) return dot_rows_avx2(q, k, stride, count, hd, scale, out);
+#endif
+  for (int64_t j = 0; j < count; ++j) out[j] = dot_f32(q, k + j * stride, hd) * scale;
+}
+
+float exp_sum(float* s, int64_t n, float mx) {
+#if defined(__x86_64__)
+  if (has_avx2()) return exp_sum_avx2(s, n, mx);
+#endif
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) sum += (s[i] = std::exp(s[i] - mx));
+  return sum;
+}
+
+void weighted_sum(const float* p, const float* v, int64_t stride, int64_t count, int64_t hd, float* acc) {
+#if defined(__x86_64__)
+  if (has_avx2()) return weighted_sum_avx2(p, v, stride, count, hd, acc);
+#endif
+  for (int64_t j = 0; j < count; ++j)
+    for (int64_t i = 0; i < hd; ++i) acc[i] += p[j] * v[j * stride + i];
 }
 
 float dot_f32(const float* a, const float* b, int64_t n) {
