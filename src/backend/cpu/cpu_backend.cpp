@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <numeric>
+#include <sys/mman.h>
 #include <mutex>
 
 #include "backend/cpu/vec.h"
@@ -27,6 +28,22 @@ const float* as_f32(const Tensor& w, std::vector<float>& tmp) {
   tmp.resize(size_t(w.numel()));
   cpu::to_f32(w.dtype, w.data, tmp.data(), w.numel());
   return tmp.data();
+}
+
+// Host memory for tensors: 64-byte aligned; from 4 MiB on, 2 MiB aligned and marked for transparent huge pages,
+// so that streaming the weights and the KV cache does not miss the TLB every 4 KiB (most kernels ship THP as
+// "madvise").
+std::shared_ptr<void> host_alloc(size_t bytes) {
+  constexpr size_t kHuge = size_t(2) << 20;
+  const bool huge = bytes >= 2 * kHuge;
+  const size_t align = huge ? kHuge : 64;
+  bytes = std::max<size_t>(64, (bytes + align - 1) / align * align);
+  void* p = std::aligned_alloc(align, bytes);
+  if (!p) throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
+#if defined(MADV_HUGEPAGE)
+  if (huge) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+  return std::shared_ptr<void>(p, std::free);
 }
 
 bool is_weight_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
@@ -76,11 +93,8 @@ Tensor CpuBackend::alloc(DType dtype, Shape shape) {
   t.dtype = dtype;
   t.shape = shape;
   t.device = Device::CPU;
-  const size_t bytes = std::max<size_t>(64, (t.nbytes() + 63) & ~size_t(63));
-  void* p = std::aligned_alloc(64, bytes);
-  if (!p) throw Error("cpu backend: out of memory allocating " + std::to_string(bytes) + " bytes");
-  t.data = p;
-  t.storage = std::shared_ptr<void>(p, std::free);
+  t.storage = host_alloc(t.nbytes());
+  t.data = t.storage.get();
   return t;
 }
 
@@ -165,10 +179,8 @@ CpuBackend::Packed CpuBackend::packed(const Tensor& w) {
       it->second.m.dtype == w.dtype && it->second.m.rows == w.shape[0] && it->second.m.in == w.shape[1])
     return {it->second.m, it->second.buffer};
   const int64_t rows = w.shape[0], in = w.shape[1];
-  const size_t bytes = cpu::packed_bytes(w.dtype, rows, in);
-  void* p = std::aligned_alloc(64, (bytes + 63) & ~size_t(63));
-  if (!p) throw Error("cpu backend: out of memory packing a " + w.shape.str() + " weight");
-  std::shared_ptr<void> buffer(p, std::free);
+  std::shared_ptr<void> buffer = host_alloc(cpu::packed_bytes(w.dtype, rows, in));
+  void* p = buffer.get();
   const cpu::PackedMatrix m{w.dtype, rows, in, p};
   pool_.parallel_for(m.panels(), 1, [&](int64_t b, int64_t e) { cpu::pack_panels(w.dtype, w.data, rows, in, b, e, p); });
   if (w.storage) {  // kept while the weight lives; entries of weights gone are dropped here
