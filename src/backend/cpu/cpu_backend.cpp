@@ -8,6 +8,7 @@
 #include <cstring>
 #include <numeric>
 #include <sys/mman.h>
+#include <unistd.h>
 #include <mutex>
 
 #include "backend/cpu/vec.h"
@@ -183,6 +184,13 @@ CpuBackend::Packed CpuBackend::packed(const Tensor& w) {
   void* p = buffer.get();
   const cpu::PackedMatrix m{w.dtype, rows, in, p};
   pool_.parallel_for(m.panels(), 1, [&](int64_t b, int64_t e) { cpu::pack_panels(w.dtype, w.data, rows, in, b, e, p); });
+#if defined(MADV_COLD)
+  // The row-major original (usually the checkpoint's memory map) is now read only for embedding rows: let the
+  // kernel reclaim its pages first (their contents stay; a page touched again comes back).
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE)), begin = (uintptr_t(w.data) + page - 1) & ~(page - 1);
+  const uintptr_t end = (uintptr_t(w.data) + w.nbytes()) & ~(page - 1);
+  if (w.storage && end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_COLD);
+#endif
   if (w.storage) {  // kept while the weight lives; entries of weights gone are dropped here
     std::erase_if(packed_weights_, [](const auto& kv) { return kv.second.owner.expired(); });
     packed_weights_[w.data] = PackedEntry{w.storage, m, buffer};
