@@ -164,6 +164,32 @@ TEST(Backend, RopeRotatesHalvesInDouble) {
 
 // Two sequences in one flat batch, their KV scattered over non-contiguous blocks; sequence 0 has 9
 // cached tokens plus 3 new ones, sequence 1 has 4 new tokens. Compared with dense causal attention.
+// The fused RoPE + KV write gives the bits of rope(q), rope(k) and kv_write.
+TEST(Backend, RopeKvWriteEqualsItsParts) {
+  auto backend = make_cpu_backend(2);
+  const int n = 11, hd = 8, heads = 4, kv_heads = 2, blocks = 4, bs = 4;
+  std::vector<int32_t> pos(n), slots(n);
+  for (int t = 0; t < n; ++t) pos[size_t(t)] = 1000 * t + 7, slots[size_t(t)] = (t * 5) % (blocks * bs);
+  std::vector<double> inv = {1.0, 0.3, 0.01, 1e-4};
+  const Tensor p{pos.data(), DType::I32, {n}}, sl{slots.data(), DType::I32, {n}}, f{inv.data(), DType::F64, {1, hd / 2}};
+  KvLayer fused{backend->alloc(DType::F32, {blocks, bs, kv_heads, hd}), backend->alloc(DType::F32, {blocks, bs, kv_heads, hd})};
+  KvLayer parts{backend->alloc(DType::F32, {blocks, bs, kv_heads, hd}), backend->alloc(DType::F32, {blocks, bs, kv_heads, hd})};
+  for (const KvLayer& kv : {fused, parts}) backend->fill_zero(kv.k), backend->fill_zero(kv.v);
+  auto q1 = randn(size_t(n * heads * hd), 11), k1 = randn(size_t(n * kv_heads * hd), 12), v = randn(size_t(n * kv_heads * hd), 13);
+  auto q2 = q1, k2 = k1;
+  backend->rope_kv_write(host(q1, {n, heads * hd}), host(k1, {n, kv_heads * hd}), host(v, {n, kv_heads * hd}), fused, sl,
+                         hd, p, f, Tensor{}, 0.9f);
+  backend->rope(host(q2, {n, heads * hd}), hd, p, f, Tensor{}, 0.9f);
+  backend->rope(host(k2, {n, kv_heads * hd}), hd, p, f, Tensor{}, 0.9f);
+  backend->kv_write(parts, host(k2, {n, kv_heads * hd}), host(v, {n, kv_heads * hd}), sl);
+  EXPECT_EQ(q1, q2);
+  EXPECT_EQ(k1, k2);
+  for (int64_t i = 0; i < fused.k.numel(); ++i) {
+    ASSERT_EQ(fused.k.ptr<float>()[i], parts.k.ptr<float>()[i]) << i;
+    ASSERT_EQ(fused.v.ptr<float>()[i], parts.v.ptr<float>()[i]) << i;
+  }
+}
+
 TEST(Backend, PagedAttentionMatchesDense) {
   auto backend = make_cpu_backend(3);
   const int H = 4, KVH = 2, hd = 8, bs = 4, blocks = 10;

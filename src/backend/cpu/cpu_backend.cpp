@@ -271,30 +271,73 @@ void CpuBackend::project(const Tensor& x, const LinearOut* outs, int count, cons
   });
 }
 
+namespace {
+// cos and sin of token t's angles (pos * inv_freq in double), times attention_factor.
+void rope_angles(const Tensor& inv_freq, const int32_t* pos, const int32_t* row, int64_t t, int64_t half,
+                 float attention_factor, float* c, float* s) {
+  const double* f = inv_freq.ptr<double>() + (row ? row[t] : 0) * half;
+  for (int64_t i = 0; i < half; ++i) {
+    const double angle = double(pos[t]) * f[i];
+    c[i] = float(std::cos(angle) * attention_factor);
+    s[i] = float(std::sin(angle) * attention_factor);
+  }
+}
+
+// Rotate-half RoPE of every head of one token's row.
+void rope_row(float* xt, int64_t width, int64_t head_dim, const float* c, const float* s) {
+  const int64_t half = head_dim / 2;
+  for (int64_t h = 0; h < width; h += head_dim)
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = xt[h + i], x2 = xt[h + i + half];
+      xt[h + i] = x1 * c[i] - x2 * s[i];
+      xt[h + i + half] = x2 * c[i] + x1 * s[i];
+    }
+}
+}  // namespace
+
 void CpuBackend::rope(const Tensor& x, int head_dim, const Tensor& positions, const Tensor& inv_freq,
-                      const Tensor& rope_row, float attention_factor) {
+                      const Tensor& rope_row_ids, float attention_factor) {
   const auto timer = time_op("rope", positions.numel());
   const int64_t n = positions.numel(), half = head_dim / 2, width = x.row_size();
   expect(x.rows() == n && width % head_dim == 0, "rope", "x must be [tokens, heads * head_dim]");
   expect(inv_freq.dtype == DType::F64 && inv_freq.row_size() == half, "rope", "inv_freq must be f64 [rows, head_dim/2]");
   const int32_t* pos = positions.ptr<int32_t>();
-  const int32_t* row = rope_row.empty() ? nullptr : rope_row.ptr<int32_t>();
+  const int32_t* row = rope_row_ids.empty() ? nullptr : rope_row_ids.ptr<int32_t>();
   pool_.parallel_for(n, 8, [&](int64_t b, int64_t e) {
     std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
     for (int64_t t = b; t < e; ++t) {
-      const double* f = inv_freq.ptr<double>() + (row ? row[t] : 0) * half;
-      for (int64_t i = 0; i < half; ++i) {
-        const double angle = double(pos[t]) * f[i];
-        c[i] = float(std::cos(angle) * attention_factor);
-        s[i] = float(std::sin(angle) * attention_factor);
-      }
-      float* xt = x.ptr<float>() + t * width;
-      for (int64_t h = 0; h < width; h += head_dim)
-        for (int64_t i = 0; i < half; ++i) {
-          const float x1 = xt[h + i], x2 = xt[h + i + half];
-          xt[h + i] = x1 * c[i] - x2 * s[i];
-          xt[h + i + half] = x2 * c[i] + x1 * s[i];
-        }
+      rope_angles(inv_freq, pos, row, t, half, attention_factor, c.data(), s.data());
+      rope_row(x.ptr<float>() + t * width, width, head_dim, c.data(), s.data());
+    }
+  });
+}
+
+// One pass per token: the angles once for q and k, then k and v into their cache slot.
+void CpuBackend::rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const KvLayer& kv,
+                               const Tensor& slot_mapping, int head_dim, const Tensor& positions,
+                               const Tensor& inv_freq, const Tensor& rope_row_ids, float attention_factor) {
+  const auto timer = time_op("rope_kv_write", positions.numel());
+  const int64_t n = positions.numel(), half = head_dim / 2, qw = q.row_size();
+  const int64_t width = kv.k.numel() / (kv.k.shape[0] * kv.k.shape[1]), slots = kv.k.shape[0] * kv.k.shape[1];
+  expect(q.rows() == n && qw % head_dim == 0 && width % head_dim == 0, "rope_kv_write",
+         "q must be [tokens, heads * head_dim]");
+  expect(k.numel() == n * width && v.numel() == n * width && slot_mapping.numel() == n, "rope_kv_write",
+         "k/v width does not match the cache");
+  expect(inv_freq.dtype == DType::F64 && inv_freq.row_size() == half, "rope_kv_write",
+         "inv_freq must be f64 [rows, head_dim/2]");
+  const int32_t* pos = positions.ptr<int32_t>();
+  const int32_t* row = rope_row_ids.empty() ? nullptr : rope_row_ids.ptr<int32_t>();
+  const int32_t* slot = slot_mapping.ptr<int32_t>();
+  for (int64_t t = 0; t < n; ++t) expect(slot[t] >= 0 && slot[t] < slots, "rope_kv_write", "slot out of range");
+  pool_.parallel_for(n, 8, [&](int64_t b, int64_t e) {
+    std::vector<float> c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
+    for (int64_t t = b; t < e; ++t) {
+      rope_angles(inv_freq, pos, row, t, half, attention_factor, c.data(), s.data());
+      rope_row(q.ptr<float>() + t * qw, qw, head_dim, c.data(), s.data());
+      float* kt = k.ptr<float>() + t * width;
+      rope_row(kt, width, head_dim, c.data(), s.data());
+      std::memcpy(kv.k.ptr<float>() + slot[t] * width, kt, size_t(width) * 4);
+      std::memcpy(kv.v.ptr<float>() + slot[t] * width, v.ptr<float>() + t * width, size_t(width) * 4);
     }
   });
 }

@@ -43,6 +43,9 @@ class CpuBackend final : public Backend {
   void rope(const Tensor& x, int head_dim, const Tensor& positions, const Tensor& inv_freq, const Tensor& rope_row,
             float attention_factor) override;
   void kv_write(const KvLayer& kv, const Tensor& k, const Tensor& v, const Tensor& slot_mapping) override;
+  void rope_kv_write(const Tensor& q, const Tensor& k, const Tensor& v, const KvLayer& kv, const Tensor& slot_mapping,
+                     int head_dim, const Tensor& positions, const Tensor& inv_freq, const Tensor& rope_row,
+                     float attention_factor) override;
   void attention(const Tensor& out, const Tensor& q, const KvLayer& kv, const AttentionBatch& batch, int num_heads,
                  float scale, int sliding_window, const Tensor& q_sink = {}) override;
   void silu_mul(const Tensor& out, const Tensor& gate, const Tensor& up) override;
