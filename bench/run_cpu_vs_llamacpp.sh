@@ -4,7 +4,7 @@
 #     kept between runs), converts each model to GGUF with bench/gguf_convert.py (same bits, no torch needed);
 #   - checks that both engines give the same greedy continuation (rill generate vs llama-completion, 200 tokens),
 #     so that the comparison is of the same work;
-#   - runs both alternately, ROUNDS rounds (default 5), batch 1, THREADS threads (default: all cores), a
+#   - runs both alternately, ROUNDS rounds (default 7), batch 1, THREADS threads (default: all cores), a
 #     PROMPT-token prompt (default 256) and GEN new tokens (default 128): rill's bench/cpu_generate (through the
 #     engine) and llama-bench -p PROMPT -n GEN;
 #   - writes bench/results/cpu-vs-llamacpp-<host>-<date>.txt: medians, ratios, the machine's load before and
@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
-rounds=${ROUNDS:-5} threads=${THREADS:-$(nproc)} prompt=${PROMPT:-256} gen=${GEN:-128}
+rounds=${ROUNDS:-7} threads=${THREADS:-$(nproc)} prompt=${PROMPT:-256} gen=${GEN:-128}
 models=${MODELS:-rill-tiny llama110m}
 scripts/setup.sh python3-numpy >/dev/null  # gguf_convert.py runs on Debian's python3 with numpy
 py=/usr/bin/python3
@@ -65,7 +65,7 @@ for name in $models; do
   g=$work/$name.gguf
   "$py" bench/gguf_convert.py "$llama" "$m" "$g" --tokenizer "$(tok_dir "$name")" >/dev/null
 
-  # Same work: the greedy continuation of one prompt, as text, from both.
+  # Same work: the greedy continuation of one prompt, as text, from both (and where they part, by how much).
   p="Once upon a time, there was a little girl named Lily. She loved to play outside"
   "$build/rill" generate -m "$m" --device cpu --threads "$threads" -p "$p" -n 200 --temperature 0 --ignore-eos \
     2>/dev/null >"$work/$name.rill.txt"
@@ -80,6 +80,12 @@ else:
     print(f"DIFFERENT from character {i}: rill {a[i:i+40]!r} / llama.cpp {b[i:i+40]!r}")
 EOF
 )
+  if [[ "$same" == DIFFERENT* ]]; then
+    "$build/rill" generate -m "$m" --device cpu --threads "$threads" -p "$p" -n 200 --temperature 0 --ignore-eos \
+      --output json 2>/dev/null >"$work/$name.rill.json"
+    same+="; $("$py" bench/greedy_divergence.py "$build/rill" "$m" "$p" "$work/$name.rill.json" "$work/$name.llama.txt" \
+      --threads "$threads" 2>&1 | tail -1)"
+  fi
   echo "# $name ($m): greedy continuation, 200 tokens: $same" | tee -a "$out"
 
   : >"$work/$name.rounds"
@@ -100,13 +106,17 @@ import statistics as st, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1])]
 med = [st.median(c) for c in zip(*rows)]
 rp, rd, lp, ld, rbw, cbw, bpt = med
+# The machine's speed drifts between rounds (a shared VM): each round runs both engines back to back, so the
+# ratio of a round compares like with like; the headline ratio is the median of the rounds' ratios.
+pr = st.median(r[0] / r[2] for r in rows)
+dr = st.median(r[1] / r[3] for r in rows)
 name, p, g = sys.argv[2:5]
-print(f"| {name} | prompt {p}: rill {rp:.1f} / llama.cpp {lp:.1f} tok/s = **{rp/lp:.2f}x** "
-      f"| decode {g}: rill {rd:.2f} / llama.cpp {ld:.2f} tok/s = **{rd/ld:.2f}x** "
+print(f"| {name} | prompt {p}: rill {rp:.1f} / llama.cpp {lp:.1f} tok/s; median of the rounds' ratios **{pr:.2f}x** "
+      f"| decode {g}: rill {rd:.2f} / llama.cpp {ld:.2f} tok/s; **{dr:.2f}x** "
       f"| rill decode: {bpt/1e6:.1f} MB/token = {rd * bpt / 1e9:.1f} GB/s, {rd / (rbw * 1e9 / bpt):.0%} of the read-bandwidth "
       f"limit ({rbw:.1f} GB/s), {rd / (cbw * 1e9 / bpt):.0%} of the copy-bandwidth limit ({cbw:.1f} GB/s copied) |")
-print("#   rounds (rill pp, rill tg, llama.cpp pp, llama.cpp tg): " +
-      "; ".join(" ".join(f"{v:.0f}" for v in row[:4]) for row in rows))
+print("#   rounds (rill pp, llama.cpp pp, ratio; rill tg, llama.cpp tg, ratio): " +
+      "; ".join(f"{r[0]:.0f} {r[2]:.0f} {r[0]/r[2]:.2f}, {r[1]:.1f} {r[3]:.1f} {r[1]/r[3]:.2f}" for r in rows))
 EOF
 done
 echo "# load average after: $(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$out"

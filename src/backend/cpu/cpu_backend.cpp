@@ -173,6 +173,22 @@ void CpuBackend::swiglu(const Tensor& out, const Tensor& x, const Tensor& gate, 
   project(x, both, 2, &out);
 }
 
+// Packed weights are carved from 64 MiB huge-page chunks: one matrix is often under the 4 MiB from which a buffer
+// of its own gets huge pages (a 768 x 768 bf16 matrix is 1.2 MB), and decode streams all of them. A piece shares
+// ownership of its chunk, which is freed when its last piece is.
+std::shared_ptr<void> CpuBackend::arena_alloc(size_t bytes) {
+  constexpr size_t kChunk = size_t(64) << 20, kAlign = 4096;
+  bytes = (bytes + kAlign - 1) / kAlign * kAlign;
+  if (bytes > kChunk / 4) return host_alloc(bytes);
+  if (!arena_ || arena_used_ + bytes > kChunk) {
+    arena_ = host_alloc(kChunk);
+    arena_used_ = 0;
+  }
+  void* p = static_cast<char*>(arena_.get()) + arena_used_;
+  arena_used_ += bytes;
+  return std::shared_ptr<void>(arena_, p);
+}
+
 CpuBackend::Packed CpuBackend::packed(const Tensor& w) {
   std::lock_guard<std::mutex> lock(packed_mu_);
   auto it = packed_weights_.find(w.data);
@@ -180,7 +196,7 @@ CpuBackend::Packed CpuBackend::packed(const Tensor& w) {
       it->second.m.dtype == w.dtype && it->second.m.rows == w.shape[0] && it->second.m.in == w.shape[1])
     return {it->second.m, it->second.buffer};
   const int64_t rows = w.shape[0], in = w.shape[1];
-  std::shared_ptr<void> buffer = host_alloc(cpu::packed_bytes(w.dtype, rows, in));
+  std::shared_ptr<void> buffer = arena_alloc(cpu::packed_bytes(w.dtype, rows, in));
   void* p = buffer.get();
   const cpu::PackedMatrix m{w.dtype, rows, in, p};
   pool_.parallel_for(m.panels(), 1, [&](int64_t b, int64_t e) { cpu::pack_panels(w.dtype, w.data, rows, in, b, e, p); });

@@ -87,6 +87,7 @@ class CpuBackend final : public Backend {
     std::shared_ptr<void> buffer;
   };
   Packed packed(const Tensor& w);
+  std::shared_ptr<void> arena_alloc(size_t bytes);
   struct PackedEntry {
     std::weak_ptr<void> owner;
     cpu::PackedMatrix m;
@@ -96,6 +97,8 @@ class CpuBackend final : public Backend {
   ThreadPool pool_;
   std::mutex packed_mu_;
   std::unordered_map<const void*, PackedEntry> packed_weights_;
+  std::shared_ptr<void> arena_;  // the chunk packed weights are carved from now
+  size_t arena_used_ = 0;
   std::unique_ptr<Profile> profile_;
 };
 
