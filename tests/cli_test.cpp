@@ -366,5 +366,14 @@ TEST(Cli, HelpListsEveryCommand) {
     EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
 }
 
+// The commands that run an engine warm it up at load, and each takes --no-warm-up to skip that (the docs say so).
+TEST(Cli, EngineCommandsTakeNoWarmUp) {
+  for (const char* cmd : {"serve", "generate", "chat"}) {
+    const Result r = run(std::string(cmd) + " --help");
+    EXPECT_EQ(r.status, 0) << cmd;
+    EXPECT_NE(r.out.find("--no-warm-up"), std::string::npos) << cmd << " --help:\n" << r.out;
+  }
+}
+
 }  // namespace
 }  // namespace rill::test

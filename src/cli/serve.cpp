@@ -58,6 +58,7 @@ Run add_serve(CLI::App& app) {
   app.add_option("--served-model-name", a->served_name,
                  "Model name in the API (default: the model path's last part)");
   add_device_options(app, a->device);
+  add_warm_up_option(app, a->device);
   app.add_option(
       "--kv-cache-memory", a->kv_memory,
       "Memory for the KV cache: a size (2GiB, 512MiB) or a share of the memory available at start (40%). "
