@@ -48,7 +48,8 @@ say "disk read (page cache dropped): $s s, $(awk "BEGIN{printf \"%.2f\", $bytes/
 t=$(now); dd if=$M/model.safetensors of=/dev/null bs=64M status=none; s=$(since $t)
 say "page-cache read: $s s, $(awk "BEGIN{printf \"%.2f\", $bytes/1e9/$s}") GB/s"
 
-ids() { python3 -c "print(','.join(str((i*7919+$2)%128000+100) for i in range($1)))"; }
+# Token ids the tokenizer knows (llama3-style has 16000 + 256 special): the engine refuses ids past it.
+ids() { python3 -c "print(','.join(str((i*7919+$2)%15000+100) for i in range($1)))"; }
 gen() {  # label, prompt tokens, flags...
   local label=$1 n=$2
   shift 2

@@ -4,7 +4,8 @@
 #     kept between runs), converts each model to GGUF with bench/gguf_convert.py (same bits, no torch needed);
 #   - checks that both engines give the same greedy continuation (rill generate vs llama-completion, 200 tokens),
 #     so that the comparison is of the same work;
-#   - runs both alternately, ROUNDS rounds (default 7), batch 1, THREADS threads (default: all cores), a
+#   - runs both alternately, ROUNDS rounds (default 7) of REPEATS runs each (default 3: rill's median, llama-bench's
+#     mean, each after a warm-up run of its own), batch 1, THREADS threads (default: all cores), a
 #     PROMPT-token prompt (default 256) and GEN new tokens (default 128): rill's bench/cpu_generate (through the
 #     engine) and llama-bench -p PROMPT -n GEN;
 #   - writes bench/results/cpu-vs-llamacpp-<host>-<date>.txt: medians, ratios, the machine's load before and
@@ -15,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
-rounds=${ROUNDS:-7} threads=${THREADS:-$(nproc)} prompt=${PROMPT:-256} gen=${GEN:-128}
+rounds=${ROUNDS:-7} repeats=${REPEATS:-3} threads=${THREADS:-$(nproc)} prompt=${PROMPT:-256} gen=${GEN:-128}
 models=${MODELS:-rill-tiny llama110m}
 scripts/setup.sh python3-numpy >/dev/null  # gguf_convert.py runs on Debian's python3 with numpy
 py=/usr/bin/python3
@@ -56,7 +57,7 @@ mkdir -p bench/results
 {
   echo "# $(date -u) on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')," \
     "$(grep -o -w -E 'avx512f|avx2|fma' /proc/cpuinfo | sort -u | paste -sd+)); rill $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+changes'), llama.cpp $(basename ../shared/peers/llama.cpp-*.tar.xz .tar.xz)"
-  echo "# command: ROUNDS=$rounds THREADS=$threads PROMPT=$prompt GEN=$gen bench/run_cpu_vs_llamacpp.sh"
+  echo "# command: ROUNDS=$rounds REPEATS=$repeats THREADS=$threads PROMPT=$prompt GEN=$gen bench/run_cpu_vs_llamacpp.sh"
   echo "# load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$out"
 
@@ -91,8 +92,8 @@ EOF
   : >"$work/$name.rounds"
   for r in $(seq "$rounds"); do
     "$build/bench/cpu_generate" --model "$m" --threads "$threads" --prompt-tokens "$prompt" --new-tokens "$gen" \
-      --repeats 1 --out "$work/$name.rill.json" >/dev/null
-    "$lb/llama-bench" -m "$g" -t "$threads" -p "$prompt" -n "$gen" -r 1 -o json 2>/dev/null >"$work/$name.llama.json"
+      --repeats "$repeats" --out "$work/$name.rill.json" >/dev/null
+    "$lb/llama-bench" -m "$g" -t "$threads" -p "$prompt" -n "$gen" -r "$repeats" -o json 2>/dev/null >"$work/$name.llama.json"
     "$py" - "$work/$name.rill.json" "$work/$name.llama.json" >>"$work/$name.rounds" <<'EOF'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -226,22 +226,25 @@ bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>
   if (!backend_.can_record()) return false;
 
   // The buffers, (re)made when this step needs more than they hold; graphs that point at old ones go.
-  AttentionBatch probe;
-  probe.num_seqs = probe.num_tokens = nb;
-  probe.max_q_len = 1;
-  probe.max_ctx_len = B * kv.block_size();
-  probe.max_blocks_per_seq = B;
-  probe.host_q_len.assign(size_t(nb), 1);
-  const size_t scratch = backend_.attention_workspace(kv.layer(0), probe, c.num_heads, c.sliding_window);
+  auto scratch_for = [&](int seqs, int blocks) {
+    AttentionBatch probe;
+    probe.num_seqs = probe.num_tokens = seqs;
+    probe.max_q_len = 1;
+    probe.max_ctx_len = blocks * kv.block_size();
+    probe.max_blocks_per_seq = blocks;
+    probe.host_q_len.assign(size_t(seqs), 1);
+    return backend_.attention_workspace(kv.layer(0), probe, c.num_heads, c.sliding_window);
+  };
+  const size_t scratch = scratch_for(nb, B);
   const uint64_t kv_id = kv.id();
   if (!graphs_ || graphs_->capacity < nb || graphs_->max_blocks < B || graphs_->scratch_bytes < scratch ||
       graphs_->kv_id != kv_id) {
     auto g = std::make_unique<GraphState>();
     const GraphState* old = graphs_.get();
-    g->capacity = std::max(nb, old && old->kv_id == kv_id ? old->capacity : 0);
+    g->capacity = std::max({nb, graph_reserve_batch_, old && old->kv_id == kv_id ? old->capacity : 0});
     g->max_blocks = std::max({B, graph_reserve_blocks_, old && old->kv_id == kv_id ? old->max_blocks : 0});
     graphs_.reset();  // graphs first: they hold the old buffers' addresses
-    g->scratch_bytes = std::max(scratch, size_t(1));
+    g->scratch_bytes = std::max({scratch, scratch_for(g->capacity, g->max_blocks), size_t(1)});
     g->kv_id = kv_id;
     g->ws = model_.make_workspace(g->capacity);
     g->meta = backend_.alloc(DType::I32, {int64_t(g->capacity) * (7 + g->max_blocks) + 1});
@@ -371,7 +374,12 @@ WarmUpReport ModelRunner::warm_up(KvCache& kv, const WarmUpShape& shape) {
   // Decode steps: every graph bucket, at every block-table width a sequence of max_model_len can reach.
   const int seqs = std::max(1, std::min(shape.max_num_seqs, 256));
   int widest = std::max(1, (max_len + bs - 1) / bs);
-  if (gpu && backend_.can_record() && graph_max_batch_ > 0) graph_reserve_blocks_ = pow2_at_least(widest, 8);
+  // The graph buffers are made once for the widest table and the largest bucket: remaking them (for a larger
+  // batch or a wider table) drops every graph recorded so far.
+  if (gpu && backend_.can_record() && graph_max_batch_ > 0) {
+    graph_reserve_blocks_ = pow2_at_least(widest, 8);
+    graph_reserve_batch_ = graph_bucket(std::min(seqs, graph_max_batch_));
+  }
   auto decode = [&](int n, int blocks, const RowSampling& sampling) {
     Batch b;
     for (int i = 0; i < n; ++i) b.add_sequence(tokens(1, i), 0, 0, table(blocks), bs, Logits::Last);

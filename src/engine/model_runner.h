@@ -102,6 +102,7 @@ class ModelRunner {
   std::unique_ptr<GraphState> graphs_;
   int graph_max_batch_ = 256;
   int graph_reserve_blocks_ = 0;  // block-table width the graph buffers are made for at least (warm_up)
+  int graph_reserve_batch_ = 0;   // and batch bucket
   uint64_t graph_replays_ = 0;
 };
 
