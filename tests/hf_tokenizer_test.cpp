@@ -105,6 +105,25 @@ TEST(HfTokenizer, StreamingWaitsForByteRuns) {
   EXPECT_EQ(streamed, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD a");
 }
 
+// A model's embedding table is often larger than its tokenizer (151936 rows for 151665 tokens): ids past the
+// tokenizer decode to nothing, as in HF tokenizers, and never fail (here, or streamed).
+TEST(HfTokenizer, IdsPastTheVocabularyDecodeToNothing) {
+  const std::string path = shared("data/tokenizers/qwen2-style/tokenizer.json");
+  if (!std::filesystem::exists(path)) GTEST_SKIP();
+  auto tok = HfTokenizer::load(path);
+  const auto hello = tok->encode("Hello world", false);
+  std::vector<int32_t> ids = {tok->vocab_size() + 5};
+  ids.insert(ids.end(), hello.begin(), hello.end());
+  ids.push_back(tok->vocab_size());
+  ids.push_back(1 << 30);
+  EXPECT_EQ(tok->decode(ids), "Hello world");
+  IncrementalDecoder d(*tok, false);
+  std::string streamed;
+  for (int32_t id : ids) streamed += d.add(id);
+  streamed += d.finish();
+  EXPECT_EQ(streamed, "Hello world");
+}
+
 TEST(HfTokenizer, SpecialTokensAsPlainText) {
   const std::string path = shared("data/tokenizers/qwen2-style/tokenizer.json");
   if (!std::filesystem::exists(path)) GTEST_SKIP();

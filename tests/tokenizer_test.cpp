@@ -47,6 +47,10 @@ TEST_F(Llama2cTokenizerTest, ByteFallbackForUnknownCharacters) {
   EXPECT_EQ(tok_->decode(ids), " \xF0\x9F\xA6\x99");
 }
 
+TEST_F(Llama2cTokenizerTest, IdsPastTheVocabularyDecodeToNothing) {
+  EXPECT_EQ(tok_->decode({1, 15043, 32000, 3186, 40000}), "Hello world");
+}
+
 TEST(Llama2cTokenizer, CorruptFileIsAnError) {
   TempDir dir;
   std::ofstream(dir / "t.bin", std::ios::binary) << std::string("\x10\0\0\0\0\0\0\0\xff\xff\xff\x7f", 12);

@@ -902,8 +902,8 @@ std::string HfTokenizer::decode(const std::vector<int32_t>& ids, bool skip_speci
   std::vector<std::string> toks;
   toks.reserve(ids.size());
   for (int32_t id : ids) {
-    RILL_CHECK(id >= 0 && size_t(id) < m.id_to_tok.size(),
-               "token id " + std::to_string(id) + " is outside the vocabulary");
+    // An id the tokenizer does not know (a model's padded embedding rows) stands for no text, as in HF tokenizers.
+    if (id < 0 || size_t(id) >= m.id_to_tok.size()) continue;
     if (skip_special && m.special[size_t(id)]) continue;
     toks.push_back(m.id_to_tok[size_t(id)]);
   }

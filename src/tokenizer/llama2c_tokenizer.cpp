@@ -105,7 +105,7 @@ std::vector<std::string> Llama2cTokenizer::token_bytes() const {
 }
 
 std::string Llama2cTokenizer::decode_piece(int32_t prev, int32_t id) const {
-  RILL_CHECK(id >= 0 && id < vocab_size(), "token id " + std::to_string(id) + " is outside the tokenizer's vocabulary");
+  if (id < 0 || id >= vocab_size()) return "";  // an id past the tokenizer (padded embedding rows): no text
   if (id == 1 || id == 2) return "";  // BOS and EOS are control tokens: no text
   const std::string& p = pieces_[size_t(id)];
   unsigned byte;
