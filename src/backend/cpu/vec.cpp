@@ -158,6 +158,13 @@ RILL_AVX2 inline void load_c(const float* o, int rows, __m256& lo, __m256& hi) {
   hi = _mm256_load_ps(tmp + 8);
 }
 
+// One token's row of a tile: its x[k] broadcast against the column's 16 weights.
+RILL_AVX2 inline void fma_row(const float* xk, __m256 lo, __m256 hi, __m256& c0, __m256& c1) {
+  const __m256 b = _mm256_broadcast_ss(xk);
+  c0 = _mm256_fmadd_ps(b, lo, c0);
+  c1 = _mm256_fmadd_ps(b, hi, c1);
+}
+
 // Columns [k0, k1) of the tile; from k0 > 0 on, the sums so far are read back from out (exactly: an f32 stored
 // and loaded is the same f32), so the order of operations is that of one pass.
 template <typename W, int T>
@@ -178,36 +185,14 @@ RILL_AVX2 void gemm_tile_avx2(const W* panel, int64_t k0, int64_t k1, int r0, in
   const W* p = panel + r0;
   const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx, *x4 = x + 4 * ldx, *x5 = x + 5 * ldx;
   for (int64_t k = k0; k < k1; ++k) {
-    __m256 lo, hi, b;
+    __m256 lo, hi;
     load16(p + k * kPanelRows, lo, hi);
-    b = _mm256_broadcast_ss(x0 + k);
-    c00 = _mm256_fmadd_ps(b, lo, c00);
-    c01 = _mm256_fmadd_ps(b, hi, c01);
-    if constexpr (T > 1) {
-      b = _mm256_broadcast_ss(x1 + k);
-      c10 = _mm256_fmadd_ps(b, lo, c10);
-      c11 = _mm256_fmadd_ps(b, hi, c11);
-    }
-    if constexpr (T > 2) {
-      b = _mm256_broadcast_ss(x2 + k);
-      c20 = _mm256_fmadd_ps(b, lo, c20);
-      c21 = _mm256_fmadd_ps(b, hi, c21);
-    }
-    if constexpr (T > 3) {
-      b = _mm256_broadcast_ss(x3 + k);
-      c30 = _mm256_fmadd_ps(b, lo, c30);
-      c31 = _mm256_fmadd_ps(b, hi, c31);
-    }
-    if constexpr (T > 4) {
-      b = _mm256_broadcast_ss(x4 + k);
-      c40 = _mm256_fmadd_ps(b, lo, c40);
-      c41 = _mm256_fmadd_ps(b, hi, c41);
-    }
-    if constexpr (T > 5) {
-      b = _mm256_broadcast_ss(x5 + k);
-      c50 = _mm256_fmadd_ps(b, lo, c50);
-      c51 = _mm256_fmadd_ps(b, hi, c51);
-    }
+    fma_row(x0 + k, lo, hi, c00, c01);
+    if constexpr (T > 1) fma_row(x1 + k, lo, hi, c10, c11);
+    if constexpr (T > 2) fma_row(x2 + k, lo, hi, c20, c21);
+    if constexpr (T > 3) fma_row(x3 + k, lo, hi, c30, c31);
+    if constexpr (T > 4) fma_row(x4 + k, lo, hi, c40, c41);
+    if constexpr (T > 5) fma_row(x5 + k, lo, hi, c50, c51);
   }
   store16(o, rows, c00, c01);
   if constexpr (T > 1) store16(o + ldo, rows, c10, c11);
