@@ -366,6 +366,24 @@ TEST(Cli, HelpListsEveryCommand) {
     EXPECT_NE(r.out.find(cmd), std::string::npos) << cmd;
 }
 
+// A model whose embedding table is larger than its tokenizer (padded, as Qwen's 151936 rows for 151665 tokens):
+// sampling never picks an id the tokenizer does not know, and a long hot sample runs to the end without an error.
+TEST(Cli, PaddedVocabularyNeverSamplesUnknownIds) {
+  TempDir dir;
+  const std::string model = dir / "m";
+  ASSERT_EQ(std::system((make_random_model_bin() + " --out " + model +
+                         " --dim 32 --layers 1 --heads 2 --ffn 64 --vocab 9000 --dtype f32 --seed 5 > /dev/null").c_str()), 0);
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    std::filesystem::copy_file(models_dir() + "/rill-tiny/" + f, model + "/" + f);  // 8192 tokens
+  const Result r = run("generate --device cpu --model " + model + " -p Hello -n 1000 --temperature 2 --ignore-eos " +
+                       "--seed 3 --output json", true);
+  ASSERT_EQ(r.status, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out);
+  const auto ids = j["ids"].get<std::vector<int32_t>>();
+  ASSERT_EQ(ids.size(), 1000u);
+  for (size_t i = 0; i < ids.size(); ++i) ASSERT_LT(ids[i], 8192) << "token " << i;
+}
+
 // The commands that run an engine warm it up at load, and each takes --no-warm-up to skip that (the docs say so).
 TEST(Cli, EngineCommandsTakeNoWarmUp) {
   for (const char* cmd : {"serve", "generate", "chat"}) {

@@ -112,6 +112,9 @@ LoadedModel load_model(const std::string& path, const DeviceArgs& device, const 
   m.times.weights = lap();
   m.times.mapped = m.backend->device() == Device::CPU;
   m.tokenizer = open_tokenizer(path, tokenizer_path, &m.model->config());
+  // Padding rows past the tokenizer (as in Qwen2.5's 151936 for 151665 tokens) are never sampled.
+  if (m.tokenizer && m.tokenizer->vocab_size() < m.model->config().vocab_size)
+    m.model->limit_vocab(m.tokenizer->vocab_size());
   m.times.tokenizer = lap();
   return m;
 }

@@ -187,6 +187,13 @@ void Model::run_layers(ModelWorkspace& ws, int64_t n, const StepInputs& in, cons
   backend_.add_rmsnorm(residual, h, mlp, w_.norm, c.rms_norm_eps);
 }
 
+void Model::limit_vocab(int n) {
+  RILL_CHECK(n > 0 && n <= config_.vocab_size, "limit_vocab: " + std::to_string(n) + " is not in [1, " +
+                                                   std::to_string(config_.vocab_size) + "]");
+  config_.vocab_size = n;
+  w_.lm_head = w_.lm_head.slice_rows(0, n);  // a view: the first n rows (of the embedding itself, when tied)
+}
+
 void Model::lm_head(const Tensor& logits, const Tensor& hidden) { backend_.linear(logits, hidden, w_.lm_head, Tensor{}); }
 
 }  // namespace rill

@@ -65,6 +65,12 @@ class Model {
   // frequencies change with the length) nor MoE (the routing is read back to the host).
   bool recordable() const;
 
+  // Limits the vocabulary to its first n ids (n < config().vocab_size): a checkpoint whose embedding table has
+  // padding rows past its tokenizer (Qwen2.5: 151936 rows, 151665 tokens). The logits then cover only the
+  // tokens the tokenizer knows, so no sampler, greedy or not, can pick an id it cannot decode; the config says
+  // n, and the padding rows are never read. Call before any engine is made on the model.
+  void limit_vocab(int n);
+
   std::unique_ptr<ModelWorkspace> make_workspace(int64_t tokens);
   // Runs the n tokens of `in` through every layer, reading and writing the paged KV cache `kv` (one KvLayer per
   // layer) as `ab` says, and leaves their final-normed hidden states in ws.h rows [0, n).
