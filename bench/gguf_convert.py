@@ -171,7 +171,7 @@ else:
     w.add_token_merges([" ".join(x) if isinstance(x, list) else x for x in m["merges"]])
     post = json.dumps(tj.get("post_processor") or {})
     w.add_add_bos_token('"SpecialToken"' in post)
-ids = {name: added_id for added_id, a in added.items() for name in [a["content"]]}
+ids = {a["content"]: i for i, a in added.items()}
 for key, setter in (("bos_token", w.add_bos_token_id), ("eos_token", w.add_eos_token_id),
                     ("pad_token", w.add_pad_token_id), ("unk_token", w.add_unk_token_id)):
     t = tc.get(key)

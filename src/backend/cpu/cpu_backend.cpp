@@ -1,15 +1,16 @@
 #include "backend/cpu/cpu_backend.h"
 
-#include <algorithm>
-#include <limits>
-#include <cmath>
-#include <cstdlib>
-#include <cstdio>
-#include <cstring>
-#include <numeric>
 #include <sys/mman.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
 #include <mutex>
+#include <numeric>
 
 #include "backend/cpu/vec.h"
 #include "core/error.h"
@@ -48,6 +49,9 @@ std::shared_ptr<void> host_alloc(size_t bytes) {
 }
 
 bool is_weight_dtype(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+// silu(g) * u: SwiGLU's product, the same expression in silu_mul and the fused pass (which must agree bit for bit).
+inline float silu_times(float g, float u) { return g / (1.f + std::exp(-g)) * u; }
 
 void rmsnorm_row(float* out, const float* x, const float* w, int64_t d, float eps) {
   double ss = 0.0;
@@ -219,10 +223,9 @@ CpuBackend::Packed CpuBackend::packed(const Tensor& w) {
 // With `swiglu`, outs[0] and outs[1] (gate, up) are computed panel by panel together and
 // *swiglu = silu(gate) * up is written from the panel's rows while they are in cache.
 void CpuBackend::project(const Tensor& x, const LinearOut* outs, int count, const Tensor* swiglu) {
-  const auto timer = time_op(swiglu ? "swiglu" : count == 1 ? "linear" : count == 3 ? "linears (qkv)" : "linears",
-                             x.numel() / std::max<int64_t>(1, outs[0].w.shape[outs[0].w.shape.rank - 1]));
-  expect(count >= 1 && count <= 4, "linear", "1 to 4 projections per pass");
   const int64_t in = outs[0].w.shape.rank == 2 ? outs[0].w.shape[1] : 0, n = in > 0 ? x.numel() / in : 0;
+  const auto timer = time_op(swiglu ? "swiglu" : count == 1 ? "linear" : count == 3 ? "linears (qkv)" : "linears", n);
+  expect(count >= 1 && count <= 4, "linear", "1 to 4 projections per pass");
   expect(x.dtype == DType::F32 && in > 0 && x.numel() == n * in, "linear",
          "input " + x.shape.str() + " does not match weight " + outs[0].w.shape.str());
   std::vector<float> bias_tmp[4];
@@ -265,7 +268,7 @@ void CpuBackend::project(const Tensor& x, const LinearOut* outs, int count, cons
       const float* g = outs[0].out.ptr<float>() + t * f;
       const float* u = outs[1].out.ptr<float>() + t * f;
       float* o = swiglu->ptr<float>() + t * f;
-      for (int64_t r = r0; r < r1; ++r) o[r] = g[r] / (1.f + std::exp(-g[r])) * u[r];
+      for (int64_t r = r0; r < r1; ++r) o[r] = silu_times(g[r], u[r]);
     }
   };
   auto locate = [&](int64_t panel) {
@@ -442,7 +445,7 @@ void CpuBackend::silu_mul(const Tensor& out, const Tensor& gate, const Tensor& u
     const float* g = gate.ptr<float>();
     const float* u = up.ptr<float>();
     float* o = out.ptr<float>();
-    for (int64_t i = b; i < e; ++i) o[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+    for (int64_t i = b; i < e; ++i) o[i] = silu_times(g[i], u[i]);
   });
 }
 

@@ -5,7 +5,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <type_traits>
-#include <vector>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
@@ -31,12 +30,16 @@ inline float scalar(const f16_t* p) { return f16_to_f32(p->bits); }
 // Where row r of a 16-row group sits in a packed bf16 panel: the order in which the kernels' two in-lane unpacks
 // (no lane-crossing widen) give rows 0-7 and 8-15 of a 256-bit load of 16 bf16 values.
 inline int bf16_slot(int r) { return (r & ~12) | ((r & 4) << 1) | ((r & 8) >> 1); }
+// Where row r of a panel (r < kPanelRows) is stored in each column.
+template <typename W>
+int packed_slot(int r) {
+  return std::is_same_v<W, bf16_t> ? (r & ~15) | bf16_slot(r & 15) : r;
+}
 
 template <typename W>
 void pack_panel(const W* w, int64_t rows, int64_t in, int64_t panel, W* dst) {
-  const bool unpack_order = std::is_same_v<W, bf16_t>;
   int slot[kPanelRows];
-  for (int r = 0; r < kPanelRows; ++r) slot[r] = unpack_order ? (r & ~15) | bf16_slot(r & 15) : r;
+  for (int r = 0; r < kPanelRows; ++r) slot[r] = packed_slot<W>(r);
   constexpr int64_t kBlock = 64;  // columns per pass: the block's 8 KB to 16 KB of output stays in L1
   for (int64_t k0 = 0; k0 < in; k0 += kBlock) {
     const int64_t k1 = std::min(in, k0 + kBlock);
@@ -57,7 +60,7 @@ void pack_panel(const W* w, int64_t rows, int64_t in, int64_t panel, W* dst) {
 // other (acc += w * x over k, from zero), so a row gets the same bits from the GEMV and from the GEMM.
 template <typename W>
 float packed_weight(const W* panel, int64_t k, int r) {
-  return scalar(panel + k * kPanelRows + (std::is_same_v<W, bf16_t> ? (r & ~15) | bf16_slot(r & 15) : r));
+  return scalar(panel + k * kPanelRows + packed_slot<W>(r));
 }
 
 template <typename W>
@@ -142,10 +145,6 @@ RILL_AVX2 void gemv_panel_avx2(const W* panel, int64_t in, const float* x, float
   if (rows > 48) store16(out + 48, std::min(rows - 48, 16), a6, a7);
 }
 
-// GEMM tile: 16 rows of a panel x T tokens (T <= 6: 12 accumulators, two weight vectors, one broadcast). Per
-// column, one load of the 16 weights and T broadcasts of x feed 2T FMAs; each output accumulates over k in the
-// same order as in the GEMV, so the two agree to the bit.
-// (Named accumulators, not an array: GCC keeps an array of vectors in memory and stores it every iteration.)
 RILL_AVX2 inline void load_c(const float* o, int rows, __m256& lo, __m256& hi) {
   if (rows == 16) {
     lo = _mm256_loadu_ps(o);
@@ -165,6 +164,10 @@ RILL_AVX2 inline void fma_row(const float* xk, __m256 lo, __m256 hi, __m256& c0,
   c1 = _mm256_fmadd_ps(b, hi, c1);
 }
 
+// GEMM tile: 16 rows of a panel x T tokens (T <= 6: 12 accumulators, two weight vectors, one broadcast). Per
+// column, one load of the 16 weights and T broadcasts of x feed 2T FMAs; each output accumulates over k in the
+// same order as in the GEMV, so the two agree to the bit.
+// (Named accumulators, not an array: GCC keeps an array of vectors in memory and stores it every iteration.)
 // Columns [k0, k1) of the tile; from k0 > 0 on, the sums so far are read back from out (exactly: an f32 stored
 // and loaded is the same f32), so the order of operations is that of one pass.
 template <typename W, int T>
@@ -251,8 +254,9 @@ RILL_AVX2 void axpy_avx2(float a, const float* x, float* y, int64_t n) {
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += a * x[i];
 }
+
 // exp(x) for x <= 0 (softmax after subtracting the maximum): 2^(x log2 e) as 2^round * 2^frac, the fraction
-// by a degree-6 polynomial (relative error ~2e-7, as exp in f32); below -87 it flushes to 0.
+// by a degree-6 polynomial (relative error ~2e-7, as exp in f32); below -87 it gives exp(-87), no denormals.
 RILL_AVX2 inline __m256 exp_neg(__m256 x) {
   x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
   const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
