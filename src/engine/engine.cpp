@@ -18,12 +18,26 @@ Engine::Engine(Model& model, EngineConfig config)
       runner_(model),
       scheduler_(kv_.blocks(), SchedulerConfig{config_.max_batch_tokens, config_.max_num_seqs}),
       sessions_(config_.max_sessions, config_.session_ttl_seconds) {
+  config_.spec.validate(model.config().vocab_size);
+  if (config_.spec.method == SpecMethod::Draft)
+    draft_ = std::make_unique<DraftProposer>(*config_.spec.draft, config_.num_blocks, config_.block_size,
+                                             config_.max_batch_tokens);
   counters_.blocks_total = config_.num_blocks;
   metrics_ = counters_;
   metrics_.blocks_free = config_.num_blocks;
   if (config_.warm_up)
     warm_up_ = runner_.warm_up(kv_, WarmUpShape{config_.max_batch_tokens, config_.max_num_seqs,
                                                 config_.max_model_len, config_.num_blocks});
+  if (config_.warm_up && draft_) {  // the draft's steps too (its decode graphs, up to the speculating batch)
+    const WarmUpReport w = draft_->runner().warm_up(
+        draft_->kv(), WarmUpShape{config_.max_batch_tokens, std::min(config_.spec.max_batch, config_.max_num_seqs),
+                                  config_.max_model_len, config_.num_blocks});
+    warm_up_.steps += w.steps;
+    warm_up_.graphs += w.graphs;
+    warm_up_.seconds += w.seconds;
+    warm_up_.prompt_seconds += w.prompt_seconds;
+    warm_up_.decode_seconds += w.decode_seconds;
+  }
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -266,13 +280,13 @@ void Engine::remove(Sequence* s, FinishReason reason, const std::string& error) 
   if (session) sessions_.erase(session);
 }
 
-FinishReason Engine::stop_reason(const Sequence& s, int32_t token) const {
+FinishReason Engine::stop_reason(const Sequence& s, int32_t token, bool grammar_done) const {
   const Request& r = s.request;
   const std::vector<int>& eos = model_.config().eos_token_ids;
   const bool end_token = std::find(eos.begin(), eos.end(), token) != eos.end() ||
                          std::find(r.stop_ids.begin(), r.stop_ids.end(), token) != r.stop_ids.end();
   if (end_token && !r.ignore_eos) return FinishReason::Stop;
-  if (s.matcher && s.matcher->finished()) return FinishReason::Stop;  // the grammar is complete: nothing may follow
+  if (grammar_done) return FinishReason::Stop;  // the grammar is complete: nothing may follow
   if (s.generated() >= r.max_tokens) return FinishReason::Length;
   return FinishReason::None;
 }
@@ -314,12 +328,19 @@ void Engine::loop() {
   for (Sequence* s : left) remove(s, FinishReason::Cancelled);
 }
 
-// One step: schedule -> run -> postprocess -> metrics.
+// One step: schedule -> (propose) -> run -> postprocess -> metrics.
 void Engine::step() {
   drop_cancelled();
-  const std::vector<ScheduledChunk> chunks = scheduler_.schedule();
+  std::vector<ScheduledChunk> chunks;
+  if (config_.spec.method == SpecMethod::None) {
+    chunks = scheduler_.schedule();
+  } else {
+    int decoding = 0;
+    for (const auto& s : scheduler_.running()) decoding += s->generating && s->remaining() == 1;
+    chunks = scheduler_.schedule([&](const Sequence& s) { return lookahead(s, decoding); });
+  }
   if (!chunks.empty()) {
-    const StepPlan p = plan(chunks);
+    const StepPlan p = plan(chunks, propose(chunks));
     const StepOutput out = runner_.run(p.batch, kv_, p.sampling);
     postprocess(chunks, p, out);
   } else if (scheduler_.running().empty() && !scheduler_.waiting().empty()) {
@@ -328,6 +349,46 @@ void Engine::step() {
     remove(scheduler_.waiting().front().get(), FinishReason::Error, "not enough KV cache blocks for this request");
   }
   publish_metrics();
+}
+
+int Engine::lookahead(const Sequence& s, int decoding) const {
+  const SpecConfig& spec = config_.spec;
+  if (spec.method == SpecMethod::None || !s.request.speculate || decoding > spec.max_batch) return 0;
+  // The last token of max_tokens is never a draft: a step's verification always adds one token of its own.
+  return std::max(0, std::min(spec.tokens, s.request.max_tokens - s.generated() - 1));
+}
+
+std::vector<std::vector<int32_t>> Engine::propose(const std::vector<ScheduledChunk>& chunks) {
+  std::vector<std::vector<int32_t>> drafts(chunks.size());
+  const SpecConfig& spec = config_.spec;
+  std::vector<Sequence*> seqs;
+  std::vector<int> want;
+  std::vector<size_t> at;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const ScheduledChunk& c = chunks[i];
+    if (c.draft_slots <= 0) continue;
+    if (spec.method == SpecMethod::Ngram) {
+      drafts[i] = ngram_propose(c.seq->tokens, c.draft_slots, spec.ngram_min, spec.ngram_max, spec.ngram_lookback);
+    } else {
+      seqs.push_back(c.seq);
+      want.push_back(c.draft_slots);
+      at.push_back(i);
+    }
+  }
+  if (!seqs.empty()) {
+    std::vector<std::vector<int32_t>> got = draft_->propose(seqs, want);
+    for (size_t j = 0; j < at.size(); ++j) drafts[at[j]] = std::move(got[j]);
+  }
+  // A constrained sequence verifies only drafts its grammar allows (each row's mask follows the drafts before it).
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    grammar::Matcher* m = chunks[i].seq->matcher.get();
+    if (!m || drafts[i].empty()) continue;
+    size_t ok = 0;
+    while (ok < drafts[i].size() && m->accept(drafts[i][ok])) ++ok;
+    m->rollback(int(ok));
+    drafts[i].resize(ok);
+  }
+  return drafts;
 }
 
 // Cancelled requests free their blocks before anything else runs; a cancelled session generation ends, and
@@ -350,39 +411,56 @@ ThreadPool& Engine::grammar_pool() {
 }
 
 // The step's batch, and the rows it samples: on the device, the argmax when every row is plain greedy, else the
-// whole sampler, and the log-probabilities rows ask for. Only ids and those come back.
-Engine::StepPlan Engine::plan(const std::vector<ScheduledChunk>& chunks) {
+// whole sampler, and the log-probabilities rows ask for. Only ids and those come back. A sequence with drafts
+// runs them after its token, each with a row (Sampler::next_row with the drafts before it as output so far).
+Engine::StepPlan Engine::plan(const std::vector<ScheduledChunk>& chunks, std::vector<std::vector<int32_t>> drafts) {
   StepPlan p;
   const int bs = config_.block_size;
   bool all_greedy = true;
-  for (const ScheduledChunk& c : chunks) {
+  int rows = 0;
+  for (size_t i = 0; i < chunks.size(); ++i) {
+    const ScheduledChunk& c = chunks[i];
     Sequence* s = c.seq;
-    int index = c.start;
-    SinkWindowView view;
-    if (s->is_sink_window()) {
-      index = s->sink_window.cache_index(c.start, s->request.kv_policy, bs);
-      view = s->sink_window.view(c.start, c.count, s->request.kv_policy, bs);
-    }
-    p.batch.add_sequence(std::vector<int32_t>(s->tokens.begin() + c.start, s->tokens.begin() + c.start + c.count),
-                         c.start, index, s->blocks, bs, c.sample ? Logits::Last : Logits::None, view);
+    std::vector<int32_t> run(s->tokens.begin() + c.start, s->tokens.begin() + c.start + c.count);
+    const bool spec = c.sample && !drafts[i].empty();
+    if (spec) run.insert(run.end(), drafts[i].begin(), drafts[i].end());
+    add_stream_chunk(p.batch, run, c.start, s->request.kv_policy, s->sink_window, s->blocks, bs,
+                     !c.sample ? Logits::None : spec ? Logits::All : Logits::Last);
     if (!c.sample) continue;
     p.sampled.push_back(s);
+    p.first_row.push_back(rows);
+    rows += spec ? int(run.size()) : 1;
+    p.drafts.push_back(spec ? std::move(drafts[i]) : std::vector<int32_t>{});
     all_greedy = all_greedy && s->request.sampling.plain_greedy();
     p.sampling.logprobs = std::max(p.sampling.logprobs, s->request.logprobs);
   }
   if (!all_greedy)
-    for (Sequence* s : p.sampled) p.sampling.rows.push_back(s->sampler.next_row(&p.sampling.penalties));
+    for (size_t k = 0; k < p.sampled.size(); ++k) {
+      const std::vector<int32_t>& d = p.drafts[k];
+      for (size_t j = 0; j <= d.size(); ++j)
+        p.sampling.rows.push_back(p.sampled[k]->sampler.next_row(
+            &p.sampling.penalties, j == 0 ? std::vector<int32_t>{} : std::vector<int32_t>(d.begin(), d.begin() + long(j))));
+    }
   // Constrained rows: their grammars' masks, computed while the device runs the step (ModelRunner calls this).
   if (std::any_of(p.sampled.begin(), p.sampled.end(), [](const Sequence* s) { return s->matcher != nullptr; })) {
     const int words = (model_.config().vocab_size + 31) / 32;
     p.sampling.mask_words = words;
     ThreadPool& pool = grammar_pool();
-    p.sampling.fill_masks = [sampled = p.sampled, words, &pool](uint32_t* masks) {
+    p.sampling.fill_masks = [sampled = p.sampled, drafts = p.drafts, first = p.first_row, words, &pool](uint32_t* masks) {
       pool.parallel_for(int64_t(sampled.size()), 1, [&](int64_t begin, int64_t end) {
-        for (int64_t k = begin; k < end; ++k) {
-          uint32_t* row = masks + k * words;
-          if (sampled[size_t(k)]->matcher) sampled[size_t(k)]->matcher->fill_mask(row);
-          else std::fill(row, row + words, ~0u);
+        for (size_t k = size_t(begin); k < size_t(end); ++k) {
+          uint32_t* row = masks + int64_t(first[k]) * words;
+          const std::vector<int32_t>& d = drafts[k];
+          grammar::Matcher* m = sampled[k]->matcher.get();
+          if (!m) {
+            std::fill(row, row + (d.size() + 1) * size_t(words), ~0u);
+            continue;
+          }
+          for (size_t j = 0; j <= d.size(); ++j) {  // Engine::propose kept only drafts the grammar takes
+            m->fill_mask(row + j * size_t(words));
+            if (j < d.size()) m->accept(d[j]);
+          }
+          m->rollback(int(d.size()));
         }
       });
     };
@@ -392,54 +470,97 @@ Engine::StepPlan Engine::plan(const std::vector<ScheduledChunk>& chunks) {
 
 void Engine::postprocess(const std::vector<ScheduledChunk>& chunks, const StepPlan& p, const StepOutput& out) {
   ++counters_.steps;
-  // Every chunk's tokens now have their K/V in the cache; full blocks join the prefix cache.
+  // What each sampled sequence's rows give: its tokens in order, while each equals the draft its row verified
+  // (the first that differs is the correction; the last row's is a bonus). A constrained sequence's grammar takes
+  // them first, in parallel (a new parse state costs a pushdown step per byte); `bad` marks a row whose token
+  // cannot be used (every logit NaN, or the mask allowed nothing), which ends the request after the tokens before.
+  struct Picked {
+    std::vector<int32_t> tokens;
+    std::vector<char> grammar_done;  // per token: the grammar is complete after it
+    bool bad = false;
+  };
+  std::vector<Picked> picked(p.sampled.size());
+  auto pick = [&](size_t k) {
+    Sequence* s = p.sampled[k];
+    const std::vector<int32_t>& d = p.drafts[k];
+    Picked& r = picked[k];
+    for (size_t j = 0; j <= d.size(); ++j) {
+      const int32_t tok = out.ids[size_t(p.first_row[k]) + j];
+      if (tok < 0 || (s->matcher && !s->matcher->accept(tok))) {
+        r.bad = true;
+        break;
+      }
+      r.tokens.push_back(tok);
+      r.grammar_done.push_back(s->matcher && s->matcher->finished());
+      if (j == d.size() || tok != d[j]) break;
+    }
+  };
+  if (p.sampling.fill_masks)
+    grammar_pool().parallel_for(int64_t(p.sampled.size()), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) pick(size_t(k));
+    });
+  else
+    for (size_t k = 0; k < p.sampled.size(); ++k) pick(k);
+
+  // Each token goes to its sequence and its stream, up to the first that ends it.
+  std::vector<std::pair<Sequence*, FinishReason>> ended;
+  std::vector<int> emitted(p.sampled.size(), 0);
+  for (size_t k = 0; k < p.sampled.size(); ++k) {
+    Sequence* s = p.sampled[k];
+    const Picked& r = picked[k];
+    FinishReason why = FinishReason::None;
+    for (size_t j = 0; j < r.tokens.size() && why == FinishReason::None; ++j) {
+      const int32_t tok = r.tokens[j];
+      s->sampler.record(tok);
+      s->tokens.push_back(tok);
+      ++counters_.generated_tokens;
+      ++emitted[k];
+      Event e;
+      e.token = tok;
+      if (s->request.logprobs >= 0) {
+        const float* lp = out.logprobs.data() + (size_t(p.first_row[k]) + j) * size_t(1 + 2 * p.sampling.logprobs);
+        e.logprob = lp[0];
+        for (int t = 0; t < s->request.logprobs && lp[1 + 2 * t] >= 0; ++t)
+          e.top_logprobs.emplace_back(int32_t(lp[1 + 2 * t]), lp[2 + 2 * t]);
+      }
+      s->stream->push(std::move(e));
+      why = stop_reason(*s, tok, r.grammar_done[j]);
+    }
+    if (why == FinishReason::None && r.bad) why = FinishReason::Error;
+    if (why != FinishReason::None) ended.emplace_back(s, why);
+    if (!p.drafts[k].empty()) {
+      const std::vector<int32_t>& d = p.drafts[k];
+      size_t match = 0;
+      while (match < r.tokens.size() && match < d.size() && r.tokens[match] == d[match]) ++match;
+      ++counters_.spec_steps;
+      counters_.spec_proposed += int64_t(d.size());
+      counters_.spec_accepted += std::min<int64_t>(int64_t(match), emitted[k]);
+      counters_.spec_emitted += emitted[k];
+    }
+  }
+
+  // Every chunk's tokens now have their K/V in the cache, and so do a verifying sequence's accepted drafts (the
+  // tokens it emitted but the last); full blocks join the prefix cache, and the blocks of rejected drafts go back.
   std::vector<Sequence*> sessions;
+  size_t k = 0;
   for (const ScheduledChunk& c : chunks) {
     Sequence* s = c.seq;
     if (c.start < s->prompt_len) counters_.prompt_tokens += std::min(c.start + c.count, s->prompt_len) - c.start;
     s->computed = c.start + c.count;
+    if (c.sample) {
+      if (c.draft_slots > 0) {  // the slots past the pending token go back (the next step reserves again)
+        s->computed += std::max(0, emitted[k] - 1);
+        const KvPolicy& policy = s->request.kv_policy;
+        const int pending = policy.is_sink_window() ? s->sink_window.cache_index(s->computed, policy, config_.block_size)
+                                                    : s->computed;
+        kv_.blocks().truncate(pending + 1, &s->blocks);
+        if (draft_) draft_->rollback(*s, s->computed);
+      }
+      ++k;
+    }
     if (!s->is_sink_window() || s->sink_window.evicted_blocks == 0)  // after an eviction the table no longer maps the stream
       kv_.blocks().commit_full_blocks(s->tokens, s->blocks, s->computed);
     if (s->session) sessions.push_back(s);
-  }
-  // Each sampled row's token goes to its sequence and its stream; then the sequences that are done end (after the
-  // loop: ending an ordinary request frees the Sequence).
-  // Constrained rows take their tokens first, in parallel (a new parse state costs a pushdown step per byte).
-  std::vector<char> rejected(p.sampled.size(), 0);
-  if (p.sampling.fill_masks)
-    grammar_pool().parallel_for(int64_t(p.sampled.size()), 1, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        Sequence* s = p.sampled[size_t(k)];
-        const int32_t tok = out.ids[size_t(k)];
-        if (s->matcher && tok >= 0) rejected[size_t(k)] = !s->matcher->accept(tok);
-      }
-    });
-  std::vector<std::pair<Sequence*, FinishReason>> ended;
-  for (size_t k = 0; k < p.sampled.size(); ++k) {
-    Sequence* s = p.sampled[k];
-    const int32_t tok = out.ids[k];
-    if (tok < 0) {  // every logit NaN: this request ends, the others go on
-      ended.emplace_back(s, FinishReason::Error);
-      continue;
-    }
-    if (rejected[k]) {  // the mask allowed nothing (every allowed logit was NaN)
-      ended.emplace_back(s, FinishReason::Error);
-      continue;
-    }
-    s->sampler.record(tok);
-    s->tokens.push_back(tok);
-    ++counters_.generated_tokens;
-    Event e;
-    e.token = tok;
-    if (s->request.logprobs >= 0) {
-      const float* lp = out.logprobs.data() + k * size_t(1 + 2 * p.sampling.logprobs);
-      e.logprob = lp[0];
-      for (int j = 0; j < s->request.logprobs && lp[1 + 2 * j] >= 0; ++j)
-        e.top_logprobs.emplace_back(int32_t(lp[1 + 2 * j]), lp[2 + 2 * j]);
-    }
-    s->stream->push(std::move(e));
-    const FinishReason why = stop_reason(*s, tok);
-    if (why != FinishReason::None) ended.emplace_back(s, why);
   }
   for (const auto& [s, why] : ended)
     end_generation(s, why, why == FinishReason::Error ? "the model's logits are all NaN where the request allows tokens: nothing can be sampled" : "");
@@ -459,6 +580,10 @@ void Engine::publish_metrics() {
   m.preemptions = scheduler_.preemptions();
   m.sessions = sessions_.size();
   m.session_blocks = sessions_.blocks_held();
+  if (draft_) {
+    m.draft_blocks_total = draft_->kv().blocks().num_blocks();
+    m.draft_blocks_free = draft_->kv().blocks().num_free();
+  }
   std::lock_guard<std::mutex> lock(mu_);
   metrics_ = m;
 }

@@ -19,6 +19,7 @@
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
 #include "engine/sessions.h"
+#include "engine/speculative.h"
 #include "kv/kv_cache.h"
 #include "model/model.h"
 
@@ -39,6 +40,8 @@ struct EngineConfig {
   // Run every kind of step once before serving (ModelRunner::warm_up), so that the first requests do not pay
   // for setting them up. Off by default (tests); rill serve, generate and chat turn it on.
   bool warm_up = false;
+  // Speculative decoding (engine/speculative.h): off unless spec.method is set.
+  SpecConfig spec;
 };
 
 struct EngineMetrics {
@@ -48,6 +51,10 @@ struct EngineMetrics {
   int64_t requests_finished = 0, preemptions = 0, steps = 0;
   int sessions = 0, session_blocks = 0;
   int64_t sessions_expired = 0;
+  // Speculative decoding: verifications (a sequence's step with drafts), drafts proposed and accepted, and the
+  // tokens those steps emitted (accepted drafts plus the correction or bonus token of each).
+  int64_t spec_steps = 0, spec_proposed = 0, spec_accepted = 0, spec_emitted = 0;
+  int draft_blocks_total = 0, draft_blocks_free = 0;  // the draft model's KV cache (SpecMethod::Draft)
 };
 
 class Engine {
@@ -87,10 +94,13 @@ class Engine {
 
  private:
   // One step's work for the runner: the batch, and how its sampled rows (the sequences in `sampled`) pick.
+  // A sampled sequence verifying drafts has 1 + drafts.size() rows, from first_row on.
   struct StepPlan {
     Batch batch;
     RowSampling sampling;
     std::vector<Sequence*> sampled;
+    std::vector<std::vector<int32_t>> drafts;  // per sampled sequence
+    std::vector<int> first_row;                // per sampled sequence
   };
 
   // Rejects what this engine cannot run (rill::Error naming the parameter): `r` as a request (history 0), or
@@ -106,10 +116,15 @@ class Engine {
   void loop();
   void step();
   void drop_cancelled();
-  StepPlan plan(const std::vector<ScheduledChunk>& chunks);
+  // Speculative decoding: how many drafts s would verify this step, with `decoding` sequences decoding.
+  int lookahead(const Sequence& s, int decoding) const;
+  // The drafts of each chunk with draft slots (empty for the others), cut where a grammar refuses them.
+  std::vector<std::vector<int32_t>> propose(const std::vector<ScheduledChunk>& chunks);
+  StepPlan plan(const std::vector<ScheduledChunk>& chunks, std::vector<std::vector<int32_t>> drafts);
   void postprocess(const std::vector<ScheduledChunk>& chunks, const StepPlan& plan, const StepOutput& out);
-  // The one end-of-sequence check: why s ends after `token` (None: it goes on).
-  FinishReason stop_reason(const Sequence& s, int32_t token) const;
+  // The one end-of-sequence check: why s ends after `token` (None: it goes on); `grammar_done`: s's grammar
+  // is complete after it.
+  FinishReason stop_reason(const Sequence& s, int32_t token, bool grammar_done) const;
   void publish_metrics();
   ThreadPool& grammar_pool();
 
@@ -128,6 +143,7 @@ class Engine {
   KvCache kv_;
   ModelRunner runner_;
   WarmUpReport warm_up_;
+  std::unique_ptr<DraftProposer> draft_;  // SpecMethod::Draft; outlives the sequences (their DraftStates)
   Scheduler scheduler_;
   SessionTable sessions_;  // the loop's
 

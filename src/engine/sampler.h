@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -24,10 +25,15 @@ class Sampler {
   // Picks the next token from logits [vocab] (modified in place) and records it as output.
   int32_t sample(float* logits, int vocab);
 
-  // The same pick, made by a backend (Backend::sample_rows): next_row() draws this step's uniform and appends
-  // the row's penalty entries to `penalties`; record() then takes the token the backend picked (-1, every
-  // logit NaN, throws). sample() is next_row(), sample_row() and record().
-  SampleRow next_row(std::vector<PenaltyEntry>* penalties);
+  // The same pick, made by a backend (Backend::sample_rows): next_row() appends the row's penalty entries to
+  // `penalties` and gives it the uniform of the next output token; record() then takes the token the backend
+  // picked (-1, every logit NaN, throws). sample() is next_row(), sample_row() and record().
+  //
+  // Output token i always draws the i-th uniform of the seeded generator, however many rows are asked for ahead
+  // of it: next_row(penalties, ahead) is the row of the token that follows the tokens `ahead` (not recorded yet:
+  // speculative drafts), with their counts in its penalties and the uniform of its own index. So a seed gives the
+  // same tokens whether or not drafts were verified, when the logits are the same.
+  SampleRow next_row(std::vector<PenaltyEntry>* penalties, const std::vector<int32_t>& ahead = {});
   void record(int32_t token);
 
  private:
@@ -37,9 +43,11 @@ class Sampler {
   std::vector<int32_t> seen_;  // prompt and output tokens, unique
   std::vector<char> seen_mask_;
   std::vector<PenaltyEntry> penalties_;
+  std::deque<double> draws_;  // uniforms drawn for the tokens after the last recorded one, in order
 
   void mark_seen(int32_t t);
   double uniform();
+  double draw(size_t ahead);  // the uniform of the output token `ahead` places after the next one
 };
 
 }  // namespace rill

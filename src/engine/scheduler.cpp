@@ -25,7 +25,7 @@ int Scheduler::entries_for(Sequence* s, int n) {
   return s->sink_window.prepare(s->computed, n, s->request.kv_policy, blocks_, &s->blocks);
 }
 
-std::vector<ScheduledChunk> Scheduler::schedule() {
+std::vector<ScheduledChunk> Scheduler::schedule(const std::function<int(const Sequence&)>& lookahead) {
   std::vector<ScheduledChunk> out;
   int budget = config_.max_batch_tokens;
   // Grows s's blocks to `tokens`, preempting the newest running sequences while blocks are short. Returns
@@ -35,7 +35,7 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
       Sequence* victim = running_.back().get();
       out.erase(std::remove_if(out.begin(), out.end(), [&](const ScheduledChunk& c) { return c.seq == victim; }), out.end());
       budget = config_.max_batch_tokens;
-      for (const auto& c : out) budget -= c.count;
+      for (const auto& c : out) budget -= c.count + c.draft_slots;
       preempt(running_.size() - 1);
       if (victim == s) return false;
     }
@@ -49,8 +49,12 @@ std::vector<ScheduledChunk> Scheduler::schedule() {
       continue;
     }
     if (!reserve(s, entries_for(s, 1))) continue;  // s was the newest: running_[i] is now another one
-    out.push_back({s, s->computed, 1, s->generating});
-    --budget;
+    // Speculative tokens, as far as the budget, a sink window's chunk and the free blocks allow (they never
+    // preempt anyone).
+    int n = chunk_for(s, 1 + std::clamp(lookahead && s->generating ? lookahead(*s) : 0, 0, budget - 1));
+    if (n > 1 && !blocks_.grow(entries_for(s, n), &s->blocks)) n = 1;
+    out.push_back({s, s->computed, 1, s->generating, n - 1});
+    budget -= n;
     ++i;
   }
   // 2. Prefill chunks of running sequences that are part-way through their prompt.

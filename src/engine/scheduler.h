@@ -10,6 +10,7 @@
 #pragma once
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -24,11 +25,13 @@ struct SchedulerConfig {
 };
 
 // One sequence's share of a step: tokens [start, start + count) run; `sample` when the step yields the
-// sequence's next token (the chunk reaches its last token).
+// sequence's next token (the chunk reaches its last token). A decode may also have `draft_slots` cache entries
+// reserved after its token, for speculative tokens to verify in the same step.
 struct ScheduledChunk {
   Sequence* seq;
   int start, count;
   bool sample;
+  int draft_slots = 0;
 };
 
 class Scheduler {
@@ -36,8 +39,9 @@ class Scheduler {
   Scheduler(BlockManager& blocks, SchedulerConfig config) : blocks_(blocks), config_(config) {}
 
   void add(std::unique_ptr<Sequence> seq) { waiting_.push_back(std::move(seq)); }
-  // The work of the next step. Empty when nothing can run.
-  std::vector<ScheduledChunk> schedule();
+  // The work of the next step. Empty when nothing can run. `lookahead`, when given, says how many speculative
+  // tokens a decoding sequence would verify; their entries are reserved and count against the token budget.
+  std::vector<ScheduledChunk> schedule(const std::function<int(const Sequence&)>& lookahead = {});
   // Removes a finished or cancelled sequence (running or waiting) and releases its blocks.
   std::unique_ptr<Sequence> remove(Sequence* seq);
   // Takes a sequence (running or waiting) out of the scheduler, keeping its blocks (a parked session).

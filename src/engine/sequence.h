@@ -34,6 +34,7 @@ struct Request {
   // Constrained decoding: every token is one the grammar allows (masked before sampling), and the generation
   // ends when the grammar is complete and nothing can follow. Null: unconstrained.
   std::shared_ptr<const grammar::CompiledGrammar> grammar;
+  bool speculate = true;  // false: never speculative, whatever the engine's SpecConfig
   KvPolicy kv_policy;  // a sink window: no context limit, constant memory (prompt + output may exceed the model's context)
 };
 
@@ -67,6 +68,19 @@ class RequestStream {
   std::atomic<bool> cancelled_{false};
 };
 
+// A draft model's KV cache entries for one sequence (speculative decoding): the first `computed` of the
+// sequence's tokens have draft K/V in `table`'s blocks, which go back to `blocks` with the state.
+struct DraftState {
+  BlockManager* blocks = nullptr;
+  std::vector<int32_t> table;
+  int computed = 0;
+  SinkWindowState window;
+  explicit DraftState(BlockManager* b) : blocks(b) {}
+  ~DraftState() { blocks->release(&table); }
+  DraftState(const DraftState&) = delete;
+  DraftState& operator=(const DraftState&) = delete;
+};
+
 struct Sequence {
   uint64_t id = 0;
   std::vector<int32_t> tokens;
@@ -85,6 +99,7 @@ struct Sequence {
   Sampler sampler;
   std::unique_ptr<grammar::Matcher> matcher;  // the current generation's, when its request has a grammar
   std::shared_ptr<RequestStream> stream;
+  std::unique_ptr<DraftState> draft;  // speculative decoding with a draft model
 
   Sequence(uint64_t id, Request r, std::shared_ptr<RequestStream> s)
       : id(id), tokens(r.prompt), prompt_len(int(r.prompt.size())), gen_start(prompt_len), request(std::move(r)),

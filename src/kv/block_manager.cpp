@@ -110,4 +110,12 @@ void BlockManager::release(std::vector<int32_t>* table) {
   table->clear();
 }
 
+void BlockManager::truncate(int tokens, std::vector<int32_t>* table) {
+  const size_t keep = size_t(blocks_needed(tokens, 0));
+  if (table->size() <= keep) return;
+  std::vector<int32_t> tail(table->begin() + long(keep), table->end());
+  table->resize(keep);
+  release(&tail);
+}
+
 }  // namespace rill

@@ -35,6 +35,8 @@ class BlockManager {
   void commit_full_blocks(const std::vector<int32_t>& tokens, const std::vector<int32_t>& table, int computed);
   // Drops the sequence's references; cached blocks stay reusable until evicted.
   void release(std::vector<int32_t>* table);
+  // Releases the blocks of `table` past the first that hold `tokens` entries (speculative tokens rejected).
+  void truncate(int tokens, std::vector<int32_t>* table);
 
   // Prefix-cache statistics: prompt tokens looked up and found.
   int64_t lookups() const { return lookup_tokens_; }
