@@ -107,7 +107,8 @@ int main(int argc, char** argv) {
   app.add_option("--layers", layers, "Transformer layers (32 for Llama-3-8B; fewer for a quick run)");
   app.add_option("--repeats", repeats, "Timed repeats per figure (median)");
   app.add_option("--what", what,
-                 "Comma-separated: bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling");
+                 "Comma-separated: bandwidth,gemm,gemv,rows,decode1,batch64,prefill,attention,sampling,verify,spec64 "
+                 "(the last two, speculative decoding's verify cost and batch 64 with it on, run only when named)");
   app.add_option("--rows", row_counts, "Row counts of x for --what rows")->delimiter(',');
   std::vector<int> decode_ctx{192, 2048, 4096};
   app.add_option("--decode-ctx", decode_ctx,
@@ -132,7 +133,7 @@ int main(int argc, char** argv) {
     const int64_t d = 4096, heads = 32, kv_heads = 8, hd = 128, ffn = 14336, vocab = 128256;
     double bw = 0, gemm_rate = 0;
 
-    if (want("bandwidth") || want("decode1") || want("batch64")) {
+    if (want("bandwidth") || want("decode1") || want("batch64")) {  // (verify, spec64: ratios only)
       const size_t bytes = size_t(2) << 30;
       void *a = nullptr, *b = nullptr;
       check(cudaMalloc(&a, bytes), "cudaMalloc");
@@ -226,7 +227,7 @@ int main(int argc, char** argv) {
     if (want("rows"))
       for (int64_t n : row_counts) products(n);
 
-    const bool need_model = want("decode1") || want("batch64") || want("prefill");
+    const bool need_model = want("decode1") || want("batch64") || want("prefill") || want("verify") || want("spec64");
     std::unique_ptr<rill::Model> model;
     std::vector<uint16_t> big, embed;
     int64_t matmul_params = 0;
@@ -419,6 +420,86 @@ int main(int argc, char** argv) {
       std::printf("  JSON Schema, sampled                  %6.0f tok/s (%.3fx sampled; its first run: %.0f)\n",
                   tps_constrained_sampled, tps_constrained_sampled / tps_sampled,
                   double(batch) * gen / constrained_sampled_totals[0]);
+    }
+
+    // Speculative decoding's cost side: one step verifying K drafts per sequence (K + 1 tokens each, logits and a
+    // token for every one) against a plain decode step (K = 0, a replayed graph), at batch 1 and 16, 1k context.
+    // With acceptance rate a, a step yields (1 - a^(K+1)) / (1 - a) tokens: the speedup is that over this ratio
+    // (plus the proposer's cost).
+    if (want("verify")) {
+      const int ctx = 1024;
+      nlohmann::ordered_json jv = nlohmann::ordered_json::array();
+      for (int batch : {1, 16}) {
+        const int per_seq = (ctx + 16 + 15) / 16 + 1;
+        rill::KvCache kv(*backend, model->config(), batch * per_seq, 16);
+        rill::ModelRunner runner(*model);
+        std::vector<double> base;
+        for (int k = 0; k <= 8; ++k) {
+          rill::Batch b;
+          for (int s = 0; s < batch; ++s) {
+            std::vector<int32_t> table(static_cast<size_t>(per_seq));
+            for (int i = 0; i < per_seq; ++i) table[size_t(i)] = s * per_seq + i;
+            b.add_sequence(random_tokens(k + 1, int(vocab), uint32_t(s + 7 * k)), ctx, ctx, table, 16,
+                           k == 0 ? rill::Logits::Last : rill::Logits::All);
+          }
+          for (int w = 0; w < 3; ++w) runner.run(b, kv);  // plans made, the decode graph recorded
+          std::vector<double> t;
+          for (int r = 0; r < 10 * repeats; ++r) {
+            const auto t0 = Clock::now();
+            runner.run(b, kv);
+            t.push_back(seconds(t0, Clock::now()));
+          }
+          const double m = median(t);
+          if (k == 0) base.push_back(m);
+          jv.push_back({{"batch", batch}, {"k", k}, {"ms", m * 1e3}, {"vs_decode", m / base.back()}});
+          std::printf("verify batch %2d K %d (%2d tokens/seq)  %8.3f ms  %5.2fx a decode step\n", batch, k, k + 1,
+                      m * 1e3, m / base.back());
+        }
+      }
+      j["verify"] = jv;
+    }
+
+    // Speculation under load: batch 64 with --spec ngram on (its default --spec-max-batch 16 turns it off while
+    // more than 16 sequences decode) and off, alternating, same prompts; random tokens, so lookup rarely finds
+    // anything: this is the cost of having it on.
+    if (want("spec64")) {
+      const int batch = 64, prompt = 128, gen = 128;
+      auto run = [&](bool spec, uint32_t seed) {
+        rill::EngineConfig ec;
+        ec.num_blocks = batch * (prompt + gen) / 16 + 64;
+        ec.max_batch_tokens = batch * prompt;
+        ec.max_num_seqs = batch;
+        if (spec) ec.spec.method = rill::SpecMethod::Ngram;
+        rill::Engine engine(*model, ec);
+        std::vector<std::shared_ptr<rill::RequestStream>> streams;
+        const auto t0 = Clock::now();
+        for (int i = 0; i < batch; ++i) {
+          rill::Request r;
+          r.prompt = random_tokens(prompt, int(vocab), seed + uint32_t(i));
+          r.max_tokens = gen;
+          r.ignore_eos = true;
+          r.sampling.temperature = 0;
+          streams.push_back(engine.submit(r));
+        }
+        for (auto& st : streams)
+          for (;;) {
+            auto e = st->next(600.0);
+            if (!e || e->token < 0) break;
+          }
+        return double(batch) * gen / seconds(t0, Clock::now());
+      };
+      run(false, 1);
+      run(true, 1);
+      std::vector<double> ratios, on, off;
+      for (int r = 0; r < std::max(3, repeats); ++r) {
+        off.push_back(run(false, uint32_t(1000 * (r + 2))));
+        on.push_back(run(true, uint32_t(1000 * (r + 2))));
+        ratios.push_back(on.back() / off.back());
+      }
+      j["spec64"] = {{"batch", batch}, {"prompt", prompt}, {"new_tokens", gen}, {"off_tokens_per_s", median(off)},
+                     {"ngram_on_tokens_per_s", median(on)}, {"on_vs_off", median(ratios)}};
+      std::printf("batch 64 spec ngram on / off       %8.0f / %.0f tok/s  (%.3fx, median of %zu paired runs)\n",
+                  median(on), median(off), median(ratios), ratios.size());
     }
 
     if (want("prefill")) {

@@ -26,6 +26,7 @@ struct ChatArgs {
   DeviceArgs device;
   SamplingArgs sampling;
   KvPolicyArgs kv;
+  SpecArgs spec;
 };
 
 // Streams one answer to stdout and returns its text; `stopped` tells whether it ended with an end-of-turn token
@@ -69,6 +70,9 @@ int run_chat(const ChatArgs& a) {
   ec.max_sessions = 1;
   ec.session_ttl_seconds = std::numeric_limits<double>::infinity();
   ec.warm_up = a.device.warm_up;
+  std::unique_ptr<Model> draft;
+  ec.spec = load_speculation(a.spec, a.model, *m.model, &draft);
+  if (ec.spec.method != SpecMethod::None) std::fprintf(stderr, "rill: %s\n", describe_speculation(ec.spec, a.spec).c_str());
   Engine engine(*m.model, ec);
   m.backend->save_tuning();
 
@@ -147,6 +151,7 @@ Run add_chat(CLI::App& app) {
   app.add_option("--context", a->context, "KV cache size in tokens (default: the model's maximum)")->check(CLI::PositiveNumber);
   add_device_options(app, a->device);
   add_warm_up_option(app, a->device);
+  add_spec_options(app, a->spec);
   add_sampling_options(app, a->sampling);
   a->kv.policy = "sink";
   add_kv_policy_options(app, a->kv);

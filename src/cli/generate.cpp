@@ -24,6 +24,7 @@ struct GenerateArgs {
   DeviceArgs device;
   SamplingArgs sampling;
   KvPolicyArgs kv;
+  SpecArgs spec;
 };
 
 double seconds(std::chrono::steady_clock::duration d) { return std::chrono::duration<double>(d).count(); }
@@ -75,6 +76,9 @@ int run_generate(const GenerateArgs& a) {
   ec.max_num_seqs = 1;
   ec.max_model_len = int(std::max<int64_t>(config.max_position_embeddings, total));  // as long as asked
   ec.warm_up = a.device.warm_up;
+  std::unique_ptr<Model> draft;
+  ec.spec = load_speculation(a.spec, a.model, *m.model, &draft);
+  if (ec.spec.method != SpecMethod::None) std::fprintf(stderr, "rill: %s\n", describe_speculation(ec.spec, a.spec).c_str());
   for (int run = 0; run < a.repeat; ++run) {
     std::vector<int32_t> ids;
     std::unique_ptr<IncrementalDecoder> detok;
@@ -138,6 +142,10 @@ int run_generate(const GenerateArgs& a) {
         "rill: %zu prompt tokens in %.3f s (%.1f tok/s), %zu generated in %.3f s (%.1f tok/s) on %s%s\n",
         prompt.size(), prefill, prefill > 0 ? double(prompt.size()) / prefill : 0.0, ids.size(), decode,
         decode > 0 ? double(steps) / decode : 0.0, m.backend->name().c_str(), which.c_str());
+    if (engine) {
+      const std::string spec = describe_spec_metrics(engine->metrics());
+      if (!spec.empty()) std::fprintf(stderr, "rill: %s\n", spec.c_str());
+    }
   }
   return 0;
 }
@@ -163,6 +171,7 @@ Run add_generate(CLI::App& app) {
                  "Write the logits at every prompt position to FILE (safetensors, F32 'logits' [prompt_len, vocab])");
   add_device_options(app, a->device);
   add_warm_up_option(app, a->device);
+  add_spec_options(app, a->spec);
   app.add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per forward step")
       ->check(CLI::PositiveNumber);
   app.add_option("--repeat", a->repeat,

@@ -119,4 +119,49 @@ LoadedModel load_model(const std::string& path, const DeviceArgs& device, const 
   return m;
 }
 
+SpecConfig load_speculation(const SpecArgs& args, const std::string& model_path, Model& target,
+                            std::unique_ptr<Model>* draft) {
+  SpecConfig spec;
+  spec.method = parse_spec_method(args.draft_model.empty() || args.method != "none" ? args.method : "draft");
+  spec.max_batch = args.max_batch;
+  spec.tokens = args.tokens > 0 ? args.tokens : 4;
+  if (spec.method == SpecMethod::Draft) {
+    std::string dir = args.draft_model;
+    if (dir.empty()) {
+      std::string base = model_path;
+      while (base.size() > 1 && base.back() == '/') base.pop_back();
+      dir = base + "-draft";
+      RILL_CHECK(std::filesystem::exists(dir + "/config.json"),
+                 "--spec draft: no --draft-model given, and there is no " + dir + " beside the model");
+    }
+    *draft = std::make_unique<Model>(read_checkpoint(dir), target.backend());
+    const int vocab = target.config().vocab_size;
+    if ((*draft)->config().vocab_size > vocab) (*draft)->limit_vocab(vocab);  // padded past the tokenizer
+    spec.draft = draft->get();
+  }
+  spec.validate(target.config().vocab_size);
+  return spec;
+}
+
+std::string describe_spec_metrics(const EngineMetrics& m) {
+  if (m.spec_steps == 0) return "";
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "speculation: %lld of %lld drafts accepted (%.0f%%), %.2f tokens per verification",
+                (long long)m.spec_accepted, (long long)m.spec_proposed,
+                m.spec_proposed ? 100.0 * double(m.spec_accepted) / double(m.spec_proposed) : 0.0,
+                double(m.spec_emitted) / double(m.spec_steps));
+  return buf;
+}
+
+std::string describe_speculation(const SpecConfig& spec, const SpecArgs& args) {
+  if (spec.method == SpecMethod::None) return "";
+  std::string s = std::string("speculative decoding: ") + spec_method_name(spec.method) + ", up to " +
+                  std::to_string(spec.tokens) + " draft tokens per step at batches up to " +
+                  std::to_string(spec.max_batch);
+  if (spec.draft)
+    s += ", draft model " + (args.draft_model.empty() ? std::string("beside the model") : args.draft_model) + " (" +
+         std::to_string(spec.draft->weight_bytes() >> 20) + " MiB)";
+  return s;
+}
+
 }  // namespace rill::cli

@@ -7,6 +7,8 @@
 #include "backend/backend.h"
 #include "cli/options.h"
 #include "engine/model_runner.h"
+#include "engine/engine.h"
+#include "engine/speculative.h"
 #include "formats/model_config.h"
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
@@ -35,6 +37,16 @@ struct LoadedModel {
 // Reads the checkpoint at `path`, makes the backend `device` asks for, uploads the weights and opens the tokenizer
 // (`tokenizer_path`, or the one beside the model).
 LoadedModel load_model(const std::string& path, const DeviceArgs& device, const std::string& tokenizer_path);
+
+// The engine's SpecConfig for --spec/--draft-model/--spec-tokens: with a draft, the draft model is read onto
+// `target`'s backend into *draft (its vocabulary limited as the target's is) and checked against the target.
+SpecConfig load_speculation(const SpecArgs& args, const std::string& model_path, Model& target,
+                            std::unique_ptr<Model>* draft);
+// "spec draft (K 4, models/rill-tiny-draft)" for a startup line; empty when off.
+std::string describe_speculation(const SpecConfig& spec, const SpecArgs& args);
+
+// "speculation: 312 of 400 drafts accepted (78%), 3.10 tokens per verification"; empty without verifications.
+std::string describe_spec_metrics(const EngineMetrics& m);
 
 // "warm-up 0.31 s (22 steps, 14 decode graphs); GEMM algorithms: ..." for a startup line.
 std::string describe_warm_up(const WarmUpReport& w, Backend& backend);

@@ -69,6 +69,25 @@ void add_warm_up_option(CLI::App& app, DeviceArgs& d) {
       "graphs, sampling kernels), so the first requests pay for setting them up instead");
 }
 
+void add_spec_options(CLI::App& app, SpecArgs& s) {
+  app.add_option("--spec", s.method,
+                 "Speculative decoding: none; draft (a small model with the same tokenizer proposes, see "
+                 "--draft-model); ngram (prompt lookup: the continuation of the latest earlier match of the last "
+                 "2-4 tokens, no second model; for output that repeats its input: edits, summaries, code). Output "
+                 "is the same as without (greedy, and seeded sampling)")
+      ->check(CLI::IsMember({"none", "draft", "ngram"}));
+  app.add_option("--draft-model", s.draft_model,
+                 "The draft model for --spec draft (implies it): a Hugging Face directory sharing the model's "
+                 "vocabulary (default: the model's directory with -draft appended, e.g. models/rill-tiny-draft)");
+  app.add_option("--spec-tokens", s.tokens,
+                 "Draft tokens verified per step and sequence, at most (default: 4 for draft, 4 for ngram)")
+      ->check(CLI::Range(1, 16));
+  app.add_option("--spec-max-batch", s.max_batch,
+                 "Speculate only in steps where at most this many sequences decode (larger batches are "
+                 "compute-bound: verifying drafts there costs more than it saves)")
+      ->check(CLI::PositiveNumber);
+}
+
 SamplingParams SamplingArgs::finish() const {
   SamplingParams p = params;
   if (seed >= 0) {

@@ -51,6 +51,15 @@ struct KvPolicyArgs {
 };
 void add_kv_policy_options(CLI::App& app, KvPolicyArgs& k);
 
+// Speculative decoding (generate, chat, serve): --spec none|draft|ngram, --draft-model DIR, --spec-tokens K,
+// --spec-max-batch N. load_speculation() (model_loading.h) turns them into the engine's SpecConfig.
+struct SpecArgs {
+  std::string method = "none", draft_model;
+  int tokens = 0;  // 0: the method's default
+  int max_batch = 16;
+};
+void add_spec_options(CLI::App& app, SpecArgs& s);
+
 // "1,2,3" -> ids; errors name `option`.
 std::vector<int32_t> parse_id_list(const std::string& s, const char* option);
 

@@ -36,6 +36,7 @@ Run add_serve(CLI::App& app) {
            request_timeout = 0;
     size_t max_connections = 16384, max_connections_per_address = 0, max_sessions_per_key = 0;
     KvPolicyArgs kv;
+    SpecArgs spec;
     size_t max_body = 16u << 20;
   };
   auto a = std::make_shared<Args>();
@@ -59,6 +60,7 @@ Run add_serve(CLI::App& app) {
                  "Model name in the API (default: the model path's last part)");
   add_device_options(app, a->device);
   add_warm_up_option(app, a->device);
+  add_spec_options(app, a->spec);
   app.add_option(
       "--kv-cache-memory", a->kv_memory,
       "Memory for the KV cache: a size (2GiB, 512MiB) or a share of the memory available at start (40%). "
@@ -153,6 +155,7 @@ Run add_serve(CLI::App& app) {
         a->host.c_str(), server.port(), a->model.c_str());
     const auto t_start = std::chrono::steady_clock::now();
     LoadedModel m;
+    std::unique_ptr<Model> draft;  // --spec draft: outlives the engine (declared before it)
     std::unique_ptr<ChatTemplate> tmpl;
     std::unique_ptr<Engine> engine;
     std::atomic<Engine*> live_engine{nullptr};
@@ -165,6 +168,10 @@ Run add_serve(CLI::App& app) {
                      m.times.describe(m.model->weight_bytes()).c_str());
         Model& model = *m.model;
         Backend& backend = *m.backend;
+        // A draft model's weights are on the device before the KV cache is sized, and its cache shares the room.
+        const SpecConfig spec = load_speculation(a->spec, a->model, model, &draft);
+        if (spec.method != SpecMethod::None)
+          std::fprintf(stderr, "rill: %s\n", describe_speculation(spec, a->spec).c_str());
         size_t free_bytes = 0, total_bytes = 0;
         const bool device_memory = backend.memory_info(&free_bytes, &total_bytes);
         std::optional<size_t> kv_bytes;
@@ -202,6 +209,11 @@ Run add_serve(CLI::App& app) {
         }
         EngineConfig ec;
         ec.block_size = a->block_size;
+        if (spec.draft) {  // the draft's cache has as many blocks as the model's
+          const double own = double(KvCache::bytes_per_token(model.config(), backend.kv_dtype()));
+          const double theirs = double(KvCache::bytes_per_token(spec.draft->config(), backend.kv_dtype()));
+          *kv_bytes = size_t(double(*kv_bytes) * own / (own + theirs));
+        }
         ec.num_blocks =
             KvCache::blocks_for_bytes(model.config(), *kv_bytes, a->block_size, backend.kv_dtype());
         RILL_CHECK(ec.num_blocks > 0,
@@ -215,6 +227,7 @@ Run add_serve(CLI::App& app) {
         ec.max_sessions = a->max_sessions;
         ec.session_ttl_seconds = a->session_ttl;
         ec.warm_up = a->device.warm_up;
+        ec.spec = spec;
         engine = std::make_unique<Engine>(model, ec);
         if (ec.warm_up) {
           std::fprintf(stderr, "rill: %s\n", describe_warm_up(engine->warm_up_report(), backend).c_str());

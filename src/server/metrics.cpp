@@ -71,6 +71,23 @@ std::string ServerMetrics::render(const EngineMetrics& m) const {
   gauge("rill_session_kv_blocks", "KV blocks held by streaming sessions.", m.session_blocks);
   counter("rill_sessions_expired_total", "Sessions deleted after --session-ttl idle.",
           double(m.sessions_expired));
+  counter("rill_spec_verifications_total", "Speculative decoding: sequence steps that verified drafts.",
+          double(m.spec_steps));
+  counter("rill_spec_draft_tokens_total", "Speculative decoding: draft tokens proposed.", double(m.spec_proposed));
+  counter("rill_spec_accepted_tokens_total", "Speculative decoding: draft tokens accepted.",
+          double(m.spec_accepted));
+  counter("rill_spec_emitted_tokens_total",
+          "Speculative decoding: tokens the verifications emitted (accepted drafts, corrections, bonus tokens).",
+          double(m.spec_emitted));
+  gauge("rill_spec_acceptance_rate", "Draft tokens accepted / proposed.",
+        m.spec_proposed ? double(m.spec_accepted) / double(m.spec_proposed) : 0.0);
+  gauge("rill_spec_mean_accepted_length", "Tokens emitted per verification (1 + accepted drafts).",
+        m.spec_steps ? double(m.spec_emitted) / double(m.spec_steps) : 0.0);
+  if (m.draft_blocks_total > 0) {
+    gauge("rill_spec_draft_kv_blocks_total", "The draft model's KV cache blocks.", m.draft_blocks_total);
+    gauge("rill_spec_draft_kv_blocks_used", "The draft model's KV blocks held by sequences.",
+          m.draft_blocks_total - m.draft_blocks_free);
+  }
   std::lock_guard<std::mutex> lock(mu_);
   ttft_.render(out, "rill_time_to_first_token_seconds", "Time from request to its first token.");
   itl_.render(out, "rill_inter_token_latency_seconds", "Time between consecutive tokens of a request.");

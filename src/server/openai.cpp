@@ -96,6 +96,7 @@ Request parse_request_params(const json& b, const ModelInfo& m) {
     base.sampling.has_seed = true;
   }
   base.ignore_eos = boolean(b, "ignore_eos", false);
+  base.speculate = boolean(b, "speculative", true);  // rill: false opts out of the server's --spec
   base.stop_ids = m.stop_ids;
   base.kv_policy = parse_kv_policy(b, m);
 

@@ -28,6 +28,7 @@ export RILL_BATCH_INVARIANT=1  # the engine tests compare batched runs with sing
 RILL_TEST_DEVICE=cuda run gpu.golden_test "$tests/golden_test" --gtest_filter="$filter"
 RILL_TEST_DEVICE=cuda RILL_TEST_DTYPE=float32 run gpu_f32.golden_test "$tests/golden_test" --gtest_filter="$filter"
 RILL_TEST_DEVICE=cuda run gpu.engine_test "$tests/engine_test" --gtest_filter="$filter"
+RILL_TEST_DEVICE=cuda run gpu.speculative_test "$tests/speculative_test" --gtest_filter="$filter"
 RILL_TEST_DEVICE=cuda run gpu.streaming_test "$tests/streaming_test" --gtest_filter="$filter"
 if [ "${SANITIZE:-0}" = 1 ]; then
   # compute-sanitizer memcheck over the GPU tests (the engine's under a filter: memcheck is slow).

@@ -12,7 +12,7 @@ rm -rf "$out" && mkdir -p "$out/lib"
 # -9 stores them once (110 MB of binaries, old gpu_bench included, in 5.3 MB; 20 MB at the default -6).
 bins=$(mktemp -d)
 for f in build/rill build/make_random_model build/tests/cuda_test build/tests/golden_test build/tests/engine_test \
-  build/tests/streaming_test $(ls build/bench/gpu_bench 2>/dev/null); do
+  build/tests/speculative_test build/tests/streaming_test $(ls build/bench/gpu_bench 2>/dev/null); do
   mkdir -p "$bins/$(dirname "$f")" && strip -o "$bins/$f" "$f"
 done
 # Which source the binaries come from (the device's copy of the tree may carry another git HEAD).
@@ -31,7 +31,7 @@ rm -rf "$bins"
 fixtures=${FIXTURES:-$(ls ../shared/fixtures/models)}
 [ "$fixtures" = none ] && fixtures=""
 (cd ../shared && tar cJf "$OLDPWD/$out/shared.tar.xz" data/models/stories260K data/models/stories260K-hf \
-  data/tokenizers/llama3-style \
+  data/tokenizers/llama3-style data/text/tinyshakespeare.txt \
   $(for f in $fixtures; do echo fixtures/models/$f; done))
 # rill links these Debian libraries, which Ubuntu (the device) lacks: tokenizer regexes and Unicode (its HTTP
 # server, Boost.Beast, is header-only).
