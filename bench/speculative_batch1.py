@@ -11,7 +11,7 @@ warm, is timed), alternating methods round by round; a figure is the median over
 rate is the generated tokens after the first over the time from the first to the last. The token ids of every
 method are compared with those of --spec none (the same on the CPU; on a GPU, only under RILL_BATCH_INVARIANT=1).
 
-usage: speculative_batch1.py RILL TEXT [--device cpu|cuda] [--n 256] [--rounds 3] [--k K]
+usage: speculative_batch1.py RILL TEXT [--model models/rill-tiny] [--device cpu|cuda] [--n 256] [--rounds 3] [--k K]
 """
 import argparse
 import json
@@ -21,8 +21,8 @@ import subprocess
 import sys
 
 
-def run(rill, prompt, method, temperature, device, n, k, env=None):
-    cmd = [rill, "generate", "-p", prompt, "-n", str(n), "--ignore-eos", "--temperature", str(temperature),
+def run(rill, model, prompt, method, temperature, device, n, k, env=None):
+    cmd = [rill, "generate", "-m", model, "-p", prompt, "-n", str(n), "--ignore-eos", "--temperature", str(temperature),
            "--seed", "7", "--spec", method, "--repeat", "2", "--device", device, "--output", "json"]
     if k and method != "none":
         cmd += ["--spec-tokens", str(k)]
@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--k", type=int, default=0)
     ap.add_argument("--methods", default="none,draft,ngram")
+    ap.add_argument("--model", default="models/rill-tiny")
     a = ap.parse_args()
     text = open(a.text, encoding="utf-8").read()
     # Passages from the middle of the play text, cut at line ends: ~600 characters (~150 rill-tiny tokens).
@@ -68,7 +69,7 @@ def main():
             for r in range(a.rounds):
                 order = methods if r % 2 == 0 else list(reversed(methods))
                 for i, prompt in enumerate(prompts):
-                    got = {m: run(a.rill, prompt, m, temp, a.device, a.n, a.k) for m in order}
+                    got = {m: run(a.rill, a.model, prompt, m, temp, a.device, a.n, a.k) for m in order}
                     for m in methods:
                         rates[m].append(got[m]["rate"])
                         if got[m]["spec"]:
