@@ -91,6 +91,70 @@ TEST(CudaModel, DecodeGraphsMatchEagerSteps) {
   }
 }
 
+// Steps verifying speculative tokens (q tokens for every sequence, logits for each: issue 22) replay graphs too,
+// one per q: each gives the logits the eager path gives, for 1 and 3 sequences, q from 2 to 5 (rill-tiny's 3
+// query heads per KV head fill the decode kernel's 16-row tile at q = 5).
+TEST(CudaModel, VerifyGraphsMatchEagerSteps) {
+  RILL_NEED_GPU();
+  const Checkpoint ck = read_checkpoint(models_dir() + "/rill-tiny");
+  auto gpu = make_backend("cuda");
+  Model model(ck, *gpu);
+  ModelRunner graphed(model), eager(model);
+  graphed.set_graph_max_batch(256);
+  graphed.set_graph_max_q(5);
+  eager.set_graph_max_batch(0);
+  const ModelConfig& c = model.config();
+  const int V = c.vocab_size;
+  for (int seqs : {1, 3}) {
+    SCOPED_TRACE("sequences: " + std::to_string(seqs));
+    KvCache kv_g(*gpu, c, 256, 16), kv_e(*gpu, c, 256, 16);
+    std::mt19937 rng{uint32_t(seqs)};
+    std::vector<std::vector<int32_t>> tables;
+    std::vector<int> len;
+    Batch prefill;
+    for (int s = 0; s < seqs; ++s) {
+      const int n = 90 + 37 * s;
+      std::vector<int32_t> prompt(static_cast<size_t>(n));
+      for (auto& t : prompt) t = int32_t(rng() % uint32_t(V));
+      std::vector<int32_t> table, table_e;
+      ASSERT_TRUE(kv_g.blocks().grow(n + 80, &table));
+      ASSERT_TRUE(kv_e.blocks().grow(n + 80, &table_e));
+      prefill.add_sequence(prompt, 0, 0, table, 16, Logits::Last);
+      tables.push_back(table);
+      len.push_back(n);
+    }
+    graphed.logits(prefill, kv_g);
+    eager.logits(prefill, kv_e);
+    const uint64_t replays_before = graphed.graph_replays();
+    for (int step = 0; step < 16; ++step) {
+      const int q = 2 + step % 4;
+      Batch b;
+      for (int s = 0; s < seqs; ++s) {
+        std::vector<int32_t> toks(static_cast<size_t>(q));
+        for (auto& t : toks) t = int32_t(rng() % uint32_t(V));
+        b.add_sequence(toks, len[size_t(s)], len[size_t(s)], tables[size_t(s)], 16, Logits::All);
+      }
+      const std::vector<float> lg = graphed.logits(b, kv_g), le = eager.logits(b, kv_e);
+      ASSERT_EQ(lg.size(), size_t(seqs * q) * size_t(V));
+      ASSERT_EQ(lg.size(), le.size());
+      float ref = 0.f, diff = 0.f;
+      for (size_t i = 0; i < le.size(); ++i) {
+        ref = std::max(ref, std::fabs(le[i]));
+        diff = std::max(diff, std::fabs(lg[i] - le[i]));
+      }
+      EXPECT_LE(diff, 2e-2f * ref) << "step " << step << ", q " << q;
+      const std::vector<int32_t> ids = graphed.run(b, kv_g).ids;
+      ASSERT_EQ(ids.size(), size_t(seqs * q));
+      for (size_t r = 0; r < ids.size(); ++r) {
+        const float* row = lg.data() + r * size_t(V);
+        EXPECT_EQ(ids[r], int32_t(std::max_element(row, row + V) - row)) << "step " << step << " row " << r;
+      }
+      for (int s = 0; s < seqs; ++s) len[size_t(s)] += 1 + step % 3;  // as if some drafts were accepted
+    }
+    EXPECT_GE(graphed.graph_replays() - replays_before, 16u) << "the later steps of each q replayed a graph";
+  }
+}
+
 // The warm-up records the decode graph of every bucket up to max_num_seqs at every block-table width up to
 // max_model_len, so the first real decode step of each replays one: no step of its own is run eagerly.
 TEST(CudaModel, WarmUpRecordsEveryDecodeGraph) {

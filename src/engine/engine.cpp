@@ -25,13 +25,17 @@ Engine::Engine(Model& model, EngineConfig config)
   counters_.blocks_total = config_.num_blocks;
   metrics_ = counters_;
   metrics_.blocks_free = config_.num_blocks;
+  const bool spec = config_.spec.method != SpecMethod::None;
+  const int spec_seqs = std::min(config_.spec.max_batch, config_.max_num_seqs);
+  if (spec) runner_.set_graph_max_q(config_.spec.tokens + 1);  // verification steps replay graphs too
+  if (draft_) draft_->runner().set_graph_max_q(2);              // catching up after all drafts were accepted
   if (config_.warm_up)
-    warm_up_ = runner_.warm_up(kv_, WarmUpShape{config_.max_batch_tokens, config_.max_num_seqs,
-                                                config_.max_model_len, config_.num_blocks});
+    warm_up_ = runner_.warm_up(kv_, WarmUpShape{config_.max_batch_tokens, config_.max_num_seqs, config_.max_model_len,
+                                                config_.num_blocks, spec ? config_.spec.tokens + 1 : 1, spec_seqs});
   if (config_.warm_up && draft_) {  // the draft's steps too (its decode graphs, up to the speculating batch)
     const WarmUpReport w = draft_->runner().warm_up(
-        draft_->kv(), WarmUpShape{config_.max_batch_tokens, std::min(config_.spec.max_batch, config_.max_num_seqs),
-                                  config_.max_model_len, config_.num_blocks});
+        draft_->kv(), WarmUpShape{config_.max_batch_tokens, spec_seqs, config_.max_model_len, config_.num_blocks, 2,
+                                  spec_seqs});
     warm_up_.steps += w.steps;
     warm_up_.graphs += w.graphs;
     warm_up_.seconds += w.seconds;

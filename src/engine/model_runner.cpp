@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <map>
+#include <tuple>
 #include <set>
 #include <string>
 
@@ -30,10 +31,12 @@ int pow2_at_least(int n, int lo) {
 
 }  // namespace
 
-// Recorded decode steps (see step_graph): a graph per (batch bucket, block-table stride), and the fixed buffers
-// they read and write. Graphs hold the buffers' addresses, so buffers only change by dropping them all.
+// Recorded steps (see step_graph): a graph per (batch bucket, block-table stride, tokens per sequence), and the
+// fixed buffers they read and write. Graphs hold the buffers' addresses, so buffers only change by dropping
+// them all.
 struct ModelRunner::GraphState {
-  int capacity = 0;          // rows the buffers hold (a batch bucket)
+  int seqs = 0;              // sequences the buffers hold (a batch bucket)
+  int tokens = 0;            // tokens (and logit rows) they hold
   int max_blocks = 0;        // the widest block-table stride the metadata buffer holds
   size_t scratch_bytes = 0;  // attention scratch
   uint64_t kv_id = 0;        // the KV cache the graphs write to (KvCache::id)
@@ -41,8 +44,8 @@ struct ModelRunner::GraphState {
   Tensor meta;  // i32: ids, positions, slots, q_start, ctx_len, token_seq, block tables
   Tensor logits, ids_out, scratch;
   std::vector<int32_t> host_meta;
-  std::map<std::pair<int, int>, std::unique_ptr<Graph>> graphs;
-  std::set<std::pair<int, int>> ran_once;  // keys run eagerly once (plans made, kernels loaded) before recording
+  std::map<std::tuple<int, int, int>, std::unique_ptr<Graph>> graphs;
+  std::set<std::tuple<int, int, int>> ran_once;  // keys run eagerly once (plans made, kernels loaded) before recording
 };
 
 ModelRunner::ModelRunner(Model& model) : model_(model), backend_(model.backend()) {
@@ -202,23 +205,28 @@ void ModelRunner::step(const Batch& batch, KvCache& kv, std::vector<float>* logi
   backend_.read(logits->data(), out, out.nbytes());
 }
 
-// A decode step (one new token per sequence, logits for each) replays a graph recorded for its batch bucket and
-// block-table stride: the inputs go to the device in one copy, then one launch runs every layer, the logits and
-// the argmax. Padding rows decode token 0 for a sequence of one cached entry (block 0) and write no KV (slot -1);
-// their outputs are never read. Steps a graph cannot replay exactly return false: prompts, sink windows
-// (host-sized sink kernels), models that are not Model::recordable(), and attention shapes whose kernel grid
-// depends on the context length (the split kernel).
+// A decode step (one new token per sequence, logits for each), or a step verifying speculative tokens (q new
+// tokens for every sequence, logits for each), replays a graph recorded for its batch bucket, block-table
+// stride and q: the inputs go to the device in one copy, then one launch runs every layer, the logits and the
+// argmax. Padding sequences run q tokens of token 0 for a sequence of q cached entries (block 0) and write no
+// KV (slot -1); their outputs are never read. Steps a graph cannot replay exactly return false: prompts, sink
+// windows (host-sized sink kernels), models that are not Model::recordable(), and attention shapes whose kernel
+// grid depends on the context length (the split kernel: head sizes other than 64 and 128, and q x the query
+// heads per KV head beyond the decode kernel's 16-row tile).
 bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>* logits, StepOutput* ids,
                              const RowSampling* sampling) {
   const ModelConfig& c = model_.config();
-  const int n = batch.num_tokens();
-  if (graph_max_batch_ <= 0 || n > graph_max_batch_ || batch.num_seqs() != n || batch.sink_window) return false;
+  const int n = batch.num_tokens(), seqs = batch.num_seqs();
+  if (graph_max_batch_ <= 0 || seqs > graph_max_batch_ || batch.sink_window || seqs == 0 || n % seqs) return false;
   if (!model_.recordable()) return false;
-  if ((c.head_dim != 64 && c.head_dim != 128) || c.num_heads / c.num_kv_heads > 16) return false;
+  const int q = n / seqs, group = c.num_heads / c.num_kv_heads;
+  if ((c.head_dim != 64 && c.head_dim != 128) || q * group > 16) return false;
   if (int(batch.logit_rows.size()) != n) return false;
   for (int i = 0; i < n; ++i)
-    if (batch.logit_rows[size_t(i)] != i || batch.q_start[size_t(i) + 1] != i + 1) return false;
-  const int nb = graph_bucket(n);
+    if (batch.logit_rows[size_t(i)] != i) return false;
+  for (int i = 0; i < seqs; ++i)
+    if (batch.q_start[size_t(i) + 1] != (i + 1) * q) return false;
+  const int nb = graph_bucket(seqs);
   if (nb == 0) return false;
   int widest = 1;
   for (const auto& t : batch.block_tables) widest = std::max(widest, int(t.size()));
@@ -226,79 +234,89 @@ bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>
   if (!backend_.can_record()) return false;
 
   // The buffers, (re)made when this step needs more than they hold; graphs that point at old ones go.
-  auto scratch_for = [&](int seqs, int blocks) {
+  auto scratch_for = [&](int ns, int blocks, int per_seq) {
     AttentionBatch probe;
-    probe.num_seqs = probe.num_tokens = seqs;
-    probe.max_q_len = 1;
+    probe.num_seqs = ns;
+    probe.num_tokens = ns * per_seq;
+    probe.max_q_len = per_seq;
     probe.max_ctx_len = blocks * kv.block_size();
     probe.max_blocks_per_seq = blocks;
-    probe.host_q_len.assign(size_t(seqs), 1);
+    probe.host_q_len.assign(size_t(ns), per_seq);
     return backend_.attention_workspace(kv.layer(0), probe, c.num_heads, c.sliding_window);
   };
-  const size_t scratch = scratch_for(nb, B);
+  const size_t scratch = scratch_for(nb, B, q);
   const uint64_t kv_id = kv.id();
-  if (!graphs_ || graphs_->capacity < nb || graphs_->max_blocks < B || graphs_->scratch_bytes < scratch ||
-      graphs_->kv_id != kv_id) {
+  if (!graphs_ || graphs_->seqs < nb || graphs_->tokens < nb * q || graphs_->max_blocks < B ||
+      graphs_->scratch_bytes < scratch || graphs_->kv_id != kv_id) {
     auto g = std::make_unique<GraphState>();
     const GraphState* old = graphs_.get();
-    g->capacity = std::max({nb, graph_reserve_batch_, old && old->kv_id == kv_id ? old->capacity : 0});
-    g->max_blocks = std::max({B, graph_reserve_blocks_, old && old->kv_id == kv_id ? old->max_blocks : 0});
+    const bool same_kv = old && old->kv_id == kv_id;
+    g->seqs = std::max({nb, graph_reserve_batch_, same_kv ? old->seqs : 0});
+    g->tokens = std::max({nb * q, graph_reserve_batch_ * graph_max_q_, same_kv ? old->tokens : 0});
+    g->max_blocks = std::max({B, graph_reserve_blocks_, same_kv ? old->max_blocks : 0});
     graphs_.reset();  // graphs first: they hold the old buffers' addresses
-    g->scratch_bytes = std::max({scratch, scratch_for(g->capacity, g->max_blocks), size_t(1)});
+    g->scratch_bytes = std::max(scratch, size_t(1));
+    for (int per_seq = 1; per_seq * group <= 16 && per_seq <= std::max(q, graph_max_q_); ++per_seq)
+      g->scratch_bytes = std::max(g->scratch_bytes, scratch_for(g->seqs, g->max_blocks, per_seq));
     g->kv_id = kv_id;
-    g->ws = model_.make_workspace(g->capacity);
-    g->meta = backend_.alloc(DType::I32, {int64_t(g->capacity) * (7 + g->max_blocks) + 1});
-    g->logits = backend_.alloc(DType::F32, {g->capacity, c.vocab_size});
-    g->ids_out = backend_.alloc(DType::I32, {g->capacity});
+    g->ws = model_.make_workspace(g->tokens);
+    g->meta = backend_.alloc(DType::I32, {int64_t(g->tokens) * 4 + int64_t(g->seqs) * (2 + g->max_blocks) + 1});
+    g->logits = backend_.alloc(DType::F32, {g->tokens, c.vocab_size});
+    g->ids_out = backend_.alloc(DType::I32, {g->tokens});
     g->scratch = backend_.alloc(DType::U8, {int64_t(g->scratch_bytes)});
     graphs_ = std::move(g);
   }
   GraphState& g = *graphs_;
 
-  // Inputs, laid out as the graph for (nb, B) reads them.
-  const int64_t o_pos = nb, o_slot = 2 * nb, o_qs = 3 * nb, o_ctx = 4 * nb + 1, o_seq = 5 * nb + 1,
-                o_tab = 6 * nb + 1, total = o_tab + int64_t(nb) * B;
+  // Inputs, laid out as the graph for (nb, B, q) reads them.
+  const int rows = nb * q;
+  const int64_t o_pos = rows, o_slot = 2 * rows, o_seq = 3 * rows, o_qs = 4 * rows, o_ctx = o_qs + nb + 1,
+                o_tab = o_ctx + nb, total = o_tab + int64_t(nb) * B;
   std::vector<int32_t>& h = g.host_meta;
   h.assign(size_t(total), 0);
-  for (int i = 0; i < nb; ++i) {
+  for (int i = 0; i < rows; ++i) {
     const bool real = i < n;
     h[size_t(i)] = real ? batch.tokens[size_t(i)] : 0;
-    h[size_t(o_pos + i)] = real ? batch.positions[size_t(i)] : 0;
+    h[size_t(o_pos + i)] = real ? batch.positions[size_t(i)] : i % q;
     h[size_t(o_slot + i)] = real ? batch.slots[size_t(i)] : -1;
-    h[size_t(o_qs + i)] = i;
-    h[size_t(o_ctx + i)] = real ? batch.ctx_len[size_t(i)] : 1;
-    h[size_t(o_seq + i)] = i;
-    if (real)
-      std::copy(batch.block_tables[size_t(i)].begin(), batch.block_tables[size_t(i)].end(),
-                h.begin() + o_tab + int64_t(i) * B);
+    h[size_t(o_seq + i)] = i / q;
   }
-  h[size_t(o_qs + nb)] = nb;
+  for (int s = 0; s < nb; ++s) {
+    const bool real = s < seqs;
+    h[size_t(o_qs + s)] = s * q;
+    h[size_t(o_ctx + s)] = real ? batch.ctx_len[size_t(s)] : q;
+    if (real)
+      std::copy(batch.block_tables[size_t(s)].begin(), batch.block_tables[size_t(s)].end(),
+                h.begin() + o_tab + int64_t(s) * B);
+  }
+  h[size_t(o_qs + nb)] = rows;
   backend_.write(g.meta, h.data(), size_t(total) * sizeof(int32_t));
 
-  auto record = [&, nb, B]() {
+  auto record = [&, nb, B, q, rows]() {
     auto part = [&](int64_t off, int64_t count) { return g.meta.slice_rows(off, count); };
     StepInputs in;
-    in.ids = part(0, nb);
-    in.positions = part(o_pos, nb);
-    in.slots = part(o_slot, nb);
+    in.ids = part(0, rows);
+    in.positions = part(o_pos, rows);
+    in.slots = part(o_slot, rows);
     in.inv_freq = model_.inv_freq();
     AttentionBatch ab;
-    ab.num_seqs = ab.num_tokens = nb;
+    ab.num_seqs = nb;
+    ab.num_tokens = rows;
     ab.max_blocks_per_seq = B;
-    ab.max_q_len = 1;
+    ab.max_q_len = q;
     ab.max_ctx_len = B * kv.block_size();
-    ab.host_q_len.assign(size_t(nb), 1);
+    ab.host_q_len.assign(size_t(nb), q);
     ab.q_start = part(o_qs, nb + 1);
     ab.ctx_len = part(o_ctx, nb);
-    ab.token_seq = part(o_seq, nb);
+    ab.token_seq = part(o_seq, rows);
     ab.block_tables = part(o_tab, int64_t(nb) * B);
     ab.workspace = g.scratch;
-    model_.run_layers(*g.ws, nb, in, ab, kv.layers());
-    const Tensor out = g.logits.slice_rows(0, nb);
-    model_.lm_head(out, g.ws->h.slice_rows(0, nb));
-    backend_.argmax_rows(g.ids_out.slice_rows(0, nb), out);
+    model_.run_layers(*g.ws, rows, in, ab, kv.layers());
+    const Tensor out = g.logits.slice_rows(0, rows);
+    model_.lm_head(out, g.ws->h.slice_rows(0, rows));
+    backend_.argmax_rows(g.ids_out.slice_rows(0, rows), out);
   };
-  const auto key = std::make_pair(nb, B);
+  const auto key = std::make_tuple(nb, B, q);
   auto it = g.graphs.find(key);
   if (it != g.graphs.end()) {
     it->second->replay();
@@ -379,6 +397,7 @@ WarmUpReport ModelRunner::warm_up(KvCache& kv, const WarmUpShape& shape) {
   if (gpu && backend_.can_record() && graph_max_batch_ > 0) {
     graph_reserve_blocks_ = pow2_at_least(widest, 8);
     graph_reserve_batch_ = graph_bucket(std::min(seqs, graph_max_batch_));
+    graph_max_q_ = std::max(graph_max_q_, shape.verify_max_q);
   }
   auto decode = [&](int n, int blocks, const RowSampling& sampling) {
     Batch b;
@@ -395,6 +414,23 @@ WarmUpReport ModelRunner::warm_up(KvCache& kv, const WarmUpShape& shape) {
       for (int r = 0; r < runs; ++r) decode(n, std::min(w, widest), {});
       if (!gpu || w >= widest) break;
     }
+  // Speculative verification: q tokens per sequence, a graph for each q the decode kernel takes.
+  if (gpu && shape.verify_max_q > 1 && shape.verify_max_seqs > 0) {
+    const int group = c.num_heads / c.num_kv_heads;
+    for (int q = 2; q <= shape.verify_max_q && q * group <= 16; ++q)
+      for (int n : buckets) {
+        if (n > graph_bucket(std::min(shape.verify_max_seqs, seqs))) break;
+        for (int w = 8;; w *= 2) {
+          for (int r = 0; r < runs; ++r) {
+            Batch b;
+            for (int i = 0; i < n; ++i) b.add_sequence(tokens(q, i), 0, 0, table(std::min(w, widest)), bs, Logits::All);
+            run(b, kv);
+            ++report.steps;
+          }
+          if (w >= widest) break;
+        }
+      }
+  }
   // Sampling, log-probabilities and a grammar's mask.
   RowSampling s;
   SampleRow row;

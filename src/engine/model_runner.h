@@ -6,6 +6,7 @@
 // single sequence outside the engine (Scorer). Used by one thread at a time (the engine loop).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -45,6 +46,8 @@ struct WarmUpShape {
   int max_num_seqs = 1;        // the largest decode batch
   int max_model_len = 0;       // the longest sequence (the block-table widths decode graphs are recorded for)
   int num_blocks = 0;          // the KV cache's blocks (warm-up steps fit in them)
+  // Speculative decoding: steps verifying up to verify_max_q - 1 drafts for up to verify_max_seqs sequences.
+  int verify_max_q = 1, verify_max_seqs = 0;
 };
 
 struct StepOutput {
@@ -79,6 +82,9 @@ class ModelRunner {
   // the environment sets RILL_CUDA_GRAPHS=0.
   void set_graph_max_batch(int max_batch) { graph_max_batch_ = max_batch; }
   int graph_max_batch() const { return graph_max_batch_; }
+  // Steps verifying speculative tokens run q tokens per sequence; the graph buffers are made for up to this q
+  // (the engine's spec tokens + 1), so that recording them does not remake the buffers (and drop the graphs).
+  void set_graph_max_q(int q) { graph_max_q_ = std::max(1, q); }
   uint64_t graph_replays() const { return graph_replays_; }  // steps that replayed a recorded graph
 
  private:
@@ -103,6 +109,7 @@ class ModelRunner {
   int graph_max_batch_ = 256;
   int graph_reserve_blocks_ = 0;  // block-table width the graph buffers are made for at least (warm_up)
   int graph_reserve_batch_ = 0;   // and batch bucket
+  int graph_max_q_ = 1;
   uint64_t graph_replays_ = 0;
 };
 

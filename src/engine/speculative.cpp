@@ -104,9 +104,12 @@ std::vector<std::vector<int32_t>> DraftProposer::propose(const std::vector<Seque
   // Catch up: every sequence's tokens the draft has not seen, in steps of at most max_batch_tokens tokens (a
   // sink window's in chunks its window allows); a sequence's last chunk gives its first draft.
   for (;;) {
-    Batch b;
-    std::vector<size_t> ran, rows;  // sequences in batch order; those whose last chunk ran
-    std::vector<int> counts;
+    struct Chunk {
+      size_t i;
+      int n;
+      bool last;
+    };
+    std::vector<Chunk> chunks;
     int budget = max_batch_tokens_;
     for (size_t i = 0; i < seqs.size() && budget > 0; ++i) {
       if (!live[i]) continue;
@@ -116,21 +119,35 @@ std::vector<std::vector<int32_t>> DraftProposer::propose(const std::vector<Seque
       int n = std::min(len - s.draft->computed, budget);
       if (s.is_sink_window()) n = std::min(n, SinkWindowState::max_chunk(s.request.kv_policy));
       if (!reserve(i, n)) continue;
-      DraftState& d = *s.draft;
-      const bool last = d.computed + n == len;
-      add_stream_chunk(b, std::vector<int32_t>(s.tokens.begin() + d.computed, s.tokens.begin() + d.computed + n),
-                       d.computed, s.request.kv_policy, d.window, d.table, bs, last ? Logits::Last : Logits::None);
-      ran.push_back(i);
-      counts.push_back(n);
-      if (last) rows.push_back(i);
+      chunks.push_back({i, n, s.draft->computed + n == len});
       budget -= n;
     }
-    if (ran.empty()) break;
+    if (chunks.empty()) break;
+    // When every sequence runs its last few tokens (the usual step: the tokens accepted since the last proposal),
+    // all rows get logits, so that the step has the shape a recorded graph replays.
+    const bool all_rows = std::all_of(chunks.begin(), chunks.end(),
+                                      [&](const Chunk& c) { return c.last && c.n == chunks[0].n && c.n <= 4; });
+    Batch b;
+    std::vector<size_t> rows;  // sequences whose last chunk ran, and the row of their last token
+    std::vector<int> at;
+    for (const Chunk& c : chunks) {
+      Sequence& s = *seqs[c.i];
+      DraftState& d = *s.draft;
+      add_stream_chunk(b, std::vector<int32_t>(s.tokens.begin() + d.computed, s.tokens.begin() + d.computed + c.n),
+                       d.computed, s.request.kv_policy, d.window, d.table, bs,
+                       all_rows ? Logits::All : c.last ? Logits::Last : Logits::None);
+      if (c.last) {
+        rows.push_back(c.i);
+        at.push_back(all_rows ? b.num_tokens() - 1 : int(rows.size()) - 1);
+      }
+    }
     const StepOutput o = runner_.run(b, kv_);
-    for (size_t j = 0; j < ran.size(); ++j) seqs[ran[j]]->draft->computed += counts[j];
-    for (size_t r = 0; r < rows.size(); ++r)
-      if (o.ids[r] >= 0) out[rows[r]].push_back(o.ids[r]);
+    for (const Chunk& c : chunks) seqs[c.i]->draft->computed += c.n;
+    for (size_t r = 0; r < rows.size(); ++r) {
+      const int32_t id = o.ids[size_t(at[r])];
+      if (id >= 0) out[rows[r]].push_back(id);
       else live[rows[r]] = 0;
+    }
   }
   // Decode: one more draft per step for the sequences that want more.
   for (int step = 1;; ++step) {
