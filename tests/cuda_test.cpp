@@ -155,6 +155,59 @@ TEST(CudaModel, VerifyGraphsMatchEagerSteps) {
   }
 }
 
+// A draft model's proposals run as one chain (ModelRunner::chain): a first step of q tokens per sequence, then
+// steps fed the previous pick on the device. Recorded as one graph, it gives the picks that running the steps
+// one by one gives (1 and 3 sequences, q 1 and 2, 3 later steps), and its later calls replay the graph.
+TEST(CudaModel, ChainGraphMatchesStepByStep) {
+  RILL_NEED_GPU();
+  const Checkpoint ck = read_checkpoint(models_dir() + "/rill-tiny-draft");
+  auto gpu = make_backend("cuda");
+  Model model(ck, *gpu);
+  ModelRunner graphed(model), eager(model);
+  graphed.set_graph_max_batch(256);
+  eager.set_graph_max_batch(0);
+  const ModelConfig& c = model.config();
+  const int V = c.vocab_size;
+  for (int seqs : {1, 3})
+    for (int q : {1, 2}) {
+      SCOPED_TRACE("sequences " + std::to_string(seqs) + ", q " + std::to_string(q));
+      KvCache kv_g(*gpu, c, 128, 16), kv_e(*gpu, c, 128, 16);
+      std::mt19937 rng{uint32_t(seqs * 10 + q)};
+      std::vector<std::vector<int32_t>> tables, prompts;
+      Batch prefill;
+      for (int s = 0; s < seqs; ++s) {
+        std::vector<int32_t> prompt(static_cast<size_t>(60 + 11 * s));
+        for (auto& t : prompt) t = int32_t(rng() % uint32_t(V));
+        std::vector<int32_t> table, table_e;
+        ASSERT_TRUE(kv_g.blocks().grow(int(prompt.size()) + 64, &table));
+        ASSERT_TRUE(kv_e.blocks().grow(int(prompt.size()) + 64, &table_e));
+        prefill.add_sequence(prompt, 0, 0, table, 16, Logits::Last);
+        tables.push_back(table);
+        prompts.push_back(prompt);
+      }
+      graphed.logits(prefill, kv_g);
+      eager.logits(prefill, kv_e);
+      for (int call = 0; call < 4; ++call) {  // eager once, recorded, then replayed
+        const uint64_t replays = graphed.graph_replays();
+        Batch first;
+        std::vector<Batch> later(3);
+        for (int s = 0; s < seqs; ++s) {
+          const int at = int(prompts[size_t(s)].size()) + 4 * call;
+          std::vector<int32_t> toks(static_cast<size_t>(q));
+          for (auto& t : toks) t = int32_t(rng() % uint32_t(V));
+          first.add_sequence(toks, at, at, tables[size_t(s)], 16, Logits::All);
+          for (int j = 1; j <= 3; ++j)
+            later[size_t(j - 1)].add_sequence({0}, at + q + j - 1, at + q + j - 1, tables[size_t(s)], 16, Logits::Last);
+        }
+        const auto got = graphed.chain(first, later, kv_g);
+        const auto want = eager.chain(first, later, kv_e);
+        ASSERT_EQ(got.size(), 4u);
+        EXPECT_EQ(got, want) << "call " << call;
+        if (call >= 1) EXPECT_EQ(graphed.graph_replays() - replays, 1u) << "call " << call;
+      }
+    }
+}
+
 // The warm-up records the decode graph of every bucket up to max_num_seqs at every block-table width up to
 // max_model_len, so the first real decode step of each replays one: no step of its own is run eagerly.
 TEST(CudaModel, WarmUpRecordsEveryDecodeGraph) {

@@ -1,6 +1,7 @@
 #include "cli/model_loading.h"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -124,7 +125,10 @@ SpecConfig load_speculation(const SpecArgs& args, const std::string& model_path,
   SpecConfig spec;
   spec.method = parse_spec_method(args.draft_model.empty() || args.method != "none" ? args.method : "draft");
   spec.max_batch = args.max_batch;
-  spec.tokens = args.tokens > 0 ? args.tokens : 4;
+  // Default K: 4, or fewer where K + 1 tokens x the query heads per KV head would outgrow the GPU decode attention
+  // kernel's 16-row tile (Llama-3-8B's 4: K 3), past which a verification costs several decode steps.
+  const int group = std::max(1, target.config().num_heads / std::max(1, target.config().num_kv_heads));
+  spec.tokens = args.tokens > 0 ? args.tokens : std::clamp(16 / group - 1, 1, 4);
   if (spec.method == SpecMethod::Draft) {
     std::string dir = args.draft_model;
     if (dir.empty()) {

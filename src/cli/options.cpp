@@ -80,7 +80,9 @@ void add_spec_options(CLI::App& app, SpecArgs& s) {
                  "The draft model for --spec draft (implies it): a Hugging Face directory sharing the model's "
                  "vocabulary (default: the model's directory with -draft appended, e.g. models/rill-tiny-draft)");
   app.add_option("--spec-tokens", s.tokens,
-                 "Draft tokens verified per step and sequence, at most (default: 4 for draft, 4 for ngram)")
+                 "Draft tokens verified per step and sequence, at most (default: 4, or 16 / (query heads per KV "
+                 "head) - 1 when smaller: the most a GPU verification step takes at the cost of about one decode "
+                 "step)")
       ->check(CLI::Range(1, 16));
   app.add_option("--spec-max-batch", s.max_batch,
                  "Speculate only in steps where at most this many sequences decode (larger batches are "

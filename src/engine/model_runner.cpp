@@ -205,6 +205,21 @@ void ModelRunner::step(const Batch& batch, KvCache& kv, std::vector<float>* logi
   backend_.read(logits->data(), out, out.nbytes());
 }
 
+int ModelRunner::graph_q(const Batch& batch) const {
+  const ModelConfig& c = model_.config();
+  const int n = batch.num_tokens(), seqs = batch.num_seqs();
+  if (graph_max_batch_ <= 0 || seqs > graph_max_batch_ || batch.sink_window || seqs == 0 || n % seqs) return 0;
+  if (!model_.recordable() || !backend_.can_record() || graph_bucket(seqs) == 0) return 0;
+  const int q = n / seqs, group = c.num_heads / c.num_kv_heads;
+  if ((c.head_dim != 64 && c.head_dim != 128) || q * group > 16) return 0;
+  if (int(batch.logit_rows.size()) != n) return 0;
+  for (int i = 0; i < n; ++i)
+    if (batch.logit_rows[size_t(i)] != i) return 0;
+  for (int i = 0; i < seqs; ++i)
+    if (batch.q_start[size_t(i) + 1] != (i + 1) * q) return 0;
+  return q;
+}
+
 // A decode step (one new token per sequence, logits for each), or a step verifying speculative tokens (q new
 // tokens for every sequence, logits for each), replays a graph recorded for its batch bucket, block-table
 // stride and q: the inputs go to the device in one copy, then one launch runs every layer, the logits and the
@@ -217,21 +232,12 @@ bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>
                              const RowSampling* sampling) {
   const ModelConfig& c = model_.config();
   const int n = batch.num_tokens(), seqs = batch.num_seqs();
-  if (graph_max_batch_ <= 0 || seqs > graph_max_batch_ || batch.sink_window || seqs == 0 || n % seqs) return false;
-  if (!model_.recordable()) return false;
-  const int q = n / seqs, group = c.num_heads / c.num_kv_heads;
-  if ((c.head_dim != 64 && c.head_dim != 128) || q * group > 16) return false;
-  if (int(batch.logit_rows.size()) != n) return false;
-  for (int i = 0; i < n; ++i)
-    if (batch.logit_rows[size_t(i)] != i) return false;
-  for (int i = 0; i < seqs; ++i)
-    if (batch.q_start[size_t(i) + 1] != (i + 1) * q) return false;
+  const int q = graph_q(batch), group = c.num_heads / c.num_kv_heads;
+  if (q == 0) return false;
   const int nb = graph_bucket(seqs);
-  if (nb == 0) return false;
   int widest = 1;
   for (const auto& t : batch.block_tables) widest = std::max(widest, int(t.size()));
   const int B = pow2_at_least(widest, 8);
-  if (!backend_.can_record()) return false;
 
   // The buffers, (re)made when this step needs more than they hold; graphs that point at old ones go.
   auto scratch_for = [&](int ns, int blocks, int per_seq) {
@@ -349,6 +355,199 @@ bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>
     logits->resize(size_t(n) * size_t(c.vocab_size));
     backend_.read(logits->data(), g.logits, logits->size() * sizeof(float));
   }
+  return true;
+}
+
+std::vector<std::vector<int32_t>> ModelRunner::chain(const Batch& first, const std::vector<Batch>& later, KvCache& kv) {
+  std::vector<std::vector<int32_t>> out;
+  if (chain_graph(first, later, kv, &out)) return out;
+  // Step by step: each step's ids come back before the next is built.
+  auto last_of_each = [](const Batch& b, const std::vector<int32_t>& ids) {
+    std::vector<int32_t> v;
+    if (ids.size() == size_t(b.num_seqs())) return ids;  // one logit row per sequence
+    for (int s = 0; s < b.num_seqs(); ++s) v.push_back(ids[size_t(b.q_start[size_t(s) + 1] - 1)]);
+    return v;
+  };
+  out.push_back(last_of_each(first, run(first, kv).ids));
+  for (const Batch& b : later) {
+    Batch step = b;
+    for (int s = 0; s < step.num_seqs(); ++s) step.tokens[size_t(step.q_start[size_t(s)])] = out.back()[size_t(s)];
+    out.push_back(last_of_each(step, run(step, kv).ids));
+  }
+  return out;
+}
+
+// The chain as one recorded graph (see chain()): step 0 as step_graph lays it out, then each later step's
+// metadata; step 0's argmax of each sequence's last row is gathered into the later steps' token ids.
+bool ModelRunner::chain_graph(const Batch& first, const std::vector<Batch>& later, KvCache& kv,
+                              std::vector<std::vector<int32_t>>* result) {
+  const ModelConfig& c = model_.config();
+  const int q = graph_q(first), seqs = first.num_seqs();
+  if (q == 0 || later.empty()) return false;
+  for (const Batch& b : later)
+    if (b.num_seqs() != seqs || b.num_tokens() != seqs || graph_q(b) != 1) return false;
+  const int nb = graph_bucket(seqs), steps = 1 + int(later.size()), rows0 = nb * q;
+  int widest = 1;
+  for (const auto& t : first.block_tables) widest = std::max(widest, int(t.size()));
+  for (const Batch& b : later)
+    for (const auto& t : b.block_tables) widest = std::max(widest, int(t.size()));
+  const int B = pow2_at_least(widest, 8);
+  auto scratch_for = [&](int ns, int blocks, int per_seq) {
+    AttentionBatch probe;
+    probe.num_seqs = ns;
+    probe.num_tokens = ns * per_seq;
+    probe.max_q_len = per_seq;
+    probe.max_ctx_len = blocks * kv.block_size();
+    probe.max_blocks_per_seq = blocks;
+    probe.host_q_len.assign(size_t(ns), per_seq);
+    return backend_.attention_workspace(kv.layer(0), probe, c.num_heads, c.sliding_window);
+  };
+  // Metadata: step 0 [ids, pos, slots, token_seq: rows0][q_start: nb + 1][ctx: nb][tables: nb x B][gather: nb],
+  // then per later step [pos, slots, token_seq: nb][q_start: nb + 1][ctx: nb][tables: nb x B].
+  const int64_t step0 = 4 * int64_t(rows0) + 2 * nb + 1 + int64_t(nb) * B + nb;
+  const int64_t per_later = 3 * int64_t(nb) + 2 * nb + 1 + int64_t(nb) * B;
+  const int64_t total = step0 + per_later * (steps - 1);
+  const size_t scratch = std::max(scratch_for(nb, B, q), scratch_for(nb, B, 1));
+  const uint64_t kv_id = kv.id();
+  const int64_t out_ids = int64_t(steps) * nb;
+  if (!chains_ || chains_->seqs < nb || chains_->tokens < rows0 || chains_->max_blocks < B ||
+      chains_->scratch_bytes < scratch || chains_->kv_id != kv_id || chains_->meta.numel() < total ||
+      chains_->ids_out.numel() < out_ids + rows0) {
+    auto g = std::make_unique<GraphState>();
+    const GraphState* old = chains_.get();
+    const bool same_kv = old && old->kv_id == kv_id;
+    g->seqs = std::max({nb, graph_reserve_batch_, same_kv ? old->seqs : 0});
+    g->tokens = std::max({rows0, g->seqs * std::max(q, graph_max_q_), same_kv ? old->tokens : 0});
+    g->max_blocks = std::max({B, graph_reserve_blocks_, same_kv ? old->max_blocks : 0});
+    chains_.reset();
+    g->scratch_bytes = std::max({scratch, scratch_for(g->seqs, g->max_blocks, 1),
+                                 scratch_for(g->seqs, g->max_blocks, std::max(q, graph_max_q_)), size_t(1)});
+    g->kv_id = kv_id;
+    g->ws = model_.make_workspace(g->tokens);
+    const int max_steps = std::max(steps, 17);
+    g->meta = backend_.alloc(DType::I32, {4 * int64_t(g->tokens) + int64_t(g->seqs) * (6 + 2 * g->max_blocks) * max_steps + 2 * max_steps});
+    g->logits = backend_.alloc(DType::F32, {g->tokens, c.vocab_size});
+    g->ids_out = backend_.alloc(DType::I32, {int64_t(max_steps) * g->seqs + g->tokens});
+    g->scratch = backend_.alloc(DType::U8, {int64_t(g->scratch_bytes)});
+    chains_ = std::move(g);
+  }
+  GraphState& g = *chains_;
+  std::vector<int32_t>& h = g.host_meta;
+  h.assign(size_t(total), 0);
+  // Step 0.
+  const int64_t o_pos = rows0, o_slot = 2 * rows0, o_seq = 3 * rows0, o_qs = 4 * rows0, o_ctx = o_qs + nb + 1,
+                o_tab = o_ctx + nb, o_gather = o_tab + int64_t(nb) * B;
+  const int n0 = first.num_tokens();
+  for (int i = 0; i < rows0; ++i) {
+    const bool real = i < n0;
+    h[size_t(i)] = real ? first.tokens[size_t(i)] : 0;
+    h[size_t(o_pos + i)] = real ? first.positions[size_t(i)] : i % q;
+    h[size_t(o_slot + i)] = real ? first.slots[size_t(i)] : -1;
+    h[size_t(o_seq + i)] = i / q;
+  }
+  for (int s = 0; s < nb; ++s) {
+    const bool real = s < seqs;
+    h[size_t(o_qs + s)] = s * q;
+    h[size_t(o_ctx + s)] = real ? first.ctx_len[size_t(s)] : q;
+    if (real)
+      std::copy(first.block_tables[size_t(s)].begin(), first.block_tables[size_t(s)].end(),
+                h.begin() + o_tab + int64_t(s) * B);
+    h[size_t(o_gather + s)] = s * q + q - 1;
+  }
+  h[size_t(o_qs + nb)] = rows0;
+  // Later steps: a padding sequence decodes at position 0 of its q entries' block, writing nothing.
+  for (int k = 1; k < steps; ++k) {
+    const Batch& b = later[size_t(k - 1)];
+    const int64_t o = step0 + per_later * (k - 1);
+    for (int s = 0; s < nb; ++s) {
+      const bool real = s < seqs;
+      h[size_t(o + s)] = real ? b.positions[size_t(s)] : 0;
+      h[size_t(o + nb + s)] = real ? b.slots[size_t(s)] : -1;
+      h[size_t(o + 2 * nb + s)] = s;
+      h[size_t(o + 3 * nb + s)] = s;
+      h[size_t(o + 4 * nb + 1 + s)] = real ? b.ctx_len[size_t(s)] : 1;
+      if (real)
+        std::copy(b.block_tables[size_t(s)].begin(), b.block_tables[size_t(s)].end(),
+                  h.begin() + o + 5 * nb + 1 + int64_t(s) * B);
+    }
+    h[size_t(o + 3 * nb + nb)] = nb;
+  }
+  backend_.write(g.meta, h.data(), size_t(total) * sizeof(int32_t));
+
+  auto record = [&, nb, B, q, rows0, steps]() {
+    auto part = [&](int64_t off, int64_t count) { return g.meta.slice_rows(off, count); };
+    const Tensor ids_all = g.ids_out.slice_rows(0, int64_t(steps) * nb);
+    auto step = [&](const StepInputs& in, int64_t o_qs_, int64_t o_ctx_, int64_t o_seq_, int64_t o_tab_, int per_seq,
+                    const Tensor& argmax_to) {
+      const int rows = nb * per_seq;
+      AttentionBatch ab;
+      ab.num_seqs = nb;
+      ab.num_tokens = rows;
+      ab.max_blocks_per_seq = B;
+      ab.max_q_len = per_seq;
+      ab.max_ctx_len = B * kv.block_size();
+      ab.host_q_len.assign(size_t(nb), per_seq);
+      ab.q_start = part(o_qs_, nb + 1);
+      ab.ctx_len = part(o_ctx_, nb);
+      ab.token_seq = part(o_seq_, rows);
+      ab.block_tables = part(o_tab_, int64_t(nb) * B);
+      ab.workspace = g.scratch;
+      model_.run_layers(*g.ws, rows, in, ab, kv.layers());
+      const Tensor lg = g.logits.slice_rows(0, rows);
+      model_.lm_head(lg, g.ws->h.slice_rows(0, rows));
+      backend_.argmax_rows(argmax_to, lg);
+    };
+    StepInputs in0;
+    in0.ids = part(0, rows0);
+    in0.positions = part(o_pos, rows0);
+    in0.slots = part(o_slot, rows0);
+    in0.inv_freq = model_.inv_freq();
+    if (q == 1) {
+      step(in0, o_qs, o_ctx, o_seq, o_tab, 1, ids_all.slice_rows(0, nb));
+    } else {
+      const Tensor all = g.ids_out.slice_rows(int64_t(steps) * nb, rows0);
+      step(in0, o_qs, o_ctx, o_seq, o_tab, q, all);
+      backend_.gather_rows(ids_all.slice_rows(0, nb), all, part(o_gather, nb));
+    }
+    for (int k = 1; k < steps; ++k) {
+      const int64_t o = step0 + per_later * (k - 1);
+      StepInputs in;
+      in.ids = ids_all.slice_rows(int64_t(k - 1) * nb, nb);
+      in.positions = part(o, nb);
+      in.slots = part(o + nb, nb);
+      in.inv_freq = model_.inv_freq();
+      step(in, o + 3 * nb, o + 4 * nb + 1, o + 2 * nb, o + 5 * nb + 1, 1, ids_all.slice_rows(int64_t(k) * nb, nb));
+    }
+  };
+  // Keys of chains: q and the number of steps, apart from step_graph's (q < 0 marks a chain).
+  const auto key = std::make_tuple(nb, B, -(q * 64 + steps));
+  auto it = g.graphs.find(key);
+  if (it != g.graphs.end()) {
+    it->second->replay();
+    ++graph_replays_;
+  } else if (g.ran_once.insert(key).second) {
+    record();
+  } else {
+    RILL_CHECK(backend_.begin_capture(), "ModelRunner: the backend cannot record graphs");
+    try {
+      record();
+    } catch (...) {
+      try {
+        backend_.end_capture();
+      } catch (...) {
+      }
+      throw;
+    }
+    auto graph = backend_.end_capture();
+    graph->replay();
+    ++graph_replays_;
+    g.graphs.emplace(key, std::move(graph));
+  }
+  std::vector<int32_t> ids(size_t(steps) * size_t(nb));
+  backend_.read(ids.data(), g.ids_out, ids.size() * sizeof(int32_t));
+  result->clear();
+  for (int k = 0; k < steps; ++k)
+    result->emplace_back(ids.begin() + int64_t(k) * nb, ids.begin() + int64_t(k) * nb + seqs);
   return true;
 }
 

@@ -66,6 +66,13 @@ class ModelRunner {
   StepOutput run(const Batch& batch, KvCache& kv, const RowSampling& sampling = {});
   // Runs the batch and returns the logits of its logit rows ([rows, vocab], row-major), picking nothing.
   std::vector<float> logits(const Batch& batch, KvCache& kv);
+  // Greedy steps of the same sequences, one after another, each fed the last: `first` runs (every sequence's
+  // tokens, the argmax of its last one kept), then each batch of `later` (one token per sequence, at the positions
+  // and slots it gives; its token ids are replaced by the step before's argmax of that sequence). Returns the
+  // argmax of every sequence at every step, [1 + later.size()][sequences]. Where graphs can be recorded and
+  // every sequence of `first` runs the same number of tokens with logits for all (Logits::All), the whole chain is
+  // one graph: one copy in, one launch, one read back (a draft model's proposals).
+  std::vector<std::vector<int32_t>> chain(const Batch& first, const std::vector<Batch>& later, KvCache& kv);
 
   Model& model() { return model_; }
   // Runs, once, the kinds of step an engine of this shape will run, so that their one-time costs are paid now
@@ -101,11 +108,17 @@ class ModelRunner {
   void pick(const Tensor& ids_dev, const Tensor& logits, const RowSampling* sampling, StepOutput* out,
             bool argmax_done = false);
   Tensor upload_i32(const std::vector<int32_t>& v);
+  // The tokens per sequence of a step a graph could replay (q tokens for every sequence, logits for each, no sink
+  // window, the decode attention kernel's shapes), or 0.
+  int graph_q(const Batch& batch) const;
+  bool chain_graph(const Batch& first, const std::vector<Batch>& later, KvCache& kv,
+                   std::vector<std::vector<int32_t>>* out);
 
   Model& model_;
   Backend& backend_;
   std::unique_ptr<ModelWorkspace> ws_;  // grown to the largest step seen, never shrunk
   std::unique_ptr<GraphState> graphs_;
+  std::unique_ptr<GraphState> chains_;  // chain()'s graphs and buffers
   int graph_max_batch_ = 256;
   int graph_reserve_blocks_ = 0;  // block-table width the graph buffers are made for at least (warm_up)
   int graph_reserve_batch_ = 0;   // and batch bucket

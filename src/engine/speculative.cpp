@@ -101,8 +101,57 @@ std::vector<std::vector<int32_t>> DraftProposer::propose(const std::vector<Seque
     if (s.draft->computed >= len) rollback(s, len - 1);  // the last token must run: its logits give the draft
     live[i] = 1;
   }
-  // Catch up: every sequence's tokens the draft has not seen, in steps of at most max_batch_tokens tokens (a
-  // sink window's in chunks its window allows); a sequence's last chunk gives its first draft.
+  // The usual step: dense sequences a few tokens behind (those accepted since their last proposal). Each runs
+  // the same number of tokens (a sequence fewer behind runs its last ones again: the same K/V), then K - 1 more
+  // steps each fed the last one's pick, as one chain (ModelRunner::chain: one graph, one read back).
+  {
+    int behind = 0, most = 0;
+    bool usual = true;
+    for (size_t i = 0; i < seqs.size() && usual; ++i) {
+      if (!live[i]) continue;
+      const Sequence& s = *seqs[i];
+      usual = !s.is_sink_window() && int(s.tokens.size()) - s.draft->computed <= 4;
+      behind = std::max(behind, int(s.tokens.size()) - s.draft->computed);
+      most = std::max(most, k[i]);
+    }
+    for (size_t i = 0; i < seqs.size() && usual; ++i)
+      if (live[i]) usual = int(seqs[i]->tokens.size()) >= behind;
+    if (usual && behind > 0 && most > 0) {
+      std::vector<size_t> in;
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        if (!live[i]) continue;
+        DraftState& d = *seqs[i]->draft;
+        d.computed = int(seqs[i]->tokens.size()) - behind;
+        if (reserve(i, behind + most - 1)) in.push_back(i);
+      }
+      if (in.empty()) return out;
+      Batch first;
+      std::vector<Batch> later(size_t(most - 1));
+      for (size_t i : in) {
+        const Sequence& s = *seqs[i];
+        const DraftState& d = *s.draft;
+        add_stream_chunk(first, std::vector<int32_t>(s.tokens.end() - behind, s.tokens.end()), d.computed,
+                         s.request.kv_policy, d.window, d.table, bs, Logits::All);
+        for (int j = 1; j < most; ++j)
+          add_stream_chunk(later[size_t(j - 1)], {0}, d.computed + behind + j - 1, s.request.kv_policy, d.window,
+                           d.table, bs, Logits::Last);
+      }
+      const std::vector<std::vector<int32_t>> ids = runner_.chain(first, later, kv_);
+      for (size_t r = 0; r < in.size(); ++r) {
+        const size_t i = in[r];
+        seqs[i]->draft->computed += behind + most - 1;
+        for (int j = 0; j < k[i]; ++j) {
+          const int32_t id = ids[size_t(j)][r];
+          if (id < 0) break;
+          out[i].push_back(id);
+        }
+      }
+      return out;
+    }
+  }
+  // Otherwise step by step. Catch up: every sequence's tokens the draft has not seen, in steps of at most
+  // max_batch_tokens tokens (a sink window's in chunks its window allows); a sequence's last chunk gives its first
+  // draft.
   for (;;) {
     struct Chunk {
       size_t i;
