@@ -357,7 +357,8 @@ void Engine::step() {
 
 int Engine::lookahead(const Sequence& s, int decoding) const {
   const SpecConfig& spec = config_.spec;
-  if (spec.method == SpecMethod::None || !s.request.speculate || decoding > spec.max_batch) return 0;
+  if (spec.method == SpecMethod::None || !s.request.speculate || decoding > spec.max_batch || s.spec_pause > 0)
+    return 0;
   // The last token of max_tokens is never a draft: a step's verification always adds one token of its own.
   return std::max(0, std::min(spec.tokens, s.request.max_tokens - s.generated() - 1));
 }
@@ -540,6 +541,14 @@ void Engine::postprocess(const std::vector<ScheduledChunk>& chunks, const StepPl
       counters_.spec_proposed += int64_t(d.size());
       counters_.spec_accepted += std::min<int64_t>(int64_t(match), emitted[k]);
       counters_.spec_emitted += emitted[k];
+      // A sequence whose drafts keep failing pauses (see SpecConfig::min_acceptance), then starts afresh.
+      s->spec_rate = 0.7f * s->spec_rate + 0.3f * float(match) / float(d.size());
+      if (s->spec_rate < config_.spec.acceptance_floor()) {
+        s->spec_pause = config_.spec.pause;
+        s->spec_rate = 1.f;
+      }
+    } else if (s->spec_pause > 0) {
+      --s->spec_pause;
     }
   }
 

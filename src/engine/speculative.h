@@ -39,6 +39,13 @@ struct SpecConfig {
   Model* draft = nullptr;  // SpecMethod::Draft: the draft model (same vocabulary), run on its own KV cache
   int ngram_min = 2, ngram_max = 4;  // SpecMethod::Ngram: the n-gram sizes matched, longest first
   int ngram_lookback = 65536;        // tokens searched back from the end
+  // A sequence whose drafts' running acceptance rate (an exponential average over its verifications) falls below
+  // this stops speculating for `pause` decode steps, then tries again: drafts that are mostly rejected cost more
+  // than they give (sampling at a high temperature, text the draft does not know). < 0: the method's default
+  // (0.3 for a draft model, whose steps cost; 0.1 for n-gram lookup, which costs only the wider verification).
+  float min_acceptance = -1.f;
+  int pause = 32;
+  float acceptance_floor() const { return min_acceptance >= 0 ? min_acceptance : method == SpecMethod::Draft ? 0.3f : 0.1f; }
 
   // Throws rill::Error naming the option.
   void validate(int target_vocab) const;
