@@ -393,5 +393,39 @@ TEST(Cli, EngineCommandsTakeNoWarmUp) {
   }
 }
 
+// Speculative decoding from the command line (issue 22): --spec draft (rill-tiny-draft beside rill-tiny by
+// default) and --spec ngram give the tokens --spec none gives, greedy and seeded, and report their acceptance;
+// a draft that cannot serve the model is a clear error naming the option.
+TEST(Cli, SpeculativeGenerateGivesTheSameTokens) {
+  const std::string base = "generate --prompt \"The Lord is my shepherd\" -n 48 --ignore-eos --output json";
+  for (const char* sampling : {" --temperature 0", " --temperature 0.8 --seed 3"}) {
+    const Result plain = run(base + sampling, true);
+    ASSERT_EQ(plain.status, 0) << plain.out;
+    const std::string explicit_draft = " --draft-model " + models_dir() + "/rill-tiny-draft";
+    for (const std::string& spec : {std::string(" --spec draft"), std::string(" --spec ngram --spec-tokens 3"), explicit_draft}) {
+      const Result r = run(base + sampling + spec);
+      ASSERT_EQ(r.status, 0) << spec << ": " << r.out;
+      EXPECT_NE(r.out.find(plain.out.substr(0, plain.out.size() - 1)), std::string::npos) << spec << sampling;
+      EXPECT_NE(r.out.find("speculative decoding: "), std::string::npos) << r.out;
+    }
+  }
+  const Result stats = run(base + " --temperature 0 --spec draft");
+  EXPECT_NE(stats.out.find("drafts accepted"), std::string::npos) << stats.out;
+  // A draft with another vocabulary, and no draft at all beside a model.
+  const TempDir dir;
+  const std::string other = tiny_model_with_tokenizer(dir);
+  const Result mismatch = run(base + " --draft-model " + other);
+  EXPECT_EQ(mismatch.status, 1);
+  EXPECT_NE(mismatch.out.find("--draft-model " + other + ": its tokenizer has 16022 tokens; the model's has 8192"),
+            std::string::npos)
+      << mismatch.out;
+  const Result none = run("generate -m " + other + " --prompt hi -n 2 --spec draft");
+  EXPECT_EQ(none.status, 1);
+  EXPECT_NE(none.out.find("--spec draft: no --draft-model given, and there is no " + other + "-draft"), std::string::npos)
+      << none.out;
+  for (const char* cmd : {"serve", "generate", "chat"})
+    EXPECT_NE(run(std::string(cmd) + " --help").out.find("--spec-tokens"), std::string::npos) << cmd;
+}
+
 }  // namespace
 }  // namespace rill::test

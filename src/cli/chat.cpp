@@ -71,7 +71,7 @@ int run_chat(const ChatArgs& a) {
   ec.session_ttl_seconds = std::numeric_limits<double>::infinity();
   ec.warm_up = a.device.warm_up;
   std::unique_ptr<Model> draft;
-  ec.spec = load_speculation(a.spec, a.model, *m.model, &draft);
+  ec.spec = load_speculation(a.spec, a.model, *m.model, m.tokenizer.get(), &draft);
   if (ec.spec.method != SpecMethod::None) std::fprintf(stderr, "rill: %s\n", describe_speculation(ec.spec, a.spec).c_str());
   Engine engine(*m.model, ec);
   m.backend->save_tuning();

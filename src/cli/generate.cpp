@@ -77,7 +77,7 @@ int run_generate(const GenerateArgs& a) {
   ec.max_model_len = int(std::max<int64_t>(config.max_position_embeddings, total));  // as long as asked
   ec.warm_up = a.device.warm_up;
   std::unique_ptr<Model> draft;
-  ec.spec = load_speculation(a.spec, a.model, *m.model, &draft);
+  ec.spec = load_speculation(a.spec, a.model, *m.model, m.tokenizer.get(), &draft);
   if (ec.spec.method != SpecMethod::None) std::fprintf(stderr, "rill: %s\n", describe_speculation(ec.spec, a.spec).c_str());
   for (int run = 0; run < a.repeat; ++run) {
     std::vector<int32_t> ids;

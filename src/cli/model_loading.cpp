@@ -121,7 +121,7 @@ LoadedModel load_model(const std::string& path, const DeviceArgs& device, const 
 }
 
 SpecConfig load_speculation(const SpecArgs& args, const std::string& model_path, Model& target,
-                            std::unique_ptr<Model>* draft) {
+                            const Tokenizer* target_tokenizer, std::unique_ptr<Model>* draft) {
   SpecConfig spec;
   spec.method = parse_spec_method(args.draft_model.empty() || args.method != "none" ? args.method : "draft");
   spec.max_batch = args.max_batch;
@@ -138,9 +138,24 @@ SpecConfig load_speculation(const SpecArgs& args, const std::string& model_path,
       RILL_CHECK(std::filesystem::exists(dir + "/config.json"),
                  "--spec draft: no --draft-model given, and there is no " + dir + " beside the model");
     }
+    // The draft must speak the model's tokens: the same tokenizer (when both have one), and then an embedding
+    // table at least that large (a padded one is limited as the model's is).
+    const std::unique_ptr<Tokenizer> draft_tok = open_tokenizer(dir, "", nullptr);
+    if (target_tokenizer && draft_tok) {
+      RILL_CHECK(draft_tok->vocab_size() == target_tokenizer->vocab_size(),
+                 "--draft-model " + dir + ": its tokenizer has " + std::to_string(draft_tok->vocab_size()) +
+                     " tokens; the model's has " + std::to_string(target_tokenizer->vocab_size()) +
+                     " (a draft must share the model's tokenizer)");
+      const std::vector<std::string> a = draft_tok->token_bytes(), b = target_tokenizer->token_bytes();
+      const auto diff = std::mismatch(a.begin(), a.end(), b.begin(), b.end());
+      RILL_CHECK(diff.first == a.end(), "--draft-model " + dir + ": its tokenizer differs from the model's at token " +
+                                            std::to_string(diff.first - a.begin()) +
+                                            " (a draft must share the model's tokenizer)");
+    }
     *draft = std::make_unique<Model>(read_checkpoint(dir), target.backend());
     const int vocab = target.config().vocab_size;
-    if ((*draft)->config().vocab_size > vocab) (*draft)->limit_vocab(vocab);  // padded past the tokenizer
+    if (draft_tok && (*draft)->config().vocab_size > vocab && draft_tok->vocab_size() <= vocab)
+      (*draft)->limit_vocab(vocab);  // padded past the tokenizer
     spec.draft = draft->get();
   }
   spec.validate(target.config().vocab_size);

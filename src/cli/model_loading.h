@@ -39,9 +39,10 @@ struct LoadedModel {
 LoadedModel load_model(const std::string& path, const DeviceArgs& device, const std::string& tokenizer_path);
 
 // The engine's SpecConfig for --spec/--draft-model/--spec-tokens: with a draft, the draft model is read onto
-// `target`'s backend into *draft (its vocabulary limited as the target's is) and checked against the target.
+// `target`'s backend into *draft (its vocabulary limited as the target's is) and checked against the target (its
+// tokenizer against `target_tokenizer`, when both have one; its vocabulary size).
 SpecConfig load_speculation(const SpecArgs& args, const std::string& model_path, Model& target,
-                            std::unique_ptr<Model>* draft);
+                            const Tokenizer* target_tokenizer, std::unique_ptr<Model>* draft);
 // "spec draft (K 4, models/rill-tiny-draft)" for a startup line; empty when off.
 std::string describe_speculation(const SpecConfig& spec, const SpecArgs& args);
 

@@ -169,7 +169,7 @@ Run add_serve(CLI::App& app) {
         Model& model = *m.model;
         Backend& backend = *m.backend;
         // A draft model's weights are on the device before the KV cache is sized, and its cache shares the room.
-        const SpecConfig spec = load_speculation(a->spec, a->model, model, &draft);
+        const SpecConfig spec = load_speculation(a->spec, a->model, model, m.tokenizer.get(), &draft);
         if (spec.method != SpecMethod::None)
           std::fprintf(stderr, "rill: %s\n", describe_speculation(spec, a->spec).c_str());
         size_t free_bytes = 0, total_bytes = 0;
