@@ -164,11 +164,14 @@ SpecConfig load_speculation(const SpecArgs& args, const std::string& model_path,
 
 std::string describe_spec_metrics(const EngineMetrics& m) {
   if (m.spec_steps == 0) return "";
-  char buf[200];
-  std::snprintf(buf, sizeof buf, "speculation: %lld of %lld drafts accepted (%.0f%%), %.2f tokens per verification",
+  char buf[400];
+  std::snprintf(buf, sizeof buf,
+                "speculation: %lld of %lld drafts accepted (%.0f%%), %.2f tokens per verification; %.3f s "
+                "proposing, %.3f s in %lld steps (%lld replayed graphs; the draft's %lld)",
                 (long long)m.spec_accepted, (long long)m.spec_proposed,
                 m.spec_proposed ? 100.0 * double(m.spec_accepted) / double(m.spec_proposed) : 0.0,
-                double(m.spec_emitted) / double(m.spec_steps));
+                double(m.spec_emitted) / double(m.spec_steps), m.propose_seconds, m.run_seconds, (long long)m.steps,
+                (long long)m.graph_replays, (long long)m.draft_graph_replays);
   return buf;
 }
 

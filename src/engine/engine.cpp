@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <future>
 
 namespace rill {
@@ -344,8 +345,14 @@ void Engine::step() {
     chunks = scheduler_.schedule([&](const Sequence& s) { return lookahead(s, decoding); });
   }
   if (!chunks.empty()) {
-    const StepPlan p = plan(chunks, propose(chunks));
+    using Clock = std::chrono::steady_clock;
+    const auto t0 = Clock::now();
+    std::vector<std::vector<int32_t>> drafts = propose(chunks);
+    const auto t1 = Clock::now();
+    const StepPlan p = plan(chunks, std::move(drafts));
     const StepOutput out = runner_.run(p.batch, kv_, p.sampling);
+    counters_.propose_seconds += std::chrono::duration<double>(t1 - t0).count();
+    counters_.run_seconds += std::chrono::duration<double>(Clock::now() - t1).count();
     postprocess(chunks, p, out);
   } else if (scheduler_.running().empty() && !scheduler_.waiting().empty()) {
     // Nothing runs and nothing will free blocks: the head request cannot fit beside the cached prefixes it
@@ -593,7 +600,9 @@ void Engine::publish_metrics() {
   m.preemptions = scheduler_.preemptions();
   m.sessions = sessions_.size();
   m.session_blocks = sessions_.blocks_held();
+  m.graph_replays = int64_t(runner_.graph_replays());
   if (draft_) {
+    m.draft_graph_replays = int64_t(draft_->runner().graph_replays());
     m.draft_blocks_total = draft_->kv().blocks().num_blocks();
     m.draft_blocks_free = draft_->kv().blocks().num_free();
   }

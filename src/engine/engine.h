@@ -55,6 +55,10 @@ struct EngineMetrics {
   // tokens those steps emitted (accepted drafts plus the correction or bonus token of each).
   int64_t spec_steps = 0, spec_proposed = 0, spec_accepted = 0, spec_emitted = 0;
   int draft_blocks_total = 0, draft_blocks_free = 0;  // the draft model's KV cache (SpecMethod::Draft)
+  // Where the loop's time goes: proposing drafts, and running steps (host clock, each until its ids are back);
+  // steps and draft chains that replayed a recorded graph.
+  double propose_seconds = 0, run_seconds = 0;
+  int64_t graph_replays = 0, draft_graph_replays = 0;
 };
 
 class Engine {
