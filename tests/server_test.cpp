@@ -16,6 +16,7 @@
 #include "engine/engine.h"
 #include "grammar/matcher.h"
 #include "server/http_server.h"
+#include "server/responses.h"
 #include "server/structured.h"
 #include "server_fixture.h"
 #include "test_util.h"
@@ -119,6 +120,37 @@ TEST(Server, ChatCompletionsAndStreaming) {
   }
   EXPECT_EQ(text, whole["choices"][0]["message"]["content"].get<std::string>());
   EXPECT_EQ(finish, whole["choices"][0]["finish_reason"]);
+}
+
+// A stop string ends a completion at the token that completed it: usage counts the tokens up to it, not those the
+// engine made before it saw the cancellation (one more, or a speculative step's several).
+TEST(Server, UsageEndsAtTheStopString) {
+  const std::string dir = shared("data/tokenizers/qwen2-style");
+  if (!std::filesystem::exists(dir)) GTEST_SKIP();
+  const auto tok = HfTokenizer::load(dir + "/tokenizer.json");
+  openai::CompletionRequest req;
+  req.prompts.resize(1);
+  req.prompts[0].prompt = tok->encode("x", false);
+  openai::Choice c(*tok, req.prompts[0].prompt, {"cd"});
+  c.stream = std::make_shared<RequestStream>();
+  ServerMetrics metrics;
+  std::string text;
+  for (const char* piece : {"a", "b", "c", "d", "e", "f"}) {
+    Event e;
+    e.token = tok->encode(piece, false).at(0);
+    text += c.apply(e, metrics);
+  }
+  Event end;
+  end.finish = FinishReason::Cancelled;
+  end.completion_tokens = 6;
+  end.prompt_tokens = int(req.prompts[0].prompt.size());
+  text += c.apply(end, metrics);
+  EXPECT_EQ(text, "ab");
+  EXPECT_TRUE(c.stream->cancelled());
+  openai::CompletionReply reply{req, "id", "m", 0};
+  std::vector<openai::Choice> choices;
+  choices.push_back(std::move(c));
+  EXPECT_EQ(reply.total_usage(choices)["completion_tokens"], 4) << "a, b, c and the d that completed the stop";
 }
 
 TEST(Server, StopStringsAcrossTokenBoundaries) {

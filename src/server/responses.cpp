@@ -72,6 +72,7 @@ std::string Choice::apply(const Event& e, ServerMetrics& metrics) {
   std::string out = stop->feed(detok->add(e.token));
   if (stop->stopped()) {
     stopped_by_string = true;
+    stop_tokens = tokens;
     stream->cancel();
   }
   if (tools) out = tools->feed(out);
@@ -189,7 +190,9 @@ json CompletionReply::total_usage(const std::vector<Choice>& choices) const {
   int prompt = 0, completion = 0, cached = 0;
   std::vector<bool> counted(request.prompts.size(), false);
   for (const auto& c : choices) {
-    completion += c.end.completion_tokens;
+    // A stop string ends the completion at its token, whatever the engine made before it saw the cancellation
+    // (one more token, or a speculative step's several): the same count with and without speculation.
+    completion += c.stopped_by_string ? c.stop_tokens : c.end.completion_tokens;
     if (!counted[size_t(c.prompt_index)]) {
       counted[size_t(c.prompt_index)] = true;
       prompt += int(request.prompts[size_t(c.prompt_index)].prompt.size());

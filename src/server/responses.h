@@ -51,6 +51,7 @@ struct Choice {
   std::string text;
   json logprobs = json::array();
   bool done = false, stopped_by_string = false;
+  int stop_tokens = 0;  // stopped by a string: the tokens up to the one that completed it (usage counts these)
   Event end;
   double submitted = 0, last_token = 0;
   int tokens = 0;
