@@ -163,6 +163,7 @@ class SpecTest : public testing::TestWithParam<std::string> {
     cfg.spec.tokens = k;
     cfg.spec.max_batch = 64;
     cfg.spec.ngram_min = 1;  // random models rarely repeat longer n-grams: propose after any repeated token
+    cfg.spec.weigh_costs = false;  // which steps speculate must not depend on time (SpeculationThatDoesNotPayPauses)
     return cfg;
   }
   // Every request gets exactly its tokens alone; every block of both caches is free after.
@@ -351,6 +352,26 @@ TEST_P(SpecTest, GrammarConstrainedRequestsSpeculate) {
   EXPECT_GT(nm.spec_steps, 0);
   EXPECT_EQ(dm.blocks_free, 256);
   EXPECT_EQ(dm.draft_blocks_free, dm.draft_blocks_total);
+}
+
+TEST(SpecCosts, SpeculationPaysWhenItsTokensOutweighItsStep) {
+  EXPECT_TRUE(speculation_pays(3.0, 0.5, 0.2));   // 3 tokens for 2.5 plain steps
+  EXPECT_FALSE(speculation_pays(2.0, 0.5, 0.2));  // 2 tokens for 2.5 plain steps
+  EXPECT_TRUE(speculation_pays(1.0, 0.0, 0.2));   // costs unknown: try
+  EXPECT_TRUE(speculation_pays(1.0, 0.5, 0.0));
+}
+
+// With the costs weighed (the default), a sequence whose drafts give fewer tokens per verification than a
+// speculative step costs in plain steps pauses: another model's drafts (nearly all rejected, one token per
+// verification, for a step that also runs the draft) soon stop, and the tokens stay exact.
+TEST_P(SpecTest, SpeculationThatDoesNotPayPauses) {
+  EngineConfig cfg = config(SpecMethod::Draft, other_draft_.get(), 4);
+  cfg.spec.min_acceptance = 0;  // only the costs
+  cfg.spec.weigh_costs = false;
+  const EngineMetrics always = run_and_compare(requests(16, 61), cfg);
+  cfg.spec.weigh_costs = true;
+  const EngineMetrics weighed = run_and_compare(requests(16, 61), cfg);
+  EXPECT_LT(weighed.spec_steps * 2, always.spec_steps);
 }
 
 // The tokens of a verified step follow the model's distribution: over many seeds, the first three tokens of

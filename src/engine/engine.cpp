@@ -351,8 +351,19 @@ void Engine::step() {
     const auto t1 = Clock::now();
     const StepPlan p = plan(chunks, std::move(drafts));
     const StepOutput out = runner_.run(p.batch, kv_, p.sampling);
-    counters_.propose_seconds += std::chrono::duration<double>(t1 - t0).count();
-    counters_.run_seconds += std::chrono::duration<double>(Clock::now() - t1).count();
+    const double proposing = std::chrono::duration<double>(t1 - t0).count(),
+                 running = std::chrono::duration<double>(Clock::now() - t1).count();
+    counters_.propose_seconds += proposing;
+    counters_.run_seconds += running;
+    // What speculating costs against a plain decode step (Engine::lookahead), from steps that only decode.
+    if (config_.spec.method != SpecMethod::None &&
+        std::all_of(chunks.begin(), chunks.end(), [](const ScheduledChunk& c) { return c.count == 1; })) {
+      const bool speculated = std::any_of(p.drafts.begin(), p.drafts.end(), [](const auto& d) { return !d.empty(); });
+      double& avg = speculated ? spec_step_s_ : plain_step_s_;
+      const double t = proposing + running;
+      avg = avg == 0 ? t : 0.8 * avg + 0.2 * t;
+      if (!speculated) ++plain_steps_seen_;
+    }
     postprocess(chunks, p, out);
   } else if (scheduler_.running().empty() && !scheduler_.waiting().empty()) {
     // Nothing runs and nothing will free blocks: the head request cannot fit beside the cached prefixes it
@@ -366,6 +377,7 @@ int Engine::lookahead(const Sequence& s, int decoding) const {
   const SpecConfig& spec = config_.spec;
   if (spec.method == SpecMethod::None || !s.request.speculate || decoding > spec.max_batch || s.spec_pause > 0)
     return 0;
+  if (spec.weigh_costs && plain_steps_seen_ < 2) return 0;  // a plain decode step's cost is measured first
   // The last token of max_tokens is never a draft: a step's verification always adds one token of its own.
   return std::max(0, std::min(spec.tokens, s.request.max_tokens - s.generated() - 1));
 }
@@ -550,9 +562,12 @@ void Engine::postprocess(const std::vector<ScheduledChunk>& chunks, const StepPl
       counters_.spec_emitted += emitted[k];
       // A sequence whose drafts keep failing pauses (see SpecConfig::min_acceptance), then starts afresh.
       s->spec_rate = 0.7f * s->spec_rate + 0.3f * float(match) / float(d.size());
-      if (s->spec_rate < config_.spec.acceptance_floor()) {
+      s->spec_gain = s->spec_gain == 0 ? float(emitted[k]) : 0.7f * s->spec_gain + 0.3f * float(emitted[k]);
+      if (s->spec_rate < config_.spec.acceptance_floor() ||
+          (config_.spec.weigh_costs && !speculation_pays(s->spec_gain, spec_step_s_, plain_step_s_))) {
         s->spec_pause = config_.spec.pause;
         s->spec_rate = 1.f;
+        s->spec_gain = 0.f;
       }
     } else if (s->spec_pause > 0) {
       --s->spec_pause;

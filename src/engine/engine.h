@@ -97,6 +97,10 @@ class Engine {
   int max_model_len() const { return config_.max_model_len; }
 
  private:
+  // Speculative decoding's costs, measured on steps that only decode: a plain step's seconds and a speculating
+  // step's (proposing and verifying), exponential averages (0: not measured yet), and how many plain ones.
+  double plain_step_s_ = 0, spec_step_s_ = 0;
+  int plain_steps_seen_ = 0;
   // One step's work for the runner: the batch, and how its sampled rows (the sequences in `sampled`) pick.
   // A sampled sequence verifying drafts has 1 + drafts.size() rows, from first_row on.
   struct StepPlan {

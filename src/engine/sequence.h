@@ -100,9 +100,10 @@ struct Sequence {
   std::unique_ptr<grammar::Matcher> matcher;  // the current generation's, when its request has a grammar
   std::shared_ptr<RequestStream> stream;
   std::unique_ptr<DraftState> draft;  // speculative decoding with a draft model
-  // Speculative decoding: the running acceptance rate of this sequence's drafts, and the decode steps left
-  // before it speculates again after the rate fell below SpecConfig::min_acceptance.
+  // Speculative decoding: the running acceptance rate of this sequence's drafts, its tokens per verification, and
+  // the decode steps left before it speculates again (SpecConfig::min_acceptance).
   float spec_rate = 1.f;
+  float spec_gain = 0.f;  // tokens per verification (exponential average; 0: none yet)
   int spec_pause = 0;
 
   Sequence(uint64_t id, Request r, std::shared_ptr<RequestStream> s)

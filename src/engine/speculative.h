@@ -39,12 +39,14 @@ struct SpecConfig {
   Model* draft = nullptr;  // SpecMethod::Draft: the draft model (same vocabulary), run on its own KV cache
   int ngram_min = 2, ngram_max = 4;  // SpecMethod::Ngram: the n-gram sizes matched, longest first
   int ngram_lookback = 65536;        // tokens searched back from the end
-  // A sequence whose drafts' running acceptance rate (an exponential average over its verifications) falls below
-  // this stops speculating for `pause` decode steps, then tries again: drafts that are mostly rejected cost more
-  // than they give (sampling at a high temperature, text the draft does not know). < 0: the method's default
-  // (0.3 for a draft model, whose steps cost; 0.1 for n-gram lookup, which costs only the wider verification).
+  // A sequence stops speculating for `pause` decode steps, then tries again, when its drafts do not pay: when
+  // its tokens per verification (an exponential average) are fewer than a speculative step's time over a plain
+  // decode step's (both measured by the engine, on steps that only decode), or when its drafts' running
+  // acceptance rate falls below min_acceptance. < 0: the method's default (0.3 for a draft model, whose steps
+  // cost; 0.1 for n-gram lookup, which costs only the wider verification).
   float min_acceptance = -1.f;
   int pause = 32;
+  bool weigh_costs = true;  // false: only min_acceptance pauses (which steps speculate then does not depend on time)
   float acceptance_floor() const { return min_acceptance >= 0 ? min_acceptance : method == SpecMethod::Draft ? 0.3f : 0.1f; }
 
   // Throws rill::Error naming the option.
@@ -53,6 +55,13 @@ struct SpecConfig {
 
 // Prompt lookup: the k tokens (or fewer) that followed the most recent earlier occurrence of the sequence's last
 // n tokens, for the largest n in [min_n, max_n] that occurs; empty when none does.
+// Whether verifying drafts pays for a sequence that gets `tokens_per_verification` tokens from a step costing
+// `spec_seconds` (proposing and verifying), where a plain decode step costs `plain_seconds`. Unknown costs (<= 0):
+// yes.
+inline bool speculation_pays(double tokens_per_verification, double spec_seconds, double plain_seconds) {
+  return spec_seconds <= 0 || plain_seconds <= 0 || tokens_per_verification * plain_seconds >= spec_seconds;
+}
+
 std::vector<int32_t> ngram_propose(const std::vector<int32_t>& tokens, int k, int min_n, int max_n,
                                    int lookback);
 
