@@ -361,8 +361,8 @@ void Engine::step() {
       const bool speculated = std::any_of(p.drafts.begin(), p.drafts.end(), [](const auto& d) { return !d.empty(); });
       double& avg = speculated ? spec_step_s_ : plain_step_s_;
       const double t = proposing + running;
-      avg = avg == 0 ? t : 0.8 * avg + 0.2 * t;
-      if (!speculated) ++plain_steps_seen_;
+      if (speculated || plain_steps_seen_++ > 0)  // the first decode step (caches cold) is not a fair measure
+        avg = avg == 0 ? t : 0.8 * avg + 0.2 * t;
     }
     postprocess(chunks, p, out);
   } else if (scheduler_.running().empty() && !scheduler_.waiting().empty()) {
@@ -377,7 +377,9 @@ int Engine::lookahead(const Sequence& s, int decoding) const {
   const SpecConfig& spec = config_.spec;
   if (spec.method == SpecMethod::None || !s.request.speculate || decoding > spec.max_batch || s.spec_pause > 0)
     return 0;
-  if (spec.weigh_costs && plain_steps_seen_ < 2) return 0;  // a plain decode step's cost is measured first
+  // A plain decode step's cost is measured first, and again every 64 steps (what a step costs drifts with the
+  // batch and the context).
+  if (spec.weigh_costs && (plain_steps_seen_ < 4 || counters_.steps % 64 == 0)) return 0;
   // The last token of max_tokens is never a draft: a step's verification always adds one token of its own.
   return std::max(0, std::min(spec.tokens, s.request.max_tokens - s.generated() - 1));
 }
