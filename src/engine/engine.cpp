@@ -36,7 +36,7 @@ Engine::Engine(Model& model, EngineConfig config)
   if (config_.warm_up && draft_) {  // the draft's steps too (its decode graphs, up to the speculating batch)
     const WarmUpReport w = draft_->runner().warm_up(
         draft_->kv(), WarmUpShape{config_.max_batch_tokens, spec_seqs, config_.max_model_len, config_.num_blocks, 2,
-                                  spec_seqs});
+                                  spec_seqs, config_.spec.tokens - 1});
     warm_up_.steps += w.steps;
     warm_up_.graphs += w.graphs;
     warm_up_.seconds += w.seconds;
@@ -361,8 +361,11 @@ void Engine::step() {
       const bool speculated = std::any_of(p.drafts.begin(), p.drafts.end(), [](const auto& d) { return !d.empty(); });
       double& avg = speculated ? spec_step_s_ : plain_step_s_;
       const double t = proposing + running;
-      if (speculated || plain_steps_seen_++ > 0)  // the first decode step (caches cold) is not a fair measure
-        avg = avg == 0 ? t : 0.8 * avg + 0.2 * t;
+      // The first plain decode step (caches cold) is not a fair measure, nor a step 3x the average (one that
+      // recorded a graph, say); a step a third of the average replaces an average such a step started.
+      const bool fair = speculated || plain_steps_seen_++ > 0;
+      if (fair && (avg == 0 || t < avg / 3)) avg = t;
+      else if (fair && t < 3 * avg) avg = 0.8 * avg + 0.2 * t;
     }
     postprocess(chunks, p, out);
   } else if (scheduler_.running().empty() && !scheduler_.waiting().empty()) {

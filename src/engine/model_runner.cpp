@@ -630,6 +630,27 @@ WarmUpReport ModelRunner::warm_up(KvCache& kv, const WarmUpShape& shape) {
         }
       }
   }
+  // A draft's chains, each recorded as one graph.
+  if (gpu && shape.chain_steps > 0 && shape.verify_max_seqs > 0) {
+    for (int q = 1; q <= 2; ++q)
+      for (int n : buckets) {
+        if (n > graph_bucket(std::min(shape.verify_max_seqs, seqs))) break;
+        for (int w = 8;; w *= 2) {
+          for (int r = 0; r < runs; ++r) {
+            Batch first;
+            std::vector<Batch> later(size_t(shape.chain_steps));
+            for (int i = 0; i < n; ++i) {
+              first.add_sequence(tokens(q, i), 0, 0, table(std::min(w, widest)), bs, Logits::All);
+              for (int j = 0; j < shape.chain_steps; ++j)
+                later[size_t(j)].add_sequence({0}, q + j, q + j, table(std::min(w, widest)), bs, Logits::Last);
+            }
+            chain(first, later, kv);
+            ++report.steps;
+          }
+          if (w >= widest) break;
+        }
+      }
+  }
   // Sampling, log-probabilities and a grammar's mask.
   RowSampling s;
   SampleRow row;
@@ -645,7 +666,7 @@ WarmUpReport ModelRunner::warm_up(KvCache& kv, const WarmUpShape& shape) {
   s.mask_words = (c.vocab_size + 31) / 32;
   s.fill_masks = [&](uint32_t* masks) { std::fill(masks, masks + s.mask_words, ~0u); };
   decode(1, 1, s);
-  report.graphs = int(graphs_ ? graphs_->graphs.size() : 0);
+  report.graphs = int(graphs_ ? graphs_->graphs.size() : 0) + int(chains_ ? chains_->graphs.size() : 0);
   backend_.synchronize();
   const auto t_end = std::chrono::steady_clock::now();
   report.seconds = std::chrono::duration<double>(t_end - t0).count();

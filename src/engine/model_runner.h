@@ -48,6 +48,8 @@ struct WarmUpShape {
   int num_blocks = 0;          // the KV cache's blocks (warm-up steps fit in them)
   // Speculative decoding: steps verifying up to verify_max_q - 1 drafts for up to verify_max_seqs sequences.
   int verify_max_q = 1, verify_max_seqs = 0;
+  // A draft model's proposals: chains (chain()) of a first step of 1 or 2 tokens and this many later steps.
+  int chain_steps = 0;
 };
 
 struct StepOutput {
