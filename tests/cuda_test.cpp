@@ -203,7 +203,9 @@ TEST(CudaModel, ChainGraphMatchesStepByStep) {
         const auto want = eager.chain(first, later, kv_e);
         ASSERT_EQ(got.size(), 4u);
         EXPECT_EQ(got, want) << "call " << call;
-        if (call >= 1) EXPECT_EQ(graphed.graph_replays() - replays, 1u) << "call " << call;
+        if (call >= 1) {
+          EXPECT_EQ(graphed.graph_replays() - replays, 1u) << "call " << call;
+        }
       }
     }
 }

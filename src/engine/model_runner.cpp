@@ -205,6 +205,44 @@ void ModelRunner::step(const Batch& batch, KvCache& kv, std::vector<float>* logi
   backend_.read(logits->data(), out, out.nbytes());
 }
 
+size_t ModelRunner::graph_scratch(KvCache& kv, int seqs, int blocks, int per_seq) {
+  const ModelConfig& c = model_.config();
+  AttentionBatch probe;
+  probe.num_seqs = seqs;
+  probe.num_tokens = seqs * per_seq;
+  probe.max_q_len = per_seq;
+  probe.max_ctx_len = blocks * kv.block_size();
+  probe.max_blocks_per_seq = blocks;
+  probe.host_q_len.assign(size_t(seqs), per_seq);
+  return backend_.attention_workspace(kv.layer(0), probe, c.num_heads, c.sliding_window);
+}
+
+void ModelRunner::replay_or_record(GraphState& g, const std::tuple<int, int, int>& key,
+                                   const std::function<void()>& record) {
+  auto it = g.graphs.find(key);
+  if (it != g.graphs.end()) {
+    it->second->replay();
+    ++graph_replays_;
+  } else if (g.ran_once.insert(key).second) {
+    record();  // the first step of a shape runs as it is: GEMM plans and kernels are set up outside a recording
+  } else {
+    RILL_CHECK(backend_.begin_capture(), "ModelRunner: the backend cannot record graphs");
+    try {
+      record();
+    } catch (...) {
+      try {
+        backend_.end_capture();
+      } catch (...) {
+      }
+      throw;
+    }
+    auto graph = backend_.end_capture();
+    graph->replay();
+    ++graph_replays_;
+    g.graphs.emplace(key, std::move(graph));
+  }
+}
+
 int ModelRunner::graph_q(const Batch& batch) const {
   const ModelConfig& c = model_.config();
   const int n = batch.num_tokens(), seqs = batch.num_seqs();
@@ -240,16 +278,7 @@ bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>
   const int B = pow2_at_least(widest, 8);
 
   // The buffers, (re)made when this step needs more than they hold; graphs that point at old ones go.
-  auto scratch_for = [&](int ns, int blocks, int per_seq) {
-    AttentionBatch probe;
-    probe.num_seqs = ns;
-    probe.num_tokens = ns * per_seq;
-    probe.max_q_len = per_seq;
-    probe.max_ctx_len = blocks * kv.block_size();
-    probe.max_blocks_per_seq = blocks;
-    probe.host_q_len.assign(size_t(ns), per_seq);
-    return backend_.attention_workspace(kv.layer(0), probe, c.num_heads, c.sliding_window);
-  };
+  auto scratch_for = [&](int ns, int blocks, int per_seq) { return graph_scratch(kv, ns, blocks, per_seq); };
   const size_t scratch = scratch_for(nb, B, q);
   const uint64_t kv_id = kv.id();
   if (!graphs_ || graphs_->seqs < nb || graphs_->tokens < nb * q || graphs_->max_blocks < B ||
@@ -322,29 +351,7 @@ bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>
     model_.lm_head(out, g.ws->h.slice_rows(0, rows));
     backend_.argmax_rows(g.ids_out.slice_rows(0, rows), out);
   };
-  const auto key = std::make_tuple(nb, B, q);
-  auto it = g.graphs.find(key);
-  if (it != g.graphs.end()) {
-    it->second->replay();
-    ++graph_replays_;
-  } else if (g.ran_once.insert(key).second) {
-    record();  // the first step of a shape runs as it is: GEMM plans and kernels are set up outside a recording
-  } else {
-    RILL_CHECK(backend_.begin_capture(), "ModelRunner: the backend cannot record graphs");
-    try {
-      record();
-    } catch (...) {
-      try {
-        backend_.end_capture();
-      } catch (...) {
-      }
-      throw;
-    }
-    auto graph = backend_.end_capture();
-    graph->replay();
-    ++graph_replays_;
-    g.graphs.emplace(key, std::move(graph));
-  }
+  replay_or_record(g, std::make_tuple(nb, B, q), record);
 
   if (ids) {
     // The graph took the argmax; other sampling (and log-probabilities) run after it, on the graph's logits.
@@ -392,16 +399,7 @@ bool ModelRunner::chain_graph(const Batch& first, const std::vector<Batch>& late
   for (const Batch& b : later)
     for (const auto& t : b.block_tables) widest = std::max(widest, int(t.size()));
   const int B = pow2_at_least(widest, 8);
-  auto scratch_for = [&](int ns, int blocks, int per_seq) {
-    AttentionBatch probe;
-    probe.num_seqs = ns;
-    probe.num_tokens = ns * per_seq;
-    probe.max_q_len = per_seq;
-    probe.max_ctx_len = blocks * kv.block_size();
-    probe.max_blocks_per_seq = blocks;
-    probe.host_q_len.assign(size_t(ns), per_seq);
-    return backend_.attention_workspace(kv.layer(0), probe, c.num_heads, c.sliding_window);
-  };
+  auto scratch_for = [&](int ns, int blocks, int per_seq) { return graph_scratch(kv, ns, blocks, per_seq); };
   // Metadata: step 0 [ids, pos, slots, token_seq: rows0][q_start: nb + 1][ctx: nb][tables: nb x B][gather: nb],
   // then per later step [pos, slots, token_seq: nb][q_start: nb + 1][ctx: nb][tables: nb x B].
   const int64_t step0 = 4 * int64_t(rows0) + 2 * nb + 1 + int64_t(nb) * B + nb;
@@ -520,29 +518,7 @@ bool ModelRunner::chain_graph(const Batch& first, const std::vector<Batch>& late
     }
   };
   // Keys of chains: q and the number of steps, apart from step_graph's (q < 0 marks a chain).
-  const auto key = std::make_tuple(nb, B, -(q * 64 + steps));
-  auto it = g.graphs.find(key);
-  if (it != g.graphs.end()) {
-    it->second->replay();
-    ++graph_replays_;
-  } else if (g.ran_once.insert(key).second) {
-    record();
-  } else {
-    RILL_CHECK(backend_.begin_capture(), "ModelRunner: the backend cannot record graphs");
-    try {
-      record();
-    } catch (...) {
-      try {
-        backend_.end_capture();
-      } catch (...) {
-      }
-      throw;
-    }
-    auto graph = backend_.end_capture();
-    graph->replay();
-    ++graph_replays_;
-    g.graphs.emplace(key, std::move(graph));
-  }
+  replay_or_record(g, std::make_tuple(nb, B, -(q * 64 + steps)), record);
   std::vector<int32_t> ids(size_t(steps) * size_t(nb));
   backend_.read(ids.data(), g.ids_out, ids.size() * sizeof(int32_t));
   result->clear();

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "backend/sampling.h"
@@ -115,6 +116,10 @@ class ModelRunner {
   int graph_q(const Batch& batch) const;
   bool chain_graph(const Batch& first, const std::vector<Batch>& later, KvCache& kv,
                    std::vector<std::vector<int32_t>>* out);
+  // The attention scratch a recorded step of `seqs` sequences of `per_seq` tokens and `blocks`-wide tables needs.
+  size_t graph_scratch(KvCache& kv, int seqs, int blocks, int per_seq);
+  // Replays g's graph for `key`; the first time runs `record` eagerly, the second records it into the graph.
+  void replay_or_record(GraphState& g, const std::tuple<int, int, int>& key, const std::function<void()>& record);
 
   Model& model_;
   Backend& backend_;
