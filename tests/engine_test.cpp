@@ -14,27 +14,6 @@
 namespace rill::test {
 namespace {
 
-struct Result {
-  std::vector<int32_t> tokens;
-  Event end;
-};
-
-Result drain(RequestStream& s) {
-  Result r;
-  for (;;) {
-    auto e = s.next(60.0);
-    if (!e) {
-      ADD_FAILURE() << "stream stalled";
-      return r;
-    }
-    if (e->token < 0) {
-      r.end = *e;
-      return r;
-    }
-    r.tokens.push_back(e->token);
-  }
-}
-
 class EngineTest : public testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {

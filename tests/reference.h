@@ -45,6 +45,31 @@ inline std::vector<int32_t> reference_generate(Model& model, KvCache& kv, const 
   return out;
 }
 
+// What a request's stream gave: its tokens (and their log-probabilities), then its final event.
+struct Result {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  Event end;
+};
+
+// Reads s to its final event (a failure if it stalls for a minute).
+inline Result drain(RequestStream& s) {
+  Result r;
+  for (;;) {
+    auto e = s.next(60.0);
+    if (!e) {
+      ADD_FAILURE() << "stream stalled";
+      return r;
+    }
+    if (e->token < 0) {
+      r.end = *e;
+      return r;
+    }
+    r.tokens.push_back(e->token);
+    r.logprobs.push_back(e->logprob);
+  }
+}
+
 // r through an Engine of its own with `num_blocks` KV blocks (context as long as r asks), which must give every
 // block back.
 inline std::vector<int32_t> engine_generate(Model& model, const Request& r, int num_blocks = 64) {

@@ -71,29 +71,6 @@ TEST(SamplerAhead, RowsAheadEqualRowsOneAtATime) {
   EXPECT_EQ(ahead.next_row(&pen).uniform, rows_ahead[2].uniform);
 }
 
-struct Result {
-  std::vector<int32_t> tokens;
-  std::vector<float> logprobs;
-  Event end;
-};
-
-Result drain(RequestStream& s) {
-  Result r;
-  for (;;) {
-    auto e = s.next(60.0);
-    if (!e) {
-      ADD_FAILURE() << "stream stalled";
-      return r;
-    }
-    if (e->token < 0) {
-      r.end = *e;
-      return r;
-    }
-    r.tokens.push_back(e->token);
-    r.logprobs.push_back(e->logprob);
-  }
-}
-
 EngineMetrics settled(Engine& engine, int64_t finished) {
   EngineMetrics m;
   for (int tries = 0; tries < 400; ++tries) {

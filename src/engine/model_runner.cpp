@@ -217,6 +217,28 @@ size_t ModelRunner::graph_scratch(KvCache& kv, int seqs, int blocks, int per_seq
   return backend_.attention_workspace(kv.layer(0), probe, c.num_heads, c.sliding_window);
 }
 
+void ModelRunner::recorded_step(GraphState& g, KvCache& kv, const StepInputs& in, const GraphStep& st,
+                                const Tensor& argmax_to) {
+  auto part = [&](int64_t off, int64_t count) { return g.meta.slice_rows(off, count); };
+  const int rows = st.seqs * st.per_seq;
+  AttentionBatch ab;
+  ab.num_seqs = st.seqs;
+  ab.num_tokens = rows;
+  ab.max_blocks_per_seq = st.blocks;
+  ab.max_q_len = st.per_seq;
+  ab.max_ctx_len = st.blocks * kv.block_size();
+  ab.host_q_len.assign(size_t(st.seqs), st.per_seq);
+  ab.q_start = part(st.q_start, st.seqs + 1);
+  ab.ctx_len = part(st.ctx_len, st.seqs);
+  ab.token_seq = part(st.token_seq, rows);
+  ab.block_tables = part(st.tables, int64_t(st.seqs) * st.blocks);
+  ab.workspace = g.scratch;
+  model_.run_layers(*g.ws, rows, in, ab, kv.layers());
+  const Tensor lg = g.logits.slice_rows(0, rows);
+  model_.lm_head(lg, g.ws->h.slice_rows(0, rows));
+  backend_.argmax_rows(argmax_to, lg);
+}
+
 void ModelRunner::replay_or_record(GraphState& g, const std::tuple<int, int, int>& key,
                                    const std::function<void()>& record) {
   auto it = g.graphs.find(key);
@@ -328,28 +350,12 @@ bool ModelRunner::step_graph(const Batch& batch, KvCache& kv, std::vector<float>
   backend_.write(g.meta, h.data(), size_t(total) * sizeof(int32_t));
 
   auto record = [&, nb, B, q, rows]() {
-    auto part = [&](int64_t off, int64_t count) { return g.meta.slice_rows(off, count); };
     StepInputs in;
-    in.ids = part(0, rows);
-    in.positions = part(o_pos, rows);
-    in.slots = part(o_slot, rows);
+    in.ids = g.meta.slice_rows(0, rows);
+    in.positions = g.meta.slice_rows(o_pos, rows);
+    in.slots = g.meta.slice_rows(o_slot, rows);
     in.inv_freq = model_.inv_freq();
-    AttentionBatch ab;
-    ab.num_seqs = nb;
-    ab.num_tokens = rows;
-    ab.max_blocks_per_seq = B;
-    ab.max_q_len = q;
-    ab.max_ctx_len = B * kv.block_size();
-    ab.host_q_len.assign(size_t(nb), q);
-    ab.q_start = part(o_qs, nb + 1);
-    ab.ctx_len = part(o_ctx, nb);
-    ab.token_seq = part(o_seq, rows);
-    ab.block_tables = part(o_tab, int64_t(nb) * B);
-    ab.workspace = g.scratch;
-    model_.run_layers(*g.ws, rows, in, ab, kv.layers());
-    const Tensor out = g.logits.slice_rows(0, rows);
-    model_.lm_head(out, g.ws->h.slice_rows(0, rows));
-    backend_.argmax_rows(g.ids_out.slice_rows(0, rows), out);
+    recorded_step(g, kv, in, GraphStep{nb, B, q, o_qs, o_ctx, o_seq, o_tab}, g.ids_out.slice_rows(0, rows));
   };
   replay_or_record(g, std::make_tuple(nb, B, q), record);
 
@@ -477,23 +483,7 @@ bool ModelRunner::chain_graph(const Batch& first, const std::vector<Batch>& late
     const Tensor ids_all = g.ids_out.slice_rows(0, int64_t(steps) * nb);
     auto step = [&](const StepInputs& in, int64_t o_qs_, int64_t o_ctx_, int64_t o_seq_, int64_t o_tab_, int per_seq,
                     const Tensor& argmax_to) {
-      const int rows = nb * per_seq;
-      AttentionBatch ab;
-      ab.num_seqs = nb;
-      ab.num_tokens = rows;
-      ab.max_blocks_per_seq = B;
-      ab.max_q_len = per_seq;
-      ab.max_ctx_len = B * kv.block_size();
-      ab.host_q_len.assign(size_t(nb), per_seq);
-      ab.q_start = part(o_qs_, nb + 1);
-      ab.ctx_len = part(o_ctx_, nb);
-      ab.token_seq = part(o_seq_, rows);
-      ab.block_tables = part(o_tab_, int64_t(nb) * B);
-      ab.workspace = g.scratch;
-      model_.run_layers(*g.ws, rows, in, ab, kv.layers());
-      const Tensor lg = g.logits.slice_rows(0, rows);
-      model_.lm_head(lg, g.ws->h.slice_rows(0, rows));
-      backend_.argmax_rows(argmax_to, lg);
+      recorded_step(g, kv, in, GraphStep{nb, B, per_seq, o_qs_, o_ctx_, o_seq_, o_tab_}, argmax_to);
     };
     StepInputs in0;
     in0.ids = part(0, rows0);

@@ -118,6 +118,13 @@ class ModelRunner {
                    std::vector<std::vector<int32_t>>* out);
   // The attention scratch a recorded step of `seqs` sequences of `per_seq` tokens and `blocks`-wide tables needs.
   size_t graph_scratch(KvCache& kv, int seqs, int blocks, int per_seq);
+  // Where a recorded step's attention metadata sits in GraphState::meta (offsets, in i32 elements).
+  struct GraphStep {
+    int seqs, blocks, per_seq;
+    int64_t q_start, ctx_len, token_seq, tables;
+  };
+  // Queues one recorded step (layers, head, argmax into argmax_to) over g's buffers: what every graph holds.
+  void recorded_step(GraphState& g, KvCache& kv, const StepInputs& in, const GraphStep& st, const Tensor& argmax_to);
   // Replays g's graph for `key`; the first time runs `record` eagerly, the second records it into the graph.
   void replay_or_record(GraphState& g, const std::tuple<int, int, int>& key, const std::function<void()>& record);
 
